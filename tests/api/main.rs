@@ -1,0 +1,11 @@
+//! End-to-end tests: each starts the real vault (in-process, random port,
+//! own data directory) and drives it through the client library or the CLI.
+//! One test binary, so one build and one process for the whole suite.
+
+mod audit_log;
+mod filing_rules;
+mod helpers;
+mod integrity;
+mod tokens;
+mod transport;
+mod walkthrough;

@@ -1,0 +1,343 @@
+//! The tamper-evident audit log: what an entry holds, how it is chained, and
+//! how the chain is verified.
+//!
+//! Every entry carries the hash of the entry before it and its own hash, an
+//! HMAC-SHA-256 (see [`mnvault_keys::AuditChainKey`]) over the previous hash
+//! and a canonical encoding of every field. The MAC key is wrapped by the root
+//! key, which lives outside the database, so someone who can write the
+//! database can neither edit an entry nor recompute the chain after it.
+//! Entries never hold a number: only tokens, names and reasons.
+
+use std::fmt;
+
+use mnvault_keys::{AuditChainKey, GENESIS_HASH};
+
+/// What a call did. The identifiers are stored; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `TokenService.Tokenize`.
+    Tokenize,
+    /// `TokenService.TokenizeStream`, one entry per batch.
+    TokenizeStream,
+    /// `TokenService.DescribeToken`.
+    DescribeToken,
+    /// `FilingService.CreateFilingJob`.
+    CreateFilingJob,
+    /// `FilingService.ApproveFilingJob`.
+    ApproveFilingJob,
+    /// `FilingService.Detokenize`: the only operation that releases numbers.
+    Detokenize,
+    /// `FilingService.GetFilingJob`.
+    GetFilingJob,
+    /// `FilingService.CancelFilingJob`.
+    CancelFilingJob,
+    /// `FilingService.ListPurposes`.
+    ListPurposes,
+    /// `AdminService.CreateTenant`.
+    CreateTenant,
+    /// `AuditService.ListAuditEntries`.
+    ListAuditEntries,
+    /// `AuditService.VerifyAuditChain`.
+    VerifyAuditChain,
+}
+
+impl Operation {
+    /// Stable identifier stored in entries.
+    pub fn id(self) -> &'static str {
+        match self {
+            Operation::Tokenize => "token.tokenize",
+            Operation::TokenizeStream => "token.tokenize-stream",
+            Operation::DescribeToken => "token.describe",
+            Operation::CreateFilingJob => "filing.create-job",
+            Operation::ApproveFilingJob => "filing.approve-job",
+            Operation::Detokenize => "filing.detokenize",
+            Operation::GetFilingJob => "filing.get-job",
+            Operation::CancelFilingJob => "filing.cancel-job",
+            Operation::ListPurposes => "filing.list-purposes",
+            Operation::CreateTenant => "admin.create-tenant",
+            Operation::ListAuditEntries => "audit.list",
+            Operation::VerifyAuditChain => "audit.verify",
+        }
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Carried out.
+    Ok,
+    /// Refused by a rule (permission or precondition).
+    Denied,
+    /// Refused because the input was malformed.
+    Invalid,
+    /// Something named does not exist.
+    NotFound,
+    /// Not carried out because of a fault (database, integrity).
+    Failed,
+}
+
+impl Outcome {
+    /// Stable identifier stored in entries.
+    pub fn id(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Invalid => "invalid",
+            Outcome::NotFound => "not-found",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// An entry before it is appended: the chain assigns `seq`, time and hashes.
+#[derive(Debug, Clone)]
+pub struct AuditDraft {
+    /// Common name of the caller's certificate.
+    pub principal: String,
+    /// Tenant the call concerned, or empty.
+    pub tenant: String,
+    /// What was called.
+    pub operation: Operation,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it was refused or failed (a public message, never a number).
+    pub reason: String,
+    /// Filing job concerned, or empty.
+    pub job_id: String,
+    /// Purpose of that job, or empty.
+    pub purpose: String,
+    /// Tokens the call handled.
+    pub tokens: Vec<String>,
+    /// Records the call handled.
+    pub record_count: u64,
+}
+
+impl AuditDraft {
+    /// A draft for a call by `principal` on `tenant`, outcome `Ok` until told otherwise.
+    pub fn new(principal: &str, operation: Operation, tenant: &str) -> Self {
+        Self {
+            principal: principal.to_owned(),
+            tenant: tenant.to_owned(),
+            operation,
+            outcome: Outcome::Ok,
+            reason: String::new(),
+            job_id: String::new(),
+            purpose: String::new(),
+            tokens: Vec::new(),
+            record_count: 0,
+        }
+    }
+}
+
+/// An entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// See [`AuditDraft`].
+    pub principal: String,
+    /// See [`AuditDraft`].
+    pub tenant: String,
+    /// Operation identifier.
+    pub operation: String,
+    /// Outcome identifier.
+    pub outcome: String,
+    /// See [`AuditDraft`].
+    pub reason: String,
+    /// See [`AuditDraft`].
+    pub job_id: String,
+    /// See [`AuditDraft`].
+    pub purpose: String,
+    /// See [`AuditDraft`].
+    pub tokens: Vec<String>,
+    /// See [`AuditDraft`].
+    pub record_count: u64,
+    /// Hash of the entry before (zeros for the first).
+    pub prev_hash: [u8; 32],
+    /// This entry's hash.
+    pub hash: [u8; 32],
+}
+
+impl AuditRecord {
+    /// Builds the stored form of `draft` at position `seq` after `prev_hash`.
+    pub fn seal(draft: AuditDraft, seq: u64, time_ms: i64, prev_hash: [u8; 32], key: &AuditChainKey) -> Self {
+        let mut record = AuditRecord {
+            seq,
+            time_ms,
+            principal: draft.principal,
+            tenant: draft.tenant,
+            operation: draft.operation.id().to_owned(),
+            outcome: draft.outcome.id().to_owned(),
+            reason: draft.reason,
+            job_id: draft.job_id,
+            purpose: draft.purpose,
+            tokens: draft.tokens,
+            record_count: draft.record_count,
+            prev_hash,
+            hash: [0; 32],
+        };
+        record.hash = key.link(&prev_hash, &record.canonical_bytes());
+        record
+    }
+
+    /// The bytes the hash covers: every field but the hashes, each length-prefixed
+    /// so that no two different entries encode alike.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.tokens.len() * 32);
+        out.push(1); // encoding version
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        for field in [
+            &self.principal,
+            &self.tenant,
+            &self.operation,
+            &self.outcome,
+            &self.reason,
+            &self.job_id,
+            &self.purpose,
+        ] {
+            put_field(&mut out, field.as_bytes());
+        }
+        out.extend_from_slice(&self.record_count.to_be_bytes());
+        out.extend_from_slice(&(self.tokens.len() as u64).to_be_bytes());
+        for token in &self.tokens {
+            put_field(&mut out, token.as_bytes());
+        }
+        out
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Where a chain stopped verifying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// The first entry that does not verify (or the missing position).
+    pub seq: u64,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "entry #{}: {}", self.seq, self.problem)
+    }
+}
+
+/// Walks a chain page by page; feed entries in sequence order.
+pub struct ChainVerifier<'k> {
+    key: &'k AuditChainKey,
+    last_seq: u64,
+    last_hash: [u8; 32],
+}
+
+impl<'k> ChainVerifier<'k> {
+    /// A verifier at the start of the chain.
+    pub fn new(key: &'k AuditChainKey) -> Self {
+        Self { key, last_seq: 0, last_hash: GENESIS_HASH }
+    }
+
+    /// Checks the next entry: its position, its link to the one before, its MAC.
+    pub fn check(&mut self, entry: &AuditRecord) -> Result<(), ChainBreak> {
+        let expected_seq = self.last_seq + 1;
+        if entry.seq != expected_seq {
+            return Err(ChainBreak {
+                seq: expected_seq,
+                problem: format!("missing: the next entry present is #{}", entry.seq),
+            });
+        }
+        if entry.prev_hash != self.last_hash {
+            return Err(ChainBreak { seq: entry.seq, problem: "does not link to the entry before it".into() });
+        }
+        if !self.key.verify(&entry.prev_hash, &entry.canonical_bytes(), &entry.hash) {
+            return Err(ChainBreak { seq: entry.seq, problem: "content does not match its hash (edited)".into() });
+        }
+        self.last_seq = entry.seq;
+        self.last_hash = entry.hash;
+        Ok(())
+    }
+
+    /// Checks that the chain ends where the recorded head says it does.
+    pub fn finish(&self, head_seq: u64, head_hash: &[u8; 32]) -> Result<VerifiedChain, ChainBreak> {
+        if head_seq != self.last_seq || head_hash != &self.last_hash {
+            return Err(ChainBreak {
+                seq: self.last_seq + 1,
+                problem: format!("the chain head records {head_seq} entries but {} verify", self.last_seq),
+            });
+        }
+        Ok(VerifiedChain { entries: self.last_seq, head_hash: self.last_hash })
+    }
+}
+
+/// A chain that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedChain {
+    /// Entries checked.
+    pub entries: u64,
+    /// Hash of the last entry.
+    pub head_hash: [u8; 32],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mnvault_keys::KeyMaterial;
+
+    fn chain(key: &AuditChainKey, n: u64) -> Vec<AuditRecord> {
+        let mut prev = GENESIS_HASH;
+        (1..=n)
+            .map(|seq| {
+                let mut draft = AuditDraft::new("payroll", Operation::Tokenize, "demo");
+                draft.tokens = vec![format!("mnt_{seq}")];
+                let record = AuditRecord::seal(draft, seq, 1_700_000_000_000 + seq as i64, prev, key);
+                prev = record.hash;
+                record
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies_and_an_edit_is_named() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let entries = chain(&key, 5);
+        let mut verifier = ChainVerifier::new(&key);
+        entries.iter().for_each(|e| verifier.check(e).unwrap());
+        let last = entries.last().unwrap();
+        assert_eq!(verifier.finish(5, &last.hash).unwrap().entries, 5);
+
+        let mut edited = entries.clone();
+        edited[2].tokens[0] = "mnt_other".into();
+        let mut verifier = ChainVerifier::new(&key);
+        let broken = edited.iter().try_for_each(|e| verifier.check(e)).unwrap_err();
+        assert_eq!(broken.seq, 3);
+    }
+
+    #[test]
+    fn a_removed_entry_and_a_truncated_tail_are_caught() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let mut entries = chain(&key, 4);
+        let last_hash = entries[3].hash;
+        entries.remove(1);
+        let mut verifier = ChainVerifier::new(&key);
+        assert_eq!(entries.iter().try_for_each(|e| verifier.check(e)).unwrap_err().seq, 2);
+
+        let entries = chain(&key, 4);
+        let mut verifier = ChainVerifier::new(&key);
+        entries[..3].iter().for_each(|e| verifier.check(e).unwrap());
+        assert_eq!(verifier.finish(4, &last_hash).unwrap_err().seq, 4);
+    }
+
+    #[test]
+    fn a_chain_recomputed_without_the_key_fails() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let forger = AuditChainKey::new(&KeyMaterial::generate());
+        let forged = chain(&forger, 2);
+        let mut verifier = ChainVerifier::new(&key);
+        assert_eq!(verifier.check(&forged[0]).unwrap_err().seq, 1);
+    }
+}

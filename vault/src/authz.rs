@@ -1,0 +1,130 @@
+//! Who may do what. A principal is the common name of its client certificate;
+//! `[principals]` in `mnvault.toml` gives it roles and the tenants it may act
+//! on. Anything not granted is refused with `PERMISSION_DENIED`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::PrincipalSettings;
+use crate::error::VaultError;
+
+/// A set of operations a principal may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Tokenize numbers and describe tokens (payroll systems).
+    Tokenizer,
+    /// Create, show and cancel filing jobs.
+    Requester,
+    /// Approve filing jobs created by someone else.
+    Approver,
+    /// Detokenize within approved filing jobs.
+    Filer,
+    /// Create tenants.
+    Admin,
+    /// Read and verify the audit log.
+    Auditor,
+}
+
+impl Role {
+    /// The name used in configuration and messages.
+    pub fn id(self) -> &'static str {
+        match self {
+            Role::Tokenizer => "tokenizer",
+            Role::Requester => "requester",
+            Role::Approver => "approver",
+            Role::Filer => "filer",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    roles: HashSet<Role>,
+    all_tenants: bool,
+    tenants: HashSet<String>,
+}
+
+/// The access policy built from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    grants: HashMap<String, Grant>,
+}
+
+impl Policy {
+    /// Builds the policy from `[principals]`.
+    pub fn new(principals: &BTreeMap<String, PrincipalSettings>) -> Self {
+        let grants = principals
+            .iter()
+            .map(|(name, settings)| {
+                let grant = Grant {
+                    roles: settings.roles.iter().copied().collect(),
+                    all_tenants: settings.tenants.iter().any(|t| t == "*"),
+                    tenants: settings.tenants.iter().filter(|t| *t != "*").cloned().collect(),
+                };
+                (name.clone(), grant)
+            })
+            .collect();
+        Self { grants }
+    }
+
+    fn grant(&self, principal: &str) -> Result<&Grant, VaultError> {
+        self.grants.get(principal).ok_or_else(|| {
+            VaultError::PermissionDenied(format!(
+                "principal {principal:?} has no grant in this vault; an operator must add it under [principals]"
+            ))
+        })
+    }
+
+    /// Refuses unless `principal` has one of `roles` and, when a tenant is
+    /// named, may act on it.
+    pub fn require(&self, principal: &str, roles: &[Role], tenant: Option<&str>) -> Result<(), VaultError> {
+        let grant = self.grant(principal)?;
+        if !roles.iter().any(|role| grant.roles.contains(role)) {
+            let wanted: Vec<_> = roles.iter().map(|r| r.id()).collect();
+            return Err(VaultError::PermissionDenied(format!(
+                "principal {principal:?} lacks the {} role this call needs",
+                wanted.join(" or ")
+            )));
+        }
+        if let Some(tenant) = tenant {
+            if !grant.all_tenants && !grant.tenants.contains(tenant) {
+                return Err(VaultError::PermissionDenied(format!(
+                    "principal {principal:?} may not act on tenant {tenant:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `principal` may act on every tenant.
+    pub fn covers_all_tenants(&self, principal: &str) -> bool {
+        self.grants.get(principal).is_some_and(|grant| grant.all_tenants)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        let mut principals = BTreeMap::new();
+        principals.insert("payroll".into(), PrincipalSettings { roles: vec![Role::Tokenizer], tenants: vec!["acme".into()] });
+        principals.insert("auditor".into(), PrincipalSettings { roles: vec![Role::Auditor], tenants: vec!["*".into()] });
+        Policy::new(&principals)
+    }
+
+    #[test]
+    fn roles_and_tenants_are_both_required() {
+        let policy = policy();
+        assert!(policy.require("payroll", &[Role::Tokenizer], Some("acme")).is_ok());
+        assert!(matches!(policy.require("payroll", &[Role::Tokenizer], Some("other")), Err(VaultError::PermissionDenied(_))));
+        assert!(matches!(policy.require("payroll", &[Role::Filer], Some("acme")), Err(VaultError::PermissionDenied(_))));
+        assert!(matches!(policy.require("stranger", &[Role::Tokenizer], None), Err(VaultError::PermissionDenied(_))));
+        assert!(policy.require("auditor", &[Role::Auditor], Some("anything")).is_ok());
+        assert!(policy.covers_all_tenants("auditor") && !policy.covers_all_tenants("payroll"));
+    }
+}

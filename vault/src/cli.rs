@@ -1,0 +1,518 @@
+//! The `mnvault` command line: one binary for operators and for scripted
+//! client work. Output is plain: one token, job id or `token<TAB>number` per
+//! line on standard output; progress and diagnostics go to standard error.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use mnvault_client::purpose::Purpose;
+use mnvault_client::{
+    ClientIdentity, FilingJob, FilingJobState, ListAuditEntriesRequest, NewFilingJob, TokenFormat, VaultClient,
+    DEV_ENDPOINT,
+};
+use secrecy::ExposeSecret;
+use time::OffsetDateTime;
+
+use crate::config::Settings;
+use crate::datadir::{self, DEV_PKI_DIR};
+use crate::service::verify_chain;
+use crate::startup::{self, Application};
+use crate::store::OpenMode;
+
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "mnvault-data";
+
+/// mnvault: a vault for Japanese My Numbers (個人番号).
+#[derive(Debug, Parser)]
+#[command(name = "mnvault", version, about, long_about = None)]
+pub struct Cli {
+    /// The vault's data directory (serve, init, audit verify), where `--as`
+    /// also finds the dev identities.
+    #[arg(long, global = true, env = "MNVAULT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the vault.
+    Serve {
+        /// Development setup: initialises the data directory on first start
+        /// (root key, dev PKI, tenant `demo`) and listens on loopback only.
+        #[arg(long)]
+        dev: bool,
+        /// Address to listen on (overrides the configuration).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Initialise a production data directory: root key file, database,
+    /// audit key and a configuration to complete (TLS files, principals).
+    Init,
+    /// Tenant lifecycle.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Turn numbers into tokens: arguments, or one per line from --file.
+    Tokenize {
+        /// Tenant the numbers belong to.
+        #[arg(long)]
+        tenant: String,
+        /// Token format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Opaque)]
+        format: FormatArg,
+        /// Read numbers from this file, one per line (`-` for standard input).
+        /// Prefer this to arguments, which shells keep in their history.
+        #[arg(long, conflicts_with = "numbers")]
+        file: Option<PathBuf>,
+        /// Numbers to tokenize.
+        numbers: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Filing jobs: the only way numbers leave the vault.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Release the numbers of an approved filing job, as `token<TAB>number` lines.
+    Detokenize {
+        /// The filing job.
+        #[arg(long)]
+        job: String,
+        /// Tokens to release; none means every token of the job.
+        tokens: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Audit log review.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// Tenant commands.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant with its own keys (as a principal with the admin role).
+    Create {
+        /// Identifier: lowercase letters, digits and hyphens, e.g. acme-corp.
+        tenant: String,
+        /// Human-readable name.
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// Filing-job commands.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// List the lawful purposes a job may declare.
+    Purposes,
+    /// Create a job; prints its id. Another principal must approve it.
+    Create {
+        /// Tenant whose tokens the job lists.
+        #[arg(long)]
+        tenant: String,
+        /// Purpose identifier (see `mnvault job purposes`).
+        #[arg(long)]
+        purpose: String,
+        /// How long the job may release numbers, e.g. 2h, 7d (at most 90d).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        expires_in: Duration,
+        /// How often each token may be released.
+        #[arg(long, default_value_t = 1)]
+        max_releases: u32,
+        /// Free text for reviewers (never a number).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Read tokens from this file, one per line (`-` for standard input).
+        #[arg(long)]
+        tokens_file: Option<PathBuf>,
+        /// Tokens the job may release.
+        tokens: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Approve a job created by someone else.
+    Approve {
+        /// The job.
+        job: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show a job, its state and its release counts.
+    Show {
+        /// The job.
+        job: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Cancel a job; nothing more can be released from it.
+    Cancel {
+        /// The job.
+        job: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain in the database of --data-dir (vault running or
+    /// stopped); exits non-zero naming the first bad entry.
+    Verify,
+    /// List entries from a running vault, one per line (as an auditor).
+    List {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only entries naming this token.
+        #[arg(long)]
+        token: Option<String>,
+        /// Only this filing job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this operation, e.g. filing.detokenize.
+        #[arg(long)]
+        operation: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// Token formats on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    /// `mnt_` followed by 26 base32 characters.
+    Opaque,
+    /// 12 digits with a deliberately wrong check digit.
+    LegacyDigits,
+}
+
+/// How a client command reaches the vault and who it is.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The vault's URL.
+    #[arg(long, env = "MNVAULT_ENDPOINT", default_value = DEV_ENDPOINT)]
+    pub endpoint: String,
+    /// Act as this dev principal, from `<data-dir>/dev-pki`.
+    #[arg(long = "as", value_name = "NAME", conflicts_with_all = ["cert", "key", "ca"])]
+    pub principal: Option<String>,
+    /// Client certificate (PEM).
+    #[arg(long, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires_all = ["cert", "ca"])]
+    pub key: Option<PathBuf>,
+    /// CA certificate that signed the vault's certificate (PEM).
+    #[arg(long, requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+}
+
+impl Connection {
+    async fn connect(&self, data_dir: &Path) -> anyhow::Result<VaultClient> {
+        let identity = match (&self.principal, &self.cert, &self.key, &self.ca) {
+            (Some(name), ..) => ClientIdentity::from_dev_pki(&data_dir.join(DEV_PKI_DIR), name)?,
+            (None, Some(cert), Some(key), Some(ca)) => ClientIdentity::from_files(cert, key, ca)?,
+            _ => bail!("say who you are: --as NAME for a dev identity, or --cert, --key and --ca"),
+        };
+        Ok(VaultClient::connect(&self.endpoint, &identity).await?)
+    }
+}
+
+/// Runs a parsed command, writing its output to `out`.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir;
+    match cli.command {
+        Command::Serve { dev, listen } => serve(&data_dir, dev, listen).await,
+        Command::Init => {
+            let settings = datadir::production_settings(&data_dir);
+            datadir::initialise(&settings).await?;
+            writeln!(out, "initialised {}", data_dir.display())?;
+            writeln!(out, "next: put the TLS files and principals into {}", data_dir.join(crate::config::CONFIG_FILE).display())?;
+            Ok(())
+        }
+        Command::Tenant { command: TenantCommand::Create { tenant, display_name, connection } } => {
+            let client = connection.connect(&data_dir).await?;
+            let created = client.create_tenant(&tenant, &display_name).await?;
+            writeln!(out, "{}", created.tenant)?;
+            Ok(())
+        }
+        Command::Tokenize { tenant, format, file, numbers, connection } => {
+            let format = match format {
+                FormatArg::Opaque => TokenFormat::Opaque,
+                FormatArg::LegacyDigits => TokenFormat::LegacyDigits,
+            };
+            let (numbers, show_progress) = match file {
+                Some(path) => (read_lines(&path)?, true),
+                None => (numbers, false),
+            };
+            if numbers.is_empty() {
+                bail!("no numbers given: pass them as arguments or with --file");
+            }
+            let client = connection.connect(&data_dir).await?;
+            tokenize(&client, &tenant, format, numbers, show_progress, out).await
+        }
+        Command::Job { command } => job(command, &data_dir, out).await,
+        Command::Detokenize { job, tokens, connection } => {
+            let client = connection.connect(&data_dir).await?;
+            for released in client.detokenize(&job, tokens).await? {
+                writeln!(out, "{}\t{}", released.token, released.number.expose_secret())?;
+            }
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Verify } => audit_verify(&data_dir, out).await,
+        Command::Audit { command: AuditCommand::List { tenant, token, job, operation, connection } } => {
+            let client = connection.connect(&data_dir).await?;
+            let mut request = ListAuditEntriesRequest {
+                tenant: tenant.unwrap_or_default(),
+                token: token.unwrap_or_default(),
+                job_id: job.unwrap_or_default(),
+                operation: operation.unwrap_or_default(),
+                ..Default::default()
+            };
+            loop {
+                let page = client.list_audit_entries(request.clone()).await?;
+                for entry in &page.entries {
+                    let time = entry.time.as_ref().and_then(mnvault_client::from_timestamp).map(rfc3339).unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        entry.seq, time, entry.principal, entry.tenant, entry.operation, entry.outcome,
+                        entry.job_id, entry.purpose, entry.record_count, entry.reason
+                    )?;
+                }
+                if page.next_after_seq == 0 {
+                    break Ok(());
+                }
+                request.after_seq = page.next_after_seq;
+            }
+        }
+    }
+}
+
+async fn serve(data_dir: &Path, dev: bool, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let mut settings = if dev {
+        datadir::ensure_dev(data_dir).await?
+    } else {
+        let settings = Settings::load(data_dir)?;
+        if settings.dev {
+            bail!("{} holds a dev vault; start it with --dev", data_dir.display());
+        }
+        settings
+    };
+    if let Some(listen) = listen {
+        settings.listen = listen;
+    }
+    let application = Application::build(&settings).await?;
+    if settings.dev {
+        tracing::warn!(
+            address = %application.local_addr(),
+            pki = %data_dir.join(DEV_PKI_DIR).display(),
+            "DEV MODE: development keys and certificates, loopback only. Never put real My Numbers in this vault."
+        );
+    }
+    application.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("vault stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
+    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        ))
+    };
+    let mut lines = Vec::new();
+    for line in reader.lines() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        let line = line.trim_end_matches('\r');
+        if !line.trim().is_empty() {
+            lines.push(line.to_owned());
+        }
+    }
+    Ok(lines)
+}
+
+fn progress_bar(length: u64, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+async fn tokenize(
+    client: &VaultClient,
+    tenant: &str,
+    format: TokenFormat,
+    numbers: Vec<String>,
+    show_progress: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let total = numbers.len();
+    let bar = progress_bar(total as u64, show_progress);
+    let mut results = std::pin::pin!(client.tokenize_stream(tenant, format, numbers).await?);
+    let mut refused = 0usize;
+    let mut answered = 0usize;
+    while let Some(result) = results.next().await {
+        let result = result?;
+        answered += 1;
+        match result.result {
+            Ok(token) => writeln!(out, "{token}")?,
+            Err(error) => {
+                refused += 1;
+                // Keep one output line per input line, so outputs can be pasted beside inputs.
+                writeln!(out)?;
+                bar.suspend(|| eprintln!("line {}: {}", result.index + 1, error.message));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if answered != total {
+        bail!("the vault answered {answered} of {total} numbers; the stream was cut");
+    }
+    if refused > 0 {
+        bail!("{refused} of {total} numbers were refused; their lines are empty");
+    }
+    Ok(())
+}
+
+async fn job(command: JobCommand, data_dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    match command {
+        JobCommand::Purposes => {
+            for purpose in Purpose::ALL {
+                writeln!(out, "{}\t{}\t{}", purpose.id(), purpose.name_ja(), purpose.submitted_to())?;
+            }
+        }
+        JobCommand::Create { tenant, purpose, expires_in, max_releases, note, tokens_file, mut tokens, connection } => {
+            if let Some(path) = tokens_file {
+                tokens.extend(read_lines(&path)?.into_iter().map(|t| t.trim().to_owned()));
+            }
+            if tokens.is_empty() {
+                bail!("no tokens given: pass them as arguments or with --tokens-file");
+            }
+            let client = connection.connect(data_dir).await?;
+            let job = client
+                .create_filing_job(NewFilingJob {
+                    tenant,
+                    purpose,
+                    tokens,
+                    expires_at: OffsetDateTime::now_utc() + expires_in,
+                    max_releases_per_token: max_releases,
+                    note,
+                })
+                .await?;
+            writeln!(out, "{}", job.job_id)?;
+        }
+        JobCommand::Approve { job, connection } => {
+            let job = connection.connect(data_dir).await?.approve_filing_job(&job).await?;
+            writeln!(out, "{}\t{}", job.job_id, state_name(&job))?;
+        }
+        JobCommand::Show { job, connection } => {
+            let job = connection.connect(data_dir).await?.get_filing_job(&job).await?;
+            write_job(&job, out)?;
+        }
+        JobCommand::Cancel { job, connection } => {
+            let job = connection.connect(data_dir).await?.cancel_filing_job(&job).await?;
+            writeln!(out, "{}\t{}", job.job_id, state_name(&job))?;
+        }
+    }
+    Ok(())
+}
+
+fn state_name(job: &FilingJob) -> &'static str {
+    match FilingJobState::try_from(job.state).unwrap_or(FilingJobState::Unspecified) {
+        FilingJobState::PendingApproval => "pending-approval",
+        FilingJobState::Approved => "approved",
+        FilingJobState::Cancelled => "cancelled",
+        FilingJobState::Expired => "expired",
+        FilingJobState::Unspecified => "unknown",
+    }
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn when(at: &Option<prost_types::Timestamp>) -> String {
+    at.as_ref().and_then(mnvault_client::from_timestamp).map(rfc3339).unwrap_or_else(|| "-".into())
+}
+
+fn write_job(job: &FilingJob, out: &mut (dyn Write + Send)) -> std::io::Result<()> {
+    let purpose = job.purpose.parse::<Purpose>().map(|p| p.name_ja()).unwrap_or("?");
+    writeln!(out, "job\t{}", job.job_id)?;
+    writeln!(out, "tenant\t{}", job.tenant)?;
+    writeln!(out, "purpose\t{} ({purpose})", job.purpose)?;
+    writeln!(out, "state\t{}", state_name(job))?;
+    writeln!(out, "created\t{} by {}", when(&job.created_at), job.created_by)?;
+    writeln!(out, "expires\t{}", when(&job.expires_at))?;
+    if !job.approved_by.is_empty() {
+        writeln!(out, "approved\t{} by {}", when(&job.approved_at), job.approved_by)?;
+    }
+    if !job.cancelled_by.is_empty() {
+        writeln!(out, "cancelled\t{} by {}", when(&job.cancelled_at), job.cancelled_by)?;
+    }
+    if !job.note.is_empty() {
+        writeln!(out, "note\t{}", job.note)?;
+    }
+    for token in &job.tokens {
+        writeln!(out, "token\t{}\treleased {}/{}", token.token, token.releases, job.max_releases_per_token)?;
+    }
+    Ok(())
+}
+
+async fn audit_verify(data_dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let settings = Settings::load(data_dir)?;
+    let provider = startup::root_key_provider(&settings)?;
+    let (store, key) = startup::open_store(&settings, provider.as_ref(), OpenMode::Review).await?;
+    let (head_seq, _) = crate::store::Store::audit_head(store.as_ref()).await?;
+    let bar = progress_bar(head_seq, head_seq > 10_000);
+    let verdict = verify_chain(store.as_ref(), &key, |checked| bar.set_position(checked)).await;
+    bar.finish_and_clear();
+    store.close().await;
+    match verdict? {
+        Ok(chain) => {
+            writeln!(out, "audit chain intact: {} entries, head {}", chain.entries, hex::encode(chain.head_hash))?;
+            Ok(())
+        }
+        Err(broken) => bail!("audit chain broken at {broken}"),
+    }
+}

@@ -1,0 +1,184 @@
+//! The data directory: what `mnvault init` and the first `mnvault serve --dev`
+//! put in it.
+//!
+//! ```text
+//! <data-dir>/            mode 0700
+//!   mnvault.toml         configuration
+//!   root.key             root key file, mode 0600 (production: keep it elsewhere, or in an HSM)
+//!   vault.db, -wal, -shm SQLite database: sealed records, jobs, audit log
+//!   dev-pki/             dev only: ca.pem, server.crt/key, <principal>.crt/key
+//! ```
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use mnvault_keys::{RootKeyFile, RootKeyProvider};
+
+use crate::audit::{AuditDraft, Operation};
+use crate::authz::Role;
+use crate::clock;
+use crate::config::{
+    ConfigError, DatabaseSettings, PrincipalSettings, RootKeySettings, Settings, TlsSettings, CONFIG_FILE,
+};
+use crate::dev_pki::{self, PkiError, DEV_PRINCIPALS};
+use crate::keyring::{create_audit_key, new_tenant, AuditKeyError};
+use crate::store::{OpenMode, SqliteStore, Store, StoreError};
+
+/// Root key file name inside the data directory.
+pub const ROOT_KEY_FILE: &str = "root.key";
+/// Dev PKI directory inside the data directory.
+pub const DEV_PKI_DIR: &str = "dev-pki";
+/// The tenant a dev vault starts with.
+pub const DEV_TENANT: &str = "demo";
+/// Address a dev vault listens on.
+pub const DEV_LISTEN: &str = "127.0.0.1:50051";
+/// Principal recorded in the audit log for what initialisation does.
+pub const INIT_PRINCIPAL: &str = "mnvault-init";
+
+/// Why a data directory could not be initialised.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// It already holds a vault.
+    #[error("{0} already holds a vault ({CONFIG_FILE} exists); use it, or choose another directory")]
+    AlreadyInitialised(PathBuf),
+    /// It holds a production vault but `--dev` was asked for.
+    #[error("{0} holds a vault that is not a dev setup; run without --dev")]
+    NotDev(PathBuf),
+    /// A directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The root key file could not be created.
+    #[error(transparent)]
+    RootKey(#[from] mnvault_keys::KeyError),
+    /// The dev PKI could not be created.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The database could not be created.
+    #[error("cannot create the database: {0}")]
+    Store(#[from] StoreError),
+    /// The audit key could not be created.
+    #[error(transparent)]
+    AuditKey(#[from] AuditKeyError),
+    /// The configuration could not be written or read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The dev tenant could not be created.
+    #[error("cannot create the dev tenant: {0}")]
+    Tenant(String),
+}
+
+/// Whether `data_dir` holds an initialised vault.
+pub fn is_initialised(data_dir: &Path) -> bool {
+    data_dir.join(CONFIG_FILE).exists()
+}
+
+/// Settings of a dev vault in `data_dir`: dev PKI, every dev principal with
+/// the role of its name on every tenant.
+pub fn dev_settings(data_dir: &Path) -> Settings {
+    let pki = PathBuf::from(DEV_PKI_DIR);
+    let role_of = |name: &str| match name {
+        "payroll" => Role::Tokenizer,
+        "requester" => Role::Requester,
+        "approver" => Role::Approver,
+        "filer" => Role::Filer,
+        "admin" => Role::Admin,
+        _ => Role::Auditor,
+    };
+    let principals: BTreeMap<_, _> = DEV_PRINCIPALS
+        .iter()
+        .map(|name| (name.to_string(), PrincipalSettings { roles: vec![role_of(name)], tenants: vec!["*".into()] }))
+        .collect();
+    Settings {
+        listen: DEV_LISTEN.parse().expect("valid address"),
+        dev: true,
+        root_key: RootKeySettings { file: PathBuf::from(ROOT_KEY_FILE) },
+        database: DatabaseSettings::default(),
+        tls: TlsSettings {
+            cert: pki.join(dev_pki::SERVER_CERT_FILE),
+            key: pki.join(dev_pki::SERVER_KEY_FILE),
+            client_ca: pki.join(dev_pki::CA_CERT_FILE),
+        },
+        principals,
+        data_dir: data_dir.to_owned(),
+    }
+}
+
+/// Settings of a production vault: TLS files and principals are the operator's to fill in.
+pub fn production_settings(data_dir: &Path) -> Settings {
+    Settings {
+        listen: "0.0.0.0:50051".parse().expect("valid address"),
+        dev: false,
+        root_key: RootKeySettings { file: PathBuf::from(ROOT_KEY_FILE) },
+        database: DatabaseSettings::default(),
+        tls: TlsSettings {
+            cert: PathBuf::from("tls/server.crt"),
+            key: PathBuf::from("tls/server.key"),
+            client_ca: PathBuf::from("tls/client-ca.pem"),
+        },
+        principals: BTreeMap::new(),
+        data_dir: data_dir.to_owned(),
+    }
+}
+
+/// Initialises `data_dir` with `settings`: root key, database, audit key and,
+/// for a dev vault, the dev PKI and the `demo` tenant. The configuration is
+/// written last, so a directory without it is not a vault.
+pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
+    let data_dir = &settings.data_dir;
+    if is_initialised(data_dir) {
+        return Err(InitError::AlreadyInitialised(data_dir.clone()));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|source| InitError::Io { path: data_dir.clone(), source })?;
+    // An existing directory keeps its mode from DirBuilder; tighten it.
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|source| InitError::Io { path: data_dir.clone(), source })?;
+    let provider = RootKeyFile::create(&settings.resolve(&settings.root_key.file))?;
+    let store = SqliteStore::open(
+        &settings.resolve(&settings.database.sqlite_file),
+        OpenMode::Initialise,
+        settings.database.write_timeout(),
+    )
+    .await?;
+    let now = clock::now_ms();
+    create_audit_key(&store, &provider, now).await?;
+    if settings.dev {
+        dev_pki::create_dev_pki(&data_dir.join(DEV_PKI_DIR), &DEV_PRINCIPALS)?;
+        let audit_key = crate::keyring::load_audit_key(&store, &provider).await?;
+        store.set_audit_key(std::sync::Arc::new(audit_key));
+        create_dev_tenant(&store, &provider, now).await?;
+    }
+    store.close().await;
+    settings.save()?;
+    Ok(())
+}
+
+async fn create_dev_tenant(store: &SqliteStore, provider: &dyn RootKeyProvider, now: i64) -> Result<(), InitError> {
+    let tenant = new_tenant(provider, DEV_TENANT, "Demo tenant (dev)", now)
+        .map_err(|e| InitError::Tenant(e.to_string()))?;
+    let draft = AuditDraft::new(INIT_PRINCIPAL, Operation::CreateTenant, DEV_TENANT);
+    store.create_tenant(&tenant, draft).await?;
+    Ok(())
+}
+
+/// The settings of the dev vault in `data_dir`, initialising it on first use.
+pub async fn ensure_dev(data_dir: &Path) -> Result<Settings, InitError> {
+    if !is_initialised(data_dir) {
+        initialise(&dev_settings(data_dir)).await?;
+    }
+    let settings = Settings::load(data_dir)?;
+    if !settings.dev {
+        return Err(InitError::NotDev(data_dir.to_owned()));
+    }
+    Ok(settings)
+}

@@ -1,0 +1,780 @@
+//! A throwaway certificate authority for `mnvault serve --dev`.
+//!
+//! Every mnvault connection is mutual TLS, so even a local trial run needs a
+//! CA, a server certificate and one client certificate per principal. This
+//! module generates all of them in one directory so a developer can start the
+//! vault and talk to it on loopback without running a PKI of their own:
+//!
+//! * `ca.pem` / `ca.key` — a self-signed CA ("mnvault dev CA") that may only
+//!   issue end-entity certificates (path length 0);
+//! * `server.crt` / `server.key` — valid for `localhost`, `127.0.0.1` and `::1`
+//!   only;
+//! * `<principal>.crt` / `<principal>.key` — client certificates whose subject
+//!   Common Name is the principal (see [`principal_from_certificate`]).
+//!
+//! **Never use this for anything but a development vault on loopback.** The CA
+//! key sits unencrypted next to the certificates it signs, so anyone who can
+//! read the directory can mint a certificate for any principal, `admin`
+//! included. Production deployments use the operator's own CA, with its key
+//! kept offline, and never call [`create_dev_pki`].
+//!
+//! Private keys are written with mode 0600 inside a 0700 directory, and no
+//! existing file is ever overwritten. Unix only.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// The principals the dev PKI issues client certificates for; each name is also the role it gets in the dev configuration.
+pub const DEV_PRINCIPALS: [&str; 6] = [
+    "payroll",
+    "requester",
+    "approver",
+    "filer",
+    "admin",
+    "auditor",
+];
+
+/// File names inside the PKI directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// The CA's private key (PKCS#8 PEM, mode 0600).
+pub const CA_KEY_FILE: &str = "ca.key";
+/// The server certificate (PEM).
+pub const SERVER_CERT_FILE: &str = "server.crt";
+/// The server's private key (PKCS#8 PEM, mode 0600).
+pub const SERVER_KEY_FILE: &str = "server.key";
+
+/// Common Name of the dev CA certificate.
+const CA_COMMON_NAME: &str = "mnvault dev CA";
+/// Common Name of the server certificate.
+const SERVER_COMMON_NAME: &str = "localhost";
+/// 825 days is the longest leaf lifetime browsers and most TLS stacks accept;
+/// long enough that a dev directory does not expire mid-project.
+const VALIDITY_DAYS: i64 = 825;
+/// Longest principal name accepted by [`create_dev_pki`]; also keeps file names short.
+const MAX_PRINCIPAL_LEN: usize = 64;
+
+/// File name of the client certificate for `name`: `"<name>.crt"`.
+pub fn client_cert_file(name: &str) -> String {
+    format!("{name}.crt")
+}
+
+/// File name of the client private key for `name`: `"<name>.key"`.
+pub fn client_key_file(name: &str) -> String {
+    format!("{name}.key")
+}
+
+/// Why the dev PKI could not be created, or why a certificate names no usable principal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// A file the dev PKI would write is already there; nothing was overwritten.
+    #[error(
+        "{} already exists; refusing to overwrite an existing dev PKI (reuse it, or delete the directory to start over)",
+        path.display()
+    )]
+    AlreadyExists {
+        /// The file that is in the way.
+        path: PathBuf,
+    },
+
+    /// The PKI directory already exists, holds other files, and other users can reach into it.
+    #[error(
+        "{} is accessible to other users (mode {mode:03o}) and would hold private keys; run `chmod 700 {}` or choose a new directory",
+        path.display(),
+        path.display()
+    )]
+    InsecureDirectory {
+        /// The PKI directory.
+        path: PathBuf,
+        /// Its current permission bits.
+        mode: u32,
+    },
+
+    /// A principal name cannot be used as a certificate Common Name and file name.
+    #[error("invalid principal name {name:?}: {reason}")]
+    InvalidPrincipal {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A filesystem operation failed.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What was being attempted, e.g. "create directory".
+        action: &'static str,
+        /// The path it was attempted on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Generating a key pair or signing a certificate failed.
+    #[error("could not generate the {what}: {source}")]
+    Generate {
+        /// Which key or certificate, e.g. "server certificate".
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: rcgen::Error,
+    },
+
+    /// The bytes are not a single DER-encoded X.509 certificate.
+    #[error("the client certificate is not a valid DER X.509 certificate: {reason}")]
+    CertificateParse {
+        /// What the parser objected to.
+        reason: String,
+    },
+
+    /// The certificate subject has no Common Name, so it names no principal.
+    #[error("the client certificate's subject has no Common Name (CN); reissue it with CN set to the principal name")]
+    MissingCommonName,
+
+    /// The certificate subject has more than one Common Name, so the principal is ambiguous.
+    #[error("the client certificate's subject has more than one Common Name (CN); reissue it with exactly one CN, the principal name")]
+    MultipleCommonNames,
+
+    /// The certificate subject's Common Name is empty.
+    #[error("the client certificate's subject Common Name (CN) is empty; reissue it with CN set to the principal name")]
+    EmptyCommonName,
+
+    /// The Common Name is not a UTF-8 (or ASCII) string type, or is malformed UTF-8.
+    #[error("the client certificate's subject Common Name (CN) is not valid UTF-8; reissue it with the CN as a UTF8String or PrintableString")]
+    CommonNameNotUtf8,
+
+    /// The Common Name contains control characters, which have no place in a principal name.
+    #[error("the client certificate's subject Common Name (CN) contains control characters; reissue it with a plain principal name")]
+    CommonNameControlCharacters,
+}
+
+/// Creates `dir` (mode 0700) and writes a fresh CA (ca.pem, ca.key), a server certificate for localhost / 127.0.0.1 / ::1 (server.crt, server.key) and one client certificate per principal (`<name>.crt`, `<name>.key`), all signed by the CA. Refuses if `dir` already contains ca.pem (PkiError::AlreadyExists).
+///
+/// Principal names must be 1–64 characters of `a-z`, `0-9`, `-` and `_`, must
+/// not repeat, and must not be `ca` or `server` (their files would collide).
+/// An existing `dir` that other users can access is tightened to 0700 if it is
+/// empty and refused ([`PkiError::InsecureDirectory`]) otherwise. Every file
+/// name is checked before anything is written, so a refusal leaves the
+/// directory as it was.
+pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
+    validate_principals(principals)?;
+
+    // Check every target first so a refusal leaves no half-written PKI, and
+    // before the directory checks so an existing PKI always reports
+    // AlreadyExists. ca.pem goes first: it is the file that marks a PKI.
+    let mut names = vec![
+        CA_CERT_FILE.to_owned(),
+        CA_KEY_FILE.to_owned(),
+        SERVER_CERT_FILE.to_owned(),
+        SERVER_KEY_FILE.to_owned(),
+    ];
+    for name in principals {
+        names.push(client_cert_file(name));
+        names.push(client_key_file(name));
+    }
+    for name in &names {
+        let path = dir.join(name);
+        // symlink_metadata so that a dangling symlink also counts as "in the way".
+        match fs::symlink_metadata(&path) {
+            Ok(_) => return Err(PkiError::AlreadyExists { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(PkiError::Io {
+                    action: "inspect",
+                    path,
+                    source,
+                })
+            }
+        }
+    }
+
+    prepare_dir(dir)?;
+
+    // Generate everything before writing, so a generation failure writes nothing.
+    let (not_before, not_after) = validity_period();
+
+    let ca_key = generate_key("CA key")?;
+    let mut ca_params = params_with_cn(CA_COMMON_NAME, not_before, not_after);
+    // pathlen 0: the dev CA signs leaves only, never another CA.
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(|source| generate_error("CA certificate", source))?;
+    let ca_cert_pem = ca_cert.pem();
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut files = vec![
+        (CA_CERT_FILE.to_owned(), ca_cert_pem, false),
+        (CA_KEY_FILE.to_owned(), ca_key_pem, true),
+    ];
+
+    let server_key = generate_key("server key")?;
+    let mut server_params = leaf_params(SERVER_COMMON_NAME, not_before, not_after);
+    server_params.subject_alt_names = vec![
+        SanType::DnsName(
+            "localhost"
+                .try_into()
+                .map_err(|source| generate_error("server certificate", source))?,
+        ),
+        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ];
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .map_err(|source| generate_error("server certificate", source))?;
+    files.push((SERVER_CERT_FILE.to_owned(), server_cert.pem(), false));
+    files.push((SERVER_KEY_FILE.to_owned(), server_key.serialize_pem(), true));
+
+    for name in principals {
+        let key = generate_key(&format!("key for principal {name:?}"))?;
+        let mut params = leaf_params(name, not_before, not_after);
+        // No SANs: client certificates are identified by CN alone, and rustls
+        // does not check names on client certificates.
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).map_err(|source| {
+            generate_error(&format!("certificate for principal {name:?}"), source)
+        })?;
+        files.push((client_cert_file(name), cert.pem(), false));
+        files.push((client_key_file(name), key.serialize_pem(), true));
+    }
+
+    for (name, contents, secret) in &files {
+        write_new_file(
+            &dir.join(name),
+            contents,
+            if *secret { 0o600 } else { 0o644 },
+        )?;
+    }
+    Ok(())
+}
+
+/// The principal named by a client certificate (DER): its subject Common Name. Errors if the certificate does not parse or has no / an empty / non-UTF-8 CN, or more than one CN.
+///
+/// Also rejects trailing bytes after the certificate and Common Names that
+/// contain control characters (they would otherwise end up in audit logs).
+/// This does not verify the certificate; the TLS layer has done that by the
+/// time a principal is looked up.
+pub fn principal_from_certificate(der: &[u8]) -> Result<String, PkiError> {
+    let (rest, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::CertificateParse {
+            reason: e.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(PkiError::CertificateParse {
+            reason: format!("{} unexpected bytes after the certificate", rest.len()),
+        });
+    }
+
+    let mut common_names = cert.subject().iter_common_name();
+    let cn = common_names.next().ok_or(PkiError::MissingCommonName)?;
+    if common_names.next().is_some() {
+        return Err(PkiError::MultipleCommonNames);
+    }
+    let name = cn.as_str().map_err(|_| PkiError::CommonNameNotUtf8)?;
+    if name.is_empty() {
+        return Err(PkiError::EmptyCommonName);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(PkiError::CommonNameControlCharacters);
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_principals(principals: &[&str]) -> Result<(), PkiError> {
+    let invalid = |name: &str, reason| PkiError::InvalidPrincipal {
+        name: name.to_owned(),
+        reason,
+    };
+    for (i, name) in principals.iter().enumerate() {
+        if name.is_empty() {
+            return Err(invalid(name, "it is empty"));
+        }
+        if name.len() > MAX_PRINCIPAL_LEN {
+            return Err(invalid(name, "it is longer than 64 characters"));
+        }
+        // The name becomes a file name, so nothing that could leave `dir`;
+        // lowercase only, because "Admin.key" and "admin.key" are one file on
+        // case-insensitive filesystems.
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(name, "use only a-z, 0-9, '-' and '_'"));
+        }
+        if *name == "ca" || *name == "server" {
+            return Err(invalid(
+                name,
+                "its files would collide with the CA or server files",
+            ));
+        }
+        if principals[..i].contains(name) {
+            return Err(invalid(name, "it is listed more than once"));
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` with mode 0700. An existing directory that others can access
+/// is tightened to 0700 if it is empty, and refused otherwise.
+fn prepare_dir(dir: &Path) -> Result<(), PkiError> {
+    let io_error = |action, source| PkiError::Io {
+        action,
+        path: dir.to_owned(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| io_error("create directory", source))?;
+    let mode = fs::metadata(dir)
+        .map_err(|source| io_error("inspect", source))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    // An empty directory was made for us (`mkdir`, a temp dir), so tightening
+    // it is expected; chmod-ing one with other contents (a home directory?)
+    // would be a surprise, so leave that decision to the user.
+    let is_empty = fs::read_dir(dir)
+        .map_err(|source| io_error("list", source))?
+        .next()
+        .is_none();
+    if !is_empty {
+        return Err(PkiError::InsecureDirectory {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|source| io_error("restrict permissions of", source))
+}
+
+/// Writes a file that must not exist yet, with `mode` applied at creation so a
+/// private key is never readable by others, not even briefly.
+fn write_new_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                PkiError::AlreadyExists {
+                    path: path.to_owned(),
+                }
+            } else {
+                PkiError::Io {
+                    action: "create",
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|source| PkiError::Io {
+            action: "write",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn validity_period() -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    // Backdated a day so a peer with a slightly slow clock still accepts it.
+    (now - Duration::days(1), now + Duration::days(VALIDITY_DAYS))
+}
+
+fn params_with_cn(
+    common_name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    // A fresh name: the default one carries rcgen's placeholder CN.
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params
+}
+
+fn leaf_params(
+    common_name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
+    let mut params = params_with_cn(common_name, not_before, not_after);
+    params.is_ca = IsCa::ExplicitNoCa;
+    // digitalSignature is all an ECDSA TLS key needs.
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+fn generate_key(what: &str) -> Result<KeyPair, PkiError> {
+    KeyPair::generate().map_err(|source| generate_error(what, source))
+}
+
+fn generate_error(what: &str, source: rcgen::Error) -> PkiError {
+    PkiError::Generate {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::certificate::X509Certificate;
+    use x509_parser::extensions::GeneralName;
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn read_der(path: &Path) -> Vec<u8> {
+        let pem_bytes = fs::read(path).unwrap();
+        let (rest, pem) = x509_parser::pem::parse_x509_pem(&pem_bytes).unwrap();
+        assert!(
+            rest.iter().all(u8::is_ascii_whitespace),
+            "{}",
+            path.display()
+        );
+        assert_eq!(pem.label, "CERTIFICATE");
+        pem.contents
+    }
+
+    fn parse(der: &[u8]) -> X509Certificate<'_> {
+        let (rest, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        assert!(rest.is_empty());
+        cert
+    }
+
+    /// A fresh PKI in a not-yet-existing subdirectory of a temp dir.
+    fn fresh_pki() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        create_dev_pki(&dir, &DEV_PRINCIPALS).unwrap();
+        (tmp, dir)
+    }
+
+    fn cert_with_subject(dn: DistinguishedName) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn writes_every_file_with_the_documented_names() {
+        let (_tmp, dir) = fresh_pki();
+        let mut expected = vec![
+            CA_CERT_FILE.to_owned(),
+            CA_KEY_FILE.to_owned(),
+            SERVER_CERT_FILE.to_owned(),
+            SERVER_KEY_FILE.to_owned(),
+        ];
+        for name in DEV_PRINCIPALS {
+            expected.push(client_cert_file(name));
+            expected.push(client_key_file(name));
+        }
+        expected.sort();
+        let mut found: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        found.sort();
+        assert_eq!(found, expected);
+        assert_eq!(client_cert_file("admin"), "admin.crt");
+        assert_eq!(client_key_file("admin"), "admin.key");
+
+        for name in &expected {
+            let text = fs::read_to_string(dir.join(name)).unwrap();
+            let label = if name.ends_with(".key") {
+                "-----BEGIN PRIVATE KEY-----"
+            } else {
+                "-----BEGIN CERTIFICATE-----"
+            };
+            assert!(text.starts_with(label), "{name} is not PEM: {text:.40}");
+        }
+    }
+
+    #[test]
+    fn keys_are_0600_and_the_directory_0700() {
+        let (_tmp, dir) = fresh_pki();
+        assert_eq!(mode_of(&dir), 0o700);
+        let mut keys = 0;
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "key") {
+                assert_eq!(mode_of(&path), 0o600, "{}", path.display());
+                keys += 1;
+            } else {
+                // Certificates are public, but never group/world writable.
+                assert_eq!(mode_of(&path) & 0o022, 0, "{}", path.display());
+            }
+        }
+        assert_eq!(keys, 2 + DEV_PRINCIPALS.len());
+        assert_eq!(mode_of(&dir.join(CA_KEY_FILE)), 0o600);
+    }
+
+    #[test]
+    fn creating_twice_is_refused_and_changes_nothing() {
+        let (_tmp, dir) = fresh_pki();
+        let ca_before = fs::read(dir.join(CA_CERT_FILE)).unwrap();
+        let key_before = fs::read(dir.join(CA_KEY_FILE)).unwrap();
+        match create_dev_pki(&dir, &DEV_PRINCIPALS) {
+            Err(PkiError::AlreadyExists { path }) => assert_eq!(path, dir.join(CA_CERT_FILE)),
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(fs::read(dir.join(CA_CERT_FILE)).unwrap(), ca_before);
+        assert_eq!(fs::read(dir.join(CA_KEY_FILE)).unwrap(), key_before);
+    }
+
+    #[test]
+    fn a_stray_key_file_is_not_overwritten_and_nothing_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("admin.key"), "mine").unwrap();
+        match create_dev_pki(dir, &DEV_PRINCIPALS) {
+            Err(PkiError::AlreadyExists { path }) => assert_eq!(path, dir.join("admin.key")),
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(fs::read_to_string(dir.join("admin.key")).unwrap(), "mine");
+        assert!(!dir.join(CA_CERT_FILE).exists());
+    }
+
+    #[test]
+    fn an_empty_open_directory_is_tightened_and_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("open");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        create_dev_pki(&dir, &DEV_PRINCIPALS).unwrap();
+        assert_eq!(mode_of(&dir), 0o700);
+        assert!(dir.join(CA_CERT_FILE).exists());
+    }
+
+    #[test]
+    fn a_non_empty_open_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("open");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("notes.txt"), "hello").unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        match create_dev_pki(&dir, &DEV_PRINCIPALS) {
+            Err(PkiError::InsecureDirectory { mode, .. }) => assert_eq!(mode, 0o755),
+            other => panic!("expected InsecureDirectory, got {other:?}"),
+        }
+        assert_eq!(mode_of(&dir), 0o755);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unsafe_principal_names_are_refused_before_touching_the_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        for bad in [
+            &["../evil"][..],
+            &[""],
+            &["Admin"],
+            &["server"],
+            &["ca"],
+            &["admin", "admin"],
+        ] {
+            assert!(
+                matches!(
+                    create_dev_pki(&dir, bad),
+                    Err(PkiError::InvalidPrincipal { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn client_certificates_name_their_principal() {
+        let (_tmp, dir) = fresh_pki();
+        for name in DEV_PRINCIPALS {
+            let der = read_der(&dir.join(client_cert_file(name)));
+            assert_eq!(principal_from_certificate(&der).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn server_certificate_is_for_loopback() {
+        let (_tmp, dir) = fresh_pki();
+        let der = read_der(&dir.join(SERVER_CERT_FILE));
+        let cert = parse(&der);
+        let sans = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .expect("server cert has SANs")
+            .value
+            .general_names;
+        assert!(sans.contains(&GeneralName::DNSName("localhost")));
+        assert!(sans.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])));
+        assert!(sans.contains(&GeneralName::IPAddress(&Ipv6Addr::LOCALHOST.octets())));
+        assert_eq!(sans.len(), 3);
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        assert!(cert.key_usage().unwrap().unwrap().value.digital_signature());
+        assert!(!cert.is_ca());
+    }
+
+    #[test]
+    fn ca_certificate_is_a_self_signed_ca() {
+        let (_tmp, dir) = fresh_pki();
+        let der = read_der(&dir.join(CA_CERT_FILE));
+        let cert = parse(&der);
+        let bc = cert
+            .basic_constraints()
+            .unwrap()
+            .expect("CA has basic constraints");
+        assert!(bc.critical);
+        assert!(bc.value.ca);
+        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign() && ku.crl_sign());
+        assert_eq!(cert.subject(), cert.issuer());
+        assert_eq!(
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            CA_COMMON_NAME
+        );
+        cert.verify_signature(None).expect("self-signed");
+    }
+
+    #[test]
+    fn leaves_are_issued_and_signed_by_the_ca() {
+        let (_tmp, dir) = fresh_pki();
+        let ca_der = read_der(&dir.join(CA_CERT_FILE));
+        let ca = parse(&ca_der);
+        let mut leaves = vec![SERVER_CERT_FILE.to_owned()];
+        leaves.extend(DEV_PRINCIPALS.iter().map(|n| client_cert_file(n)));
+        for file in leaves {
+            let der = read_der(&dir.join(&file));
+            let cert = parse(&der);
+            assert_eq!(cert.issuer(), ca.subject(), "{file}");
+            cert.verify_signature(Some(ca.public_key()))
+                .unwrap_or_else(|e| panic!("{file} not signed by the CA: {e}"));
+            let validity = cert.validity();
+            let now = OffsetDateTime::now_utc();
+            assert!(validity.not_before.to_datetime() < now - Duration::hours(23));
+            assert!(validity.not_after.to_datetime() > now + Duration::days(824));
+            if file != SERVER_CERT_FILE {
+                let eku = cert.extended_key_usage().unwrap().unwrap().value;
+                assert!(eku.client_auth && !eku.server_auth, "{file}");
+                assert!(cert.key_usage().unwrap().unwrap().value.digital_signature());
+            }
+        }
+        // A key other than the CA's must not verify, or the check above proves nothing.
+        let server_der = read_der(&dir.join(SERVER_CERT_FILE));
+        let server = parse(&server_der);
+        let admin_der = read_der(&dir.join(client_cert_file("admin")));
+        assert!(parse(&admin_der)
+            .verify_signature(Some(server.public_key()))
+            .is_err());
+    }
+
+    #[test]
+    fn two_pkis_do_not_trust_each_other() {
+        let (_tmp1, dir1) = fresh_pki();
+        let (_tmp2, dir2) = fresh_pki();
+        let ca1_der = read_der(&dir1.join(CA_CERT_FILE));
+        let admin2_der = read_der(&dir2.join(client_cert_file("admin")));
+        assert!(parse(&admin2_der)
+            .verify_signature(Some(parse(&ca1_der).public_key()))
+            .is_err());
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        for bytes in [
+            &b""[..],
+            b"not a certificate",
+            &[0x30, 0x82, 0xff, 0xff, 0x00],
+        ] {
+            assert!(
+                matches!(
+                    principal_from_certificate(bytes),
+                    Err(PkiError::CertificateParse { .. })
+                ),
+                "{bytes:?}"
+            );
+        }
+        let (_tmp, dir) = fresh_pki();
+        let mut der = read_der(&dir.join(client_cert_file("admin")));
+        der.push(0);
+        assert!(matches!(
+            principal_from_certificate(&der),
+            Err(PkiError::CertificateParse { .. })
+        ));
+    }
+
+    #[test]
+    fn unusable_common_names_are_rejected() {
+        let mut none = DistinguishedName::new();
+        none.push(DnType::OrganizationName, "mnvault");
+        assert!(matches!(
+            principal_from_certificate(&cert_with_subject(none)),
+            Err(PkiError::MissingCommonName)
+        ));
+
+        let mut empty = DistinguishedName::new();
+        empty.push(DnType::CommonName, "");
+        assert!(matches!(
+            principal_from_certificate(&cert_with_subject(empty)),
+            Err(PkiError::EmptyCommonName)
+        ));
+
+        // rcgen keeps one value per DnType, so spell the second CN by OID.
+        let mut two = DistinguishedName::new();
+        two.push(DnType::CommonName, "admin");
+        two.push(DnType::CustomDnType(vec![2, 5, 4, 3]), "auditor");
+        assert!(matches!(
+            principal_from_certificate(&cert_with_subject(two)),
+            Err(PkiError::MultipleCommonNames)
+        ));
+
+        let mut bmp = DistinguishedName::new();
+        bmp.push(
+            DnType::CommonName,
+            rcgen::DnValue::BmpString("admin".try_into().unwrap()),
+        );
+        assert!(matches!(
+            principal_from_certificate(&cert_with_subject(bmp)),
+            Err(PkiError::CommonNameNotUtf8)
+        ));
+
+        let mut control = DistinguishedName::new();
+        control.push(DnType::CommonName, "admin\nrole=auditor");
+        assert!(matches!(
+            principal_from_certificate(&cert_with_subject(control)),
+            Err(PkiError::CommonNameControlCharacters)
+        ));
+    }
+}

@@ -1,0 +1,126 @@
+//! Tenant keys in memory: unwrapped on first use through the root key
+//! provider and cached. Unwrapped keys live only inside [`TenantKeys`], which
+//! zeroizes them; the cache never hands out key bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use mnvault_keys::{AuditChainKey, KeyMaterial, RootKeyProvider, TenantKeys, WrapContext};
+
+use crate::error::VaultError;
+use crate::store::{NewTenant, Store, StoreError};
+
+/// Name of the audit-chain key in the `system_keys` table.
+pub const AUDIT_CHAIN_KEY_NAME: &str = "audit-chain";
+
+/// Unwraps and caches tenant keys.
+pub struct Keyring {
+    provider: Arc<dyn RootKeyProvider>,
+    store: Arc<dyn Store>,
+    tenants: RwLock<HashMap<String, Arc<TenantKeys>>>,
+}
+
+impl Keyring {
+    /// A keyring over `store`, unwrapping with `provider`.
+    pub fn new(provider: Arc<dyn RootKeyProvider>, store: Arc<dyn Store>) -> Self {
+        Self { provider, store, tenants: RwLock::new(HashMap::new()) }
+    }
+
+    /// The keys of `tenant`; `NotFound` if the tenant does not exist.
+    pub async fn tenant_keys(&self, tenant: &str) -> Result<Arc<TenantKeys>, VaultError> {
+        if let Some(keys) = self.tenants.read().expect("keyring lock").get(tenant) {
+            return Ok(keys.clone());
+        }
+        let stored = self
+            .store
+            .tenant(tenant)
+            .await?
+            .ok_or_else(|| VaultError::NotFound(format!("tenant {tenant:?} does not exist")))?;
+        let unwrap_failed = |error| {
+            tracing::error!(%tenant, %error, provider = %self.provider.describe(), "cannot unwrap tenant key");
+            VaultError::Internal
+        };
+        let index_key = self
+            .provider
+            .unwrap(&stored.index_key, &WrapContext::TenantIndexKey { tenant })
+            .map_err(unwrap_failed)?;
+        let mut record_keys = Vec::with_capacity(stored.record_keys.len());
+        for (version, wrapped) in &stored.record_keys {
+            let key = self
+                .provider
+                .unwrap(wrapped, &WrapContext::TenantRecordKey { tenant, version: *version })
+                .map_err(unwrap_failed)?;
+            record_keys.push((*version, key));
+        }
+        let keys = Arc::new(TenantKeys::new(tenant, &index_key, record_keys).map_err(unwrap_failed)?);
+        self.tenants.write().expect("keyring lock").insert(tenant.to_owned(), keys.clone());
+        Ok(keys)
+    }
+
+    /// Fresh random keys for a new tenant, wrapped by the root key.
+    pub fn new_tenant(&self, tenant: &str, display_name: &str, created_at: i64) -> Result<NewTenant, VaultError> {
+        new_tenant(self.provider.as_ref(), tenant, display_name, created_at)
+    }
+}
+
+/// Fresh random keys for a new tenant, wrapped by `provider`.
+pub fn new_tenant(
+    provider: &dyn RootKeyProvider,
+    tenant: &str,
+    display_name: &str,
+    created_at: i64,
+) -> Result<NewTenant, VaultError> {
+    let wrap_failed = |error| {
+        tracing::error!(%tenant, %error, "cannot wrap a new tenant key");
+        VaultError::Internal
+    };
+    let index_key = provider
+        .wrap(&KeyMaterial::generate(), &WrapContext::TenantIndexKey { tenant })
+        .map_err(wrap_failed)?;
+    let first_record_key = provider
+        .wrap(&KeyMaterial::generate(), &WrapContext::TenantRecordKey { tenant, version: 1 })
+        .map_err(wrap_failed)?;
+    Ok(NewTenant {
+        tenant: tenant.to_owned(),
+        display_name: display_name.to_owned(),
+        created_at,
+        index_key,
+        first_record_key,
+    })
+}
+
+/// Why the audit-chain key could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditKeyError {
+    /// The database has no audit key: the data directory was not initialised.
+    #[error("the database holds no audit-chain key; was the data directory initialised with `mnvault init`?")]
+    Missing,
+    /// The key did not unwrap: the root key is not the one the database was made with.
+    #[error("the audit-chain key does not unwrap with {provider}; is this the root key this vault was created with?")]
+    Unwrap {
+        /// The provider tried.
+        provider: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates the audit-chain key at initialisation.
+pub async fn create_audit_key(store: &dyn Store, provider: &dyn RootKeyProvider, now: i64) -> Result<(), AuditKeyError> {
+    let wrapped = provider
+        .wrap(&KeyMaterial::generate(), &WrapContext::AuditChainKey)
+        .map_err(|_| AuditKeyError::Unwrap { provider: provider.describe() })?;
+    store.put_system_key(AUDIT_CHAIN_KEY_NAME, &wrapped, now).await?;
+    Ok(())
+}
+
+/// Loads and unwraps the audit-chain key.
+pub async fn load_audit_key(store: &dyn Store, provider: &dyn RootKeyProvider) -> Result<AuditChainKey, AuditKeyError> {
+    let wrapped = store.system_key(AUDIT_CHAIN_KEY_NAME).await?.ok_or(AuditKeyError::Missing)?;
+    let material = provider
+        .unwrap(&wrapped, &WrapContext::AuditChainKey)
+        .map_err(|_| AuditKeyError::Unwrap { provider: provider.describe() })?;
+    Ok(AuditChainKey::new(&material))
+}

@@ -58,7 +58,10 @@ impl MyNumber {
                 continue;
             }
             let Some(value) = digit_value(character) else {
-                return Err(NumberError::NotADigit { character, position: index + 1 });
+                return Err(NumberError::NotADigit {
+                    character,
+                    position: index + 1,
+                });
             };
             if count < DIGITS {
                 digits[count] = b'0' + value;
@@ -160,7 +163,11 @@ mod tests {
         for (number, expected) in VECTORS {
             for wrong in (0..10u8).filter(|d| *d != expected) {
                 let input = format!("{}{}", &number[..11], wrong);
-                assert_eq!(MyNumber::parse(&input).unwrap_err(), NumberError::CheckDigitMismatch, "{input}");
+                assert_eq!(
+                    MyNumber::parse(&input).unwrap_err(),
+                    NumberError::CheckDigitMismatch,
+                    "{input}"
+                );
             }
         }
     }
@@ -178,7 +185,11 @@ mod tests {
             "６２１４－９８３２　０２５７",
         ];
         for input in inputs {
-            assert_eq!(MyNumber::parse(input).unwrap().expose_digits(), "621498320257", "{input}");
+            assert_eq!(
+                MyNumber::parse(input).unwrap().expose_digits(),
+                "621498320257",
+                "{input}"
+            );
         }
     }
 
@@ -186,23 +197,47 @@ mod tests {
     fn a_letter_is_named_with_its_position_not_dropped() {
         assert_eq!(
             MyNumber::parse("12345678901a8").unwrap_err(),
-            NumberError::NotADigit { character: 'a', position: 12 }
+            NumberError::NotADigit {
+                character: 'a',
+                position: 12
+            }
         );
         assert_eq!(
             MyNumber::parse("6214_9832_0257").unwrap_err(),
-            NumberError::NotADigit { character: '_', position: 5 }
+            NumberError::NotADigit {
+                character: '_',
+                position: 5
+            }
         );
         // Other dashes and dots are not in the accepted list.
-        assert!(matches!(MyNumber::parse("6214.9832.0257"), Err(NumberError::NotADigit { position: 5, .. })));
-        assert!(matches!(MyNumber::parse("6214—9832—0257"), Err(NumberError::NotADigit { position: 5, .. })));
+        assert!(matches!(
+            MyNumber::parse("6214.9832.0257"),
+            Err(NumberError::NotADigit { position: 5, .. })
+        ));
+        assert!(matches!(
+            MyNumber::parse("6214—9832—0257"),
+            Err(NumberError::NotADigit { position: 5, .. })
+        ));
     }
 
     #[test]
     fn wrong_lengths_report_the_digit_count() {
-        assert_eq!(MyNumber::parse("").unwrap_err(), NumberError::WrongLength { digits: 0 });
-        assert_eq!(MyNumber::parse("12345678901").unwrap_err(), NumberError::WrongLength { digits: 11 });
-        assert_eq!(MyNumber::parse("1234567890188").unwrap_err(), NumberError::WrongLength { digits: 13 });
-        assert_eq!(MyNumber::parse("1234-5678-9018-").unwrap().expose_digits(), "123456789018");
+        assert_eq!(
+            MyNumber::parse("").unwrap_err(),
+            NumberError::WrongLength { digits: 0 }
+        );
+        assert_eq!(
+            MyNumber::parse("12345678901").unwrap_err(),
+            NumberError::WrongLength { digits: 11 }
+        );
+        assert_eq!(
+            MyNumber::parse("1234567890188").unwrap_err(),
+            NumberError::WrongLength { digits: 13 }
+        );
+        assert_eq!(
+            MyNumber::parse("1234-5678-9018-").unwrap().expose_digits(),
+            "123456789018"
+        );
     }
 
     #[test]

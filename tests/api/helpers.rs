@@ -10,11 +10,11 @@ use mnvault::config::Settings;
 use mnvault::datadir::{self, DEV_PKI_DIR};
 use mnvault::startup::Application;
 use mnvault_client::number::check_digit;
-use mnvault_client::{ClientIdentity, Code, ClientError, VaultClient};
+use mnvault_client::{ClientError, ClientIdentity, Code, NewFilingJob, TokenFormat, VaultClient};
 use rand::Rng;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::SqliteConnection;
 use sqlx::Connection as _;
+use sqlx::SqliteConnection;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,7 +40,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = datadir::dev_settings(data_dir.path());
     settings.listen = "127.0.0.1:0".parse().unwrap();
     configure(&mut settings);
-    datadir::initialise(&settings).await.expect("initialise data dir");
+    datadir::initialise(&settings)
+        .await
+        .expect("initialise data dir");
     let application = Application::build(&settings).await.expect("build vault");
     let endpoint = format!("https://127.0.0.1:{}", application.local_addr().port());
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -52,7 +54,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
             .await
             .expect("vault ran");
     });
-    TestApp { endpoint, data_dir, shutdown: Some(shutdown), server: Some(server) }
+    TestApp {
+        endpoint,
+        data_dir,
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
 }
 
 impl TestApp {
@@ -63,8 +70,11 @@ impl TestApp {
 
     /// A client acting as dev principal `name`.
     pub async fn client(&self, name: &str) -> VaultClient {
-        let identity = ClientIdentity::from_dev_pki(&self.path().join(DEV_PKI_DIR), name).expect("dev identity");
-        VaultClient::connect(&self.endpoint, &identity).await.expect("connect")
+        let identity = ClientIdentity::from_dev_pki(&self.path().join(DEV_PKI_DIR), name)
+            .expect("dev identity");
+        VaultClient::connect(&self.endpoint, &identity)
+            .await
+            .expect("connect")
     }
 
     /// Runs `mnvault ARGS --data-dir <dir> [--endpoint <this vault>]` in-process
@@ -73,7 +83,7 @@ impl TestApp {
         let mut argv = vec!["mnvault".to_owned()];
         argv.extend(args.iter().map(|a| a.to_string()));
         argv.extend(["--data-dir".to_owned(), self.path().display().to_string()]);
-        if args.iter().any(|a| *a == "--as") {
+        if args.contains(&"--as") {
             argv.extend(["--endpoint".to_owned(), self.endpoint.clone()]);
         }
         let cli = Cli::try_parse_from(argv)?;
@@ -85,7 +95,9 @@ impl TestApp {
     /// A direct connection to the vault's SQLite file, for tampering tests.
     pub async fn database(&self) -> SqliteConnection {
         let options = SqliteConnectOptions::new().filename(self.database_path());
-        SqliteConnection::connect_with(&options).await.expect("open database")
+        SqliteConnection::connect_with(&options)
+            .await
+            .expect("open database")
     }
 
     /// The SQLite file.
@@ -116,7 +128,9 @@ impl Drop for TestApp {
 pub fn valid_number() -> String {
     let mut rng = rand::thread_rng();
     let mut digits = [0u8; 11];
-    digits.iter_mut().for_each(|d| *d = b'0' + rng.gen_range(0..10));
+    digits
+        .iter_mut()
+        .for_each(|d| *d = b'0' + rng.gen_range(0..10));
     let mut number = String::from_utf8(digits.to_vec()).unwrap();
     number.push(char::from(b'0' + check_digit(&digits)));
     number
@@ -125,12 +139,18 @@ pub fn valid_number() -> String {
 /// `count` distinct random valid numbers.
 pub fn valid_numbers(count: usize) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    std::iter::repeat_with(valid_number).filter(|n| seen.insert(n.clone())).take(count).collect()
+    std::iter::repeat_with(valid_number)
+        .filter(|n| seen.insert(n.clone()))
+        .take(count)
+        .collect()
 }
 
 /// The same digits in full-width form.
 pub fn full_width(number: &str) -> String {
-    number.chars().map(|c| char::from_u32(c as u32 - '0' as u32 + '０' as u32).unwrap()).collect()
+    number
+        .chars()
+        .map(|c| char::from_u32(c as u32 - '0' as u32 + '０' as u32).unwrap())
+        .collect()
 }
 
 /// The refusal's code, or a panic saying the call succeeded.
@@ -139,4 +159,51 @@ pub fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Code, Str
         Err(ClientError::Refused { code, message }) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// A withholding-slip job in tenant `demo` for `tokens`, one release each, expiring in an hour.
+pub fn filing_job(tokens: &[String]) -> NewFilingJob {
+    NewFilingJob {
+        tenant: "demo".into(),
+        purpose: "withholding-slip".into(),
+        tokens: tokens.to_vec(),
+        expires_at: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        max_releases_per_token: 1,
+        note: String::new(),
+    }
+}
+
+/// Tokens of `count` fresh numbers in tenant `demo`, tokenized as `payroll`.
+pub async fn tokenize_fresh(app: &TestApp, count: usize) -> Vec<String> {
+    let payroll = app.client("payroll").await;
+    let mut tokens = Vec::with_capacity(count);
+    for number in valid_numbers(count) {
+        tokens.push(
+            payroll
+                .tokenize("demo", &number, TokenFormat::Opaque)
+                .await
+                .unwrap(),
+        );
+    }
+    tokens
+}
+
+/// A job for `tokens` created by `requester` and approved by `approver`.
+pub async fn approved_job(app: &TestApp, tokens: &[String], max_releases_per_token: u32) -> String {
+    let job = NewFilingJob {
+        max_releases_per_token,
+        ..filing_job(tokens)
+    };
+    let created = app
+        .client("requester")
+        .await
+        .create_filing_job(job)
+        .await
+        .unwrap();
+    app.client("approver")
+        .await
+        .approve_filing_job(&created.job_id)
+        .await
+        .unwrap();
+    created.job_id
 }

@@ -1,34 +1,26 @@
 //! Stored data: sealed records bound to their token, audit failure stops a
 //! release, and no number in any file of the data directory.
 
+use std::collections::HashSet;
 use std::path::Path;
 
-use mnvault_client::{Code, NewFilingJob, TokenFormat};
-use time::{Duration, OffsetDateTime};
+use mnvault_client::{Code, TokenFormat};
 
-use crate::helpers::{full_width, refusal, spawn_app, spawn_app_with, valid_numbers, TestApp};
-
-async fn approved_job(app: &TestApp, tokens: &[String]) -> String {
-    let job = NewFilingJob {
-        tenant: "demo".into(),
-        purpose: "salary-payment-report".into(),
-        tokens: tokens.to_vec(),
-        expires_at: OffsetDateTime::now_utc() + Duration::hours(1),
-        max_releases_per_token: 1,
-        note: String::new(),
-    };
-    let created = app.client("requester").await.create_filing_job(job).await.unwrap();
-    app.client("approver").await.approve_filing_job(&created.job_id).await.unwrap();
-    created.job_id
-}
+use crate::helpers::{approved_job, full_width, refusal, spawn_app, spawn_app_with, valid_numbers};
 
 #[tokio::test]
 async fn a_sealed_record_copied_onto_another_token_fails_to_open() {
     let app = spawn_app().await;
     let payroll = app.client("payroll").await;
     let numbers = valid_numbers(2);
-    let a = payroll.tokenize("demo", &numbers[0], TokenFormat::Opaque).await.unwrap();
-    let b = payroll.tokenize("demo", &numbers[1], TokenFormat::Opaque).await.unwrap();
+    let a = payroll
+        .tokenize("demo", &numbers[0], TokenFormat::Opaque)
+        .await
+        .unwrap();
+    let b = payroll
+        .tokenize("demo", &numbers[1], TokenFormat::Opaque)
+        .await
+        .unwrap();
     let mut db = app.database().await;
     // An attacker with database access swaps the two sealed records.
     sqlx::query(
@@ -40,12 +32,20 @@ async fn a_sealed_record_copied_onto_another_token_fails_to_open() {
     .execute(&mut db)
     .await
     .unwrap();
-    let job = approved_job(&app, &[a.clone()]).await;
+    let job = approved_job(&app, std::slice::from_ref(&a), 1).await;
     let (code, message) = refusal(app.client("filer").await.detokenize(&job, vec![]).await);
     assert_eq!(code, Code::DataLoss);
-    assert!(message.contains(&a) && message.contains("integrity"), "{message}");
+    assert!(
+        message.contains(&a) && message.contains("integrity"),
+        "{message}"
+    );
     // The failed release consumed nothing and is in the audit log.
-    let shown = app.client("requester").await.get_filing_job(&job).await.unwrap();
+    let shown = app
+        .client("requester")
+        .await
+        .get_filing_job(&job)
+        .await
+        .unwrap();
     assert_eq!(shown.tokens[0].releases, 0);
     let (outcome,): (String,) =
         sqlx::query_as("SELECT outcome FROM audit_entries WHERE operation = 'filing.detokenize' ORDER BY seq DESC LIMIT 1")
@@ -59,8 +59,13 @@ async fn a_sealed_record_copied_onto_another_token_fails_to_open() {
 async fn when_the_audit_entry_cannot_be_written_nothing_is_released() {
     let app = spawn_app().await;
     let number = &valid_numbers(1)[0];
-    let token = app.client("payroll").await.tokenize("demo", number, TokenFormat::Opaque).await.unwrap();
-    let job = approved_job(&app, &[token.clone()]).await;
+    let token = app
+        .client("payroll")
+        .await
+        .tokenize("demo", number, TokenFormat::Opaque)
+        .await
+        .unwrap();
+    let job = approved_job(&app, std::slice::from_ref(&token), 1).await;
     let mut db = app.database().await;
     sqlx::query("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_entries BEGIN SELECT RAISE(ABORT, 'audit disk full'); END")
         .execute(&mut db)
@@ -69,9 +74,15 @@ async fn when_the_audit_entry_cannot_be_written_nothing_is_released() {
     let filer = app.client("filer").await;
     let (code, message) = refusal(filer.detokenize(&job, vec![]).await);
     assert_eq!(code, Code::Unavailable);
-    assert!(message.contains("audit log could not be written"), "{message}");
+    assert!(
+        message.contains("audit log could not be written"),
+        "{message}"
+    );
     assert!(!message.contains(number.as_str()));
-    sqlx::query("DROP TRIGGER refuse_audit").execute(&mut db).await.unwrap();
+    sqlx::query("DROP TRIGGER refuse_audit")
+        .execute(&mut db)
+        .await
+        .unwrap();
     // The refused release was rolled back whole: the token can still be released once.
     let released = filer.detokenize(&job, vec![]).await.unwrap();
     assert_eq!(released.len(), 1);
@@ -80,14 +91,26 @@ async fn when_the_audit_entry_cannot_be_written_nothing_is_released() {
 #[tokio::test]
 async fn a_release_fails_promptly_when_the_database_stays_locked() {
     let app = spawn_app_with(|settings| settings.database.write_timeout_ms = 300).await;
-    let token = app.client("payroll").await.tokenize("demo", &valid_numbers(1)[0], TokenFormat::Opaque).await.unwrap();
-    let job = approved_job(&app, &[token]).await;
+    let token = app
+        .client("payroll")
+        .await
+        .tokenize("demo", &valid_numbers(1)[0], TokenFormat::Opaque)
+        .await
+        .unwrap();
+    let job = approved_job(&app, &[token], 1).await;
     let mut db = app.database().await;
     // Another process holds the write lock and does not let go.
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut db).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut db)
+        .await
+        .unwrap();
     let filer = app.client("filer").await;
     // A hang would show as the client's own deadline; the vault answers UNAVAILABLE first.
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), filer.detokenize(&job, vec![])).await;
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        filer.detokenize(&job, vec![]),
+    )
+    .await;
     let (code, message) = refusal(answer.expect("the vault answered"));
     assert_eq!(code, Code::Unavailable, "{message}");
     sqlx::query("ROLLBACK").execute(&mut db).await.unwrap();
@@ -107,22 +130,50 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-fn assert_no_number_in(dir: &Path, numbers: &[String]) {
-    let files = files_under(dir);
-    assert!(files.iter().any(|f| f.ends_with("vault.db")), "scanned {files:?}");
-    for file in files {
+/// Every place a number appears in a file under `dir`, in ASCII or full-width
+/// form: (file, form). One pass over each file with hashed windows.
+fn numbers_found_in(dir: &Path, numbers: &[String]) -> Vec<(std::path::PathBuf, &'static str)> {
+    let ascii: HashSet<Vec<u8>> = numbers.iter().map(|n| n.as_bytes().to_vec()).collect();
+    let wide: HashSet<Vec<u8>> = numbers.iter().map(|n| full_width(n).into_bytes()).collect();
+    let mut found = Vec::new();
+    for file in files_under(dir) {
         let bytes = std::fs::read(&file).unwrap();
-        for number in numbers {
-            for form in [number.clone(), full_width(number)] {
-                assert!(
-                    !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
-                    "{} holds a number in {} form",
-                    file.display(),
-                    if form.is_ascii() { "ASCII" } else { "full-width" }
-                );
-            }
+        if bytes.windows(12).any(|w| ascii.contains(w)) {
+            found.push((file.clone(), "ASCII"));
+        }
+        // A full-width digit is three bytes in UTF-8.
+        if bytes.windows(36).any(|w| wide.contains(w)) {
+            found.push((file.clone(), "full-width"));
         }
     }
+    found
+}
+
+#[test]
+fn the_scan_finds_a_planted_number_in_either_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let numbers = valid_numbers(3);
+    std::fs::write(dir.path().join("ascii.bin"), format!("xx{}yy", numbers[1])).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/wide.txt"), full_width(&numbers[2])).unwrap();
+    let found = numbers_found_in(dir.path(), &numbers);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found
+        .iter()
+        .any(|(f, form)| f.ends_with("ascii.bin") && *form == "ASCII"));
+    assert!(found
+        .iter()
+        .any(|(f, form)| f.ends_with("sub/wide.txt") && *form == "full-width"));
+}
+
+fn assert_no_number_in(dir: &Path, numbers: &[String]) {
+    let files = files_under(dir);
+    assert!(
+        files.iter().any(|f| f.ends_with("vault.db")),
+        "scanned {files:?}"
+    );
+    let found = numbers_found_in(dir, numbers);
+    assert!(found.is_empty(), "numbers found in {found:?}");
 }
 
 #[tokio::test]
@@ -140,10 +191,21 @@ async fn no_file_in_the_data_directory_holds_a_number() {
         .await;
     // Also a few single calls (full-width input), and a release.
     for number in &numbers[..10] {
-        payroll.tokenize("demo", &full_width(number), TokenFormat::LegacyDigits).await.unwrap();
+        payroll
+            .tokenize("demo", &full_width(number), TokenFormat::LegacyDigits)
+            .await
+            .unwrap();
     }
-    let job = approved_job(&app, &tokens[..20]).await;
-    assert_eq!(app.client("filer").await.detokenize(&job, vec![]).await.unwrap().len(), 20);
+    let job = approved_job(&app, &tokens[..20], 1).await;
+    assert_eq!(
+        app.client("filer")
+            .await
+            .detokenize(&job, vec![])
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
     // While running (WAL holds the latest pages) and after a clean stop (checkpointed).
     assert_no_number_in(app.path(), &numbers);
     app.stop().await;

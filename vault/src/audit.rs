@@ -162,7 +162,13 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// Builds the stored form of `draft` at position `seq` after `prev_hash`.
-    pub fn seal(draft: AuditDraft, seq: u64, time_ms: i64, prev_hash: [u8; 32], key: &AuditChainKey) -> Self {
+    pub fn seal(
+        draft: AuditDraft,
+        seq: u64,
+        time_ms: i64,
+        prev_hash: [u8; 32],
+        key: &AuditChainKey,
+    ) -> Self {
         let mut record = AuditRecord {
             seq,
             time_ms,
@@ -239,7 +245,11 @@ pub struct ChainVerifier<'k> {
 impl<'k> ChainVerifier<'k> {
     /// A verifier at the start of the chain.
     pub fn new(key: &'k AuditChainKey) -> Self {
-        Self { key, last_seq: 0, last_hash: GENESIS_HASH }
+        Self {
+            key,
+            last_seq: 0,
+            last_hash: GENESIS_HASH,
+        }
     }
 
     /// Checks the next entry: its position, its link to the one before, its MAC.
@@ -252,10 +262,19 @@ impl<'k> ChainVerifier<'k> {
             });
         }
         if entry.prev_hash != self.last_hash {
-            return Err(ChainBreak { seq: entry.seq, problem: "does not link to the entry before it".into() });
+            return Err(ChainBreak {
+                seq: entry.seq,
+                problem: "does not link to the entry before it".into(),
+            });
         }
-        if !self.key.verify(&entry.prev_hash, &entry.canonical_bytes(), &entry.hash) {
-            return Err(ChainBreak { seq: entry.seq, problem: "content does not match its hash (edited)".into() });
+        if !self
+            .key
+            .verify(&entry.prev_hash, &entry.canonical_bytes(), &entry.hash)
+        {
+            return Err(ChainBreak {
+                seq: entry.seq,
+                problem: "content does not match its hash (edited)".into(),
+            });
         }
         self.last_seq = entry.seq;
         self.last_hash = entry.hash;
@@ -267,10 +286,16 @@ impl<'k> ChainVerifier<'k> {
         if head_seq != self.last_seq || head_hash != &self.last_hash {
             return Err(ChainBreak {
                 seq: self.last_seq + 1,
-                problem: format!("the chain head records {head_seq} entries but {} verify", self.last_seq),
+                problem: format!(
+                    "the chain head records {head_seq} entries but {} verify",
+                    self.last_seq
+                ),
             });
         }
-        Ok(VerifiedChain { entries: self.last_seq, head_hash: self.last_hash })
+        Ok(VerifiedChain {
+            entries: self.last_seq,
+            head_hash: self.last_hash,
+        })
     }
 }
 
@@ -294,7 +319,8 @@ mod tests {
             .map(|seq| {
                 let mut draft = AuditDraft::new("payroll", Operation::Tokenize, "demo");
                 draft.tokens = vec![format!("mnt_{seq}")];
-                let record = AuditRecord::seal(draft, seq, 1_700_000_000_000 + seq as i64, prev, key);
+                let record =
+                    AuditRecord::seal(draft, seq, 1_700_000_000_000 + seq as i64, prev, key);
                 prev = record.hash;
                 record
             })
@@ -313,7 +339,10 @@ mod tests {
         let mut edited = entries.clone();
         edited[2].tokens[0] = "mnt_other".into();
         let mut verifier = ChainVerifier::new(&key);
-        let broken = edited.iter().try_for_each(|e| verifier.check(e)).unwrap_err();
+        let broken = edited
+            .iter()
+            .try_for_each(|e| verifier.check(e))
+            .unwrap_err();
         assert_eq!(broken.seq, 3);
     }
 
@@ -324,7 +353,14 @@ mod tests {
         let last_hash = entries[3].hash;
         entries.remove(1);
         let mut verifier = ChainVerifier::new(&key);
-        assert_eq!(entries.iter().try_for_each(|e| verifier.check(e)).unwrap_err().seq, 2);
+        assert_eq!(
+            entries
+                .iter()
+                .try_for_each(|e| verifier.check(e))
+                .unwrap_err()
+                .seq,
+            2
+        );
 
         let entries = chain(&key, 4);
         let mut verifier = ChainVerifier::new(&key);

@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mnvault_client::purpose::Purpose;
 use mnvault_client::{
-    ClientIdentity, FilingJob, FilingJobState, ListAuditEntriesRequest, NewFilingJob, TokenFormat, VaultClient,
-    DEV_ENDPOINT,
+    ClientIdentity, FilingJob, FilingJobState, ListAuditEntriesRequest, NewFilingJob, TokenFormat,
+    VaultClient, DEV_ENDPOINT,
 };
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
@@ -170,6 +170,7 @@ pub enum JobCommand {
 
 /// Audit commands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; size does not matter
 pub enum AuditCommand {
     /// Walk the hash chain in the database of --data-dir (vault running or
     /// stopped); exits non-zero naming the first bad entry.
@@ -242,16 +243,33 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             let settings = datadir::production_settings(&data_dir);
             datadir::initialise(&settings).await?;
             writeln!(out, "initialised {}", data_dir.display())?;
-            writeln!(out, "next: put the TLS files and principals into {}", data_dir.join(crate::config::CONFIG_FILE).display())?;
+            writeln!(
+                out,
+                "next: put the TLS files and principals into {}",
+                data_dir.join(crate::config::CONFIG_FILE).display()
+            )?;
             Ok(())
         }
-        Command::Tenant { command: TenantCommand::Create { tenant, display_name, connection } } => {
+        Command::Tenant {
+            command:
+                TenantCommand::Create {
+                    tenant,
+                    display_name,
+                    connection,
+                },
+        } => {
             let client = connection.connect(&data_dir).await?;
             let created = client.create_tenant(&tenant, &display_name).await?;
             writeln!(out, "{}", created.tenant)?;
             Ok(())
         }
-        Command::Tokenize { tenant, format, file, numbers, connection } => {
+        Command::Tokenize {
+            tenant,
+            format,
+            file,
+            numbers,
+            connection,
+        } => {
             let format = match format {
                 FormatArg::Opaque => TokenFormat::Opaque,
                 FormatArg::LegacyDigits => TokenFormat::LegacyDigits,
@@ -267,40 +285,70 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             tokenize(&client, &tenant, format, numbers, show_progress, out).await
         }
         Command::Job { command } => job(command, &data_dir, out).await,
-        Command::Detokenize { job, tokens, connection } => {
+        Command::Detokenize {
+            job,
+            tokens,
+            connection,
+        } => {
             let client = connection.connect(&data_dir).await?;
             for released in client.detokenize(&job, tokens).await? {
-                writeln!(out, "{}\t{}", released.token, released.number.expose_secret())?;
+                writeln!(
+                    out,
+                    "{}\t{}",
+                    released.token,
+                    released.number.expose_secret()
+                )?;
             }
             Ok(())
         }
-        Command::Audit { command: AuditCommand::Verify } => audit_verify(&data_dir, out).await,
-        Command::Audit { command: AuditCommand::List { tenant, token, job, operation, connection } } => {
-            let client = connection.connect(&data_dir).await?;
-            let mut request = ListAuditEntriesRequest {
-                tenant: tenant.unwrap_or_default(),
-                token: token.unwrap_or_default(),
-                job_id: job.unwrap_or_default(),
-                operation: operation.unwrap_or_default(),
-                ..Default::default()
-            };
-            loop {
-                let page = client.list_audit_entries(request.clone()).await?;
-                for entry in &page.entries {
-                    let time = entry.time.as_ref().and_then(mnvault_client::from_timestamp).map(rfc3339).unwrap_or_default();
-                    writeln!(
-                        out,
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                        entry.seq, time, entry.principal, entry.tenant, entry.operation, entry.outcome,
-                        entry.job_id, entry.purpose, entry.record_count, entry.reason
-                    )?;
+        Command::Audit { command } => match command {
+            AuditCommand::Verify => audit_verify(&data_dir, out).await,
+            AuditCommand::List {
+                tenant,
+                token,
+                job,
+                operation,
+                connection,
+            } => {
+                let client = connection.connect(&data_dir).await?;
+                let mut request = ListAuditEntriesRequest {
+                    tenant: tenant.unwrap_or_default(),
+                    token: token.unwrap_or_default(),
+                    job_id: job.unwrap_or_default(),
+                    operation: operation.unwrap_or_default(),
+                    ..Default::default()
+                };
+                loop {
+                    let page = client.list_audit_entries(request.clone()).await?;
+                    for entry in &page.entries {
+                        let time = entry
+                            .time
+                            .as_ref()
+                            .and_then(mnvault_client::from_timestamp)
+                            .map(rfc3339)
+                            .unwrap_or_default();
+                        writeln!(
+                            out,
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            entry.seq,
+                            time,
+                            entry.principal,
+                            entry.tenant,
+                            entry.operation,
+                            entry.outcome,
+                            entry.job_id,
+                            entry.purpose,
+                            entry.record_count,
+                            entry.reason
+                        )?;
+                    }
+                    if page.next_after_seq == 0 {
+                        break Ok(());
+                    }
+                    request.after_seq = page.next_after_seq;
                 }
-                if page.next_after_seq == 0 {
-                    break Ok(());
-                }
-                request.after_seq = page.next_after_seq;
             }
-        }
+        },
     }
 }
 
@@ -310,7 +358,10 @@ async fn serve(data_dir: &Path, dev: bool, listen: Option<SocketAddr>) -> anyhow
     } else {
         let settings = Settings::load(data_dir)?;
         if settings.dev {
-            bail!("{} holds a dev vault; start it with --dev", data_dir.display());
+            bail!(
+                "{} holds a dev vault; start it with --dev",
+                data_dir.display()
+            );
         }
         settings
     };
@@ -371,8 +422,10 @@ fn progress_bar(length: u64, show: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(length);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} eta {eta}",
+        )
+        .expect("valid template"),
     );
     bar
 }
@@ -415,14 +468,33 @@ async fn tokenize(
     Ok(())
 }
 
-async fn job(command: JobCommand, data_dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+async fn job(
+    command: JobCommand,
+    data_dir: &Path,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
     match command {
         JobCommand::Purposes => {
             for purpose in Purpose::ALL {
-                writeln!(out, "{}\t{}\t{}", purpose.id(), purpose.name_ja(), purpose.submitted_to())?;
+                writeln!(
+                    out,
+                    "{}\t{}\t{}",
+                    purpose.id(),
+                    purpose.name_ja(),
+                    purpose.submitted_to()
+                )?;
             }
         }
-        JobCommand::Create { tenant, purpose, expires_in, max_releases, note, tokens_file, mut tokens, connection } => {
+        JobCommand::Create {
+            tenant,
+            purpose,
+            expires_in,
+            max_releases,
+            note,
+            tokens_file,
+            mut tokens,
+            connection,
+        } => {
             if let Some(path) = tokens_file {
                 tokens.extend(read_lines(&path)?.into_iter().map(|t| t.trim().to_owned()));
             }
@@ -443,15 +515,27 @@ async fn job(command: JobCommand, data_dir: &Path, out: &mut (dyn Write + Send))
             writeln!(out, "{}", job.job_id)?;
         }
         JobCommand::Approve { job, connection } => {
-            let job = connection.connect(data_dir).await?.approve_filing_job(&job).await?;
+            let job = connection
+                .connect(data_dir)
+                .await?
+                .approve_filing_job(&job)
+                .await?;
             writeln!(out, "{}\t{}", job.job_id, state_name(&job))?;
         }
         JobCommand::Show { job, connection } => {
-            let job = connection.connect(data_dir).await?.get_filing_job(&job).await?;
+            let job = connection
+                .connect(data_dir)
+                .await?
+                .get_filing_job(&job)
+                .await?;
             write_job(&job, out)?;
         }
         JobCommand::Cancel { job, connection } => {
-            let job = connection.connect(data_dir).await?.cancel_filing_job(&job).await?;
+            let job = connection
+                .connect(data_dir)
+                .await?
+                .cancel_filing_job(&job)
+                .await?;
             writeln!(out, "{}\t{}", job.job_id, state_name(&job))?;
         }
     }
@@ -469,32 +553,59 @@ fn state_name(job: &FilingJob) -> &'static str {
 }
 
 fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn when(at: &Option<prost_types::Timestamp>) -> String {
-    at.as_ref().and_then(mnvault_client::from_timestamp).map(rfc3339).unwrap_or_else(|| "-".into())
+    at.as_ref()
+        .and_then(mnvault_client::from_timestamp)
+        .map(rfc3339)
+        .unwrap_or_else(|| "-".into())
 }
 
 fn write_job(job: &FilingJob, out: &mut (dyn Write + Send)) -> std::io::Result<()> {
-    let purpose = job.purpose.parse::<Purpose>().map(|p| p.name_ja()).unwrap_or("?");
+    let purpose = job
+        .purpose
+        .parse::<Purpose>()
+        .map(|p| p.name_ja())
+        .unwrap_or("?");
     writeln!(out, "job\t{}", job.job_id)?;
     writeln!(out, "tenant\t{}", job.tenant)?;
     writeln!(out, "purpose\t{} ({purpose})", job.purpose)?;
     writeln!(out, "state\t{}", state_name(job))?;
-    writeln!(out, "created\t{} by {}", when(&job.created_at), job.created_by)?;
+    writeln!(
+        out,
+        "created\t{} by {}",
+        when(&job.created_at),
+        job.created_by
+    )?;
     writeln!(out, "expires\t{}", when(&job.expires_at))?;
     if !job.approved_by.is_empty() {
-        writeln!(out, "approved\t{} by {}", when(&job.approved_at), job.approved_by)?;
+        writeln!(
+            out,
+            "approved\t{} by {}",
+            when(&job.approved_at),
+            job.approved_by
+        )?;
     }
     if !job.cancelled_by.is_empty() {
-        writeln!(out, "cancelled\t{} by {}", when(&job.cancelled_at), job.cancelled_by)?;
+        writeln!(
+            out,
+            "cancelled\t{} by {}",
+            when(&job.cancelled_at),
+            job.cancelled_by
+        )?;
     }
     if !job.note.is_empty() {
         writeln!(out, "note\t{}", job.note)?;
     }
     for token in &job.tokens {
-        writeln!(out, "token\t{}\treleased {}/{}", token.token, token.releases, job.max_releases_per_token)?;
+        writeln!(
+            out,
+            "token\t{}\treleased {}/{}",
+            token.token, token.releases, job.max_releases_per_token
+        )?;
     }
     Ok(())
 }
@@ -510,7 +621,12 @@ async fn audit_verify(data_dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::
     store.close().await;
     match verdict? {
         Ok(chain) => {
-            writeln!(out, "audit chain intact: {} entries, head {}", chain.entries, hex::encode(chain.head_hash))?;
+            writeln!(
+                out,
+                "audit chain intact: {} entries, head {}",
+                chain.entries,
+                hex::encode(chain.head_hash)
+            )?;
             Ok(())
         }
         Err(broken) => bail!("audit chain broken at {broken}"),

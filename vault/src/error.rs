@@ -45,11 +45,13 @@ impl VaultError {
     pub fn outcome(&self) -> Outcome {
         match self {
             VaultError::InvalidArgument(_) => Outcome::Invalid,
-            VaultError::PermissionDenied(_) | VaultError::FailedPrecondition(_) | VaultError::Unauthenticated(_) => {
-                Outcome::Denied
-            }
+            VaultError::PermissionDenied(_)
+            | VaultError::FailedPrecondition(_)
+            | VaultError::Unauthenticated(_) => Outcome::Denied,
             VaultError::NotFound(_) => Outcome::NotFound,
-            VaultError::Unavailable(_) | VaultError::DataLoss(_) | VaultError::Internal => Outcome::Failed,
+            VaultError::Unavailable(_) | VaultError::DataLoss(_) | VaultError::Internal => {
+                Outcome::Failed
+            }
         }
     }
 
@@ -80,7 +82,8 @@ impl From<StoreError> for VaultError {
             StoreError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 VaultError::Unavailable(
-                    "the vault's database is busy or unreachable; nothing was done, retry shortly".into(),
+                    "the vault's database is busy or unreachable; nothing was done, retry shortly"
+                        .into(),
                 )
             }
             StoreError::AuditUnwritable(cause) => {
@@ -91,7 +94,9 @@ impl From<StoreError> for VaultError {
                         .into(),
                 )
             }
-            StoreError::AlreadyExists(what) => VaultError::FailedPrecondition(format!("{what} already exists")),
+            StoreError::AlreadyExists(what) => {
+                VaultError::FailedPrecondition(format!("{what} already exists"))
+            }
             StoreError::Conflict(message) | StoreError::ReleaseRefused(message) => {
                 VaultError::FailedPrecondition(message)
             }

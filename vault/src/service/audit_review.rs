@@ -24,7 +24,10 @@ pub async fn verify_chain(
 ) -> Result<Result<VerifiedChain, ChainBreak>, StoreError> {
     let (head_seq, head_hash) = store.audit_head().await?;
     let mut verifier = ChainVerifier::new(key);
-    let mut filter = AuditFilter { limit: AUDIT_PAGE, ..AuditFilter::default() };
+    let mut filter = AuditFilter {
+        limit: AUDIT_PAGE,
+        ..AuditFilter::default()
+    };
     let mut checked = 0;
     loop {
         let page = store.audit_entries(&filter).await?;
@@ -86,8 +89,7 @@ impl AuditService for AuditApi {
         request: Request<pb::ListAuditEntriesRequest>,
     ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
         let draft = AuditDraft::new("", Operation::ListAuditEntries, &request.get_ref().tenant);
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        let draft = AuditDraft { principal: caller.clone(), ..draft };
+        let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
         let request = request.into_inner();
         let result = async {
             let tenant = non_empty(request.tenant);
@@ -122,8 +124,7 @@ impl AuditService for AuditApi {
         request: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
         let draft = AuditDraft::new("", Operation::VerifyAuditChain, "");
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        let draft = AuditDraft { principal: caller.clone(), ..draft };
+        let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
         let result = async {
             self.ctx.policy.require(&caller, &[Role::Auditor], None)?;
             if !self.ctx.policy.covers_all_tenants(&caller) {

@@ -43,17 +43,23 @@ impl FilingApi {
         Self { ctx }
     }
 
-    /// Loads a job and checks the caller may act on it with one of `roles`.
-    /// Returns the job and the audit draft of the call, now naming the job's
-    /// tenant and purpose; a refusal is audited here.
-    async fn job_for(
+    /// The start of every call on an existing job: authenticates the caller,
+    /// loads the job and checks the caller may act on it with one of `roles`.
+    /// Returns the caller, the job, and the call's audit draft naming the
+    /// job's tenant and purpose and the `tokens` asked for. A refusal is
+    /// audited here.
+    async fn open_job<T>(
         &self,
-        caller: &str,
+        request: &Request<T>,
         job_id: &str,
-        roles: &[Role],
         operation: Operation,
-        draft: AuditDraft,
-    ) -> Result<(StoredJob, AuditDraft), Status> {
+        roles: &[Role],
+        tokens: Vec<String>,
+    ) -> Result<(String, StoredJob, AuditDraft), Status> {
+        let mut draft = AuditDraft::new("", operation, "");
+        draft.job_id = job_id.to_owned();
+        draft.tokens = tokens;
+        let (caller, draft) = self.ctx.authenticate(request, draft).await?;
         let job = match self.ctx.store.job(job_id).await {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -62,9 +68,12 @@ impl FilingApi {
             }
             Err(error) => return Err(self.ctx.refuse(draft, error.into()).await),
         };
-        let draft = AuditDraft { tokens: draft.tokens, ..job_draft(caller, operation, &job) };
-        match self.ctx.policy.require(caller, roles, Some(&job.tenant)) {
-            Ok(()) => Ok((job, draft)),
+        let draft = AuditDraft {
+            tokens: draft.tokens,
+            ..job_draft(&caller, operation, &job)
+        };
+        match self.ctx.policy.require(&caller, roles, Some(&job.tenant)) {
+            Ok(()) => Ok((caller, job, draft)),
             Err(error) => Err(self.ctx.refuse(draft, error).await),
         }
     }
@@ -73,7 +82,12 @@ impl FilingApi {
 fn draw_job_id() -> String {
     let mut bytes = [0u8; 10];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("{JOB_ID_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    format!(
+        "{JOB_ID_PREFIX}{}",
+        data_encoding::BASE32_NOPAD
+            .encode(&bytes)
+            .to_ascii_lowercase()
+    )
 }
 
 /// The job's state at `now`.
@@ -139,7 +153,10 @@ pub fn wire_job(job: &StoredJob, now: i64) -> pb::FilingJob {
         tokens: job
             .tokens
             .iter()
-            .map(|(token, releases)| pb::FilingJobToken { token: token.clone(), releases: *releases })
+            .map(|(token, releases)| pb::FilingJobToken {
+                token: token.clone(),
+                releases: *releases,
+            })
             .collect(),
         max_releases_per_token: job.max_releases_per_token,
         note: job.note.clone(),
@@ -170,10 +187,15 @@ impl FilingService for FilingApi {
     ) -> Result<Response<pb::FilingJob>, Status> {
         let mut draft = AuditDraft::new("", Operation::CreateFilingJob, &request.get_ref().tenant);
         draft.purpose = request.get_ref().purpose.clone();
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
+        let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
         let request = request.into_inner();
         let mut seen = HashSet::new();
-        let tokens: Vec<String> = request.tokens.iter().filter(|t| seen.insert(t.as_str())).cloned().collect();
+        let tokens: Vec<String> = request
+            .tokens
+            .iter()
+            .filter(|t| seen.insert(t.as_str()))
+            .cloned()
+            .collect();
         let job_id = draw_job_id();
         let draft = AuditDraft {
             principal: caller.clone(),
@@ -183,58 +205,77 @@ impl FilingService for FilingApi {
             ..draft
         };
         let now = clock::now_ms();
-        let result = async {
-            self.ctx.policy.require(&caller, &[Role::Requester], Some(&request.tenant))?;
-            let purpose: Purpose = request.purpose.parse().map_err(|e: mnvault_client::purpose::UnknownPurpose| {
-                VaultError::InvalidArgument(e.to_string())
-            })?;
-            if tokens.is_empty() {
-                return Err(VaultError::InvalidArgument("a filing job must list at least one token".into()));
+        let result =
+            async {
+                self.ctx
+                    .policy
+                    .require(&caller, &[Role::Requester], Some(&request.tenant))?;
+                let purpose: Purpose = request.purpose.parse().map_err(
+                    |e: mnvault_client::purpose::UnknownPurpose| {
+                        VaultError::InvalidArgument(e.to_string())
+                    },
+                )?;
+                if tokens.is_empty() {
+                    return Err(VaultError::InvalidArgument(
+                        "a filing job must list at least one token".into(),
+                    ));
+                }
+                if tokens.len() > MAX_JOB_TOKENS {
+                    return Err(VaultError::InvalidArgument(format!(
+                        "a filing job may list at most {MAX_JOB_TOKENS} tokens; split it"
+                    )));
+                }
+                let expires_at = request
+                    .expires_at
+                    .as_ref()
+                    .map(clock::from_timestamp)
+                    .ok_or_else(|| {
+                        VaultError::InvalidArgument("a filing job needs an expiry".into())
+                    })?;
+                if expires_at <= now {
+                    return Err(VaultError::InvalidArgument(format!(
+                        "the expiry {} is in the past",
+                        clock::rfc3339(expires_at)
+                    )));
+                }
+                if expires_at - now > MAX_JOB_LIFETIME_MS {
+                    return Err(VaultError::InvalidArgument(
+                        "a filing job may run at most 90 days".into(),
+                    ));
+                }
+                check_note(&request.note)?;
+                self.ctx.keyring.tenant_keys(&request.tenant).await?;
+                let missing = self
+                    .ctx
+                    .store
+                    .missing_tokens(&request.tenant, &tokens)
+                    .await?;
+                if let Some(first) = missing.first() {
+                    return Err(VaultError::NotFound(format!(
+                        "{} token(s) do not exist in tenant {:?}, the first is {first}",
+                        missing.len(),
+                        request.tenant
+                    )));
+                }
+                let job = NewJob {
+                    job_id: job_id.clone(),
+                    tenant: request.tenant.clone(),
+                    purpose: purpose.id().to_owned(),
+                    note: request.note.clone(),
+                    max_releases_per_token: request.max_releases_per_token.max(1),
+                    created_by: caller.clone(),
+                    created_at: now,
+                    expires_at,
+                    tokens: tokens.clone(),
+                };
+                self.ctx.store.create_job(&job, draft.clone()).await?;
+                self.ctx
+                    .store
+                    .job(&job_id)
+                    .await?
+                    .ok_or(VaultError::Internal)
             }
-            if tokens.len() > MAX_JOB_TOKENS {
-                return Err(VaultError::InvalidArgument(format!(
-                    "a filing job may list at most {MAX_JOB_TOKENS} tokens; split it"
-                )));
-            }
-            let expires_at = request
-                .expires_at
-                .as_ref()
-                .map(clock::from_timestamp)
-                .ok_or_else(|| VaultError::InvalidArgument("a filing job needs an expiry".into()))?;
-            if expires_at <= now {
-                return Err(VaultError::InvalidArgument(format!(
-                    "the expiry {} is in the past",
-                    clock::rfc3339(expires_at)
-                )));
-            }
-            if expires_at - now > MAX_JOB_LIFETIME_MS {
-                return Err(VaultError::InvalidArgument("a filing job may run at most 90 days".into()));
-            }
-            check_note(&request.note)?;
-            self.ctx.keyring.tenant_keys(&request.tenant).await?;
-            let missing = self.ctx.store.missing_tokens(&request.tenant, &tokens).await?;
-            if let Some(first) = missing.first() {
-                return Err(VaultError::NotFound(format!(
-                    "{} token(s) do not exist in tenant {:?}, the first is {first}",
-                    missing.len(),
-                    request.tenant
-                )));
-            }
-            let job = NewJob {
-                job_id: job_id.clone(),
-                tenant: request.tenant.clone(),
-                purpose: purpose.id().to_owned(),
-                note: request.note.clone(),
-                max_releases_per_token: request.max_releases_per_token.max(1),
-                created_by: caller.clone(),
-                created_at: now,
-                expires_at,
-                tokens: tokens.clone(),
-            };
-            self.ctx.store.create_job(&job, draft.clone()).await?;
-            self.ctx.store.job(&job_id).await?.ok_or(VaultError::Internal)
-        }
-        .await;
+            .await;
         let job = self.ctx.settled(draft, result).await?;
         Ok(Response::new(wire_job(&job, now)))
     }
@@ -244,12 +285,16 @@ impl FilingService for FilingApi {
         request: Request<pb::ApproveFilingJobRequest>,
     ) -> Result<Response<pb::FilingJob>, Status> {
         let job_id = request.get_ref().job_id.clone();
-        let mut draft = AuditDraft::new("", Operation::ApproveFilingJob, "");
-        draft.job_id = job_id.clone();
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        draft.principal = caller.clone();
+        let (caller, job, draft) = self
+            .open_job(
+                &request,
+                &job_id,
+                Operation::ApproveFilingJob,
+                &[Role::Approver],
+                Vec::new(),
+            )
+            .await?;
         let now = clock::now_ms();
-        let (job, draft) = self.job_for(&caller, &job_id, &[Role::Approver], Operation::ApproveFilingJob, draft).await?;
         let result = async {
             if job.created_by == caller {
                 return Err(VaultError::PermissionDenied(format!(
@@ -288,21 +333,32 @@ impl FilingService for FilingApi {
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<Self::DetokenizeStream>, Status> {
         let job_id = request.get_ref().job_id.clone();
-        let mut draft = AuditDraft::new("", Operation::Detokenize, "");
-        draft.job_id = job_id.clone();
-        draft.tokens = request.get_ref().tokens.clone();
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        draft.principal = caller.clone();
+        let (_, job, draft) = self
+            .open_job(
+                &request,
+                &job_id,
+                Operation::Detokenize,
+                &[Role::Filer],
+                request.get_ref().tokens.clone(),
+            )
+            .await?;
         let request = request.into_inner();
         let now = clock::now_ms();
-        let (job, draft) = self.job_for(&caller, &job_id, &[Role::Filer], Operation::Detokenize, draft).await?;
         let mut seen = HashSet::new();
         let tokens: Vec<String> = if request.tokens.is_empty() {
             job.tokens.iter().map(|(token, _)| token.clone()).collect()
         } else {
-            request.tokens.into_iter().filter(|t| seen.insert(t.clone())).collect()
+            request
+                .tokens
+                .into_iter()
+                .filter(|t| seen.insert(t.clone()))
+                .collect()
         };
-        let draft = AuditDraft { tokens: tokens.clone(), record_count: tokens.len() as u64, ..draft };
+        let draft = AuditDraft {
+            tokens: tokens.clone(),
+            record_count: tokens.len() as u64,
+            ..draft
+        };
         let result = async {
             require_releasable(&job, now)?;
             for token in &tokens {
@@ -333,19 +389,30 @@ impl FilingService for FilingApi {
         // The audit entry is committed; only now do numbers leave.
         let responses: Vec<Result<pb::DetokenizeResponse, Status>> = released
             .into_iter()
-            .map(|(token, number)| Ok(pb::DetokenizeResponse { token, number: number.to_string() }))
+            .map(|(token, number)| {
+                Ok(pb::DetokenizeResponse {
+                    token,
+                    number: number.to_string(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(responses))))
     }
 
-    async fn get_filing_job(&self, request: Request<pb::GetFilingJobRequest>) -> Result<Response<pb::FilingJob>, Status> {
+    async fn get_filing_job(
+        &self,
+        request: Request<pb::GetFilingJobRequest>,
+    ) -> Result<Response<pb::FilingJob>, Status> {
         let job_id = request.get_ref().job_id.clone();
-        let mut draft = AuditDraft::new("", Operation::GetFilingJob, "");
-        draft.job_id = job_id.clone();
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        draft.principal = caller.clone();
-        let roles = [Role::Requester, Role::Approver, Role::Filer, Role::Auditor];
-        let (job, draft) = self.job_for(&caller, &job_id, &roles, Operation::GetFilingJob, draft).await?;
+        let (_, job, draft) = self
+            .open_job(
+                &request,
+                &job_id,
+                Operation::GetFilingJob,
+                &[Role::Requester, Role::Approver, Role::Filer, Role::Auditor],
+                Vec::new(),
+            )
+            .await?;
         let job = self.ctx.audited(draft, Ok(job)).await?;
         Ok(Response::new(wire_job(&job, clock::now_ms())))
     }
@@ -355,19 +422,31 @@ impl FilingService for FilingApi {
         request: Request<pb::CancelFilingJobRequest>,
     ) -> Result<Response<pb::FilingJob>, Status> {
         let job_id = request.get_ref().job_id.clone();
-        let mut draft = AuditDraft::new("", Operation::CancelFilingJob, "");
-        draft.job_id = job_id.clone();
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        draft.principal = caller.clone();
+        let (caller, job, draft) = self
+            .open_job(
+                &request,
+                &job_id,
+                Operation::CancelFilingJob,
+                &[Role::Requester, Role::Approver],
+                Vec::new(),
+            )
+            .await?;
         let now = clock::now_ms();
-        let roles = [Role::Requester, Role::Approver];
-        let (job, draft) = self.job_for(&caller, &job_id, &roles, Operation::CancelFilingJob, draft).await?;
         let result = async {
             if job.cancelled_at.is_some() {
-                return Err(VaultError::FailedPrecondition(format!("filing job {job_id} is already cancelled")));
+                return Err(VaultError::FailedPrecondition(format!(
+                    "filing job {job_id} is already cancelled"
+                )));
             }
-            self.ctx.store.cancel_job(&job_id, &caller, now, draft.clone()).await?;
-            self.ctx.store.job(&job_id).await?.ok_or(VaultError::Internal)
+            self.ctx
+                .store
+                .cancel_job(&job_id, &caller, now, draft.clone())
+                .await?;
+            self.ctx
+                .store
+                .job(&job_id)
+                .await?
+                .ok_or(VaultError::Internal)
         }
         .await;
         let job = self.ctx.settled(draft, result).await?;
@@ -379,13 +458,19 @@ impl FilingService for FilingApi {
         request: Request<pb::ListPurposesRequest>,
     ) -> Result<Response<pb::ListPurposesResponse>, Status> {
         let draft = AuditDraft::new("", Operation::ListPurposes, "");
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        let draft = AuditDraft { principal: caller, ..draft };
+        let (_, draft) = self.ctx.authenticate(&request, draft).await?;
         let purposes = Purpose::ALL
             .iter()
-            .map(|p| pb::Purpose { id: p.id().into(), name_ja: p.name_ja().into(), submitted_to: p.submitted_to().into() })
+            .map(|p| pb::Purpose {
+                id: p.id().into(),
+                name_ja: p.name_ja().into(),
+                submitted_to: p.submitted_to().into(),
+            })
             .collect();
-        let response = self.ctx.audited(draft, Ok(pb::ListPurposesResponse { purposes })).await?;
+        let response = self
+            .ctx
+            .audited(draft, Ok(pb::ListPurposesResponse { purposes }))
+            .await?;
         Ok(Response::new(response))
     }
 }

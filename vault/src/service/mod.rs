@@ -45,18 +45,35 @@ impl VaultContext {
         let certs = request.peer_certs().ok_or_else(|| {
             VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into())
         })?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
-        principal_from_certificate(leaf.as_ref())
-            .map_err(|error| VaultError::Unauthenticated(format!("unusable client certificate: {error}")))
+        let leaf = certs.first().ok_or_else(|| {
+            VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into())
+        })?;
+        principal_from_certificate(leaf.as_ref()).map_err(|error| {
+            VaultError::Unauthenticated(format!("unusable client certificate: {error}"))
+        })
     }
 
-    /// The caller, or a refusal that is itself audited.
-    pub async fn authenticate<T>(&self, request: &Request<T>, draft: AuditDraft) -> Result<String, Status> {
+    /// The caller and `draft` now naming it, or a refusal that is itself audited.
+    pub async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        draft: AuditDraft,
+    ) -> Result<(String, AuditDraft), Status> {
         match self.caller(request) {
-            Ok(caller) => Ok(caller),
-            Err(error) => Err(self.refuse(AuditDraft { principal: UNAUTHENTICATED.into(), ..draft }, error).await),
+            Ok(caller) => Ok((
+                caller.clone(),
+                AuditDraft {
+                    principal: caller,
+                    ..draft
+                },
+            )),
+            Err(error) => {
+                let draft = AuditDraft {
+                    principal: UNAUTHENTICATED.into(),
+                    ..draft
+                };
+                Err(self.refuse(draft, error).await)
+            }
         }
     }
 
@@ -73,7 +90,11 @@ impl VaultContext {
 
     /// For calls that change nothing: appends `draft` when `result` is Ok (the
     /// call fails if that append fails), or the refusal when it is not.
-    pub async fn audited<T>(&self, draft: AuditDraft, result: Result<T, VaultError>) -> Result<T, Status> {
+    pub async fn audited<T>(
+        &self,
+        draft: AuditDraft,
+        result: Result<T, VaultError>,
+    ) -> Result<T, Status> {
         match result {
             Ok(value) => match self.store.append_audit(draft).await {
                 Ok(_) => Ok(value),
@@ -85,7 +106,11 @@ impl VaultContext {
 
     /// For calls that append their own entry in their transaction: only a
     /// refusal is appended here.
-    pub async fn settled<T>(&self, draft: AuditDraft, result: Result<T, VaultError>) -> Result<T, Status> {
+    pub async fn settled<T>(
+        &self,
+        draft: AuditDraft,
+        result: Result<T, VaultError>,
+    ) -> Result<T, Status> {
         match result {
             Ok(value) => Ok(value),
             Err(error) => Err(self.refuse(draft, error).await),

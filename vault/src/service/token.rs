@@ -40,12 +40,18 @@ pub fn draw_token(format: StoredFormat) -> String {
             rng.fill_bytes(&mut bytes[..]);
             let mut token = String::with_capacity(30);
             token.push_str(OPAQUE_TOKEN_PREFIX);
-            token.push_str(&data_encoding::BASE32_NOPAD.encode(&bytes[..]).to_ascii_lowercase());
+            token.push_str(
+                &data_encoding::BASE32_NOPAD
+                    .encode(&bytes[..])
+                    .to_ascii_lowercase(),
+            );
             token
         }
         StoredFormat::LegacyDigits => {
             let mut digits = [0u8; 11];
-            digits.iter_mut().for_each(|d| *d = b'0' + rng.gen_range(0..10));
+            digits
+                .iter_mut()
+                .for_each(|d| *d = b'0' + rng.gen_range(0..10));
             // Any digit but the real check digit, so the token never passes for a number.
             let wrong = (check_digit(&digits) + rng.gen_range(1..10)) % 10;
             let mut token = String::from_utf8(digits.to_vec()).expect("ASCII digits");
@@ -59,7 +65,9 @@ fn stored_format(format: i32) -> Result<StoredFormat, VaultError> {
     match pb::TokenFormat::try_from(format) {
         Ok(pb::TokenFormat::Unspecified | pb::TokenFormat::Opaque) => Ok(StoredFormat::Opaque),
         Ok(pb::TokenFormat::LegacyDigits) => Ok(StoredFormat::LegacyDigits),
-        Err(_) => Err(VaultError::InvalidArgument(format!("token format {format} is not known"))),
+        Err(_) => Err(VaultError::InvalidArgument(format!(
+            "token format {format} is not known"
+        ))),
     }
 }
 
@@ -103,7 +111,10 @@ async fn tokenize_batch(
     audit: AuditDraft,
 ) -> Result<Vec<Tokenized>, VaultError> {
     let keys = ctx.keyring.tenant_keys(tenant).await?;
-    let indexes: Vec<_> = numbers.iter().map(|n| keys.blind_index(n.expose_bytes())).collect();
+    let indexes: Vec<_> = numbers
+        .iter()
+        .map(|n| keys.blind_index(n.expose_bytes()))
+        .collect();
     let existing = ctx.store.find_tokens(tenant, format, &indexes).await?;
     for _ in 0..TOKEN_DRAWS {
         let items = batch_items(&keys, format, numbers, &indexes, &existing)?;
@@ -114,7 +125,11 @@ async fn tokenize_batch(
                 BatchItem::Existing(_) => None,
             })
             .collect();
-        match ctx.store.tokenize(tenant, format, items, audit.clone()).await {
+        match ctx
+            .store
+            .tokenize(tenant, format, items, audit.clone())
+            .await
+        {
             Err(StoreError::TokenCollision) => continue,
             Err(error) => return Err(error.into()),
             Ok(tokens) => {
@@ -122,7 +137,10 @@ async fn tokenize_batch(
                 return Ok(tokens
                     .into_iter()
                     .zip(drawn)
-                    .map(|(token, drawn)| Tokenized { created: drawn.as_deref() == Some(token.as_str()), token })
+                    .map(|(token, drawn)| Tokenized {
+                        created: drawn.as_deref() == Some(token.as_str()),
+                        token,
+                    })
                     .collect());
             }
         }
@@ -150,11 +168,19 @@ fn batch_items(
                     tracing::error!(%error, "sealing failed");
                     VaultError::Internal
                 })?;
-                Ok(BatchItem::New(NewRecord { blind_index: *index, token, key_version: keys.primary_version(), sealed }))
+                Ok(BatchItem::New(NewRecord {
+                    blind_index: *index,
+                    token,
+                    key_version: keys.primary_version(),
+                    sealed,
+                }))
             }
         })
         .collect()
 }
+
+/// Valid numbers of one tenant and format in a stream batch, with their positions.
+type BatchGroup = (StoredFormat, Vec<usize>, Vec<MyNumber>);
 
 /// Answers one batch of a stream, in request order.
 async fn answer_batch(
@@ -163,20 +189,26 @@ async fn answer_batch(
     requests: Vec<pb::TokenizeRequest>,
     first_index: u64,
 ) -> Vec<pb::TokenizeStreamResponse> {
-    let mut answers: Vec<Option<Result<String, pb::RecordError>>> = (0..requests.len()).map(|_| None).collect();
+    let mut answers: Vec<Option<Result<String, pb::RecordError>>> =
+        (0..requests.len()).map(|_| None).collect();
     // Valid numbers grouped by tenant and format, keeping their positions.
-    let mut groups: BTreeMap<(String, &'static str), (StoredFormat, Vec<usize>, Vec<MyNumber>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, &'static str), BatchGroup> = BTreeMap::new();
     let mut invalid: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for (position, mut request) in requests.into_iter().enumerate() {
-        let parsed = stored_format(request.format).and_then(|format| Ok((format, take_number(&mut request.number)?)));
+        let parsed = stored_format(request.format)
+            .and_then(|format| Ok((format, take_number(&mut request.number)?)));
         match parsed {
             Ok((format, number)) => {
-                let group = groups.entry((request.tenant, format.id())).or_insert_with(|| (format, Vec::new(), Vec::new()));
+                let group = groups
+                    .entry((request.tenant, format.id()))
+                    .or_insert_with(|| (format, Vec::new(), Vec::new()));
                 group.1.push(position);
                 group.2.push(number);
             }
             Err(error) => {
-                let entry = invalid.entry(request.tenant).or_insert_with(|| (0, error.to_string()));
+                let entry = invalid
+                    .entry(request.tenant)
+                    .or_insert_with(|| (0, error.to_string()));
                 entry.0 += 1;
                 answers[position] = Some(Err(record_error(error.code(), error.to_string())));
             }
@@ -193,7 +225,10 @@ async fn answer_batch(
     }
     for ((tenant, _), (format, positions, numbers)) in groups {
         let draft = AuditDraft::new(caller, Operation::TokenizeStream, &tenant);
-        let result = match ctx.policy.require(caller, &[Role::Tokenizer], Some(&tenant)) {
+        let result = match ctx
+            .policy
+            .require(caller, &[Role::Tokenizer], Some(&tenant))
+        {
             Ok(()) => tokenize_batch(ctx, &tenant, format, &numbers, draft.clone()).await,
             Err(error) => Err(error),
         };
@@ -208,7 +243,10 @@ async fn answer_batch(
                 draft.record_count = positions.len() as u64;
                 let status = ctx.refuse(draft, error).await;
                 for position in positions {
-                    answers[position] = Some(Err(record_error(status.code(), status.message().to_owned())));
+                    answers[position] = Some(Err(record_error(
+                        status.code(),
+                        status.message().to_owned(),
+                    )));
                 }
             }
         }
@@ -225,34 +263,54 @@ async fn answer_batch(
                     VaultError::Internal.to_string(),
                 )),
             };
-            pb::TokenizeStreamResponse { index: first_index + position as u64, result: Some(result) }
+            pb::TokenizeStreamResponse {
+                index: first_index + position as u64,
+                result: Some(result),
+            }
         })
         .collect()
 }
 
 fn record_error(code: tonic::Code, message: String) -> pb::RecordError {
-    pb::RecordError { code: code as i32, message }
+    pb::RecordError {
+        code: code as i32,
+        message,
+    }
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
-    async fn tokenize(&self, request: Request<pb::TokenizeRequest>) -> Result<Response<pb::TokenizeResponse>, Status> {
+    async fn tokenize(
+        &self,
+        request: Request<pb::TokenizeRequest>,
+    ) -> Result<Response<pb::TokenizeResponse>, Status> {
         let draft = AuditDraft::new("", Operation::Tokenize, &request.get_ref().tenant);
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        let draft = AuditDraft { principal: caller.clone(), ..draft };
+        let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
         let mut request = request.into_inner();
         let result = async {
-            self.ctx.policy.require(&caller, &[Role::Tokenizer], Some(&request.tenant))?;
+            self.ctx
+                .policy
+                .require(&caller, &[Role::Tokenizer], Some(&request.tenant))?;
             let format = stored_format(request.format)?;
             let number = take_number(&mut request.number)?;
-            let tokens = tokenize_batch(&self.ctx, &request.tenant, format, std::slice::from_ref(&number), draft.clone()).await?;
+            let tokens = tokenize_batch(
+                &self.ctx,
+                &request.tenant,
+                format,
+                std::slice::from_ref(&number),
+                draft.clone(),
+            )
+            .await?;
             tokens.into_iter().next().ok_or(VaultError::Internal)
         }
         .await;
         let tokenized = self.ctx.settled(draft, result).await?;
-        Ok(Response::new(pb::TokenizeResponse { token: tokenized.token, created: tokenized.created }))
+        Ok(Response::new(pb::TokenizeResponse {
+            token: tokenized.token,
+            created: tokenized.created,
+        }))
     }
 
     type TokenizeStreamStream = ResponseStream<pb::TokenizeStreamResponse>;
@@ -262,7 +320,7 @@ impl TokenService for TokenApi {
         request: Request<Streaming<pb::TokenizeRequest>>,
     ) -> Result<Response<Self::TokenizeStreamStream>, Status> {
         let draft = AuditDraft::new("", Operation::TokenizeStream, "");
-        let caller = self.ctx.authenticate(&request, draft).await?;
+        let (caller, _) = self.ctx.authenticate(&request, draft).await?;
         let ctx = self.ctx.clone();
         let (sender, receiver) = mpsc::channel(STREAM_BATCH);
         tokio::spawn(async move {
@@ -304,16 +362,35 @@ impl TokenService for TokenApi {
     ) -> Result<Response<pb::DescribeTokenResponse>, Status> {
         let mut draft = AuditDraft::new("", Operation::DescribeToken, &request.get_ref().tenant);
         draft.tokens = vec![request.get_ref().token.clone()];
-        let caller = self.ctx.authenticate(&request, draft.clone()).await?;
-        let draft = AuditDraft { principal: caller.clone(), record_count: 1, ..draft };
+        let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
+        let draft = AuditDraft {
+            record_count: 1,
+            ..draft
+        };
         let request = request.into_inner();
         let result = async {
-            let roles = [Role::Tokenizer, Role::Requester, Role::Approver, Role::Filer, Role::Auditor];
-            self.ctx.policy.require(&caller, &roles, Some(&request.tenant))?;
+            let roles = [
+                Role::Tokenizer,
+                Role::Requester,
+                Role::Approver,
+                Role::Filer,
+                Role::Auditor,
+            ];
+            self.ctx
+                .policy
+                .require(&caller, &roles, Some(&request.tenant))?;
             self.ctx.keyring.tenant_keys(&request.tenant).await?;
-            let info = self.ctx.store.record_info(&request.tenant, &request.token).await?.ok_or_else(|| {
-                VaultError::NotFound(format!("token {} does not exist in tenant {:?}", request.token, request.tenant))
-            })?;
+            let info = self
+                .ctx
+                .store
+                .record_info(&request.tenant, &request.token)
+                .await?
+                .ok_or_else(|| {
+                    VaultError::NotFound(format!(
+                        "token {} does not exist in tenant {:?}",
+                        request.token, request.tenant
+                    ))
+                })?;
             Ok(pb::DescribeTokenResponse {
                 tenant: request.tenant.clone(),
                 token: info.token,

@@ -29,8 +29,8 @@ use time::OffsetDateTime;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub use mnvault_proto::v1::{
-    AuditEntry, FilingJob, FilingJobState, ListAuditEntriesRequest, RecordError, Tenant,
-    TokenFormat, VerifyAuditChainResponse,
+    AuditEntry, FilingJob, FilingJobState, ListAuditEntriesRequest, RecordError, Tenant, TokenFormat,
+    VerifyAuditChainResponse,
 };
 pub use tonic::Code;
 
@@ -88,10 +88,7 @@ impl ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        ClientError::Refused {
-            code: status.code(),
-            message: status.message().to_owned(),
-        }
+        ClientError::Refused { code: status.code(), message: status.message().to_owned() }
     }
 }
 
@@ -105,37 +102,23 @@ pub struct ClientIdentity {
 
 impl std::fmt::Debug for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientIdentity")
-            .field("key_pem", &"[redacted]")
-            .finish_non_exhaustive()
+        f.debug_struct("ClientIdentity").field("key_pem", &"[redacted]").finish_non_exhaustive()
     }
 }
 
 impl ClientIdentity {
     /// Reads a PEM certificate, its PEM private key and the PEM CA certificate.
     pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, ClientError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| ClientError::Identity {
-                path: path.to_owned(),
-                source,
-            })
-        };
+        let read =
+            |path: &Path| std::fs::read(path).map_err(|source| ClientError::Identity { path: path.to_owned(), source });
         let key_pem = String::from_utf8_lossy(&read(key)?).into_owned();
-        Ok(Self {
-            cert_pem: read(cert)?,
-            key_pem: SecretString::from(key_pem),
-            ca_pem: read(ca)?,
-        })
+        Ok(Self { cert_pem: read(cert)?, key_pem: SecretString::from(key_pem), ca_pem: read(ca)? })
     }
 
     /// The identity of principal `name` in a dev PKI directory
     /// (`<data-dir>/dev-pki`, made by `mnvault serve --dev`).
     pub fn from_dev_pki(dir: &Path, name: &str) -> Result<Self, ClientError> {
-        Self::from_files(
-            &dir.join(format!("{name}.crt")),
-            &dir.join(format!("{name}.key")),
-            &dir.join("ca.pem"),
-        )
+        Self::from_files(&dir.join(format!("{name}.crt")), &dir.join(format!("{name}.key")), &dir.join("ca.pem"))
     }
 }
 
@@ -158,10 +141,7 @@ pub struct ReleasedNumber {
 
 impl std::fmt::Debug for ReleasedNumber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReleasedNumber")
-            .field("token", &self.token)
-            .field("number", &"[redacted]")
-            .finish()
+        f.debug_struct("ReleasedNumber").field("token", &self.token).field("number", &"[redacted]").finish()
     }
 }
 
@@ -205,24 +185,10 @@ impl VaultClient {
 
     /// Tokenizes one number. The vault validates it; see [`number::MyNumber`]
     /// to validate before sending.
-    pub async fn tokenize(
-        &self,
-        tenant: &str,
-        number: &str,
-        format: TokenFormat,
-    ) -> Result<String, ClientError> {
-        let request = pb::TokenizeRequest {
-            tenant: tenant.to_owned(),
-            number: number.to_owned(),
-            format: format.into(),
-        };
-        Ok(self
-            .tokens
-            .clone()
-            .tokenize(request)
-            .await?
-            .into_inner()
-            .token)
+    pub async fn tokenize(&self, tenant: &str, number: &str, format: TokenFormat) -> Result<String, ClientError> {
+        let request =
+            pb::TokenizeRequest { tenant: tenant.to_owned(), number: number.to_owned(), format: format.into() };
+        Ok(self.tokens.clone().tokenize(request).await?.into_inner().token)
     }
 
     /// Tokenizes many numbers over one bidirectional stream. Yields one
@@ -243,45 +209,22 @@ impl VaultClient {
             number,
             format: format.into(),
         });
-        let responses = self
-            .tokens
-            .clone()
-            .tokenize_stream(requests)
-            .await?
-            .into_inner();
+        let responses = self.tokens.clone().tokenize_stream(requests).await?.into_inner();
         Ok(responses.map(|response| {
             let response = response?;
             let result = match response.result {
                 Some(pb::tokenize_stream_response::Result::Token(token)) => Ok(token),
                 Some(pb::tokenize_stream_response::Result::Error(error)) => Err(error),
-                None => Err(RecordError {
-                    code: Code::Internal as i32,
-                    message: "empty result".into(),
-                }),
+                None => Err(RecordError { code: Code::Internal as i32, message: "empty result".into() }),
             };
-            Ok(StreamedToken {
-                index: response.index,
-                result,
-            })
+            Ok(StreamedToken { index: response.index, result })
         }))
     }
 
     /// Metadata about a token; never the number.
-    pub async fn describe_token(
-        &self,
-        tenant: &str,
-        token: &str,
-    ) -> Result<pb::DescribeTokenResponse, ClientError> {
-        let request = pb::DescribeTokenRequest {
-            tenant: tenant.to_owned(),
-            token: token.to_owned(),
-        };
-        Ok(self
-            .tokens
-            .clone()
-            .describe_token(request)
-            .await?
-            .into_inner())
+    pub async fn describe_token(&self, tenant: &str, token: &str) -> Result<pb::DescribeTokenResponse, ClientError> {
+        let request = pb::DescribeTokenRequest { tenant: tenant.to_owned(), token: token.to_owned() };
+        Ok(self.tokens.clone().describe_token(request).await?.into_inner())
     }
 
     /// Creates a filing job; it releases nothing until another principal approves it.
@@ -294,103 +237,49 @@ impl VaultClient {
             max_releases_per_token: job.max_releases_per_token,
             note: job.note,
         };
-        Ok(self
-            .filing
-            .clone()
-            .create_filing_job(request)
-            .await?
-            .into_inner())
+        Ok(self.filing.clone().create_filing_job(request).await?.into_inner())
     }
 
     /// Approves a pending job created by someone else.
     pub async fn approve_filing_job(&self, job_id: &str) -> Result<FilingJob, ClientError> {
-        let request = pb::ApproveFilingJobRequest {
-            job_id: job_id.to_owned(),
-        };
-        Ok(self
-            .filing
-            .clone()
-            .approve_filing_job(request)
-            .await?
-            .into_inner())
+        let request = pb::ApproveFilingJobRequest { job_id: job_id.to_owned() };
+        Ok(self.filing.clone().approve_filing_job(request).await?.into_inner())
     }
 
     /// A job with its tokens and release counts.
     pub async fn get_filing_job(&self, job_id: &str) -> Result<FilingJob, ClientError> {
-        let request = pb::GetFilingJobRequest {
-            job_id: job_id.to_owned(),
-        };
-        Ok(self
-            .filing
-            .clone()
-            .get_filing_job(request)
-            .await?
-            .into_inner())
+        let request = pb::GetFilingJobRequest { job_id: job_id.to_owned() };
+        Ok(self.filing.clone().get_filing_job(request).await?.into_inner())
     }
 
     /// Cancels a job; nothing more can be released from it.
     pub async fn cancel_filing_job(&self, job_id: &str) -> Result<FilingJob, ClientError> {
-        let request = pb::CancelFilingJobRequest {
-            job_id: job_id.to_owned(),
-        };
-        Ok(self
-            .filing
-            .clone()
-            .cancel_filing_job(request)
-            .await?
-            .into_inner())
+        let request = pb::CancelFilingJobRequest { job_id: job_id.to_owned() };
+        Ok(self.filing.clone().cancel_filing_job(request).await?.into_inner())
     }
 
     /// The lawful purposes the vault accepts.
     pub async fn list_purposes(&self) -> Result<Vec<pb::Purpose>, ClientError> {
-        Ok(self
-            .filing
-            .clone()
-            .list_purposes(pb::ListPurposesRequest {})
-            .await?
-            .into_inner()
-            .purposes)
+        Ok(self.filing.clone().list_purposes(pb::ListPurposesRequest {}).await?.into_inner().purposes)
     }
 
     /// Releases numbers of an approved job: `tokens`, or all of the job's
     /// tokens when empty.
-    pub async fn detokenize(
-        &self,
-        job_id: &str,
-        tokens: Vec<String>,
-    ) -> Result<Vec<ReleasedNumber>, ClientError> {
-        let request = pb::DetokenizeRequest {
-            job_id: job_id.to_owned(),
-            tokens,
-        };
+    pub async fn detokenize(&self, job_id: &str, tokens: Vec<String>) -> Result<Vec<ReleasedNumber>, ClientError> {
+        let request = pb::DetokenizeRequest { job_id: job_id.to_owned(), tokens };
         let mut stream = self.filing.clone().detokenize(request).await?.into_inner();
         let mut released = Vec::new();
         while let Some(mut response) = stream.message().await? {
             let number = SecretString::from(std::mem::take(&mut response.number));
-            released.push(ReleasedNumber {
-                token: response.token,
-                number,
-            });
+            released.push(ReleasedNumber { token: response.token, number });
         }
         Ok(released)
     }
 
     /// Creates a tenant with its own keys.
-    pub async fn create_tenant(
-        &self,
-        tenant: &str,
-        display_name: &str,
-    ) -> Result<Tenant, ClientError> {
-        let request = pb::CreateTenantRequest {
-            tenant: tenant.to_owned(),
-            display_name: display_name.to_owned(),
-        };
-        Ok(self
-            .admin
-            .clone()
-            .create_tenant(request)
-            .await?
-            .into_inner())
+    pub async fn create_tenant(&self, tenant: &str, display_name: &str) -> Result<Tenant, ClientError> {
+        let request = pb::CreateTenantRequest { tenant: tenant.to_owned(), display_name: display_name.to_owned() };
+        Ok(self.admin.clone().create_tenant(request).await?.into_inner())
     }
 
     /// One page of audit entries.
@@ -398,61 +287,34 @@ impl VaultClient {
         &self,
         request: ListAuditEntriesRequest,
     ) -> Result<pb::ListAuditEntriesResponse, ClientError> {
-        Ok(self
-            .audit
-            .clone()
-            .list_audit_entries(request)
-            .await?
-            .into_inner())
+        Ok(self.audit.clone().list_audit_entries(request).await?.into_inner())
     }
 
     /// Asks the vault to walk the audit chain.
     pub async fn verify_audit_chain(&self) -> Result<VerifyAuditChainResponse, ClientError> {
-        Ok(self
-            .audit
-            .clone()
-            .verify_audit_chain(pb::VerifyAuditChainRequest {})
-            .await?
-            .into_inner())
+        Ok(self.audit.clone().verify_audit_chain(pb::VerifyAuditChainRequest {}).await?.into_inner())
     }
 }
 
 /// A mutual-TLS channel to the vault, for the standard gRPC services it also
 /// serves (`grpc.health.v1.Health`, server reflection).
-pub async fn connect_channel(
-    endpoint: &str,
-    identity: &ClientIdentity,
-) -> Result<Channel, ClientError> {
+pub async fn connect_channel(endpoint: &str, identity: &ClientIdentity) -> Result<Channel, ClientError> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&identity.ca_pem))
-        .identity(Identity::from_pem(
-            &identity.cert_pem,
-            identity.key_pem.expose_secret(),
-        ));
+        .identity(Identity::from_pem(&identity.cert_pem, identity.key_pem.expose_secret()));
     Channel::from_shared(endpoint.to_owned())
-        .map_err(|_| ClientError::InvalidEndpoint {
-            endpoint: endpoint.to_owned(),
-        })?
+        .map_err(|_| ClientError::InvalidEndpoint { endpoint: endpoint.to_owned() })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tls_config(tls)
-        .map_err(|source| ClientError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?
+        .map_err(|source| ClientError::Connect { endpoint: endpoint.to_owned(), source })?
         .connect()
         .await
-        .map_err(|source| ClientError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })
+        .map_err(|source| ClientError::Connect { endpoint: endpoint.to_owned(), source })
 }
 
 /// A protobuf timestamp for a point in time.
 pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: at.nanosecond() as i32,
-    }
+    prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: at.nanosecond() as i32 }
 }
 
 /// The point in time of a protobuf timestamp, if it is in range.

@@ -36,7 +36,9 @@ pub enum NumberError {
         digits: usize,
     },
     /// A character is neither a digit nor an accepted separator.
-    #[error("character {character:?} at position {position} is not a digit (only digits, hyphens and spaces are accepted)")]
+    #[error(
+        "character {character:?} at position {position} is not a digit (only digits, hyphens and spaces are accepted)"
+    )]
     NotADigit {
         /// The offending character.
         character: char,
@@ -58,10 +60,7 @@ impl MyNumber {
                 continue;
             }
             let Some(value) = digit_value(character) else {
-                return Err(NumberError::NotADigit {
-                    character,
-                    position: index + 1,
-                });
+                return Err(NumberError::NotADigit { character, position: index + 1 });
             };
             if count < DIGITS {
                 digits[count] = b'0' + value;
@@ -134,6 +133,73 @@ pub fn has_valid_check_digit(digits: &[u8; DIGITS]) -> bool {
     digits.iter().all(u8::is_ascii_digit) && digits[11] == b'0' + check_digit(&first_eleven)
 }
 
+/// What [`redact_numbers`] puts in place of a number.
+pub const REDACTED: &str = "[number redacted]";
+
+/// Whether `character` may appear inside a typed number.
+fn is_number_character(character: char) -> bool {
+    digit_value(character).is_some() || SEPARATORS.contains(&character)
+}
+
+/// `text` with every run of digits and separators that holds a My Number
+/// (twelve consecutive digits with a matching check digit) replaced by
+/// [`REDACTED`]. Text the vault did not write itself (tokens, tenants, job
+/// ids a caller sent) passes through this before it reaches an audit entry,
+/// a log or an error message: a caller who pastes a number where a token
+/// belongs must not get it written down.
+pub fn redact_numbers(text: &str) -> std::borrow::Cow<'_, str> {
+    if !contains_number(text) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if contains_number(run) {
+            // Keep the separators around the number (spaces between words).
+            let digits = run.trim_matches(|c| SEPARATORS.contains(&c));
+            let start = run.len() - run.trim_start_matches(|c| SEPARATORS.contains(&c)).len();
+            out.push_str(&run[..start]);
+            out.push_str(REDACTED);
+            out.push_str(&run[start + digits.len()..]);
+        } else {
+            out.push_str(run);
+        }
+        run.zeroize();
+    };
+    for character in text.chars() {
+        if is_number_character(character) {
+            run.push(character);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(character);
+        }
+    }
+    flush(&mut run, &mut out);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Whether `text` holds twelve consecutive digits (separators between them
+/// allowed) whose check digit matches.
+pub fn contains_number(text: &str) -> bool {
+    let mut window = Zeroizing::new([0u8; DIGITS]);
+    let mut filled = 0usize;
+    for character in text.chars() {
+        match digit_value(character) {
+            Some(value) => {
+                window.copy_within(1.., 0);
+                window[DIGITS - 1] = b'0' + value;
+                filled += 1;
+                if filled >= DIGITS && has_valid_check_digit(&window) {
+                    return true;
+                }
+            }
+            None if SEPARATORS.contains(&character) => {}
+            None => filled = 0,
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,11 +229,7 @@ mod tests {
         for (number, expected) in VECTORS {
             for wrong in (0..10u8).filter(|d| *d != expected) {
                 let input = format!("{}{}", &number[..11], wrong);
-                assert_eq!(
-                    MyNumber::parse(&input).unwrap_err(),
-                    NumberError::CheckDigitMismatch,
-                    "{input}"
-                );
+                assert_eq!(MyNumber::parse(&input).unwrap_err(), NumberError::CheckDigitMismatch, "{input}");
             }
         }
     }
@@ -185,11 +247,7 @@ mod tests {
             "６２１４－９８３２　０２５７",
         ];
         for input in inputs {
-            assert_eq!(
-                MyNumber::parse(input).unwrap().expose_digits(),
-                "621498320257",
-                "{input}"
-            );
+            assert_eq!(MyNumber::parse(input).unwrap().expose_digits(), "621498320257", "{input}");
         }
     }
 
@@ -197,47 +255,23 @@ mod tests {
     fn a_letter_is_named_with_its_position_not_dropped() {
         assert_eq!(
             MyNumber::parse("12345678901a8").unwrap_err(),
-            NumberError::NotADigit {
-                character: 'a',
-                position: 12
-            }
+            NumberError::NotADigit { character: 'a', position: 12 }
         );
         assert_eq!(
             MyNumber::parse("6214_9832_0257").unwrap_err(),
-            NumberError::NotADigit {
-                character: '_',
-                position: 5
-            }
+            NumberError::NotADigit { character: '_', position: 5 }
         );
         // Other dashes and dots are not in the accepted list.
-        assert!(matches!(
-            MyNumber::parse("6214.9832.0257"),
-            Err(NumberError::NotADigit { position: 5, .. })
-        ));
-        assert!(matches!(
-            MyNumber::parse("6214—9832—0257"),
-            Err(NumberError::NotADigit { position: 5, .. })
-        ));
+        assert!(matches!(MyNumber::parse("6214.9832.0257"), Err(NumberError::NotADigit { position: 5, .. })));
+        assert!(matches!(MyNumber::parse("6214—9832—0257"), Err(NumberError::NotADigit { position: 5, .. })));
     }
 
     #[test]
     fn wrong_lengths_report_the_digit_count() {
-        assert_eq!(
-            MyNumber::parse("").unwrap_err(),
-            NumberError::WrongLength { digits: 0 }
-        );
-        assert_eq!(
-            MyNumber::parse("12345678901").unwrap_err(),
-            NumberError::WrongLength { digits: 11 }
-        );
-        assert_eq!(
-            MyNumber::parse("1234567890188").unwrap_err(),
-            NumberError::WrongLength { digits: 13 }
-        );
-        assert_eq!(
-            MyNumber::parse("1234-5678-9018-").unwrap().expose_digits(),
-            "123456789018"
-        );
+        assert_eq!(MyNumber::parse("").unwrap_err(), NumberError::WrongLength { digits: 0 });
+        assert_eq!(MyNumber::parse("12345678901").unwrap_err(), NumberError::WrongLength { digits: 11 });
+        assert_eq!(MyNumber::parse("1234567890188").unwrap_err(), NumberError::WrongLength { digits: 13 });
+        assert_eq!(MyNumber::parse("1234-5678-9018-").unwrap().expose_digits(), "123456789018");
     }
 
     #[test]
@@ -246,6 +280,25 @@ mod tests {
         assert!(!format!("{number:?}").contains("6214"));
         let error = MyNumber::parse("621498320258").unwrap_err();
         assert!(!error.to_string().contains("62149832025"));
+    }
+
+    #[test]
+    fn numbers_inside_text_are_found_and_redacted() {
+        assert!(contains_number("token 621498320257 is not listed"));
+        assert!(contains_number("６２１４－９８３２－０２５７"));
+        assert!(contains_number("x1234567890185y")); // 123456789018 inside a longer run
+        assert!(contains_number("123456 789018x"));
+        assert!(!contains_number("459035780120")); // wrong check digit: a legacy token
+        assert!(!contains_number("12345678901"));
+        assert!(!contains_number("123456a789018"));
+        assert_eq!(
+            redact_numbers("token 6214-9832-0257 is not listed in job_x"),
+            format!("token {REDACTED} is not listed in job_x")
+        );
+        assert_eq!(redact_numbers("token 459035780120 is fine"), "token 459035780120 is fine");
+        assert_eq!(redact_numbers("nothing here"), "nothing here");
+        assert_eq!(redact_numbers("621498320257"), REDACTED);
+        assert_eq!(redact_numbers("a ６２１４９８３２０２５７、b"), format!("a {REDACTED}、b"));
     }
 
     #[test]

@@ -66,9 +66,7 @@ impl Purpose {
             Purpose::RetirementIncomeSlip => "退職所得の源泉徴収票・特別徴収票",
             Purpose::PaymentRecord => "報酬・料金等の支払調書",
             Purpose::DependentDeductionDeclaration => "扶養控除等(異動)申告書",
-            Purpose::SocialInsuranceQualification => {
-                "健康保険・厚生年金保険 被保険者資格取得届・喪失届"
-            }
+            Purpose::SocialInsuranceQualification => "健康保険・厚生年金保険 被保険者資格取得届・喪失届",
             Purpose::SocialInsuranceDependentChange => "健康保険 被扶養者(異動)届",
             Purpose::EmploymentInsuranceQualification => "雇用保険 被保険者資格取得届・喪失届",
             Purpose::EmploymentInsuranceBenefit => "育児・介護休業給付等の申請",
@@ -82,12 +80,8 @@ impl Purpose {
             Purpose::SalaryPaymentReport => "市区町村",
             Purpose::RetirementIncomeSlip => "税務署, 市区町村",
             Purpose::DependentDeductionDeclaration => "事業者保管",
-            Purpose::SocialInsuranceQualification | Purpose::SocialInsuranceDependentChange => {
-                "日本年金機構, 健保組合"
-            }
-            Purpose::EmploymentInsuranceQualification | Purpose::EmploymentInsuranceBenefit => {
-                "ハローワーク"
-            }
+            Purpose::SocialInsuranceQualification | Purpose::SocialInsuranceDependentChange => "日本年金機構, 健保組合",
+            Purpose::EmploymentInsuranceQualification | Purpose::EmploymentInsuranceBenefit => "ハローワーク",
         }
     }
 }
@@ -101,10 +95,7 @@ impl FromStr for Purpose {
     type Err = UnknownPurpose;
 
     fn from_str(id: &str) -> Result<Self, Self::Err> {
-        Purpose::ALL
-            .into_iter()
-            .find(|purpose| purpose.id() == id)
-            .ok_or_else(|| UnknownPurpose(id.to_owned()))
+        Purpose::ALL.into_iter().find(|purpose| purpose.id() == id).ok_or_else(|| UnknownPurpose(id.to_owned()))
     }
 }
 
@@ -122,13 +113,7 @@ mod tests {
     fn identifiers_round_trip_and_are_kebab_case() {
         for purpose in Purpose::ALL {
             assert_eq!(purpose.id().parse::<Purpose>().unwrap(), purpose);
-            assert!(
-                purpose
-                    .id()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'-'),
-                "{purpose}"
-            );
+            assert!(purpose.id().bytes().all(|b| b.is_ascii_lowercase() || b == b'-'), "{purpose}");
         }
         let mut ids: Vec<_> = Purpose::ALL.iter().map(|p| p.id()).collect();
         ids.sort();
@@ -138,10 +123,7 @@ mod tests {
 
     #[test]
     fn unknown_identifiers_are_refused() {
-        assert_eq!(
-            "marketing".parse::<Purpose>().unwrap_err(),
-            UnknownPurpose("marketing".into())
-        );
+        assert_eq!("marketing".parse::<Purpose>().unwrap_err(), UnknownPurpose("marketing".into()));
         assert!("Withholding-Slip".parse::<Purpose>().is_err());
     }
 }

@@ -26,9 +26,7 @@ impl AuditChainKey {
     /// Derives the chain MAC key from the stored audit-chain key material.
     pub fn new(material: &KeyMaterial) -> Self {
         let key = hkdf_derive(material.expose_secret(), &[labels::AUDIT_CHAIN]);
-        Self {
-            mac: hmac_sha256(&key),
-        }
+        Self { mac: hmac_sha256(&key) }
     }
 
     /// HMAC-SHA-256(`prev_hash` ‖ `entry`). `entry` is the canonical encoding
@@ -95,10 +93,7 @@ mod tests {
 
     #[test]
     fn different_key_material_gives_different_links() {
-        assert_ne!(
-            key(1).link(&GENESIS_HASH, b"e"),
-            key(2).link(&GENESIS_HASH, b"e")
-        );
+        assert_ne!(key(1).link(&GENESIS_HASH, b"e"), key(2).link(&GENESIS_HASH, b"e"));
     }
 
     #[test]

@@ -63,9 +63,7 @@ pub enum KeyError {
     UnwrapFailed,
 
     /// A tenant keyset was built without any record-key version.
-    #[error(
-        "no record key versions were given for the tenant; at least one is needed to seal records"
-    )]
+    #[error("no record key versions were given for the tenant; at least one is needed to seal records")]
     NoKeyVersions,
 
     /// A record-key version is not valid (versions start at 1).
@@ -73,9 +71,7 @@ pub enum KeyError {
     InvalidKeyVersion(u32),
 
     /// The same record-key version was given twice when building a keyset.
-    #[error(
-        "record key version {0} was given more than once; each version must have exactly one key"
-    )]
+    #[error("record key version {0} was given more than once; each version must have exactly one key")]
     DuplicateKeyVersion(u32),
 
     /// A sealed record, or a requested seal, uses a version the keyset does not have.

@@ -153,10 +153,7 @@ mod test_util {
             hex_lower.clone(),
             hex_lower.to_uppercase(),
             data_encoding::BASE64.encode(bytes),
-            data_encoding::BASE64
-                .encode(bytes)
-                .trim_end_matches('=')
-                .to_owned(),
+            data_encoding::BASE64.encode(bytes).trim_end_matches('=').to_owned(),
             format!("{bytes:?}"),
             // A prefix catches partial dumps too.
             hex_lower[..16].to_owned(),
@@ -165,10 +162,7 @@ mod test_util {
 
     pub(crate) fn assert_no_key_bytes(debug: &str, bytes: &[u8]) {
         for r in renderings(bytes) {
-            assert!(
-                !debug.contains(&r),
-                "Debug output {debug:?} leaks key bytes ({r})"
-            );
+            assert!(!debug.contains(&r), "Debug output {debug:?} leaks key bytes ({r})");
         }
     }
 }

@@ -20,17 +20,13 @@ impl KeyMaterial {
     /// Fresh random key material from the operating system's CSPRNG.
     pub fn generate() -> Self {
         use rand::RngCore;
-        Self(SecretBox::init_with_mut(|key: &mut [u8; KEY_LEN]| {
-            rand::rngs::OsRng.fill_bytes(key)
-        }))
+        Self(SecretBox::init_with_mut(|key: &mut [u8; KEY_LEN]| rand::rngs::OsRng.fill_bytes(key)))
     }
 
     /// Takes ownership of `bytes`; the by-value copy passed in is zeroized.
     /// The caller remains responsible for zeroizing its own copies.
     pub fn from_bytes(mut bytes: [u8; KEY_LEN]) -> Self {
-        let material = Self(SecretBox::init_with_mut(|key: &mut [u8; KEY_LEN]| {
-            key.copy_from_slice(&bytes)
-        }));
+        let material = Self(SecretBox::init_with_mut(|key: &mut [u8; KEY_LEN]| key.copy_from_slice(&bytes)));
         bytes.zeroize();
         material
     }

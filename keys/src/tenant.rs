@@ -10,8 +10,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::{
-    aes256gcm, hkdf_derive, hmac_sha256, labels, random_nonce, KeyError, KeyMaterial, FORMAT_V1,
-    NONCE_LEN, TAG_LEN,
+    aes256gcm, hkdf_derive, hmac_sha256, labels, random_nonce, KeyError, KeyMaterial, FORMAT_V1, NONCE_LEN, TAG_LEN,
 };
 
 /// Length of the header of a sealed record: format byte, key version, nonce.
@@ -76,11 +75,7 @@ impl TenantKeys {
             }
             let key = hkdf_derive(
                 material.expose_secret(),
-                &[
-                    labels::RECORD_SEAL,
-                    tenant.as_bytes(),
-                    &version.to_be_bytes(),
-                ],
+                &[labels::RECORD_SEAL, tenant.as_bytes(), &version.to_be_bytes()],
             );
             record_ciphers.insert(version, aes256gcm(&key));
         }
@@ -88,15 +83,8 @@ impl TenantKeys {
             return Err(KeyError::NoKeyVersions);
         }
 
-        let index_key = hkdf_derive(
-            index_key.expose_secret(),
-            &[labels::BLIND_INDEX, tenant.as_bytes()],
-        );
-        Ok(Self {
-            tenant: tenant.to_owned(),
-            index_mac: hmac_sha256(&index_key),
-            record_ciphers,
-        })
+        let index_key = hkdf_derive(index_key.expose_secret(), &[labels::BLIND_INDEX, tenant.as_bytes()]);
+        Ok(Self { tenant: tenant.to_owned(), index_mac: hmac_sha256(&index_key), record_ciphers })
     }
 
     /// The tenant these keys belong to.
@@ -106,11 +94,7 @@ impl TenantKeys {
 
     /// The version that seals new records: the highest one.
     pub fn primary_version(&self) -> u32 {
-        *self
-            .record_ciphers
-            .keys()
-            .next_back()
-            .expect("TenantKeys::new guarantees at least one version")
+        *self.record_ciphers.keys().next_back().expect("TenantKeys::new guarantees at least one version")
     }
 
     /// All record-key versions, ascending.
@@ -144,16 +128,8 @@ impl TenantKeys {
     /// Same as [`seal`](Self::seal) but with an explicit version (used by
     /// re-encryption after rotation). [`KeyError::UnknownKeyVersion`] if the
     /// keyset has no such version.
-    pub fn seal_with_version(
-        &self,
-        version: u32,
-        token: &str,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, KeyError> {
-        let cipher = self
-            .record_ciphers
-            .get(&version)
-            .ok_or(KeyError::UnknownKeyVersion(version))?;
+    pub fn seal_with_version(&self, version: u32, token: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let cipher = self.record_ciphers.get(&version).ok_or(KeyError::UnknownKeyVersion(version))?;
         let aad = record_aad(&self.tenant, token, version).ok_or(KeyError::EncryptionFailed)?;
         let nonce = random_nonce();
 
@@ -178,10 +154,7 @@ impl TenantKeys {
     /// (wrong tenant, token or version, or tampered bytes).
     pub fn open(&self, token: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let version = sealed_key_version(sealed)?;
-        let cipher = self
-            .record_ciphers
-            .get(&version)
-            .ok_or(KeyError::UnknownKeyVersion(version))?;
+        let cipher = self.record_ciphers.get(&version).ok_or(KeyError::UnknownKeyVersion(version))?;
         // A token too long for the AAD encoding cannot have been sealed.
         let aad = record_aad(&self.tenant, token, version).ok_or(KeyError::IntegrityCheckFailed)?;
 
@@ -189,12 +162,7 @@ impl TenantKeys {
         let (ciphertext, tag) = sealed[HEADER_LEN..].split_at(sealed.len() - MIN_SEALED_LEN);
         let mut plaintext = Zeroizing::new(ciphertext.to_vec());
         cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(nonce),
-                &aad,
-                &mut plaintext[..],
-                Tag::from_slice(tag),
-            )
+            .decrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut plaintext[..], Tag::from_slice(tag))
             .map_err(|_| KeyError::IntegrityCheckFailed)?;
         Ok(plaintext)
     }
@@ -215,8 +183,7 @@ impl fmt::Debug for TenantKeys {
 /// `None` if a field is too long for its u32 length prefix (which would make
 /// the encoding ambiguous).
 fn record_aad(tenant: &str, token: &str, version: u32) -> Option<Vec<u8>> {
-    let mut aad =
-        Vec::with_capacity(labels::RECORD_AAD.len() + 4 + tenant.len() + 4 + token.len() + 4);
+    let mut aad = Vec::with_capacity(labels::RECORD_AAD.len() + 4 + tenant.len() + 4 + token.len() + 4);
     aad.extend_from_slice(labels::RECORD_AAD);
     for field in [tenant, token] {
         aad.extend_from_slice(&u32::try_from(field.len()).ok()?.to_be_bytes());
@@ -250,9 +217,7 @@ mod tests {
         TenantKeys::new(
             tenant,
             &KeyMaterial::from_bytes([index; KEY_LEN]),
-            versions
-                .iter()
-                .map(|&v| (v, KeyMaterial::from_bytes([v as u8 + 100; KEY_LEN]))),
+            versions.iter().map(|&v| (v, KeyMaterial::from_bytes([v as u8 + 100; KEY_LEN]))),
         )
         .unwrap()
     }
@@ -263,10 +228,7 @@ mod tests {
         let sealed = tk.seal("tok-1", NUMBER).unwrap();
         assert_eq!(sealed.len(), MIN_SEALED_LEN + NUMBER.len());
         assert_eq!(sealed[0], FORMAT_V1);
-        assert!(
-            !sealed.windows(NUMBER.len()).any(|w| w == NUMBER),
-            "plaintext in clear"
-        );
+        assert!(!sealed.windows(NUMBER.len()).any(|w| w == NUMBER), "plaintext in clear");
         assert_eq!(&tk.open("tok-1", &sealed).unwrap()[..], NUMBER);
 
         // Empty plaintext works too.
@@ -284,14 +246,8 @@ mod tests {
     fn open_with_another_token_fails() {
         let tk = keys("acme", 1, &[1]);
         let sealed = tk.seal("tok-1", NUMBER).unwrap();
-        assert!(matches!(
-            tk.open("tok-2", &sealed),
-            Err(KeyError::IntegrityCheckFailed)
-        ));
-        assert!(matches!(
-            tk.open("", &sealed),
-            Err(KeyError::IntegrityCheckFailed)
-        ));
+        assert!(matches!(tk.open("tok-2", &sealed), Err(KeyError::IntegrityCheckFailed)));
+        assert!(matches!(tk.open("", &sealed), Err(KeyError::IntegrityCheckFailed)));
     }
 
     #[test]
@@ -299,10 +255,7 @@ mod tests {
         let acme = keys("acme", 1, &[1]);
         let globex = keys("globex", 1, &[1]);
         let sealed = acme.seal("tok-1", NUMBER).unwrap();
-        assert!(matches!(
-            globex.open("tok-1", &sealed),
-            Err(KeyError::IntegrityCheckFailed)
-        ));
+        assert!(matches!(globex.open("tok-1", &sealed), Err(KeyError::IntegrityCheckFailed)));
     }
 
     #[test]
@@ -328,18 +281,12 @@ mod tests {
         // Pointing at another existing version: that key and the AAD both differ.
         let mut to_v2 = sealed.clone();
         to_v2[1..5].copy_from_slice(&2u32.to_be_bytes());
-        assert!(matches!(
-            tk.open("tok", &to_v2),
-            Err(KeyError::IntegrityCheckFailed)
-        ));
+        assert!(matches!(tk.open("tok", &to_v2), Err(KeyError::IntegrityCheckFailed)));
 
         // Pointing at a version the keyset lacks.
         let mut to_v9 = sealed.clone();
         to_v9[4] = 9;
-        assert!(matches!(
-            tk.open("tok", &to_v9),
-            Err(KeyError::UnknownKeyVersion(9))
-        ));
+        assert!(matches!(tk.open("tok", &to_v9), Err(KeyError::UnknownKeyVersion(9))));
     }
 
     #[test]
@@ -350,10 +297,7 @@ mod tests {
         let tk = TenantKeys::new("acme", &same(), [(1, same()), (2, same())]).unwrap();
         let mut sealed = tk.seal_with_version(1, "tok", NUMBER).unwrap();
         sealed[1..5].copy_from_slice(&2u32.to_be_bytes());
-        assert!(matches!(
-            tk.open("tok", &sealed),
-            Err(KeyError::IntegrityCheckFailed)
-        ));
+        assert!(matches!(tk.open("tok", &sealed), Err(KeyError::IntegrityCheckFailed)));
     }
 
     #[test]
@@ -364,10 +308,7 @@ mod tests {
         for i in 1 + 4..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x80;
-            assert!(
-                matches!(tk.open("tok", &bad), Err(KeyError::IntegrityCheckFailed)),
-                "byte {i}"
-            );
+            assert!(matches!(tk.open("tok", &bad), Err(KeyError::IntegrityCheckFailed)), "byte {i}");
         }
     }
 
@@ -376,31 +317,16 @@ mod tests {
         let tk = keys("acme", 1, &[1]);
         let sealed = tk.seal("tok", NUMBER).unwrap();
         for len in [0, 1, 5, HEADER_LEN, MIN_SEALED_LEN - 1] {
-            assert!(
-                matches!(
-                    tk.open("tok", &sealed[..len]),
-                    Err(KeyError::MalformedRecord)
-                ),
-                "len {len}"
-            );
-            assert!(matches!(
-                sealed_key_version(&sealed[..len]),
-                Err(KeyError::MalformedRecord)
-            ));
+            assert!(matches!(tk.open("tok", &sealed[..len]), Err(KeyError::MalformedRecord)), "len {len}");
+            assert!(matches!(sealed_key_version(&sealed[..len]), Err(KeyError::MalformedRecord)));
         }
         // Cut into the tag but still long enough to parse: the tag check catches it.
         let short = &sealed[..sealed.len() - 1];
-        assert!(matches!(
-            tk.open("tok", short),
-            Err(KeyError::IntegrityCheckFailed)
-        ));
+        assert!(matches!(tk.open("tok", short), Err(KeyError::IntegrityCheckFailed)));
 
         let mut other_format = sealed.clone();
         other_format[0] = 0x02;
-        assert!(matches!(
-            tk.open("tok", &other_format),
-            Err(KeyError::MalformedRecord)
-        ));
+        assert!(matches!(tk.open("tok", &other_format), Err(KeyError::MalformedRecord)));
     }
 
     #[test]
@@ -422,19 +348,13 @@ mod tests {
 
         let new_record = after.seal("tok", NUMBER).unwrap();
         assert_eq!(sealed_key_version(&new_record).unwrap(), 2);
-        assert!(matches!(
-            before.open("tok", &new_record),
-            Err(KeyError::UnknownKeyVersion(2))
-        ));
+        assert!(matches!(before.open("tok", &new_record), Err(KeyError::UnknownKeyVersion(2))));
 
         // Re-encryption path: explicit version.
         let re_v1 = after.seal_with_version(1, "tok", NUMBER).unwrap();
         assert_eq!(sealed_key_version(&re_v1).unwrap(), 1);
         assert_eq!(&before.open("tok", &re_v1).unwrap()[..], NUMBER);
-        assert!(matches!(
-            after.seal_with_version(3, "tok", NUMBER),
-            Err(KeyError::UnknownKeyVersion(3))
-        ));
+        assert!(matches!(after.seal_with_version(3, "tok", NUMBER), Err(KeyError::UnknownKeyVersion(3))));
 
         assert_eq!(before.blind_index(NUMBER), after.blind_index(NUMBER));
     }
@@ -449,10 +369,7 @@ mod tests {
         assert_eq!(acme.blind_index(NUMBER), acme_again.blind_index(NUMBER));
         assert_ne!(acme.blind_index(NUMBER), acme.blind_index(b"123456789026"));
         assert_ne!(acme.blind_index(NUMBER), globex.blind_index(NUMBER));
-        assert_ne!(
-            acme.blind_index(NUMBER),
-            keys("acme", 2, &[1]).blind_index(NUMBER)
-        );
+        assert_ne!(acme.blind_index(NUMBER), keys("acme", 2, &[1]).blind_index(NUMBER));
     }
 
     #[test]
@@ -461,37 +378,24 @@ mod tests {
         let tk = keys("acme", 1, &[1]);
         let mut direct = hmac_sha256(&[1; KEY_LEN]);
         direct.update(NUMBER);
-        assert_ne!(
-            tk.blind_index(NUMBER).0,
-            <[u8; 32]>::from(direct.finalize().into_bytes())
-        );
+        assert_ne!(tk.blind_index(NUMBER).0, <[u8; 32]>::from(direct.finalize().into_bytes()));
 
         let derived = hkdf_derive(&[1; KEY_LEN], &[labels::BLIND_INDEX, b"acme"]);
         let mut expected = hmac_sha256(&derived);
         expected.update(NUMBER);
-        assert_eq!(
-            tk.blind_index(NUMBER).0,
-            <[u8; 32]>::from(expected.finalize().into_bytes())
-        );
+        assert_eq!(tk.blind_index(NUMBER).0, <[u8; 32]>::from(expected.finalize().into_bytes()));
     }
 
     #[test]
     fn invalid_version_sets_are_rejected() {
         let index = KeyMaterial::from_bytes([1; KEY_LEN]);
-        assert!(matches!(
-            TenantKeys::new("acme", &index, std::iter::empty()),
-            Err(KeyError::NoKeyVersions)
-        ));
+        assert!(matches!(TenantKeys::new("acme", &index, std::iter::empty()), Err(KeyError::NoKeyVersions)));
         assert!(matches!(
             TenantKeys::new("acme", &index, [(0, KeyMaterial::generate())]),
             Err(KeyError::InvalidKeyVersion(0))
         ));
         assert!(matches!(
-            TenantKeys::new(
-                "acme",
-                &index,
-                [(1, KeyMaterial::generate()), (1, KeyMaterial::generate())]
-            ),
+            TenantKeys::new("acme", &index, [(1, KeyMaterial::generate()), (1, KeyMaterial::generate())]),
             Err(KeyError::DuplicateKeyVersion(1))
         ));
     }

@@ -12,8 +12,7 @@ use data_encoding::BASE64;
 use zeroize::Zeroizing;
 
 use crate::{
-    aes256gcm, hkdf_derive, labels, random_nonce, KeyError, KeyMaterial, FORMAT_V1, KEY_LEN,
-    NONCE_LEN, TAG_LEN,
+    aes256gcm, hkdf_derive, labels, random_nonce, KeyError, KeyMaterial, FORMAT_V1, KEY_LEN, NONCE_LEN, TAG_LEN,
 };
 
 /// What a wrapped key is for.
@@ -114,11 +113,7 @@ pub trait RootKeyProvider: Send + Sync {
     ///
     /// Any failure — other root key, other context, modified or truncated
     /// bytes — is [`KeyError::UnwrapFailed`], without detail.
-    fn unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        context: &WrapContext<'_>,
-    ) -> Result<KeyMaterial, KeyError>;
+    fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<KeyMaterial, KeyError>;
 }
 
 /// Length of a v1 wrapped key: format byte, nonce, encrypted key, tag.
@@ -151,22 +146,14 @@ impl RootKeyFile {
     /// synced together with its directory entry.
     pub fn create(path: &Path) -> Result<Self, KeyError> {
         let key = KeyMaterial::generate();
-        let io_err = |source| KeyError::KeyFileIo {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| KeyError::KeyFileIo { path: path.to_owned(), source };
 
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::AlreadyExists => KeyError::KeyFileExists {
-                    path: path.to_owned(),
-                },
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
+            match source.kind() {
+                io::ErrorKind::AlreadyExists => KeyError::KeyFileExists { path: path.to_owned() },
                 _ => io_err(source),
-            })?;
+            }
+        })?;
 
         let mut contents = Zeroizing::new(Vec::with_capacity(FILE_HEADER.len() + FILE_B64_LEN + 1));
         contents.extend_from_slice(FILE_HEADER);
@@ -175,10 +162,7 @@ impl RootKeyFile {
         contents.extend_from_slice(&b64[..]);
         contents.push(b'\n');
 
-        let written = file
-            .write_all(&contents)
-            .and_then(|()| file.sync_all())
-            .and_then(|()| sync_parent_dir(path));
+        let written = file.write_all(&contents).and_then(|()| file.sync_all()).and_then(|()| sync_parent_dir(path));
         if let Err(source) = written {
             // A half-written file would block the next `create` with
             // KeyFileExists and then fail `open`; remove it so a retry works.
@@ -196,13 +180,8 @@ impl RootKeyFile {
     /// others any permission bit, like ssh does with private keys, and
     /// ([`KeyError::KeyFileMalformed`]) one that is not in the format.
     pub fn open(path: &Path) -> Result<Self, KeyError> {
-        let io_err = |source| KeyError::KeyFileIo {
-            path: path.to_owned(),
-            source,
-        };
-        let malformed = || KeyError::KeyFileMalformed {
-            path: path.to_owned(),
-        };
+        let io_err = |source| KeyError::KeyFileIo { path: path.to_owned(), source };
+        let malformed = || KeyError::KeyFileMalformed { path: path.to_owned() };
 
         let file = File::open(path).map_err(io_err)?;
         // Check the opened handle, not the path, so the file cannot be swapped
@@ -213,18 +192,13 @@ impl RootKeyFile {
         }
         let mode = metadata.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::KeyFilePermissions {
-                path: path.to_owned(),
-                mode,
-            });
+            return Err(KeyError::KeyFilePermissions { path: path.to_owned(), mode });
         }
 
         // Capacity reserved up front so reading never reallocates and leaves
         // an unzeroized copy of the key behind.
         let mut contents = Zeroizing::new(Vec::with_capacity(FILE_MAX_LEN + 1));
-        file.take(FILE_MAX_LEN as u64 + 1)
-            .read_to_end(&mut contents)
-            .map_err(io_err)?;
+        file.take(FILE_MAX_LEN as u64 + 1).read_to_end(&mut contents).map_err(io_err)?;
 
         let key = parse_key_file(&contents).ok_or_else(malformed)?;
         Ok(Self::from_material(path, &key))
@@ -237,10 +211,7 @@ impl RootKeyFile {
 
     fn from_material(path: &Path, root: &KeyMaterial) -> Self {
         let wrap_key = hkdf_derive(root.expose_secret(), &[labels::WRAP]);
-        Self {
-            path: path.to_owned(),
-            wrap_cipher: aes256gcm(&wrap_key),
-        }
+        Self { path: path.to_owned(), wrap_cipher: aes256gcm(&wrap_key) }
     }
 }
 
@@ -288,22 +259,14 @@ impl RootKeyProvider for RootKeyFile {
         out.extend_from_slice(key.expose_secret());
         let tag = self
             .wrap_cipher
-            .encrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
-                &context.associated_data(),
-                &mut out[1 + NONCE_LEN..],
-            )
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &context.associated_data(), &mut out[1 + NONCE_LEN..])
             .map_err(|_| KeyError::EncryptionFailed)?;
         out.extend_from_slice(&tag);
         // Only ciphertext is left in the buffer now; take it out of Zeroizing.
         Ok(WrappedKey(std::mem::take(&mut *out)))
     }
 
-    fn unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        context: &WrapContext<'_>,
-    ) -> Result<KeyMaterial, KeyError> {
+    fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<KeyMaterial, KeyError> {
         let bytes = wrapped.as_bytes();
         if bytes.len() != WRAPPED_LEN || bytes[0] != FORMAT_V1 {
             return Err(KeyError::UnwrapFailed);
@@ -326,9 +289,7 @@ impl RootKeyProvider for RootKeyFile {
 
 impl fmt::Debug for RootKeyFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RootKeyFile")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("RootKeyFile").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -352,19 +313,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = new_root(&dir, "root.key");
         let key = KeyMaterial::generate();
-        let ctx = WrapContext::TenantRecordKey {
-            tenant: "acme",
-            version: 3,
-        };
+        let ctx = WrapContext::TenantRecordKey { tenant: "acme", version: 3 };
 
         let wrapped = root.wrap(&key, &ctx).unwrap();
         assert_eq!(wrapped.as_bytes().len(), WRAPPED_LEN);
         assert_eq!(wrapped.as_bytes()[0], FORMAT_V1);
         // The wrapped bytes must not contain the key in clear.
-        assert!(!wrapped
-            .as_bytes()
-            .windows(KEY_LEN)
-            .any(|w| w == key.expose_secret()));
+        assert!(!wrapped.as_bytes().windows(KEY_LEN).any(|w| w == key.expose_secret()));
 
         let unwrapped = root.unwrap(&wrapped, &ctx).unwrap();
         assert_eq!(unwrapped.expose_secret(), key.expose_secret());
@@ -372,10 +327,7 @@ mod tests {
         // Survives a trip through storage.
         let stored = WrappedKey::from_bytes(wrapped.as_bytes().to_vec());
         assert_eq!(stored, wrapped);
-        assert_eq!(
-            root.unwrap(&stored, &ctx).unwrap().expose_secret(),
-            key.expose_secret()
-        );
+        assert_eq!(root.unwrap(&stored, &ctx).unwrap().expose_secret(), key.expose_secret());
     }
 
     #[test]
@@ -384,10 +336,7 @@ mod tests {
         let root = new_root(&dir, "root.key");
         let key = KeyMaterial::generate();
         let ctx = WrapContext::AuditChainKey;
-        assert_ne!(
-            root.wrap(&key, &ctx).unwrap(),
-            root.wrap(&key, &ctx).unwrap()
-        );
+        assert_ne!(root.wrap(&key, &ctx).unwrap(), root.wrap(&key, &ctx).unwrap());
     }
 
     #[test]
@@ -395,21 +344,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = new_root(&dir, "root.key");
         let key = KeyMaterial::generate();
-        let ctx = WrapContext::TenantRecordKey {
-            tenant: "acme",
-            version: 1,
-        };
+        let ctx = WrapContext::TenantRecordKey { tenant: "acme", version: 1 };
         let wrapped = root.wrap(&key, &ctx).unwrap();
 
         let others = [
-            WrapContext::TenantRecordKey {
-                tenant: "globex",
-                version: 1,
-            },
-            WrapContext::TenantRecordKey {
-                tenant: "acme",
-                version: 2,
-            },
+            WrapContext::TenantRecordKey { tenant: "globex", version: 1 },
+            WrapContext::TenantRecordKey { tenant: "acme", version: 2 },
             WrapContext::TenantIndexKey { tenant: "acme" },
             WrapContext::AuditChainKey,
         ];
@@ -429,10 +369,7 @@ mod tests {
         let other = new_root(&dir, "b.key");
         let ctx = WrapContext::TenantIndexKey { tenant: "acme" };
         let wrapped = root.wrap(&KeyMaterial::generate(), &ctx).unwrap();
-        assert!(matches!(
-            other.unwrap(&wrapped, &ctx),
-            Err(KeyError::UnwrapFailed)
-        ));
+        assert!(matches!(other.unwrap(&wrapped, &ctx), Err(KeyError::UnwrapFailed)));
     }
 
     #[test]
@@ -446,20 +383,11 @@ mod tests {
             let mut bytes = wrapped.as_bytes().to_vec();
             bytes[i] ^= 0x01;
             let result = root.unwrap(&WrappedKey::from_bytes(bytes), &ctx);
-            assert!(
-                matches!(result, Err(KeyError::UnwrapFailed)),
-                "flipped byte {i}"
-            );
+            assert!(matches!(result, Err(KeyError::UnwrapFailed)), "flipped byte {i}");
         }
         let truncated = WrappedKey::from_bytes(wrapped.as_bytes()[..WRAPPED_LEN - 1].to_vec());
-        assert!(matches!(
-            root.unwrap(&truncated, &ctx),
-            Err(KeyError::UnwrapFailed)
-        ));
-        assert!(matches!(
-            root.unwrap(&WrappedKey::from_bytes(vec![]), &ctx),
-            Err(KeyError::UnwrapFailed)
-        ));
+        assert!(matches!(root.unwrap(&truncated, &ctx), Err(KeyError::UnwrapFailed)));
+        assert!(matches!(root.unwrap(&WrappedKey::from_bytes(vec![]), &ctx), Err(KeyError::UnwrapFailed)));
     }
 
     #[test]
@@ -467,18 +395,9 @@ mod tests {
         let contexts = [
             WrapContext::TenantIndexKey { tenant: "acme" },
             WrapContext::TenantIndexKey { tenant: "acme1" },
-            WrapContext::TenantRecordKey {
-                tenant: "acme",
-                version: 1,
-            },
-            WrapContext::TenantRecordKey {
-                tenant: "acme",
-                version: 2,
-            },
-            WrapContext::TenantRecordKey {
-                tenant: "globex",
-                version: 1,
-            },
+            WrapContext::TenantRecordKey { tenant: "acme", version: 1 },
+            WrapContext::TenantRecordKey { tenant: "acme", version: 2 },
+            WrapContext::TenantRecordKey { tenant: "globex", version: 1 },
             WrapContext::AuditChainKey,
         ];
         let aads: Vec<Vec<u8>> = contexts.iter().map(WrapContext::associated_data).collect();
@@ -493,14 +412,7 @@ mod tests {
         expected.extend_from_slice(&4u32.to_be_bytes());
         expected.extend_from_slice(b"acme");
         expected.extend_from_slice(&7u32.to_be_bytes());
-        assert_eq!(
-            WrapContext::TenantRecordKey {
-                tenant: "acme",
-                version: 7
-            }
-            .associated_data(),
-            expected
-        );
+        assert_eq!(WrapContext::TenantRecordKey { tenant: "acme", version: 7 }.associated_data(), expected);
     }
 
     #[test]
@@ -515,12 +427,7 @@ mod tests {
 
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.split('\n').collect();
-        assert_eq!(
-            lines.len(),
-            3,
-            "two lines and a trailing newline: {}",
-            lines.len()
-        );
+        assert_eq!(lines.len(), 3, "two lines and a trailing newline: {}", lines.len());
         assert_eq!(lines[0], "mnvault-root-key v1");
         assert_eq!(BASE64.decode(lines[1].as_bytes()).unwrap().len(), KEY_LEN);
         assert_eq!(lines[2], "");
@@ -534,25 +441,15 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
 
         let err = RootKeyFile::create(&path).unwrap_err();
-        assert!(
-            matches!(&err, KeyError::KeyFileExists { path: p } if p == &path),
-            "{err:?}"
-        );
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            before,
-            "existing key must be untouched"
-        );
+        assert!(matches!(&err, KeyError::KeyFileExists { path: p } if p == &path), "{err:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "existing key must be untouched");
     }
 
     #[test]
     fn create_in_missing_directory_is_an_io_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing").join("root.key");
-        assert!(matches!(
-            RootKeyFile::create(&path),
-            Err(KeyError::KeyFileIo { .. })
-        ));
+        assert!(matches!(RootKeyFile::create(&path), Err(KeyError::KeyFileIo { .. })));
     }
 
     #[test]
@@ -583,60 +480,29 @@ mod tests {
             ("garbage", b"this is not a key\n".to_vec()),
             ("empty", Vec::new()),
             ("no header", format!("{good_b64}\n").into_bytes()),
-            (
-                "wrong version",
-                format!("mnvault-root-key v2\n{good_b64}\n").into_bytes(),
-            ),
-            (
-                "short key",
-                format!("mnvault-root-key v1\n{}\n", BASE64.encode(&[9u8; 31])).into_bytes(),
-            ),
-            (
-                "long key",
-                format!("mnvault-root-key v1\n{}\n", BASE64.encode(&[9u8; 33])).into_bytes(),
-            ),
-            (
-                "bad base64",
-                format!("mnvault-root-key v1\n{}!\n", &good_b64[..43]).into_bytes(),
-            ),
-            (
-                "extra line",
-                format!("mnvault-root-key v1\n{good_b64}\nmore\n").into_bytes(),
-            ),
+            ("wrong version", format!("mnvault-root-key v2\n{good_b64}\n").into_bytes()),
+            ("short key", format!("mnvault-root-key v1\n{}\n", BASE64.encode(&[9u8; 31])).into_bytes()),
+            ("long key", format!("mnvault-root-key v1\n{}\n", BASE64.encode(&[9u8; 33])).into_bytes()),
+            ("bad base64", format!("mnvault-root-key v1\n{}!\n", &good_b64[..43]).into_bytes()),
+            ("extra line", format!("mnvault-root-key v1\n{good_b64}\nmore\n").into_bytes()),
             ("huge", vec![b'a'; 10_000]),
         ];
         for (name, contents) in cases {
             let path = dir.path().join(name);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .unwrap();
+            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
             file.write_all(&contents).unwrap();
             drop(file);
             let err = RootKeyFile::open(&path).unwrap_err();
-            assert!(
-                matches!(err, KeyError::KeyFileMalformed { .. }),
-                "{name}: {err:?}"
-            );
+            assert!(matches!(err, KeyError::KeyFileMalformed { .. }), "{name}: {err:?}");
         }
 
         // The documented format is accepted, also without the final newline.
         for (name, contents) in [
             ("good", format!("mnvault-root-key v1\n{good_b64}\n")),
-            (
-                "good-no-newline",
-                format!("mnvault-root-key v1\n{good_b64}"),
-            ),
+            ("good-no-newline", format!("mnvault-root-key v1\n{good_b64}")),
         ] {
             let path = dir.path().join(name);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .unwrap();
+            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
             file.write_all(contents.as_bytes()).unwrap();
             drop(file);
             RootKeyFile::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -647,9 +513,7 @@ mod tests {
     fn open_of_missing_file_is_an_io_error() {
         let dir = tempfile::tempdir().unwrap();
         let err = RootKeyFile::open(&dir.path().join("nope")).unwrap_err();
-        assert!(
-            matches!(&err, KeyError::KeyFileIo { source, .. } if source.kind() == io::ErrorKind::NotFound)
-        );
+        assert!(matches!(&err, KeyError::KeyFileIo { source, .. } if source.kind() == io::ErrorKind::NotFound));
     }
 
     #[test]
@@ -658,10 +522,7 @@ mod tests {
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
         std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert!(matches!(
-            RootKeyFile::open(&sub),
-            Err(KeyError::KeyFileMalformed { .. })
-        ));
+        assert!(matches!(RootKeyFile::open(&sub), Err(KeyError::KeyFileMalformed { .. })));
     }
 
     #[test]
@@ -675,16 +536,11 @@ mod tests {
         drop(created);
 
         let opened = RootKeyFile::open(&path).unwrap();
-        assert_eq!(
-            opened.unwrap(&wrapped, &ctx).unwrap().expose_secret(),
-            key.expose_secret()
-        );
+        assert_eq!(opened.unwrap(&wrapped, &ctx).unwrap().expose_secret(), key.expose_secret());
         // And the other way round.
         let wrapped2 = opened.wrap(&key, &WrapContext::AuditChainKey).unwrap();
         let reopened = RootKeyFile::open(&path).unwrap();
-        assert!(reopened
-            .unwrap(&wrapped2, &WrapContext::AuditChainKey)
-            .is_ok());
+        assert!(reopened.unwrap(&wrapped2, &WrapContext::AuditChainKey).is_ok());
     }
 
     #[test]
@@ -701,12 +557,7 @@ mod tests {
             assert!(text.contains(&path.display().to_string()), "{text}");
         }
 
-        let wrapped = root
-            .wrap(&KeyMaterial::generate(), &WrapContext::AuditChainKey)
-            .unwrap();
-        assert_eq!(
-            format!("{wrapped:?}"),
-            format!("WrappedKey({WRAPPED_LEN} bytes)")
-        );
+        let wrapped = root.wrap(&KeyMaterial::generate(), &WrapContext::AuditChainKey).unwrap();
+        assert_eq!(format!("{wrapped:?}"), format!("WrappedKey({WRAPPED_LEN} bytes)"));
     }
 }

@@ -9,39 +9,17 @@ async fn every_call_allowed_or_denied_is_recorded_without_the_number() {
     let app = spawn_app().await;
     let number = &valid_numbers(1)[0];
     let payroll = app.client("payroll").await;
-    let token = payroll
-        .tokenize("demo", number, TokenFormat::Opaque)
-        .await
-        .unwrap();
-    refusal(
-        payroll
-            .tokenize("demo", "12345678901a8", TokenFormat::Opaque)
-            .await,
-    );
-    refusal(
-        app.client("filer")
-            .await
-            .tokenize("demo", number, TokenFormat::Opaque)
-            .await,
-    );
+    let token = payroll.tokenize("demo", number, TokenFormat::Opaque).await.unwrap();
+    refusal(payroll.tokenize("demo", "12345678901a8", TokenFormat::Opaque).await);
+    refusal(app.client("filer").await.tokenize("demo", number, TokenFormat::Opaque).await);
     payroll.describe_token("demo", &token).await.unwrap();
 
     let auditor = app.client("auditor").await;
-    let entries = auditor
-        .list_audit_entries(ListAuditEntriesRequest::default())
-        .await
-        .unwrap()
-        .entries;
+    let entries = auditor.list_audit_entries(ListAuditEntriesRequest::default()).await.unwrap().entries;
     let calls: Vec<_> = entries
         .iter()
         .filter(|e| e.principal != "mnvault-init")
-        .map(|e| {
-            (
-                e.principal.as_str(),
-                e.operation.as_str(),
-                e.outcome.as_str(),
-            )
-        })
+        .map(|e| (e.principal.as_str(), e.operation.as_str(), e.outcome.as_str()))
         .collect();
     assert_eq!(
         calls,
@@ -55,36 +33,19 @@ async fn every_call_allowed_or_denied_is_recorded_without_the_number() {
     assert_eq!(entries[1].tokens, std::slice::from_ref(&token));
     for entry in &entries {
         let text = format!("{entry:?}");
-        assert!(
-            !text.contains(number.as_str()),
-            "entry holds the number: {text}"
-        );
+        assert!(!text.contains(number.as_str()), "entry holds the number: {text}");
     }
 
     // Scoped by token: one query answers "what happened to this person's number".
     let by_token = auditor
-        .list_audit_entries(ListAuditEntriesRequest {
-            token: token.clone(),
-            ..Default::default()
-        })
+        .list_audit_entries(ListAuditEntriesRequest { token: token.clone(), ..Default::default() })
         .await
         .unwrap()
         .entries;
-    assert_eq!(
-        by_token
-            .iter()
-            .map(|e| e.operation.as_str())
-            .collect::<Vec<_>>(),
-        ["token.tokenize", "token.describe"]
-    );
+    assert_eq!(by_token.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["token.tokenize", "token.describe"]);
     // A tokenizer may not read the log.
     assert_eq!(
-        refusal(
-            payroll
-                .list_audit_entries(ListAuditEntriesRequest::default())
-                .await
-        )
-        .0,
+        refusal(payroll.list_audit_entries(ListAuditEntriesRequest::default()).await).0,
         mnvault_client::Code::PermissionDenied
     );
 }
@@ -94,40 +55,25 @@ async fn an_edited_audit_row_is_caught_by_verify_and_named() {
     let app = spawn_app().await;
     let payroll = app.client("payroll").await;
     for number in valid_numbers(5) {
-        payroll
-            .tokenize("demo", &number, TokenFormat::Opaque)
-            .await
-            .unwrap();
+        payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
     }
     let intact = app.cli(&["audit", "verify"]).await.unwrap();
-    assert!(
-        intact.starts_with("audit chain intact: 6 entries"),
-        "{intact}"
-    );
+    assert!(intact.starts_with("audit chain intact: 6 entries"), "{intact}");
     let auditor = app.client("auditor").await;
     assert!(auditor.verify_audit_chain().await.unwrap().intact);
 
     // Someone with database access hides who tokenized entry #3.
     let mut db = app.database().await;
-    sqlx::query("UPDATE audit_entries SET principal = 'someone-else' WHERE seq = 3")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE audit_entries SET principal = 'someone-else' WHERE seq = 3").execute(&mut db).await.unwrap();
     let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
     assert!(error.contains("entry #3"), "{error}");
     let verdict = auditor.verify_audit_chain().await.unwrap();
     assert!(!verdict.intact);
     assert_eq!(verdict.first_bad_seq, 3);
-    sqlx::query("UPDATE audit_entries SET principal = 'payroll' WHERE seq = 3")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE audit_entries SET principal = 'payroll' WHERE seq = 3").execute(&mut db).await.unwrap();
 
     // A token removed from an entry is an edit too.
-    sqlx::query("DELETE FROM audit_entry_tokens WHERE seq = 4")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    sqlx::query("DELETE FROM audit_entry_tokens WHERE seq = 4").execute(&mut db).await.unwrap();
     let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
     assert!(error.contains("entry #4"), "{error}");
 }
@@ -137,23 +83,40 @@ async fn a_deleted_audit_row_is_caught_by_verify() {
     let app = spawn_app().await;
     let payroll = app.client("payroll").await;
     for number in valid_numbers(3) {
-        payroll
-            .tokenize("demo", &number, TokenFormat::Opaque)
-            .await
-            .unwrap();
+        payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
     }
     let mut db = app.database().await;
-    sqlx::query("DELETE FROM audit_entry_tokens WHERE seq = 2")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM audit_entries WHERE seq = 2")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    sqlx::query("DELETE FROM audit_entry_tokens WHERE seq = 2").execute(&mut db).await.unwrap();
+    sqlx::query("DELETE FROM audit_entries WHERE seq = 2").execute(&mut db).await.unwrap();
     let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
-    assert!(
-        error.contains("entry #2") && error.contains("missing"),
-        "{error}"
-    );
+    assert!(error.contains("entry #2") && error.contains("missing"), "{error}");
+}
+
+#[tokio::test]
+async fn verify_while_the_vault_keeps_appending_reports_an_intact_chain() {
+    let app = spawn_app().await;
+    let payroll = app.client("payroll").await;
+    // More than one page of entries.
+    for number in valid_numbers(1_100) {
+        payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
+    }
+    let writer = tokio::spawn(async move {
+        for number in valid_numbers(300) {
+            payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
+        }
+    });
+    let auditor = app.client("auditor").await;
+    let mut verified = 0;
+    while !writer.is_finished() || verified == 0 {
+        let report = app.cli(&["audit", "verify"]).await.unwrap();
+        assert!(report.starts_with("audit chain intact: "), "{report}");
+        let verdict = auditor.verify_audit_chain().await.unwrap();
+        assert!(verdict.intact, "{verdict:?}");
+        verified += 1;
+    }
+    writer.await.unwrap();
+    let report = app.cli(&["audit", "verify"]).await.unwrap();
+    // 1 (demo tenant) + 1,400 tokenizations + the verifications' own entries.
+    let entries: u64 = report.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(entries >= 1_401 + verified, "{report}");
 }

@@ -40,9 +40,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = datadir::dev_settings(data_dir.path());
     settings.listen = "127.0.0.1:0".parse().unwrap();
     configure(&mut settings);
-    datadir::initialise(&settings)
-        .await
-        .expect("initialise data dir");
+    datadir::initialise(&settings).await.expect("initialise data dir");
     let application = Application::build(&settings).await.expect("build vault");
     let endpoint = format!("https://127.0.0.1:{}", application.local_addr().port());
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -54,12 +52,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
             .await
             .expect("vault ran");
     });
-    TestApp {
-        endpoint,
-        data_dir,
-        shutdown: Some(shutdown),
-        server: Some(server),
-    }
+    TestApp { endpoint, data_dir, shutdown: Some(shutdown), server: Some(server) }
 }
 
 impl TestApp {
@@ -70,11 +63,8 @@ impl TestApp {
 
     /// A client acting as dev principal `name`.
     pub async fn client(&self, name: &str) -> VaultClient {
-        let identity = ClientIdentity::from_dev_pki(&self.path().join(DEV_PKI_DIR), name)
-            .expect("dev identity");
-        VaultClient::connect(&self.endpoint, &identity)
-            .await
-            .expect("connect")
+        let identity = ClientIdentity::from_dev_pki(&self.path().join(DEV_PKI_DIR), name).expect("dev identity");
+        VaultClient::connect(&self.endpoint, &identity).await.expect("connect")
     }
 
     /// Runs `mnvault ARGS --data-dir <dir> [--endpoint <this vault>]` in-process
@@ -95,9 +85,7 @@ impl TestApp {
     /// A direct connection to the vault's SQLite file, for tampering tests.
     pub async fn database(&self) -> SqliteConnection {
         let options = SqliteConnectOptions::new().filename(self.database_path());
-        SqliteConnection::connect_with(&options)
-            .await
-            .expect("open database")
+        SqliteConnection::connect_with(&options).await.expect("open database")
     }
 
     /// The SQLite file.
@@ -128,9 +116,7 @@ impl Drop for TestApp {
 pub fn valid_number() -> String {
     let mut rng = rand::thread_rng();
     let mut digits = [0u8; 11];
-    digits
-        .iter_mut()
-        .for_each(|d| *d = b'0' + rng.gen_range(0..10));
+    digits.iter_mut().for_each(|d| *d = b'0' + rng.gen_range(0..10));
     let mut number = String::from_utf8(digits.to_vec()).unwrap();
     number.push(char::from(b'0' + check_digit(&digits)));
     number
@@ -139,18 +125,12 @@ pub fn valid_number() -> String {
 /// `count` distinct random valid numbers.
 pub fn valid_numbers(count: usize) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    std::iter::repeat_with(valid_number)
-        .filter(|n| seen.insert(n.clone()))
-        .take(count)
-        .collect()
+    std::iter::repeat_with(valid_number).filter(|n| seen.insert(n.clone())).take(count).collect()
 }
 
 /// The same digits in full-width form.
 pub fn full_width(number: &str) -> String {
-    number
-        .chars()
-        .map(|c| char::from_u32(c as u32 - '0' as u32 + '０' as u32).unwrap())
-        .collect()
+    number.chars().map(|c| char::from_u32(c as u32 - '0' as u32 + '０' as u32).unwrap()).collect()
 }
 
 /// The refusal's code, or a panic saying the call succeeded.
@@ -178,32 +158,15 @@ pub async fn tokenize_fresh(app: &TestApp, count: usize) -> Vec<String> {
     let payroll = app.client("payroll").await;
     let mut tokens = Vec::with_capacity(count);
     for number in valid_numbers(count) {
-        tokens.push(
-            payroll
-                .tokenize("demo", &number, TokenFormat::Opaque)
-                .await
-                .unwrap(),
-        );
+        tokens.push(payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap());
     }
     tokens
 }
 
 /// A job for `tokens` created by `requester` and approved by `approver`.
 pub async fn approved_job(app: &TestApp, tokens: &[String], max_releases_per_token: u32) -> String {
-    let job = NewFilingJob {
-        max_releases_per_token,
-        ..filing_job(tokens)
-    };
-    let created = app
-        .client("requester")
-        .await
-        .create_filing_job(job)
-        .await
-        .unwrap();
-    app.client("approver")
-        .await
-        .approve_filing_job(&created.job_id)
-        .await
-        .unwrap();
+    let job = NewFilingJob { max_releases_per_token, ..filing_job(tokens) };
+    let created = app.client("requester").await.create_filing_job(job).await.unwrap();
+    app.client("approver").await.approve_filing_job(&created.job_id).await.unwrap();
     created.job_id
 }

@@ -14,14 +14,11 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn health_and_reflection_answer_over_mutual_tls() {
     let app = spawn_app().await;
-    let identity =
-        ClientIdentity::from_dev_pki(&app.path().join(datadir::DEV_PKI_DIR), "auditor").unwrap();
+    let identity = ClientIdentity::from_dev_pki(&app.path().join(datadir::DEV_PKI_DIR), "auditor").unwrap();
     let channel = connect_channel(&app.endpoint, &identity).await.unwrap();
     let mut health = HealthClient::new(channel.clone());
     let status = health
-        .check(HealthCheckRequest {
-            service: "mynumber.vault.v1.TokenService".into(),
-        })
+        .check(HealthCheckRequest { service: "mynumber.vault.v1.TokenService".into() })
         .await
         .unwrap()
         .into_inner()
@@ -37,13 +34,8 @@ async fn health_and_reflection_answer_over_mutual_tls() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut answers = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        answers.message().await.unwrap().unwrap().message_response
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await.unwrap().unwrap().message_response
     else {
         panic!("expected a service list");
     };
@@ -54,10 +46,7 @@ async fn health_and_reflection_answer_over_mutual_tls() {
         "mynumber.vault.v1.AuditService",
         "grpc.health.v1.Health",
     ] {
-        assert!(
-            names.iter().any(|n| n == service),
-            "{service} missing from {names:?}"
-        );
+        assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
     }
 }
 
@@ -67,23 +56,15 @@ async fn a_client_without_a_certificate_is_turned_away() {
     let ca = std::fs::read(app.path().join(datadir::DEV_PKI_DIR).join("ca.pem")).unwrap();
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     let connected = async {
-        let channel = Channel::from_shared(app.endpoint.clone())
-            .unwrap()
-            .tls_config(tls)?
-            .connect()
-            .await?;
-        HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map_err(|s| s.into())
+        let channel = Channel::from_shared(app.endpoint.clone()).unwrap().tls_config(tls)?.connect().await?;
+        HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.map_err(|s| s.into())
     };
     let result: Result<_, Box<dyn std::error::Error>> = connected.await;
-    assert!(
-        result.is_err(),
-        "a call without a client certificate succeeded"
-    );
+    assert!(result.is_err(), "a call without a client certificate succeeded");
+    // The same call with a certificate goes through: the refusal above was the missing certificate.
+    let identity = ClientIdentity::from_dev_pki(&app.path().join(datadir::DEV_PKI_DIR), "auditor").unwrap();
+    let mut health = HealthClient::new(connect_channel(&app.endpoint, &identity).await.unwrap());
+    health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
 }
 
 #[tokio::test]
@@ -98,14 +79,13 @@ async fn a_certificate_from_another_ca_is_turned_away() {
         &app.path().join("dev-pki/ca.pem"),
     )
     .unwrap();
-    let result = async {
-        VaultClient::connect(&app.endpoint, &identity)
-            .await?
-            .list_purposes()
-            .await
-    }
-    .await;
+    let result = async { VaultClient::connect(&app.endpoint, &identity).await?.list_purposes().await }.await;
     assert!(result.is_err(), "a foreign certificate was accepted");
+    // The same call with our own CA's certificate goes through.
+    let own = app.path().join(datadir::DEV_PKI_DIR);
+    let identity =
+        ClientIdentity::from_files(&own.join("payroll.crt"), &own.join("payroll.key"), &own.join("ca.pem")).unwrap();
+    VaultClient::connect(&app.endpoint, &identity).await.unwrap().list_purposes().await.unwrap();
 }
 
 #[tokio::test]
@@ -122,17 +102,13 @@ async fn a_dev_vault_refuses_to_listen_beyond_loopback() {
 async fn the_data_directory_and_its_secrets_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let app = spawn_app().await;
-    let mode =
-        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(app.path()), 0o700);
     assert_eq!(mode(&app.path().join(datadir::ROOT_KEY_FILE)), 0o600);
     assert_eq!(mode(&app.path().join("dev-pki/payroll.key")), 0o600);
     // Initialising twice is refused rather than overwriting the root key.
     let settings = mnvault::config::Settings::load(app.path()).unwrap();
-    assert!(matches!(
-        datadir::initialise(&settings).await,
-        Err(datadir::InitError::AlreadyInitialised(_))
-    ));
+    assert!(matches!(datadir::initialise(&settings).await, Err(datadir::InitError::AlreadyInitialised(_))));
 }
 
 #[tokio::test]
@@ -141,21 +117,11 @@ async fn init_prepares_a_production_directory_that_waits_for_its_tls_files() {
     let data_dir = dir.path().join("vault");
     let argv = ["mnvault", "init", "--data-dir", data_dir.to_str().unwrap()];
     let mut out = Vec::new();
-    mnvault::cli::run(
-        <mnvault::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap(),
-        &mut out,
-    )
-    .await
-    .unwrap();
-    assert!(String::from_utf8(out)
-        .unwrap()
-        .contains("put the TLS files and principals"));
+    mnvault::cli::run(<mnvault::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap(), &mut out).await.unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("put the TLS files and principals"));
     let settings = mnvault::config::Settings::load(&data_dir).unwrap();
     assert!(!settings.dev && settings.principals.is_empty());
-    assert!(
-        data_dir.join(datadir::ROOT_KEY_FILE).exists()
-            && !data_dir.join(datadir::DEV_PKI_DIR).exists()
-    );
+    assert!(data_dir.join(datadir::ROOT_KEY_FILE).exists() && !data_dir.join(datadir::DEV_PKI_DIR).exists());
     // Until the operator provides certificates, it refuses to start and says which file is missing.
     let error = Application::build(&settings).await.err().expect("refused");
     assert!(matches!(error, StartupError::TlsFile { .. }), "{error}");
@@ -167,15 +133,9 @@ async fn tokenize_reports_whether_it_created_the_token() {
     use mnvault_proto::v1::token_service_client::TokenServiceClient;
     use mnvault_proto::v1::TokenizeRequest;
     let app = spawn_app().await;
-    let identity =
-        ClientIdentity::from_dev_pki(&app.path().join(datadir::DEV_PKI_DIR), "payroll").unwrap();
-    let mut tokens =
-        TokenServiceClient::new(connect_channel(&app.endpoint, &identity).await.unwrap());
-    let request = || TokenizeRequest {
-        tenant: "demo".into(),
-        number: "465281266333".into(),
-        format: 0,
-    };
+    let identity = ClientIdentity::from_dev_pki(&app.path().join(datadir::DEV_PKI_DIR), "payroll").unwrap();
+    let mut tokens = TokenServiceClient::new(connect_channel(&app.endpoint, &identity).await.unwrap());
+    let request = || TokenizeRequest { tenant: "demo".into(), number: "465281266333".into(), format: 0 };
     let first = tokens.tokenize(request()).await.unwrap().into_inner();
     let second = tokens.tokenize(request()).await.unwrap().into_inner();
     assert!(first.created && !second.created);

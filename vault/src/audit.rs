@@ -8,8 +8,10 @@
 //! database can neither edit an entry nor recompute the chain after it.
 //! Entries never hold a number: only tokens, names and reasons.
 
+use std::borrow::Cow;
 use std::fmt;
 
+use mnvault_client::number::redact_numbers;
 use mnvault_keys::{AuditChainKey, GENESIS_HASH};
 
 /// What a call did. The identifiers are stored; never rename one.
@@ -62,7 +64,7 @@ impl Operation {
 }
 
 /// How a call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// Carried out.
     Ok,
@@ -162,24 +164,26 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// Builds the stored form of `draft` at position `seq` after `prev_hash`.
-    pub fn seal(
-        draft: AuditDraft,
-        seq: u64,
-        time_ms: i64,
-        prev_hash: [u8; 32],
-        key: &AuditChainKey,
-    ) -> Self {
+    ///
+    /// Every text field passes through [`redact_numbers`] here, the one place
+    /// all entries go through: tokens, tenants and job ids are whatever the
+    /// caller sent, and a caller may paste a number where a token belongs.
+    pub fn seal(draft: AuditDraft, seq: u64, time_ms: i64, prev_hash: [u8; 32], key: &AuditChainKey) -> Self {
+        let redact = |text: String| match redact_numbers(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(redacted) => redacted,
+        };
         let mut record = AuditRecord {
             seq,
             time_ms,
-            principal: draft.principal,
-            tenant: draft.tenant,
+            principal: redact(draft.principal),
+            tenant: redact(draft.tenant),
             operation: draft.operation.id().to_owned(),
             outcome: draft.outcome.id().to_owned(),
-            reason: draft.reason,
-            job_id: draft.job_id,
-            purpose: draft.purpose,
-            tokens: draft.tokens,
+            reason: redact(draft.reason),
+            job_id: redact(draft.job_id),
+            purpose: redact(draft.purpose),
+            tokens: draft.tokens.into_iter().map(redact).collect(),
             record_count: draft.record_count,
             prev_hash,
             hash: [0; 32],
@@ -195,15 +199,9 @@ impl AuditRecord {
         out.push(1); // encoding version
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.time_ms.to_be_bytes());
-        for field in [
-            &self.principal,
-            &self.tenant,
-            &self.operation,
-            &self.outcome,
-            &self.reason,
-            &self.job_id,
-            &self.purpose,
-        ] {
+        for field in
+            [&self.principal, &self.tenant, &self.operation, &self.outcome, &self.reason, &self.job_id, &self.purpose]
+        {
             put_field(&mut out, field.as_bytes());
         }
         out.extend_from_slice(&self.record_count.to_be_bytes());
@@ -245,11 +243,7 @@ pub struct ChainVerifier<'k> {
 impl<'k> ChainVerifier<'k> {
     /// A verifier at the start of the chain.
     pub fn new(key: &'k AuditChainKey) -> Self {
-        Self {
-            key,
-            last_seq: 0,
-            last_hash: GENESIS_HASH,
-        }
+        Self { key, last_seq: 0, last_hash: GENESIS_HASH }
     }
 
     /// Checks the next entry: its position, its link to the one before, its MAC.
@@ -262,19 +256,10 @@ impl<'k> ChainVerifier<'k> {
             });
         }
         if entry.prev_hash != self.last_hash {
-            return Err(ChainBreak {
-                seq: entry.seq,
-                problem: "does not link to the entry before it".into(),
-            });
+            return Err(ChainBreak { seq: entry.seq, problem: "does not link to the entry before it".into() });
         }
-        if !self
-            .key
-            .verify(&entry.prev_hash, &entry.canonical_bytes(), &entry.hash)
-        {
-            return Err(ChainBreak {
-                seq: entry.seq,
-                problem: "content does not match its hash (edited)".into(),
-            });
+        if !self.key.verify(&entry.prev_hash, &entry.canonical_bytes(), &entry.hash) {
+            return Err(ChainBreak { seq: entry.seq, problem: "content does not match its hash (edited)".into() });
         }
         self.last_seq = entry.seq;
         self.last_hash = entry.hash;
@@ -286,16 +271,10 @@ impl<'k> ChainVerifier<'k> {
         if head_seq != self.last_seq || head_hash != &self.last_hash {
             return Err(ChainBreak {
                 seq: self.last_seq + 1,
-                problem: format!(
-                    "the chain head records {head_seq} entries but {} verify",
-                    self.last_seq
-                ),
+                problem: format!("the chain head records {head_seq} entries but {} verify", self.last_seq),
             });
         }
-        Ok(VerifiedChain {
-            entries: self.last_seq,
-            head_hash: self.last_hash,
-        })
+        Ok(VerifiedChain { entries: self.last_seq, head_hash: self.last_hash })
     }
 }
 
@@ -319,8 +298,7 @@ mod tests {
             .map(|seq| {
                 let mut draft = AuditDraft::new("payroll", Operation::Tokenize, "demo");
                 draft.tokens = vec![format!("mnt_{seq}")];
-                let record =
-                    AuditRecord::seal(draft, seq, 1_700_000_000_000 + seq as i64, prev, key);
+                let record = AuditRecord::seal(draft, seq, 1_700_000_000_000 + seq as i64, prev, key);
                 prev = record.hash;
                 record
             })
@@ -339,10 +317,7 @@ mod tests {
         let mut edited = entries.clone();
         edited[2].tokens[0] = "mnt_other".into();
         let mut verifier = ChainVerifier::new(&key);
-        let broken = edited
-            .iter()
-            .try_for_each(|e| verifier.check(e))
-            .unwrap_err();
+        let broken = edited.iter().try_for_each(|e| verifier.check(e)).unwrap_err();
         assert_eq!(broken.seq, 3);
     }
 
@@ -353,19 +328,31 @@ mod tests {
         let last_hash = entries[3].hash;
         entries.remove(1);
         let mut verifier = ChainVerifier::new(&key);
-        assert_eq!(
-            entries
-                .iter()
-                .try_for_each(|e| verifier.check(e))
-                .unwrap_err()
-                .seq,
-            2
-        );
+        assert_eq!(entries.iter().try_for_each(|e| verifier.check(e)).unwrap_err().seq, 2);
 
         let entries = chain(&key, 4);
         let mut verifier = ChainVerifier::new(&key);
         entries[..3].iter().for_each(|e| verifier.check(e).unwrap());
         assert_eq!(verifier.finish(4, &last_hash).unwrap_err().seq, 4);
+    }
+
+    #[test]
+    fn a_number_sent_where_text_belongs_is_redacted_before_it_is_stored() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let mut draft = AuditDraft::new("filer", Operation::Detokenize, "621498320257");
+        draft.tokens = vec!["mnt_ok".into(), "6214-9832-0257".into(), "459035780120".into()];
+        draft.reason = "token 621498320257 is not listed".into();
+        draft.job_id = "１２３４５６７８９０１８".into();
+        let record = AuditRecord::seal(draft, 1, 0, GENESIS_HASH, &key);
+        let stored = format!("{record:?}");
+        assert!(
+            !stored.contains("62149832025") && !stored.contains("6214-9832") && !stored.contains("１２３４"),
+            "{stored}"
+        );
+        assert_eq!(record.tokens, ["mnt_ok", mnvault_client::number::REDACTED, "459035780120"]);
+        assert_eq!(record.reason, format!("token {} is not listed", mnvault_client::number::REDACTED));
+        let mut verifier = ChainVerifier::new(&key);
+        verifier.check(&record).unwrap();
     }
 
     #[test]

@@ -63,12 +63,7 @@ impl Policy {
                 let grant = Grant {
                     roles: settings.roles.iter().copied().collect(),
                     all_tenants: settings.tenants.iter().any(|t| t == "*"),
-                    tenants: settings
-                        .tenants
-                        .iter()
-                        .filter(|t| *t != "*")
-                        .cloned()
-                        .collect(),
+                    tenants: settings.tenants.iter().filter(|t| *t != "*").cloned().collect(),
                 };
                 (name.clone(), grant)
             })
@@ -86,12 +81,7 @@ impl Policy {
 
     /// Refuses unless `principal` has one of `roles` and, when a tenant is
     /// named, may act on it.
-    pub fn require(
-        &self,
-        principal: &str,
-        roles: &[Role],
-        tenant: Option<&str>,
-    ) -> Result<(), VaultError> {
+    pub fn require(&self, principal: &str, roles: &[Role], tenant: Option<&str>) -> Result<(), VaultError> {
         let grant = self.grant(principal)?;
         if !roles.iter().any(|role| grant.roles.contains(role)) {
             let wanted: Vec<_> = roles.iter().map(|r| r.id()).collect();
@@ -112,9 +102,7 @@ impl Policy {
 
     /// Whether `principal` may act on every tenant.
     pub fn covers_all_tenants(&self, principal: &str) -> bool {
-        self.grants
-            .get(principal)
-            .is_some_and(|grant| grant.all_tenants)
+        self.grants.get(principal).is_some_and(|grant| grant.all_tenants)
     }
 }
 
@@ -124,29 +112,17 @@ mod tests {
 
     fn policy() -> Policy {
         let mut principals = BTreeMap::new();
-        principals.insert(
-            "payroll".into(),
-            PrincipalSettings {
-                roles: vec![Role::Tokenizer],
-                tenants: vec!["acme".into()],
-            },
-        );
-        principals.insert(
-            "auditor".into(),
-            PrincipalSettings {
-                roles: vec![Role::Auditor],
-                tenants: vec!["*".into()],
-            },
-        );
+        principals
+            .insert("payroll".into(), PrincipalSettings { roles: vec![Role::Tokenizer], tenants: vec!["acme".into()] });
+        principals
+            .insert("auditor".into(), PrincipalSettings { roles: vec![Role::Auditor], tenants: vec!["*".into()] });
         Policy::new(&principals)
     }
 
     #[test]
     fn roles_and_tenants_are_both_required() {
         let policy = policy();
-        assert!(policy
-            .require("payroll", &[Role::Tokenizer], Some("acme"))
-            .is_ok());
+        assert!(policy.require("payroll", &[Role::Tokenizer], Some("acme")).is_ok());
         assert!(matches!(
             policy.require("payroll", &[Role::Tokenizer], Some("other")),
             Err(VaultError::PermissionDenied(_))
@@ -155,13 +131,8 @@ mod tests {
             policy.require("payroll", &[Role::Filer], Some("acme")),
             Err(VaultError::PermissionDenied(_))
         ));
-        assert!(matches!(
-            policy.require("stranger", &[Role::Tokenizer], None),
-            Err(VaultError::PermissionDenied(_))
-        ));
-        assert!(policy
-            .require("auditor", &[Role::Auditor], Some("anything"))
-            .is_ok());
+        assert!(matches!(policy.require("stranger", &[Role::Tokenizer], None), Err(VaultError::PermissionDenied(_))));
+        assert!(policy.require("auditor", &[Role::Auditor], Some("anything")).is_ok());
         assert!(policy.covers_all_tenants("auditor") && !policy.covers_all_tenants("payroll"));
     }
 }

@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mnvault_client::purpose::Purpose;
 use mnvault_client::{
-    ClientIdentity, FilingJob, FilingJobState, ListAuditEntriesRequest, NewFilingJob, TokenFormat,
-    VaultClient, DEV_ENDPOINT,
+    ClientIdentity, FilingJob, FilingJobState, ListAuditEntriesRequest, NewFilingJob, TokenFormat, VaultClient,
+    DEV_ENDPOINT,
 };
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
@@ -250,26 +250,13 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             )?;
             Ok(())
         }
-        Command::Tenant {
-            command:
-                TenantCommand::Create {
-                    tenant,
-                    display_name,
-                    connection,
-                },
-        } => {
+        Command::Tenant { command: TenantCommand::Create { tenant, display_name, connection } } => {
             let client = connection.connect(&data_dir).await?;
             let created = client.create_tenant(&tenant, &display_name).await?;
             writeln!(out, "{}", created.tenant)?;
             Ok(())
         }
-        Command::Tokenize {
-            tenant,
-            format,
-            file,
-            numbers,
-            connection,
-        } => {
+        Command::Tokenize { tenant, format, file, numbers, connection } => {
             let format = match format {
                 FormatArg::Opaque => TokenFormat::Opaque,
                 FormatArg::LegacyDigits => TokenFormat::LegacyDigits,
@@ -285,31 +272,16 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             tokenize(&client, &tenant, format, numbers, show_progress, out).await
         }
         Command::Job { command } => job(command, &data_dir, out).await,
-        Command::Detokenize {
-            job,
-            tokens,
-            connection,
-        } => {
+        Command::Detokenize { job, tokens, connection } => {
             let client = connection.connect(&data_dir).await?;
             for released in client.detokenize(&job, tokens).await? {
-                writeln!(
-                    out,
-                    "{}\t{}",
-                    released.token,
-                    released.number.expose_secret()
-                )?;
+                writeln!(out, "{}\t{}", released.token, released.number.expose_secret())?;
             }
             Ok(())
         }
         Command::Audit { command } => match command {
             AuditCommand::Verify => audit_verify(&data_dir, out).await,
-            AuditCommand::List {
-                tenant,
-                token,
-                job,
-                operation,
-                connection,
-            } => {
+            AuditCommand::List { tenant, token, job, operation, connection } => {
                 let client = connection.connect(&data_dir).await?;
                 let mut request = ListAuditEntriesRequest {
                     tenant: tenant.unwrap_or_default(),
@@ -358,10 +330,7 @@ async fn serve(data_dir: &Path, dev: bool, listen: Option<SocketAddr>) -> anyhow
     } else {
         let settings = Settings::load(data_dir)?;
         if settings.dev {
-            bail!(
-                "{} holds a dev vault; start it with --dev",
-                data_dir.display()
-            );
+            bail!("{} holds a dev vault; start it with --dev", data_dir.display());
         }
         settings
     };
@@ -397,21 +366,22 @@ async fn shutdown_signal() {
     }
 }
 
+/// The lines of a file (`-`: standard input). Blank lines inside are kept, so
+/// that answers line up with inputs; blank lines at the end are dropped.
 fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
     let reader: Box<dyn BufRead> = if path == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        ))
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Box::new(std::io::BufReader::new(file))
     };
     let mut lines = Vec::new();
     for line in reader.lines() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        let line = line.trim_end_matches('\r');
-        if !line.trim().is_empty() {
-            lines.push(line.to_owned());
-        }
+        lines.push(line.trim_end_matches('\r').to_owned());
+    }
+    while lines.last().is_some_and(|line| line.trim().is_empty()) {
+        lines.pop();
     }
     Ok(lines)
 }
@@ -422,10 +392,8 @@ fn progress_bar(length: u64, show: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(length);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} eta {eta}",
-        )
-        .expect("valid template"),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template"),
     );
     bar
 }
@@ -468,35 +436,16 @@ async fn tokenize(
     Ok(())
 }
 
-async fn job(
-    command: JobCommand,
-    data_dir: &Path,
-    out: &mut (dyn Write + Send),
-) -> anyhow::Result<()> {
+async fn job(command: JobCommand, data_dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     match command {
         JobCommand::Purposes => {
             for purpose in Purpose::ALL {
-                writeln!(
-                    out,
-                    "{}\t{}\t{}",
-                    purpose.id(),
-                    purpose.name_ja(),
-                    purpose.submitted_to()
-                )?;
+                writeln!(out, "{}\t{}\t{}", purpose.id(), purpose.name_ja(), purpose.submitted_to())?;
             }
         }
-        JobCommand::Create {
-            tenant,
-            purpose,
-            expires_in,
-            max_releases,
-            note,
-            tokens_file,
-            mut tokens,
-            connection,
-        } => {
+        JobCommand::Create { tenant, purpose, expires_in, max_releases, note, tokens_file, mut tokens, connection } => {
             if let Some(path) = tokens_file {
-                tokens.extend(read_lines(&path)?.into_iter().map(|t| t.trim().to_owned()));
+                tokens.extend(read_lines(&path)?.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).map(str::to_owned));
             }
             if tokens.is_empty() {
                 bail!("no tokens given: pass them as arguments or with --tokens-file");
@@ -515,27 +464,15 @@ async fn job(
             writeln!(out, "{}", job.job_id)?;
         }
         JobCommand::Approve { job, connection } => {
-            let job = connection
-                .connect(data_dir)
-                .await?
-                .approve_filing_job(&job)
-                .await?;
+            let job = connection.connect(data_dir).await?.approve_filing_job(&job).await?;
             writeln!(out, "{}\t{}", job.job_id, state_name(&job))?;
         }
         JobCommand::Show { job, connection } => {
-            let job = connection
-                .connect(data_dir)
-                .await?
-                .get_filing_job(&job)
-                .await?;
+            let job = connection.connect(data_dir).await?.get_filing_job(&job).await?;
             write_job(&job, out)?;
         }
         JobCommand::Cancel { job, connection } => {
-            let job = connection
-                .connect(data_dir)
-                .await?
-                .cancel_filing_job(&job)
-                .await?;
+            let job = connection.connect(data_dir).await?.cancel_filing_job(&job).await?;
             writeln!(out, "{}\t{}", job.job_id, state_name(&job))?;
         }
     }
@@ -553,59 +490,32 @@ fn state_name(job: &FilingJob) -> &'static str {
 }
 
 fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 fn when(at: &Option<prost_types::Timestamp>) -> String {
-    at.as_ref()
-        .and_then(mnvault_client::from_timestamp)
-        .map(rfc3339)
-        .unwrap_or_else(|| "-".into())
+    at.as_ref().and_then(mnvault_client::from_timestamp).map(rfc3339).unwrap_or_else(|| "-".into())
 }
 
 fn write_job(job: &FilingJob, out: &mut (dyn Write + Send)) -> std::io::Result<()> {
-    let purpose = job
-        .purpose
-        .parse::<Purpose>()
-        .map(|p| p.name_ja())
-        .unwrap_or("?");
+    let purpose = job.purpose.parse::<Purpose>().map(|p| p.name_ja()).unwrap_or("?");
     writeln!(out, "job\t{}", job.job_id)?;
     writeln!(out, "tenant\t{}", job.tenant)?;
     writeln!(out, "purpose\t{} ({purpose})", job.purpose)?;
     writeln!(out, "state\t{}", state_name(job))?;
-    writeln!(
-        out,
-        "created\t{} by {}",
-        when(&job.created_at),
-        job.created_by
-    )?;
+    writeln!(out, "created\t{} by {}", when(&job.created_at), job.created_by)?;
     writeln!(out, "expires\t{}", when(&job.expires_at))?;
     if !job.approved_by.is_empty() {
-        writeln!(
-            out,
-            "approved\t{} by {}",
-            when(&job.approved_at),
-            job.approved_by
-        )?;
+        writeln!(out, "approved\t{} by {}", when(&job.approved_at), job.approved_by)?;
     }
     if !job.cancelled_by.is_empty() {
-        writeln!(
-            out,
-            "cancelled\t{} by {}",
-            when(&job.cancelled_at),
-            job.cancelled_by
-        )?;
+        writeln!(out, "cancelled\t{} by {}", when(&job.cancelled_at), job.cancelled_by)?;
     }
     if !job.note.is_empty() {
         writeln!(out, "note\t{}", job.note)?;
     }
     for token in &job.tokens {
-        writeln!(
-            out,
-            "token\t{}\treleased {}/{}",
-            token.token, token.releases, job.max_releases_per_token
-        )?;
+        writeln!(out, "token\t{}\treleased {}/{}", token.token, token.releases, job.max_releases_per_token)?;
     }
     Ok(())
 }
@@ -621,12 +531,7 @@ async fn audit_verify(data_dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::
     store.close().await;
     match verdict? {
         Ok(chain) => {
-            writeln!(
-                out,
-                "audit chain intact: {} entries, head {}",
-                chain.entries,
-                hex::encode(chain.head_hash)
-            )?;
+            writeln!(out, "audit chain intact: {} entries, head {}", chain.entries, hex::encode(chain.head_hash))?;
             Ok(())
         }
         Err(broken) => bail!("audit chain broken at {broken}"),

@@ -61,10 +61,7 @@ pub struct DatabaseSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self {
-            sqlite_file: default_database_file(),
-            write_timeout_ms: default_write_timeout_ms(),
-        }
+        Self { sqlite_file: default_database_file(), write_timeout_ms: default_write_timeout_ms() }
     }
 }
 
@@ -131,17 +128,10 @@ impl Settings {
     /// Loads `<data_dir>/mnvault.toml` with environment overrides.
     pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
         let path = data_dir.join(CONFIG_FILE);
-        let load = |source| ConfigError::Load {
-            path: path.clone(),
-            source,
-        };
+        let load = |source| ConfigError::Load { path: path.clone(), source };
         let mut settings: Settings = config::Config::builder()
             .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("MNVAULT")
-                    .prefix_separator("__")
-                    .separator("__"),
-            )
+            .add_source(config::Environment::with_prefix("MNVAULT").prefix_separator("__").separator("__"))
             .build()
             .map_err(load)?
             .try_deserialize()
@@ -153,14 +143,9 @@ impl Settings {
     /// Writes the settings to `<data_dir>/mnvault.toml`.
     pub fn save(&self) -> Result<(), ConfigError> {
         let path = self.data_dir.join(CONFIG_FILE);
-        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Write {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        std::fs::write(&path, text).map_err(|e| ConfigError::Write {
-            path,
-            reason: e.to_string(),
-        })
+        let text = toml::to_string_pretty(self)
+            .map_err(|e| ConfigError::Write { path: path.clone(), reason: e.to_string() })?;
+        std::fs::write(&path, text).map_err(|e| ConfigError::Write { path, reason: e.to_string() })
     }
 
     /// A path of the configuration, resolved against the data directory.

@@ -19,8 +19,7 @@ use crate::audit::{AuditDraft, Operation};
 use crate::authz::Role;
 use crate::clock;
 use crate::config::{
-    ConfigError, DatabaseSettings, PrincipalSettings, RootKeySettings, Settings, TlsSettings,
-    CONFIG_FILE,
+    ConfigError, DatabaseSettings, PrincipalSettings, RootKeySettings, Settings, TlsSettings, CONFIG_FILE,
 };
 use crate::dev_pki::{self, PkiError, DEV_PRINCIPALS};
 use crate::keyring::{create_audit_key, new_tenant, AuditKeyError};
@@ -42,9 +41,7 @@ pub const INIT_PRINCIPAL: &str = "mnvault-init";
 #[non_exhaustive]
 pub enum InitError {
     /// It already holds a vault.
-    #[error(
-        "{0} already holds a vault ({CONFIG_FILE} exists); use it, or choose another directory"
-    )]
+    #[error("{0} already holds a vault ({CONFIG_FILE} exists); use it, or choose another directory")]
     AlreadyInitialised(PathBuf),
     /// It holds a production vault but `--dev` was asked for.
     #[error("{0} holds a vault that is not a dev setup; run without --dev")]
@@ -96,22 +93,12 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
     };
     let principals: BTreeMap<_, _> = DEV_PRINCIPALS
         .iter()
-        .map(|name| {
-            (
-                name.to_string(),
-                PrincipalSettings {
-                    roles: vec![role_of(name)],
-                    tenants: vec!["*".into()],
-                },
-            )
-        })
+        .map(|name| (name.to_string(), PrincipalSettings { roles: vec![role_of(name)], tenants: vec!["*".into()] }))
         .collect();
     Settings {
         listen: DEV_LISTEN.parse().expect("valid address"),
         dev: true,
-        root_key: RootKeySettings {
-            file: PathBuf::from(ROOT_KEY_FILE),
-        },
+        root_key: RootKeySettings { file: PathBuf::from(ROOT_KEY_FILE) },
         database: DatabaseSettings::default(),
         tls: TlsSettings {
             cert: pki.join(dev_pki::SERVER_CERT_FILE),
@@ -128,9 +115,7 @@ pub fn production_settings(data_dir: &Path) -> Settings {
     Settings {
         listen: "0.0.0.0:50051".parse().expect("valid address"),
         dev: false,
-        root_key: RootKeySettings {
-            file: PathBuf::from(ROOT_KEY_FILE),
-        },
+        root_key: RootKeySettings { file: PathBuf::from(ROOT_KEY_FILE) },
         database: DatabaseSettings::default(),
         tls: TlsSettings {
             cert: PathBuf::from("tls/server.crt"),
@@ -154,17 +139,10 @@ pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
         .recursive(true)
         .mode(0o700)
         .create(data_dir)
-        .map_err(|source| InitError::Io {
-            path: data_dir.clone(),
-            source,
-        })?;
+        .map_err(|source| InitError::Io { path: data_dir.clone(), source })?;
     // An existing directory keeps its mode from DirBuilder; tighten it.
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(
-        |source| InitError::Io {
-            path: data_dir.clone(),
-            source,
-        },
-    )?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|source| InitError::Io { path: data_dir.clone(), source })?;
     let provider = RootKeyFile::create(&settings.resolve(&settings.root_key.file))?;
     let store = SqliteStore::open(
         &settings.resolve(&settings.database.sqlite_file),
@@ -185,13 +163,9 @@ pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
     Ok(())
 }
 
-async fn create_dev_tenant(
-    store: &SqliteStore,
-    provider: &dyn RootKeyProvider,
-    now: i64,
-) -> Result<(), InitError> {
-    let tenant = new_tenant(provider, DEV_TENANT, "Demo tenant (dev)", now)
-        .map_err(|e| InitError::Tenant(e.to_string()))?;
+async fn create_dev_tenant(store: &SqliteStore, provider: &dyn RootKeyProvider, now: i64) -> Result<(), InitError> {
+    let tenant =
+        new_tenant(provider, DEV_TENANT, "Demo tenant (dev)", now).map_err(|e| InitError::Tenant(e.to_string()))?;
     let draft = AuditDraft::new(INIT_PRINCIPAL, Operation::CreateTenant, DEV_TENANT);
     store.create_tenant(&tenant, draft).await?;
     Ok(())

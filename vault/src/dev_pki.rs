@@ -28,20 +28,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
 /// The principals the dev PKI issues client certificates for; each name is also the role it gets in the dev configuration.
-pub const DEV_PRINCIPALS: [&str; 6] = [
-    "payroll",
-    "requester",
-    "approver",
-    "filer",
-    "admin",
-    "auditor",
-];
+pub const DEV_PRINCIPALS: [&str; 6] = ["payroll", "requester", "approver", "filer", "admin", "auditor"];
 
 /// File names inside the PKI directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -146,7 +139,9 @@ pub enum PkiError {
     MultipleCommonNames,
 
     /// The certificate subject's Common Name is empty.
-    #[error("the client certificate's subject Common Name (CN) is empty; reissue it with CN set to the principal name")]
+    #[error(
+        "the client certificate's subject Common Name (CN) is empty; reissue it with CN set to the principal name"
+    )]
     EmptyCommonName,
 
     /// The Common Name is not a UTF-8 (or ASCII) string type, or is malformed UTF-8.
@@ -172,12 +167,8 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
     // Check every target first so a refusal leaves no half-written PKI, and
     // before the directory checks so an existing PKI always reports
     // AlreadyExists. ca.pem goes first: it is the file that marks a PKI.
-    let mut names = vec![
-        CA_CERT_FILE.to_owned(),
-        CA_KEY_FILE.to_owned(),
-        SERVER_CERT_FILE.to_owned(),
-        SERVER_KEY_FILE.to_owned(),
-    ];
+    let mut names =
+        vec![CA_CERT_FILE.to_owned(), CA_KEY_FILE.to_owned(), SERVER_CERT_FILE.to_owned(), SERVER_KEY_FILE.to_owned()];
     for name in principals {
         names.push(client_cert_file(name));
         names.push(client_key_file(name));
@@ -188,13 +179,7 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
         match fs::symlink_metadata(&path) {
             Ok(_) => return Err(PkiError::AlreadyExists { path }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(PkiError::Io {
-                    action: "inspect",
-                    path,
-                    source,
-                })
-            }
+            Err(source) => return Err(PkiError::Io { action: "inspect", path, source }),
         }
     }
 
@@ -208,33 +193,23 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
     // pathlen 0: the dev CA signs leaves only, never another CA.
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .map_err(|source| generate_error("CA certificate", source))?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(|source| generate_error("CA certificate", source))?;
     let ca_cert_pem = ca_cert.pem();
     let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut files = vec![
-        (CA_CERT_FILE.to_owned(), ca_cert_pem, false),
-        (CA_KEY_FILE.to_owned(), ca_key_pem, true),
-    ];
+    let mut files = vec![(CA_CERT_FILE.to_owned(), ca_cert_pem, false), (CA_KEY_FILE.to_owned(), ca_key_pem, true)];
 
     let server_key = generate_key("server key")?;
     let mut server_params = leaf_params(SERVER_COMMON_NAME, not_before, not_after);
     server_params.subject_alt_names = vec![
-        SanType::DnsName(
-            "localhost"
-                .try_into()
-                .map_err(|source| generate_error("server certificate", source))?,
-        ),
+        SanType::DnsName("localhost".try_into().map_err(|source| generate_error("server certificate", source))?),
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
     ];
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server_params
-        .signed_by(&server_key, &issuer)
-        .map_err(|source| generate_error("server certificate", source))?;
+    let server_cert =
+        server_params.signed_by(&server_key, &issuer).map_err(|source| generate_error("server certificate", source))?;
     files.push((SERVER_CERT_FILE.to_owned(), server_cert.pem(), false));
     files.push((SERVER_KEY_FILE.to_owned(), server_key.serialize_pem(), true));
 
@@ -244,19 +219,15 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
         // No SANs: client certificates are identified by CN alone, and rustls
         // does not check names on client certificates.
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &issuer).map_err(|source| {
-            generate_error(&format!("certificate for principal {name:?}"), source)
-        })?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|source| generate_error(&format!("certificate for principal {name:?}"), source))?;
         files.push((client_cert_file(name), cert.pem(), false));
         files.push((client_key_file(name), key.serialize_pem(), true));
     }
 
     for (name, contents, secret) in &files {
-        write_new_file(
-            &dir.join(name),
-            contents,
-            if *secret { 0o600 } else { 0o644 },
-        )?;
+        write_new_file(&dir.join(name), contents, if *secret { 0o600 } else { 0o644 })?;
     }
     Ok(())
 }
@@ -269,9 +240,7 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
 /// time a principal is looked up.
 pub fn principal_from_certificate(der: &[u8]) -> Result<String, PkiError> {
     let (rest, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::CertificateParse {
-            reason: e.to_string(),
-        })?;
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::CertificateParse { reason: e.to_string() })?;
     if !rest.is_empty() {
         return Err(PkiError::CertificateParse {
             reason: format!("{} unexpected bytes after the certificate", rest.len()),
@@ -294,10 +263,7 @@ pub fn principal_from_certificate(der: &[u8]) -> Result<String, PkiError> {
 }
 
 fn validate_principals(principals: &[&str]) -> Result<(), PkiError> {
-    let invalid = |name: &str, reason| PkiError::InvalidPrincipal {
-        name: name.to_owned(),
-        reason,
-    };
+    let invalid = |name: &str, reason| PkiError::InvalidPrincipal { name: name.to_owned(), reason };
     for (i, name) in principals.iter().enumerate() {
         if name.is_empty() {
             return Err(invalid(name, "it is empty"));
@@ -308,17 +274,11 @@ fn validate_principals(principals: &[&str]) -> Result<(), PkiError> {
         // The name becomes a file name, so nothing that could leave `dir`;
         // lowercase only, because "Admin.key" and "admin.key" are one file on
         // case-insensitive filesystems.
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
             return Err(invalid(name, "use only a-z, 0-9, '-' and '_'"));
         }
         if *name == "ca" || *name == "server" {
-            return Err(invalid(
-                name,
-                "its files would collide with the CA or server files",
-            ));
+            return Err(invalid(name, "its files would collide with the CA or server files"));
         }
         if principals[..i].contains(name) {
             return Err(invalid(name, "it is listed more than once"));
@@ -330,36 +290,18 @@ fn validate_principals(principals: &[&str]) -> Result<(), PkiError> {
 /// Creates `dir` with mode 0700. An existing directory that others can access
 /// is tightened to 0700 if it is empty, and refused otherwise.
 fn prepare_dir(dir: &Path) -> Result<(), PkiError> {
-    let io_error = |action, source| PkiError::Io {
-        action,
-        path: dir.to_owned(),
-        source,
-    };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| io_error("create directory", source))?;
-    let mode = fs::metadata(dir)
-        .map_err(|source| io_error("inspect", source))?
-        .permissions()
-        .mode()
-        & 0o777;
+    let io_error = |action, source| PkiError::Io { action, path: dir.to_owned(), source };
+    DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| io_error("create directory", source))?;
+    let mode = fs::metadata(dir).map_err(|source| io_error("inspect", source))?.permissions().mode() & 0o777;
     if mode & 0o077 == 0 {
         return Ok(());
     }
     // An empty directory was made for us (`mkdir`, a temp dir), so tightening
     // it is expected; chmod-ing one with other contents (a home directory?)
     // would be a surprise, so leave that decision to the user.
-    let is_empty = fs::read_dir(dir)
-        .map_err(|source| io_error("list", source))?
-        .next()
-        .is_none();
+    let is_empty = fs::read_dir(dir).map_err(|source| io_error("list", source))?.next().is_none();
     if !is_empty {
-        return Err(PkiError::InsecureDirectory {
-            path: dir.to_owned(),
-            mode,
-        });
+        return Err(PkiError::InsecureDirectory { path: dir.to_owned(), mode });
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|source| io_error("restrict permissions of", source))
@@ -368,31 +310,18 @@ fn prepare_dir(dir: &Path) -> Result<(), PkiError> {
 /// Writes a file that must not exist yet, with `mode` applied at creation so a
 /// private key is never readable by others, not even briefly.
 fn write_new_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|source| {
-            if source.kind() == io::ErrorKind::AlreadyExists {
-                PkiError::AlreadyExists {
-                    path: path.to_owned(),
-                }
-            } else {
-                PkiError::Io {
-                    action: "create",
-                    path: path.to_owned(),
-                    source,
-                }
-            }
-        })?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|source| PkiError::Io {
-            action: "write",
-            path: path.to_owned(),
-            source,
-        })
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            PkiError::AlreadyExists { path: path.to_owned() }
+        } else {
+            PkiError::Io { action: "create", path: path.to_owned(), source }
+        }
+    })?;
+    file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()).map_err(|source| PkiError::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn validity_period() -> (OffsetDateTime, OffsetDateTime) {
@@ -401,11 +330,7 @@ fn validity_period() -> (OffsetDateTime, OffsetDateTime) {
     (now - Duration::days(1), now + Duration::days(VALIDITY_DAYS))
 }
 
-fn params_with_cn(
-    common_name: &str,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-) -> CertificateParams {
+fn params_with_cn(common_name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     // A fresh name: the default one carries rcgen's placeholder CN.
     let mut dn = DistinguishedName::new();
@@ -416,11 +341,7 @@ fn params_with_cn(
     params
 }
 
-fn leaf_params(
-    common_name: &str,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-) -> CertificateParams {
+fn leaf_params(common_name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
     let mut params = params_with_cn(common_name, not_before, not_after);
     params.is_ca = IsCa::ExplicitNoCa;
     // digitalSignature is all an ECDSA TLS key needs.
@@ -434,10 +355,7 @@ fn generate_key(what: &str) -> Result<KeyPair, PkiError> {
 }
 
 fn generate_error(what: &str, source: rcgen::Error) -> PkiError {
-    PkiError::Generate {
-        what: what.to_owned(),
-        source,
-    }
+    PkiError::Generate { what: what.to_owned(), source }
 }
 
 #[cfg(test)]
@@ -453,11 +371,7 @@ mod tests {
     fn read_der(path: &Path) -> Vec<u8> {
         let pem_bytes = fs::read(path).unwrap();
         let (rest, pem) = x509_parser::pem::parse_x509_pem(&pem_bytes).unwrap();
-        assert!(
-            rest.iter().all(u8::is_ascii_whitespace),
-            "{}",
-            path.display()
-        );
+        assert!(rest.iter().all(u8::is_ascii_whitespace), "{}", path.display());
         assert_eq!(pem.label, "CERTIFICATE");
         pem.contents
     }
@@ -497,10 +411,8 @@ mod tests {
             expected.push(client_key_file(name));
         }
         expected.sort();
-        let mut found: Vec<String> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut found: Vec<String> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         found.sort();
         assert_eq!(found, expected);
         assert_eq!(client_cert_file("admin"), "admin.crt");
@@ -508,11 +420,8 @@ mod tests {
 
         for name in &expected {
             let text = fs::read_to_string(dir.join(name)).unwrap();
-            let label = if name.ends_with(".key") {
-                "-----BEGIN PRIVATE KEY-----"
-            } else {
-                "-----BEGIN CERTIFICATE-----"
-            };
+            let label =
+                if name.ends_with(".key") { "-----BEGIN PRIVATE KEY-----" } else { "-----BEGIN CERTIFICATE-----" };
             assert!(text.starts_with(label), "{name} is not PEM: {text:.40}");
         }
     }
@@ -592,21 +501,8 @@ mod tests {
     fn unsafe_principal_names_are_refused_before_touching_the_disk() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pki");
-        for bad in [
-            &["../evil"][..],
-            &[""],
-            &["Admin"],
-            &["server"],
-            &["ca"],
-            &["admin", "admin"],
-        ] {
-            assert!(
-                matches!(
-                    create_dev_pki(&dir, bad),
-                    Err(PkiError::InvalidPrincipal { .. })
-                ),
-                "{bad:?}"
-            );
+        for bad in [&["../evil"][..], &[""], &["Admin"], &["server"], &["ca"], &["admin", "admin"]] {
+            assert!(matches!(create_dev_pki(&dir, bad), Err(PkiError::InvalidPrincipal { .. })), "{bad:?}");
         }
         assert!(!dir.exists());
     }
@@ -625,12 +521,7 @@ mod tests {
         let (_tmp, dir) = fresh_pki();
         let der = read_der(&dir.join(SERVER_CERT_FILE));
         let cert = parse(&der);
-        let sans = &cert
-            .subject_alternative_name()
-            .unwrap()
-            .expect("server cert has SANs")
-            .value
-            .general_names;
+        let sans = &cert.subject_alternative_name().unwrap().expect("server cert has SANs").value.general_names;
         assert!(sans.contains(&GeneralName::DNSName("localhost")));
         assert!(sans.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])));
         assert!(sans.contains(&GeneralName::IPAddress(&Ipv6Addr::LOCALHOST.octets())));
@@ -646,25 +537,14 @@ mod tests {
         let (_tmp, dir) = fresh_pki();
         let der = read_der(&dir.join(CA_CERT_FILE));
         let cert = parse(&der);
-        let bc = cert
-            .basic_constraints()
-            .unwrap()
-            .expect("CA has basic constraints");
+        let bc = cert.basic_constraints().unwrap().expect("CA has basic constraints");
         assert!(bc.critical);
         assert!(bc.value.ca);
         assert_eq!(bc.value.path_len_constraint, Some(0));
         let ku = cert.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign());
         assert_eq!(cert.subject(), cert.issuer());
-        assert_eq!(
-            cert.subject()
-                .iter_common_name()
-                .next()
-                .unwrap()
-                .as_str()
-                .unwrap(),
-            CA_COMMON_NAME
-        );
+        assert_eq!(cert.subject().iter_common_name().next().unwrap().as_str().unwrap(), CA_COMMON_NAME);
         cert.verify_signature(None).expect("self-signed");
     }
 
@@ -679,8 +559,7 @@ mod tests {
             let der = read_der(&dir.join(&file));
             let cert = parse(&der);
             assert_eq!(cert.issuer(), ca.subject(), "{file}");
-            cert.verify_signature(Some(ca.public_key()))
-                .unwrap_or_else(|e| panic!("{file} not signed by the CA: {e}"));
+            cert.verify_signature(Some(ca.public_key())).unwrap_or_else(|e| panic!("{file} not signed by the CA: {e}"));
             let validity = cert.validity();
             let now = OffsetDateTime::now_utc();
             assert!(validity.not_before.to_datetime() < now - Duration::hours(23));
@@ -695,9 +574,7 @@ mod tests {
         let server_der = read_der(&dir.join(SERVER_CERT_FILE));
         let server = parse(&server_der);
         let admin_der = read_der(&dir.join(client_cert_file("admin")));
-        assert!(parse(&admin_der)
-            .verify_signature(Some(server.public_key()))
-            .is_err());
+        assert!(parse(&admin_der).verify_signature(Some(server.public_key())).is_err());
     }
 
     #[test]
@@ -706,69 +583,39 @@ mod tests {
         let (_tmp2, dir2) = fresh_pki();
         let ca1_der = read_der(&dir1.join(CA_CERT_FILE));
         let admin2_der = read_der(&dir2.join(client_cert_file("admin")));
-        assert!(parse(&admin2_der)
-            .verify_signature(Some(parse(&ca1_der).public_key()))
-            .is_err());
+        assert!(parse(&admin2_der).verify_signature(Some(parse(&ca1_der).public_key())).is_err());
     }
 
     #[test]
     fn garbage_is_not_a_certificate() {
-        for bytes in [
-            &b""[..],
-            b"not a certificate",
-            &[0x30, 0x82, 0xff, 0xff, 0x00],
-        ] {
-            assert!(
-                matches!(
-                    principal_from_certificate(bytes),
-                    Err(PkiError::CertificateParse { .. })
-                ),
-                "{bytes:?}"
-            );
+        for bytes in [&b""[..], b"not a certificate", &[0x30, 0x82, 0xff, 0xff, 0x00]] {
+            assert!(matches!(principal_from_certificate(bytes), Err(PkiError::CertificateParse { .. })), "{bytes:?}");
         }
         let (_tmp, dir) = fresh_pki();
         let mut der = read_der(&dir.join(client_cert_file("admin")));
         der.push(0);
-        assert!(matches!(
-            principal_from_certificate(&der),
-            Err(PkiError::CertificateParse { .. })
-        ));
+        assert!(matches!(principal_from_certificate(&der), Err(PkiError::CertificateParse { .. })));
     }
 
     #[test]
     fn unusable_common_names_are_rejected() {
         let mut none = DistinguishedName::new();
         none.push(DnType::OrganizationName, "mnvault");
-        assert!(matches!(
-            principal_from_certificate(&cert_with_subject(none)),
-            Err(PkiError::MissingCommonName)
-        ));
+        assert!(matches!(principal_from_certificate(&cert_with_subject(none)), Err(PkiError::MissingCommonName)));
 
         let mut empty = DistinguishedName::new();
         empty.push(DnType::CommonName, "");
-        assert!(matches!(
-            principal_from_certificate(&cert_with_subject(empty)),
-            Err(PkiError::EmptyCommonName)
-        ));
+        assert!(matches!(principal_from_certificate(&cert_with_subject(empty)), Err(PkiError::EmptyCommonName)));
 
         // rcgen keeps one value per DnType, so spell the second CN by OID.
         let mut two = DistinguishedName::new();
         two.push(DnType::CommonName, "admin");
         two.push(DnType::CustomDnType(vec![2, 5, 4, 3]), "auditor");
-        assert!(matches!(
-            principal_from_certificate(&cert_with_subject(two)),
-            Err(PkiError::MultipleCommonNames)
-        ));
+        assert!(matches!(principal_from_certificate(&cert_with_subject(two)), Err(PkiError::MultipleCommonNames)));
 
         let mut bmp = DistinguishedName::new();
-        bmp.push(
-            DnType::CommonName,
-            rcgen::DnValue::BmpString("admin".try_into().unwrap()),
-        );
-        assert!(matches!(
-            principal_from_certificate(&cert_with_subject(bmp)),
-            Err(PkiError::CommonNameNotUtf8)
-        ));
+        bmp.push(DnType::CommonName, rcgen::DnValue::BmpString("admin".try_into().unwrap()));
+        assert!(matches!(principal_from_certificate(&cert_with_subject(bmp)), Err(PkiError::CommonNameNotUtf8)));
 
         let mut control = DistinguishedName::new();
         control.push(DnType::CommonName, "admin\nrole=auditor");

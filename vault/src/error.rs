@@ -5,6 +5,7 @@
 //! a generic message: they never reach the client. No message ever contains a
 //! number.
 
+use mnvault_client::number::redact_numbers;
 use tonic::{Code, Status};
 
 use crate::audit::Outcome;
@@ -45,13 +46,11 @@ impl VaultError {
     pub fn outcome(&self) -> Outcome {
         match self {
             VaultError::InvalidArgument(_) => Outcome::Invalid,
-            VaultError::PermissionDenied(_)
-            | VaultError::FailedPrecondition(_)
-            | VaultError::Unauthenticated(_) => Outcome::Denied,
-            VaultError::NotFound(_) => Outcome::NotFound,
-            VaultError::Unavailable(_) | VaultError::DataLoss(_) | VaultError::Internal => {
-                Outcome::Failed
+            VaultError::PermissionDenied(_) | VaultError::FailedPrecondition(_) | VaultError::Unauthenticated(_) => {
+                Outcome::Denied
             }
+            VaultError::NotFound(_) => Outcome::NotFound,
+            VaultError::Unavailable(_) | VaultError::DataLoss(_) | VaultError::Internal => Outcome::Failed,
         }
     }
 
@@ -70,9 +69,17 @@ impl VaultError {
     }
 }
 
+impl VaultError {
+    /// The message for people: the error's text with any number in it
+    /// redacted (messages may quote what the caller sent).
+    pub fn public_message(&self) -> String {
+        redact_numbers(&self.to_string()).into_owned()
+    }
+}
+
 impl From<VaultError> for Status {
     fn from(error: VaultError) -> Self {
-        Status::new(error.code(), error.to_string())
+        Status::new(error.code(), error.public_message())
     }
 }
 
@@ -82,8 +89,7 @@ impl From<StoreError> for VaultError {
             StoreError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 VaultError::Unavailable(
-                    "the vault's database is busy or unreachable; nothing was done, retry shortly"
-                        .into(),
+                    "the vault's database is busy or unreachable; nothing was done, retry shortly".into(),
                 )
             }
             StoreError::AuditUnwritable(cause) => {
@@ -94,9 +100,7 @@ impl From<StoreError> for VaultError {
                         .into(),
                 )
             }
-            StoreError::AlreadyExists(what) => {
-                VaultError::FailedPrecondition(format!("{what} already exists"))
-            }
+            StoreError::AlreadyExists(what) => VaultError::FailedPrecondition(format!("{what} already exists")),
             StoreError::Conflict(message) | StoreError::ReleaseRefused(message) => {
                 VaultError::FailedPrecondition(message)
             }

@@ -23,11 +23,7 @@ pub struct Keyring {
 impl Keyring {
     /// A keyring over `store`, unwrapping with `provider`.
     pub fn new(provider: Arc<dyn RootKeyProvider>, store: Arc<dyn Store>) -> Self {
-        Self {
-            provider,
-            store,
-            tenants: RwLock::new(HashMap::new()),
-        }
+        Self { provider, store, tenants: RwLock::new(HashMap::new()) }
     }
 
     /// The keys of `tenant`; `NotFound` if the tenant does not exist.
@@ -44,40 +40,23 @@ impl Keyring {
             tracing::error!(%tenant, %error, provider = %self.provider.describe(), "cannot unwrap tenant key");
             VaultError::Internal
         };
-        let index_key = self
-            .provider
-            .unwrap(&stored.index_key, &WrapContext::TenantIndexKey { tenant })
-            .map_err(unwrap_failed)?;
+        let index_key =
+            self.provider.unwrap(&stored.index_key, &WrapContext::TenantIndexKey { tenant }).map_err(unwrap_failed)?;
         let mut record_keys = Vec::with_capacity(stored.record_keys.len());
         for (version, wrapped) in &stored.record_keys {
             let key = self
                 .provider
-                .unwrap(
-                    wrapped,
-                    &WrapContext::TenantRecordKey {
-                        tenant,
-                        version: *version,
-                    },
-                )
+                .unwrap(wrapped, &WrapContext::TenantRecordKey { tenant, version: *version })
                 .map_err(unwrap_failed)?;
             record_keys.push((*version, key));
         }
-        let keys =
-            Arc::new(TenantKeys::new(tenant, &index_key, record_keys).map_err(unwrap_failed)?);
-        self.tenants
-            .write()
-            .expect("keyring lock")
-            .insert(tenant.to_owned(), keys.clone());
+        let keys = Arc::new(TenantKeys::new(tenant, &index_key, record_keys).map_err(unwrap_failed)?);
+        self.tenants.write().expect("keyring lock").insert(tenant.to_owned(), keys.clone());
         Ok(keys)
     }
 
     /// Fresh random keys for a new tenant, wrapped by the root key.
-    pub fn new_tenant(
-        &self,
-        tenant: &str,
-        display_name: &str,
-        created_at: i64,
-    ) -> Result<NewTenant, VaultError> {
+    pub fn new_tenant(&self, tenant: &str, display_name: &str, created_at: i64) -> Result<NewTenant, VaultError> {
         new_tenant(self.provider.as_ref(), tenant, display_name, created_at)
     }
 }
@@ -93,17 +72,10 @@ pub fn new_tenant(
         tracing::error!(%tenant, %error, "cannot wrap a new tenant key");
         VaultError::Internal
     };
-    let index_key = provider
-        .wrap(
-            &KeyMaterial::generate(),
-            &WrapContext::TenantIndexKey { tenant },
-        )
-        .map_err(wrap_failed)?;
+    let index_key =
+        provider.wrap(&KeyMaterial::generate(), &WrapContext::TenantIndexKey { tenant }).map_err(wrap_failed)?;
     let first_record_key = provider
-        .wrap(
-            &KeyMaterial::generate(),
-            &WrapContext::TenantRecordKey { tenant, version: 1 },
-        )
+        .wrap(&KeyMaterial::generate(), &WrapContext::TenantRecordKey { tenant, version: 1 })
         .map_err(wrap_failed)?;
     Ok(NewTenant {
         tenant: tenant.to_owned(),
@@ -140,28 +112,16 @@ pub async fn create_audit_key(
 ) -> Result<(), AuditKeyError> {
     let wrapped = provider
         .wrap(&KeyMaterial::generate(), &WrapContext::AuditChainKey)
-        .map_err(|_| AuditKeyError::Unwrap {
-            provider: provider.describe(),
-        })?;
-    store
-        .put_system_key(AUDIT_CHAIN_KEY_NAME, &wrapped, now)
-        .await?;
+        .map_err(|_| AuditKeyError::Unwrap { provider: provider.describe() })?;
+    store.put_system_key(AUDIT_CHAIN_KEY_NAME, &wrapped, now).await?;
     Ok(())
 }
 
 /// Loads and unwraps the audit-chain key.
-pub async fn load_audit_key(
-    store: &dyn Store,
-    provider: &dyn RootKeyProvider,
-) -> Result<AuditChainKey, AuditKeyError> {
-    let wrapped = store
-        .system_key(AUDIT_CHAIN_KEY_NAME)
-        .await?
-        .ok_or(AuditKeyError::Missing)?;
+pub async fn load_audit_key(store: &dyn Store, provider: &dyn RootKeyProvider) -> Result<AuditChainKey, AuditKeyError> {
+    let wrapped = store.system_key(AUDIT_CHAIN_KEY_NAME).await?.ok_or(AuditKeyError::Missing)?;
     let material = provider
         .unwrap(&wrapped, &WrapContext::AuditChainKey)
-        .map_err(|_| AuditKeyError::Unwrap {
-            provider: provider.describe(),
-        })?;
+        .map_err(|_| AuditKeyError::Unwrap { provider: provider.describe() })?;
     Ok(AuditChainKey::new(&material))
 }

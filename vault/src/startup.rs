@@ -61,9 +61,7 @@ pub enum StartupError {
 
 /// The root key provider the settings name.
 pub fn root_key_provider(settings: &Settings) -> Result<Arc<dyn RootKeyProvider>, StartupError> {
-    Ok(Arc::new(RootKeyFile::open(
-        &settings.resolve(&settings.root_key.file),
-    )?))
+    Ok(Arc::new(RootKeyFile::open(&settings.resolve(&settings.root_key.file))?))
 }
 
 /// Opens the store the settings name, with the audit key loaded.
@@ -111,30 +109,17 @@ impl Application {
             std::fs::read(&path).map_err(|source| StartupError::TlsFile { path, source })
         };
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                read(&settings.tls.cert)?,
-                read(&settings.tls.key)?,
-            ))
+            .identity(Identity::from_pem(read(&settings.tls.cert)?, read(&settings.tls.key)?))
             // Every caller must present a certificate signed by this CA.
             .client_ca_root(Certificate::from_pem(read(&settings.tls.client_ca)?));
         let incoming = TcpIncoming::bind(settings.listen)
-            .map_err(|e| StartupError::Transport {
-                address: settings.listen.to_string(),
-                source: e.into(),
-            })?
+            .map_err(|e| StartupError::Transport { address: settings.listen.to_string(), source: e.into() })?
             .with_nodelay(Some(true));
-        let local_addr = incoming.local_addr().map_err(|e| StartupError::Transport {
-            address: settings.listen.to_string(),
-            source: e.into(),
-        })?;
+        let local_addr = incoming
+            .local_addr()
+            .map_err(|e| StartupError::Transport { address: settings.listen.to_string(), source: e.into() })?;
         tracing::info!(%local_addr, root_key = %provider.describe(), "vault ready");
-        Ok(Self {
-            local_addr,
-            incoming,
-            tls,
-            context,
-            store,
-        })
+        Ok(Self { local_addr, incoming, tls, context, store })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -143,52 +128,30 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then closes the database.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), StartupError> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartupError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<TokenServiceServer<TokenApi>>()
-            .await;
-        health_reporter
-            .set_serving::<FilingServiceServer<FilingApi>>()
-            .await;
-        health_reporter
-            .set_serving::<AdminServiceServer<AdminApi>>()
-            .await;
-        health_reporter
-            .set_serving::<AuditServiceServer<AuditApi>>()
-            .await;
+        health_reporter.set_serving::<TokenServiceServer<TokenApi>>().await;
+        health_reporter.set_serving::<FilingServiceServer<FilingApi>>().await;
+        health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
+        health_reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(mnvault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| StartupError::Transport {
-                address: self.local_addr.to_string(),
-                source: e.into(),
-            })?;
+            .map_err(|e| StartupError::Transport { address: self.local_addr.to_string(), source: e.into() })?;
         let address = self.local_addr.to_string();
         let served = Server::builder()
             .tls_config(self.tls)
-            .map_err(|e| StartupError::Transport {
-                address: address.clone(),
-                source: e.into(),
-            })?
+            .map_err(|e| StartupError::Transport { address: address.clone(), source: e.into() })?
             .add_service(health_service)
             .add_service(reflection)
             .add_service(TokenServiceServer::new(TokenApi::new(self.context.clone())))
-            .add_service(FilingServiceServer::new(FilingApi::new(
-                self.context.clone(),
-            )))
+            .add_service(FilingServiceServer::new(FilingApi::new(self.context.clone())))
             .add_service(AdminServiceServer::new(AdminApi::new(self.context.clone())))
             .add_service(AuditServiceServer::new(AuditApi::new(self.context)))
             .serve_with_incoming_shutdown(self.incoming, shutdown)
             .await;
         self.store.close().await;
-        served.map_err(|e| StartupError::Transport {
-            address,
-            source: e.into(),
-        })
+        served.map_err(|e| StartupError::Transport { address, source: e.into() })
     }
 }

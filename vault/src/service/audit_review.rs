@@ -22,28 +22,24 @@ pub async fn verify_chain(
     key: &AuditChainKey,
     mut progress: impl FnMut(u64),
 ) -> Result<Result<VerifiedChain, ChainBreak>, StoreError> {
+    // The chain is checked up to the head read here; entries appended while
+    // walking (the vault may be running) are left for the next verification.
     let (head_seq, head_hash) = store.audit_head().await?;
     let mut verifier = ChainVerifier::new(key);
-    let mut filter = AuditFilter {
-        limit: AUDIT_PAGE,
-        ..AuditFilter::default()
-    };
+    let mut filter = AuditFilter { limit: AUDIT_PAGE, ..AuditFilter::default() };
     let mut checked = 0;
-    loop {
+    while filter.after_seq < head_seq {
+        filter.limit = AUDIT_PAGE.min((head_seq - filter.after_seq).try_into().unwrap_or(AUDIT_PAGE));
         let page = store.audit_entries(&filter).await?;
         let Some(last) = page.last() else { break };
         filter.after_seq = last.seq;
-        for entry in &page {
+        for entry in page.iter().filter(|entry| entry.seq <= head_seq) {
             if let Err(broken) = verifier.check(entry) {
                 return Ok(Err(broken));
             }
+            checked += 1;
         }
-        checked += page.len() as u64;
         progress(checked);
-        // Entries appended while walking are past the head read at the start.
-        if filter.after_seq >= head_seq {
-            break;
-        }
     }
     Ok(verifier.finish(head_seq, &head_hash))
 }
@@ -111,8 +107,7 @@ impl AuditService for AuditApi {
                 limit,
             };
             let entries = self.ctx.store.audit_entries(&filter).await?;
-            let next_after_seq =
-                if entries.len() == limit as usize { entries.last().map_or(0, |e| e.seq) } else { 0 };
+            let next_after_seq = if entries.len() == limit as usize { entries.last().map_or(0, |e| e.seq) } else { 0 };
             Ok(pb::ListAuditEntriesResponse { entries: entries.into_iter().map(wire_entry).collect(), next_after_seq })
         }
         .await;

@@ -5,10 +5,11 @@
 //! each at most `max_releases_per_token` times, until the job expires or is
 //! cancelled. Every refusal names the rule that refused it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 
 use futures::Stream;
+use mnvault_client::number::contains_number;
 use mnvault_client::purpose::Purpose;
 use mnvault_proto::v1 as pb;
 use pb::filing_service_server::FilingService;
@@ -68,10 +69,7 @@ impl FilingApi {
             }
             Err(error) => return Err(self.ctx.refuse(draft, error.into()).await),
         };
-        let draft = AuditDraft {
-            tokens: draft.tokens,
-            ..job_draft(&caller, operation, &job)
-        };
+        let draft = AuditDraft { tokens: draft.tokens, ..job_draft(&caller, operation, &job) };
         match self.ctx.policy.require(&caller, roles, Some(&job.tenant)) {
             Ok(()) => Ok((caller, job, draft)),
             Err(error) => Err(self.ctx.refuse(draft, error).await),
@@ -80,14 +78,16 @@ impl FilingApi {
 }
 
 fn draw_job_id() -> String {
-    let mut bytes = [0u8; 10];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!(
-        "{JOB_ID_PREFIX}{}",
-        data_encoding::BASE32_NOPAD
-            .encode(&bytes)
-            .to_ascii_lowercase()
-    )
+    loop {
+        let mut bytes = [0u8; 10];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let encoded = data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase();
+        let job_id = format!("{JOB_ID_PREFIX}{encoded}");
+        // Never an id that redaction would mistake for a number.
+        if !contains_number(&job_id) {
+            return job_id;
+        }
+    }
 }
 
 /// The job's state at `now`.
@@ -153,10 +153,7 @@ pub fn wire_job(job: &StoredJob, now: i64) -> pb::FilingJob {
         tokens: job
             .tokens
             .iter()
-            .map(|(token, releases)| pb::FilingJobToken {
-                token: token.clone(),
-                releases: *releases,
-            })
+            .map(|(token, releases)| pb::FilingJobToken { token: token.clone(), releases: *releases })
             .collect(),
         max_releases_per_token: job.max_releases_per_token,
         note: job.note.clone(),
@@ -190,12 +187,7 @@ impl FilingService for FilingApi {
         let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
         let request = request.into_inner();
         let mut seen = HashSet::new();
-        let tokens: Vec<String> = request
-            .tokens
-            .iter()
-            .filter(|t| seen.insert(t.as_str()))
-            .cloned()
-            .collect();
+        let tokens: Vec<String> = request.tokens.iter().filter(|t| seen.insert(t.as_str())).cloned().collect();
         let job_id = draw_job_id();
         let draft = AuditDraft {
             principal: caller.clone(),
@@ -205,77 +197,59 @@ impl FilingService for FilingApi {
             ..draft
         };
         let now = clock::now_ms();
-        let result =
-            async {
-                self.ctx
-                    .policy
-                    .require(&caller, &[Role::Requester], Some(&request.tenant))?;
-                let purpose: Purpose = request.purpose.parse().map_err(
-                    |e: mnvault_client::purpose::UnknownPurpose| {
-                        VaultError::InvalidArgument(e.to_string())
-                    },
-                )?;
-                if tokens.is_empty() {
-                    return Err(VaultError::InvalidArgument(
-                        "a filing job must list at least one token".into(),
-                    ));
-                }
-                if tokens.len() > MAX_JOB_TOKENS {
-                    return Err(VaultError::InvalidArgument(format!(
-                        "a filing job may list at most {MAX_JOB_TOKENS} tokens; split it"
-                    )));
-                }
-                let expires_at = request
-                    .expires_at
-                    .as_ref()
-                    .map(clock::from_timestamp)
-                    .ok_or_else(|| {
-                        VaultError::InvalidArgument("a filing job needs an expiry".into())
-                    })?;
-                if expires_at <= now {
-                    return Err(VaultError::InvalidArgument(format!(
-                        "the expiry {} is in the past",
-                        clock::rfc3339(expires_at)
-                    )));
-                }
-                if expires_at - now > MAX_JOB_LIFETIME_MS {
-                    return Err(VaultError::InvalidArgument(
-                        "a filing job may run at most 90 days".into(),
-                    ));
-                }
-                check_note(&request.note)?;
-                self.ctx.keyring.tenant_keys(&request.tenant).await?;
-                let missing = self
-                    .ctx
-                    .store
-                    .missing_tokens(&request.tenant, &tokens)
-                    .await?;
-                if let Some(first) = missing.first() {
-                    return Err(VaultError::NotFound(format!(
-                        "{} token(s) do not exist in tenant {:?}, the first is {first}",
-                        missing.len(),
-                        request.tenant
-                    )));
-                }
-                let job = NewJob {
-                    job_id: job_id.clone(),
-                    tenant: request.tenant.clone(),
-                    purpose: purpose.id().to_owned(),
-                    note: request.note.clone(),
-                    max_releases_per_token: request.max_releases_per_token.max(1),
-                    created_by: caller.clone(),
-                    created_at: now,
-                    expires_at,
-                    tokens: tokens.clone(),
-                };
-                self.ctx.store.create_job(&job, draft.clone()).await?;
-                self.ctx
-                    .store
-                    .job(&job_id)
-                    .await?
-                    .ok_or(VaultError::Internal)
+        let result = async {
+            self.ctx.policy.require(&caller, &[Role::Requester], Some(&request.tenant))?;
+            let purpose: Purpose = request
+                .purpose
+                .parse()
+                .map_err(|e: mnvault_client::purpose::UnknownPurpose| VaultError::InvalidArgument(e.to_string()))?;
+            if tokens.is_empty() {
+                return Err(VaultError::InvalidArgument("a filing job must list at least one token".into()));
             }
-            .await;
+            if tokens.len() > MAX_JOB_TOKENS {
+                return Err(VaultError::InvalidArgument(format!(
+                    "a filing job may list at most {MAX_JOB_TOKENS} tokens; split it"
+                )));
+            }
+            let expires_at = request
+                .expires_at
+                .as_ref()
+                .map(clock::from_timestamp)
+                .ok_or_else(|| VaultError::InvalidArgument("a filing job needs an expiry".into()))?;
+            if expires_at <= now {
+                return Err(VaultError::InvalidArgument(format!(
+                    "the expiry {} is in the past",
+                    clock::rfc3339(expires_at)
+                )));
+            }
+            if expires_at - now > MAX_JOB_LIFETIME_MS {
+                return Err(VaultError::InvalidArgument("a filing job may run at most 90 days".into()));
+            }
+            check_note(&request.note)?;
+            self.ctx.keyring.tenant_keys(&request.tenant).await?;
+            let missing = self.ctx.store.missing_tokens(&request.tenant, &tokens).await?;
+            if let Some(first) = missing.first() {
+                return Err(VaultError::NotFound(format!(
+                    "{} token(s) do not exist in tenant {:?}, the first is {first}",
+                    missing.len(),
+                    request.tenant
+                )));
+            }
+            let job = NewJob {
+                job_id: job_id.clone(),
+                tenant: request.tenant.clone(),
+                purpose: purpose.id().to_owned(),
+                note: request.note.clone(),
+                max_releases_per_token: request.max_releases_per_token.max(1),
+                created_by: caller.clone(),
+                created_at: now,
+                expires_at,
+                tokens: tokens.clone(),
+            };
+            self.ctx.store.create_job(&job, draft.clone()).await?;
+            self.ctx.store.job(&job_id).await?.ok_or(VaultError::Internal)
+        }
+        .await;
         let job = self.ctx.settled(draft, result).await?;
         Ok(Response::new(wire_job(&job, now)))
     }
@@ -285,15 +259,8 @@ impl FilingService for FilingApi {
         request: Request<pb::ApproveFilingJobRequest>,
     ) -> Result<Response<pb::FilingJob>, Status> {
         let job_id = request.get_ref().job_id.clone();
-        let (caller, job, draft) = self
-            .open_job(
-                &request,
-                &job_id,
-                Operation::ApproveFilingJob,
-                &[Role::Approver],
-                Vec::new(),
-            )
-            .await?;
+        let (caller, job, draft) =
+            self.open_job(&request, &job_id, Operation::ApproveFilingJob, &[Role::Approver], Vec::new()).await?;
         let now = clock::now_ms();
         let result = async {
             if job.created_by == caller {
@@ -318,7 +285,7 @@ impl FilingService for FilingApi {
             if let Some(reason) = refused {
                 return Err(VaultError::FailedPrecondition(reason));
             }
-            self.ctx.store.approve_job(&job_id, &caller, now, draft.clone()).await?;
+            self.ctx.store.approve_job(&job_id, &caller, draft.clone()).await?;
             self.ctx.store.job(&job_id).await?.ok_or(VaultError::Internal)
         }
         .await;
@@ -334,13 +301,7 @@ impl FilingService for FilingApi {
     ) -> Result<Response<Self::DetokenizeStream>, Status> {
         let job_id = request.get_ref().job_id.clone();
         let (_, job, draft) = self
-            .open_job(
-                &request,
-                &job_id,
-                Operation::Detokenize,
-                &[Role::Filer],
-                request.get_ref().tokens.clone(),
-            )
+            .open_job(&request, &job_id, Operation::Detokenize, &[Role::Filer], request.get_ref().tokens.clone())
             .await?;
         let request = request.into_inner();
         let now = clock::now_ms();
@@ -348,27 +309,21 @@ impl FilingService for FilingApi {
         let tokens: Vec<String> = if request.tokens.is_empty() {
             job.tokens.iter().map(|(token, _)| token.clone()).collect()
         } else {
-            request
-                .tokens
-                .into_iter()
-                .filter(|t| seen.insert(t.clone()))
-                .collect()
+            request.tokens.into_iter().filter(|t| seen.insert(t.clone())).collect()
         };
-        let draft = AuditDraft {
-            tokens: tokens.clone(),
-            record_count: tokens.len() as u64,
-            ..draft
-        };
+        let draft = AuditDraft { tokens: tokens.clone(), record_count: tokens.len() as u64, ..draft };
         let result = async {
             require_releasable(&job, now)?;
+            let listed: HashMap<&str, u32> =
+                job.tokens.iter().map(|(token, releases)| (token.as_str(), *releases)).collect();
             for token in &tokens {
-                match job.tokens.iter().find(|(listed, _)| listed == token) {
+                match listed.get(token.as_str()) {
                     None => {
                         return Err(VaultError::PermissionDenied(format!(
                             "token {token} is not listed in filing job {job_id}; only listed tokens can be released"
                         )))
                     }
-                    Some((_, releases)) if *releases >= job.max_releases_per_token => {
+                    Some(releases) if *releases >= job.max_releases_per_token => {
                         return Err(VaultError::FailedPrecondition(format!(
                             "token {token} has already been released {releases} time(s), the most filing job {job_id} allows"
                         )))
@@ -382,19 +337,14 @@ impl FilingService for FilingApi {
                 let digits = std::str::from_utf8(&plain).ok()?;
                 Some(Zeroizing::new(digits.to_owned()))
             };
-            Ok(self.ctx.store.release(&job_id, &tokens, now, &open, draft.clone()).await?)
+            Ok(self.ctx.store.release(&job_id, &tokens, &open, draft.clone()).await?)
         }
         .await;
         let released = self.ctx.settled(draft, result).await?;
         // The audit entry is committed; only now do numbers leave.
         let responses: Vec<Result<pb::DetokenizeResponse, Status>> = released
             .into_iter()
-            .map(|(token, number)| {
-                Ok(pb::DetokenizeResponse {
-                    token,
-                    number: number.to_string(),
-                })
-            })
+            .map(|(token, number)| Ok(pb::DetokenizeResponse { token, number: number.to_string() }))
             .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(responses))))
     }
@@ -423,30 +373,15 @@ impl FilingService for FilingApi {
     ) -> Result<Response<pb::FilingJob>, Status> {
         let job_id = request.get_ref().job_id.clone();
         let (caller, job, draft) = self
-            .open_job(
-                &request,
-                &job_id,
-                Operation::CancelFilingJob,
-                &[Role::Requester, Role::Approver],
-                Vec::new(),
-            )
+            .open_job(&request, &job_id, Operation::CancelFilingJob, &[Role::Requester, Role::Approver], Vec::new())
             .await?;
         let now = clock::now_ms();
         let result = async {
             if job.cancelled_at.is_some() {
-                return Err(VaultError::FailedPrecondition(format!(
-                    "filing job {job_id} is already cancelled"
-                )));
+                return Err(VaultError::FailedPrecondition(format!("filing job {job_id} is already cancelled")));
             }
-            self.ctx
-                .store
-                .cancel_job(&job_id, &caller, now, draft.clone())
-                .await?;
-            self.ctx
-                .store
-                .job(&job_id)
-                .await?
-                .ok_or(VaultError::Internal)
+            self.ctx.store.cancel_job(&job_id, &caller, draft.clone()).await?;
+            self.ctx.store.job(&job_id).await?.ok_or(VaultError::Internal)
         }
         .await;
         let job = self.ctx.settled(draft, result).await?;
@@ -467,10 +402,7 @@ impl FilingService for FilingApi {
                 submitted_to: p.submitted_to().into(),
             })
             .collect();
-        let response = self
-            .ctx
-            .audited(draft, Ok(pb::ListPurposesResponse { purposes }))
-            .await?;
+        let response = self.ctx.audited(draft, Ok(pb::ListPurposesResponse { purposes })).await?;
         Ok(Response::new(response))
     }
 }

@@ -42,15 +42,14 @@ const UNAUTHENTICATED: &str = "(unauthenticated)";
 impl VaultContext {
     /// The caller's principal: the common name of its client certificate.
     pub fn caller<T>(&self, request: &Request<T>) -> Result<String, VaultError> {
-        let certs = request.peer_certs().ok_or_else(|| {
-            VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into())
-        })?;
-        let leaf = certs.first().ok_or_else(|| {
-            VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into())
-        })?;
-        principal_from_certificate(leaf.as_ref()).map_err(|error| {
-            VaultError::Unauthenticated(format!("unusable client certificate: {error}"))
-        })
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
+        principal_from_certificate(leaf.as_ref())
+            .map_err(|error| VaultError::Unauthenticated(format!("unusable client certificate: {error}")))
     }
 
     /// The caller and `draft` now naming it, or a refusal that is itself audited.
@@ -60,18 +59,9 @@ impl VaultContext {
         draft: AuditDraft,
     ) -> Result<(String, AuditDraft), Status> {
         match self.caller(request) {
-            Ok(caller) => Ok((
-                caller.clone(),
-                AuditDraft {
-                    principal: caller,
-                    ..draft
-                },
-            )),
+            Ok(caller) => Ok((caller.clone(), AuditDraft { principal: caller, ..draft })),
             Err(error) => {
-                let draft = AuditDraft {
-                    principal: UNAUTHENTICATED.into(),
-                    ..draft
-                };
+                let draft = AuditDraft { principal: UNAUTHENTICATED.into(), ..draft };
                 Err(self.refuse(draft, error).await)
             }
         }
@@ -80,21 +70,17 @@ impl VaultContext {
     /// Records a refused or failed call, then turns the error into a status.
     pub async fn refuse(&self, mut draft: AuditDraft, error: VaultError) -> Status {
         draft.outcome = error.outcome();
-        draft.reason = error.to_string();
+        draft.reason = error.public_message();
         if let Err(audit_error) = self.store.append_audit(draft).await {
             tracing::error!(%audit_error, "could not audit a refused call");
         }
-        tracing::info!(code = ?error.code(), reason = %error, "call refused");
+        tracing::info!(code = ?error.code(), reason = %error.public_message(), "call refused");
         error.into()
     }
 
     /// For calls that change nothing: appends `draft` when `result` is Ok (the
     /// call fails if that append fails), or the refusal when it is not.
-    pub async fn audited<T>(
-        &self,
-        draft: AuditDraft,
-        result: Result<T, VaultError>,
-    ) -> Result<T, Status> {
+    pub async fn audited<T>(&self, draft: AuditDraft, result: Result<T, VaultError>) -> Result<T, Status> {
         match result {
             Ok(value) => match self.store.append_audit(draft).await {
                 Ok(_) => Ok(value),
@@ -106,11 +92,7 @@ impl VaultContext {
 
     /// For calls that append their own entry in their transaction: only a
     /// refusal is appended here.
-    pub async fn settled<T>(
-        &self,
-        draft: AuditDraft,
-        result: Result<T, VaultError>,
-    ) -> Result<T, Status> {
+    pub async fn settled<T>(&self, draft: AuditDraft, result: Result<T, VaultError>) -> Result<T, Status> {
         match result {
             Ok(value) => Ok(value),
             Err(error) => Err(self.refuse(draft, error).await),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use mnvault_client::number::{check_digit, MyNumber};
+use mnvault_client::number::{check_digit, contains_number, MyNumber};
 use mnvault_keys::TenantKeys;
 use mnvault_proto::v1 as pb;
 use pb::token_service_server::TokenService;
@@ -33,6 +33,16 @@ const TOKEN_DRAWS: usize = 4;
 
 /// Draws a fresh random token; unrelated to the number by construction.
 pub fn draw_token(format: StoredFormat) -> String {
+    loop {
+        let token = draw_token_once(format);
+        // Never a token that redaction would mistake for a number.
+        if !contains_number(&token) {
+            return token;
+        }
+    }
+}
+
+fn draw_token_once(format: StoredFormat) -> String {
     let mut rng = rand::rngs::OsRng;
     match format {
         StoredFormat::Opaque => {
@@ -40,18 +50,12 @@ pub fn draw_token(format: StoredFormat) -> String {
             rng.fill_bytes(&mut bytes[..]);
             let mut token = String::with_capacity(30);
             token.push_str(OPAQUE_TOKEN_PREFIX);
-            token.push_str(
-                &data_encoding::BASE32_NOPAD
-                    .encode(&bytes[..])
-                    .to_ascii_lowercase(),
-            );
+            token.push_str(&data_encoding::BASE32_NOPAD.encode(&bytes[..]).to_ascii_lowercase());
             token
         }
         StoredFormat::LegacyDigits => {
             let mut digits = [0u8; 11];
-            digits
-                .iter_mut()
-                .for_each(|d| *d = b'0' + rng.gen_range(0..10));
+            digits.iter_mut().for_each(|d| *d = b'0' + rng.gen_range(0..10));
             // Any digit but the real check digit, so the token never passes for a number.
             let wrong = (check_digit(&digits) + rng.gen_range(1..10)) % 10;
             let mut token = String::from_utf8(digits.to_vec()).expect("ASCII digits");
@@ -65,9 +69,7 @@ fn stored_format(format: i32) -> Result<StoredFormat, VaultError> {
     match pb::TokenFormat::try_from(format) {
         Ok(pb::TokenFormat::Unspecified | pb::TokenFormat::Opaque) => Ok(StoredFormat::Opaque),
         Ok(pb::TokenFormat::LegacyDigits) => Ok(StoredFormat::LegacyDigits),
-        Err(_) => Err(VaultError::InvalidArgument(format!(
-            "token format {format} is not known"
-        ))),
+        Err(_) => Err(VaultError::InvalidArgument(format!("token format {format} is not known"))),
     }
 }
 
@@ -78,10 +80,14 @@ fn wire_format(format: StoredFormat) -> pb::TokenFormat {
     }
 }
 
-/// Parses a number taken out of a request; the request's copy is zeroized.
-fn take_number(number: &mut String) -> Result<MyNumber, VaultError> {
-    let input = Zeroizing::new(std::mem::take(number));
-    MyNumber::parse(&input).map_err(|error| VaultError::InvalidArgument(error.to_string()))
+/// Takes the number out of a request field, leaving it empty. Handlers call
+/// this before anything else, so every path, refusals included, wipes it.
+fn take_number(field: &mut String) -> Zeroizing<String> {
+    Zeroizing::new(std::mem::take(field))
+}
+
+fn parse_number(input: &str) -> Result<MyNumber, VaultError> {
+    MyNumber::parse(input).map_err(|error| VaultError::InvalidArgument(error.to_string()))
 }
 
 /// The token service.
@@ -111,10 +117,7 @@ async fn tokenize_batch(
     audit: AuditDraft,
 ) -> Result<Vec<Tokenized>, VaultError> {
     let keys = ctx.keyring.tenant_keys(tenant).await?;
-    let indexes: Vec<_> = numbers
-        .iter()
-        .map(|n| keys.blind_index(n.expose_bytes()))
-        .collect();
+    let indexes: Vec<_> = numbers.iter().map(|n| keys.blind_index(n.expose_bytes())).collect();
     let existing = ctx.store.find_tokens(tenant, format, &indexes).await?;
     for _ in 0..TOKEN_DRAWS {
         let items = batch_items(&keys, format, numbers, &indexes, &existing)?;
@@ -125,11 +128,7 @@ async fn tokenize_batch(
                 BatchItem::Existing(_) => None,
             })
             .collect();
-        match ctx
-            .store
-            .tokenize(tenant, format, items, audit.clone())
-            .await
-        {
+        match ctx.store.tokenize(tenant, format, items, audit.clone()).await {
             Err(StoreError::TokenCollision) => continue,
             Err(error) => return Err(error.into()),
             Ok(tokens) => {
@@ -137,10 +136,7 @@ async fn tokenize_batch(
                 return Ok(tokens
                     .into_iter()
                     .zip(drawn)
-                    .map(|(token, drawn)| Tokenized {
-                        created: drawn.as_deref() == Some(token.as_str()),
-                        token,
-                    })
+                    .map(|(token, drawn)| Tokenized { created: drawn.as_deref() == Some(token.as_str()), token })
                     .collect());
             }
         }
@@ -189,34 +185,36 @@ async fn answer_batch(
     requests: Vec<pb::TokenizeRequest>,
     first_index: u64,
 ) -> Vec<pb::TokenizeStreamResponse> {
-    let mut answers: Vec<Option<Result<String, pb::RecordError>>> =
-        (0..requests.len()).map(|_| None).collect();
+    let mut answers: Vec<Option<Result<String, pb::RecordError>>> = (0..requests.len()).map(|_| None).collect();
     // Valid numbers grouped by tenant and format, keeping their positions.
     let mut groups: BTreeMap<(String, &'static str), BatchGroup> = BTreeMap::new();
-    let mut invalid: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    // Refused records by tenant and outcome: (count, first reason).
+    let mut refused: BTreeMap<(String, Outcome), (u64, String)> = BTreeMap::new();
     for (position, mut request) in requests.into_iter().enumerate() {
-        let parsed = stored_format(request.format)
-            .and_then(|format| Ok((format, take_number(&mut request.number)?)));
+        let input = take_number(&mut request.number);
+        let parsed = ctx
+            .policy
+            .require(caller, &[Role::Tokenizer], Some(&request.tenant))
+            .and_then(|()| stored_format(request.format))
+            .and_then(|format| Ok((format, parse_number(&input)?)));
         match parsed {
             Ok((format, number)) => {
-                let group = groups
-                    .entry((request.tenant, format.id()))
-                    .or_insert_with(|| (format, Vec::new(), Vec::new()));
+                let group =
+                    groups.entry((request.tenant, format.id())).or_insert_with(|| (format, Vec::new(), Vec::new()));
                 group.1.push(position);
                 group.2.push(number);
             }
             Err(error) => {
-                let entry = invalid
-                    .entry(request.tenant)
-                    .or_insert_with(|| (0, error.to_string()));
+                let message = error.public_message();
+                let entry = refused.entry((request.tenant, error.outcome())).or_insert_with(|| (0, message.clone()));
                 entry.0 += 1;
-                answers[position] = Some(Err(record_error(error.code(), error.to_string())));
+                answers[position] = Some(Err(record_error(error.code(), message)));
             }
         }
     }
-    for (tenant, (count, first_reason)) in invalid {
+    for ((tenant, outcome), (count, first_reason)) in refused {
         let mut draft = AuditDraft::new(caller, Operation::TokenizeStream, &tenant);
-        draft.outcome = Outcome::Invalid;
+        draft.outcome = outcome;
         draft.record_count = count;
         draft.reason = format!("{count} record(s) refused; first: {first_reason}");
         if let Err(error) = ctx.store.append_audit(draft).await {
@@ -225,28 +223,17 @@ async fn answer_batch(
     }
     for ((tenant, _), (format, positions, numbers)) in groups {
         let draft = AuditDraft::new(caller, Operation::TokenizeStream, &tenant);
-        let result = match ctx
-            .policy
-            .require(caller, &[Role::Tokenizer], Some(&tenant))
-        {
-            Ok(()) => tokenize_batch(ctx, &tenant, format, &numbers, draft.clone()).await,
-            Err(error) => Err(error),
-        };
-        match result {
+        match tokenize_batch(ctx, &tenant, format, &numbers, draft.clone()).await {
             Ok(tokens) => {
                 for (position, tokenized) in positions.into_iter().zip(tokens) {
                     answers[position] = Some(Ok(tokenized.token));
                 }
             }
             Err(error) => {
-                let mut draft = draft;
-                draft.record_count = positions.len() as u64;
+                let draft = AuditDraft { record_count: positions.len() as u64, ..draft };
                 let status = ctx.refuse(draft, error).await;
                 for position in positions {
-                    answers[position] = Some(Err(record_error(
-                        status.code(),
-                        status.message().to_owned(),
-                    )));
+                    answers[position] = Some(Err(record_error(status.code(), status.message().to_owned())));
                 }
             }
         }
@@ -263,54 +250,37 @@ async fn answer_batch(
                     VaultError::Internal.to_string(),
                 )),
             };
-            pb::TokenizeStreamResponse {
-                index: first_index + position as u64,
-                result: Some(result),
-            }
+            pb::TokenizeStreamResponse { index: first_index + position as u64, result: Some(result) }
         })
         .collect()
 }
 
 fn record_error(code: tonic::Code, message: String) -> pb::RecordError {
-    pb::RecordError {
-        code: code as i32,
-        message,
-    }
+    pb::RecordError { code: code as i32, message }
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
-    async fn tokenize(
-        &self,
-        request: Request<pb::TokenizeRequest>,
-    ) -> Result<Response<pb::TokenizeResponse>, Status> {
+    async fn tokenize(&self, request: Request<pb::TokenizeRequest>) -> Result<Response<pb::TokenizeResponse>, Status> {
+        let mut request = request;
+        let input = take_number(&mut request.get_mut().number);
         let draft = AuditDraft::new("", Operation::Tokenize, &request.get_ref().tenant);
         let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
-        let mut request = request.into_inner();
+        let request = request.into_inner();
         let result = async {
-            self.ctx
-                .policy
-                .require(&caller, &[Role::Tokenizer], Some(&request.tenant))?;
+            self.ctx.policy.require(&caller, &[Role::Tokenizer], Some(&request.tenant))?;
             let format = stored_format(request.format)?;
-            let number = take_number(&mut request.number)?;
-            let tokens = tokenize_batch(
-                &self.ctx,
-                &request.tenant,
-                format,
-                std::slice::from_ref(&number),
-                draft.clone(),
-            )
-            .await?;
+            let number = parse_number(&input)?;
+            let tokens =
+                tokenize_batch(&self.ctx, &request.tenant, format, std::slice::from_ref(&number), draft.clone())
+                    .await?;
             tokens.into_iter().next().ok_or(VaultError::Internal)
         }
         .await;
         let tokenized = self.ctx.settled(draft, result).await?;
-        Ok(Response::new(pb::TokenizeResponse {
-            token: tokenized.token,
-            created: tokenized.created,
-        }))
+        Ok(Response::new(pb::TokenizeResponse { token: tokenized.token, created: tokenized.created }))
     }
 
     type TokenizeStreamStream = ResponseStream<pb::TokenizeStreamResponse>;
@@ -320,7 +290,7 @@ impl TokenService for TokenApi {
         request: Request<Streaming<pb::TokenizeRequest>>,
     ) -> Result<Response<Self::TokenizeStreamStream>, Status> {
         let draft = AuditDraft::new("", Operation::TokenizeStream, "");
-        let (caller, _) = self.ctx.authenticate(&request, draft).await?;
+        let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
         let ctx = self.ctx.clone();
         let (sender, receiver) = mpsc::channel(STREAM_BATCH);
         tokio::spawn(async move {
@@ -349,7 +319,13 @@ impl TokenService for TokenApi {
                 next_index += count;
                 if let Some(status) = broken {
                     tracing::info!(%status, "tokenize stream ended by a transport error");
-                    return;
+                    break;
+                }
+            }
+            // Batches audit themselves; a stream that sent nothing still leaves its entry.
+            if next_index == 0 {
+                if let Err(error) = ctx.store.append_audit(draft).await {
+                    tracing::error!(%error, "could not audit an empty tokenize stream");
                 }
             }
         });
@@ -363,34 +339,15 @@ impl TokenService for TokenApi {
         let mut draft = AuditDraft::new("", Operation::DescribeToken, &request.get_ref().tenant);
         draft.tokens = vec![request.get_ref().token.clone()];
         let (caller, draft) = self.ctx.authenticate(&request, draft).await?;
-        let draft = AuditDraft {
-            record_count: 1,
-            ..draft
-        };
+        let draft = AuditDraft { record_count: 1, ..draft };
         let request = request.into_inner();
         let result = async {
-            let roles = [
-                Role::Tokenizer,
-                Role::Requester,
-                Role::Approver,
-                Role::Filer,
-                Role::Auditor,
-            ];
-            self.ctx
-                .policy
-                .require(&caller, &roles, Some(&request.tenant))?;
+            let roles = [Role::Tokenizer, Role::Requester, Role::Approver, Role::Filer, Role::Auditor];
+            self.ctx.policy.require(&caller, &roles, Some(&request.tenant))?;
             self.ctx.keyring.tenant_keys(&request.tenant).await?;
-            let info = self
-                .ctx
-                .store
-                .record_info(&request.tenant, &request.token)
-                .await?
-                .ok_or_else(|| {
-                    VaultError::NotFound(format!(
-                        "token {} does not exist in tenant {:?}",
-                        request.token, request.tenant
-                    ))
-                })?;
+            let info = self.ctx.store.record_info(&request.tenant, &request.token).await?.ok_or_else(|| {
+                VaultError::NotFound(format!("token {} does not exist in tenant {:?}", request.token, request.tenant))
+            })?;
             Ok(pb::DescribeTokenResponse {
                 tenant: request.tenant.clone(),
                 token: info.token,

@@ -235,12 +235,7 @@ pub trait Store: Send + Sync + 'static {
     /// The wrapped system key `name`, if stored.
     async fn system_key(&self, name: &str) -> Result<Option<WrappedKey>, StoreError>;
     /// Stores a system key; `AlreadyExists` if `name` is taken.
-    async fn put_system_key(
-        &self,
-        name: &str,
-        key: &WrappedKey,
-        created_at: i64,
-    ) -> Result<(), StoreError>;
+    async fn put_system_key(&self, name: &str, key: &WrappedKey, created_at: i64) -> Result<(), StoreError>;
 
     /// Creates a tenant with its first keys.
     async fn create_tenant(&self, tenant: &NewTenant, audit: AuditDraft) -> Result<(), StoreError>;
@@ -266,38 +261,19 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditDraft,
     ) -> Result<Vec<String>, StoreError>;
     /// Metadata of a record.
-    async fn record_info(
-        &self,
-        tenant: &str,
-        token: &str,
-    ) -> Result<Option<RecordInfo>, StoreError>;
+    async fn record_info(&self, tenant: &str, token: &str) -> Result<Option<RecordInfo>, StoreError>;
     /// Which of `tokens` do not exist in the tenant.
-    async fn missing_tokens(
-        &self,
-        tenant: &str,
-        tokens: &[String],
-    ) -> Result<Vec<String>, StoreError>;
+    async fn missing_tokens(&self, tenant: &str, tokens: &[String]) -> Result<Vec<String>, StoreError>;
 
     /// Creates a job.
     async fn create_job(&self, job: &NewJob, audit: AuditDraft) -> Result<(), StoreError>;
     /// A job with its tokens.
     async fn job(&self, job_id: &str) -> Result<Option<StoredJob>, StoreError>;
-    /// Approves a job if it is still pending, uncancelled and unexpired at `now`.
-    async fn approve_job(
-        &self,
-        job_id: &str,
-        approver: &str,
-        now: i64,
-        audit: AuditDraft,
-    ) -> Result<(), StoreError>;
+    /// Approves a job if it is still pending, uncancelled and unexpired when
+    /// the write lock is held.
+    async fn approve_job(&self, job_id: &str, approver: &str, audit: AuditDraft) -> Result<(), StoreError>;
     /// Cancels a job if it is not already cancelled.
-    async fn cancel_job(
-        &self,
-        job_id: &str,
-        by: &str,
-        now: i64,
-        audit: AuditDraft,
-    ) -> Result<(), StoreError>;
+    async fn cancel_job(&self, job_id: &str, by: &str, audit: AuditDraft) -> Result<(), StoreError>;
     /// Releases `tokens` of an approved job: counts each release against the
     /// job's limit, decrypts each record with `open`, and appends `audit`, all
     /// in one transaction, which commits before this returns the numbers.
@@ -305,7 +281,6 @@ pub trait Store: Send + Sync + 'static {
         &self,
         job_id: &str,
         tokens: &[String],
-        now: i64,
         open: &OpenRecord<'_>,
         audit: AuditDraft,
     ) -> Result<Vec<(String, Zeroizing<String>)>, StoreError>;

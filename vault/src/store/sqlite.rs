@@ -17,8 +17,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use zeroize::Zeroizing;
 
 use super::{
-    AuditFilter, BatchItem, NewJob, NewTenant, OpenRecord, RecordInfo, Store, StoreError,
-    StoredFormat, StoredJob, StoredTenant,
+    AuditFilter, BatchItem, NewJob, NewTenant, OpenRecord, RecordInfo, Store, StoreError, StoredFormat, StoredJob,
+    StoredTenant,
 };
 use crate::audit::{AuditDraft, AuditRecord};
 
@@ -59,11 +59,7 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens the database file as `mode` says. `write_timeout` bounds how long
     /// a write waits for the lock.
-    pub async fn open(
-        path: &Path,
-        mode: OpenMode,
-        write_timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub async fn open(path: &Path, mode: OpenMode, write_timeout: Duration) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(mode == OpenMode::Initialise)
@@ -87,11 +83,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(classify)?;
-        Ok(Self {
-            writer,
-            reader,
-            audit_key: Arc::new(OnceLock::new()),
-        })
+        Ok(Self { writer, reader, audit_key: Arc::new(OnceLock::new()) })
     }
 
     /// Sets the key that seals audit entries; appends fail until it is set.
@@ -107,10 +99,7 @@ impl SqliteStore {
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(classify)
     }
 
     fn audit_key(&self) -> Result<&AuditChainKey, StoreError> {
@@ -121,19 +110,12 @@ impl SqliteStore {
     }
 
     /// Appends `draft` to the chain inside the caller's transaction.
-    async fn append(
-        &self,
-        conn: &mut SqliteConnection,
-        draft: AuditDraft,
-        now: i64,
-    ) -> Result<u64, StoreError> {
+    async fn append(&self, conn: &mut SqliteConnection, draft: AuditDraft, now: i64) -> Result<u64, StoreError> {
         let key = self.audit_key()?;
-        append_entry(conn, key, draft, now)
-            .await
-            .map_err(|error| match error {
-                StoreError::Database(e) => StoreError::AuditUnwritable(e),
-                other => other,
-            })
+        append_entry(conn, key, draft, now).await.map_err(|error| match error {
+            StoreError::Database(e) => StoreError::AuditUnwritable(e),
+            other => other,
+        })
     }
 }
 
@@ -144,11 +126,10 @@ async fn append_entry(
     now: i64,
 ) -> Result<u64, StoreError> {
     // Updating the single head row first serialises appends on any database.
-    let head =
-        sqlx::query("UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(classify)?;
+    let head = sqlx::query("UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(classify)?;
     let seq: i64 = head.get("seq");
     let prev_hash = hash_column(head.get("hash"))?;
     let record = AuditRecord::seal(draft, seq as u64, now, prev_hash, key);
@@ -173,12 +154,9 @@ async fn append_entry(
     .map_err(classify)?;
     for (chunk_index, chunk) in record.tokens.chunks(MAX_PARAMS / 3).enumerate() {
         let offset = chunk_index * (MAX_PARAMS / 3);
-        let mut insert =
-            QueryBuilder::<Sqlite>::new("INSERT INTO audit_entry_tokens (seq, position, token) ");
+        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO audit_entry_tokens (seq, position, token) ");
         insert.push_values(chunk.iter().enumerate(), |mut row, (i, token)| {
-            row.push_bind(seq)
-                .push_bind((offset + i) as i64)
-                .push_bind(token);
+            row.push_bind(seq).push_bind((offset + i) as i64).push_bind(token);
         });
         insert.build().execute(&mut *conn).await.map_err(classify)?;
     }
@@ -190,24 +168,28 @@ async fn append_entry(
     Ok(seq as u64)
 }
 
+/// Commits a transaction that holds an audit entry. A failed commit (disk
+/// full, I/O error) means the entry was not written, so it is reported as
+/// such: the call fails with UNAVAILABLE and nothing it did took effect.
+async fn commit_audited(tx: sqlx::Transaction<'static, Sqlite>) -> Result<(), StoreError> {
+    tx.commit().await.map_err(|error| match classify(error) {
+        StoreError::Database(error) => StoreError::AuditUnwritable(error),
+        other => other,
+    })
+}
+
 fn hash_column(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("an audit hash is not 32 bytes".into()))
+    bytes.try_into().map_err(|_| StoreError::Corrupt("an audit hash is not 32 bytes".into()))
 }
 
 /// Sorts sqlx errors into what the caller can act on.
 fn classify(error: sqlx::Error) -> StoreError {
     match &error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            StoreError::Unavailable(error)
-        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable(error),
         sqlx::Error::Database(db) => {
             // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-            let busy = db
-                .code()
-                .and_then(|code| code.parse::<i64>().ok())
-                .is_some_and(|code| matches!(code & 0xff, 5 | 6));
+            let busy =
+                db.code().and_then(|code| code.parse::<i64>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6));
             if busy {
                 StoreError::Unavailable(error)
             } else {
@@ -237,12 +219,7 @@ impl Store for SqliteStore {
         Ok(row.map(|row| WrappedKey::from_bytes(row.get("wrapped_key"))))
     }
 
-    async fn put_system_key(
-        &self,
-        name: &str,
-        key: &WrappedKey,
-        created_at: i64,
-    ) -> Result<(), StoreError> {
+    async fn put_system_key(&self, name: &str, key: &WrappedKey, created_at: i64) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO system_keys (name, wrapped_key, created_at) VALUES (?, ?, ?)")
             .bind(name)
             .bind(key.as_bytes())
@@ -285,27 +262,23 @@ impl Store for SqliteStore {
             .await
             .map_err(classify)?;
         self.append(&mut tx, audit, tenant.created_at).await?;
-        tx.commit().await.map_err(classify)
+        commit_audited(tx).await
     }
 
     async fn tenant(&self, tenant: &str) -> Result<Option<StoredTenant>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT display_name, created_at, index_key_wrapped FROM tenants WHERE tenant = ?",
-        )
-        .bind(tenant)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(classify)?
+        let Some(row) = sqlx::query("SELECT display_name, created_at, index_key_wrapped FROM tenants WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify)?
         else {
             return Ok(None);
         };
-        let keys = sqlx::query(
-            "SELECT version, wrapped_key FROM tenant_record_keys WHERE tenant = ? ORDER BY version",
-        )
-        .bind(tenant)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(classify)?;
+        let keys = sqlx::query("SELECT version, wrapped_key FROM tenant_record_keys WHERE tenant = ? ORDER BY version")
+            .bind(tenant)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify)?;
         Ok(Some(StoredTenant {
             tenant: tenant.to_owned(),
             display_name: row.get("display_name"),
@@ -313,12 +286,7 @@ impl Store for SqliteStore {
             index_key: WrappedKey::from_bytes(row.get("index_key_wrapped")),
             record_keys: keys
                 .into_iter()
-                .map(|k| {
-                    (
-                        k.get::<i64, _>("version") as u32,
-                        WrappedKey::from_bytes(k.get("wrapped_key")),
-                    )
-                })
+                .map(|k| (k.get::<i64, _>("version") as u32, WrappedKey::from_bytes(k.get("wrapped_key"))))
                 .collect(),
         }))
     }
@@ -384,30 +352,23 @@ impl Store for SqliteStore {
         audit.record_count = tokens.len() as u64;
         audit.tokens = tokens.clone();
         self.append(&mut tx, audit, now).await?;
-        tx.commit().await.map_err(classify)?;
+        commit_audited(tx).await?;
         Ok(tokens)
     }
 
-    async fn record_info(
-        &self,
-        tenant: &str,
-        token: &str,
-    ) -> Result<Option<RecordInfo>, StoreError> {
-        let row = sqlx::query(
-            "SELECT format, key_version, created_at FROM records WHERE tenant = ? AND token = ?",
-        )
-        .bind(tenant)
-        .bind(token)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(classify)?;
+    async fn record_info(&self, tenant: &str, token: &str) -> Result<Option<RecordInfo>, StoreError> {
+        let row = sqlx::query("SELECT format, key_version, created_at FROM records WHERE tenant = ? AND token = ?")
+            .bind(tenant)
+            .bind(token)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify)?;
         row.map(|row| {
             let format: String = row.get("format");
             Ok(RecordInfo {
                 token: token.to_owned(),
-                format: StoredFormat::from_id(&format).ok_or_else(|| {
-                    StoreError::Corrupt(format!("unknown token format {format:?}"))
-                })?,
+                format: StoredFormat::from_id(&format)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown token format {format:?}")))?,
                 key_version: row.get::<i64, _>("key_version") as u32,
                 created_at: row.get("created_at"),
             })
@@ -415,35 +376,21 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn missing_tokens(
-        &self,
-        tenant: &str,
-        tokens: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+    async fn missing_tokens(&self, tenant: &str, tokens: &[String]) -> Result<Vec<String>, StoreError> {
         let mut found = std::collections::HashSet::new();
         for chunk in tokens.chunks(MAX_PARAMS - 1) {
-            let mut query =
-                QueryBuilder::<Sqlite>::new("SELECT token FROM records WHERE tenant = ");
+            let mut query = QueryBuilder::<Sqlite>::new("SELECT token FROM records WHERE tenant = ");
             query.push_bind(tenant).push(" AND token IN (");
             let mut list = query.separated(", ");
             for token in chunk {
                 list.push_bind(token);
             }
             query.push(")");
-            for row in query
-                .build()
-                .fetch_all(&self.reader)
-                .await
-                .map_err(classify)?
-            {
+            for row in query.build().fetch_all(&self.reader).await.map_err(classify)? {
                 found.insert(row.get::<String, _>("token"));
             }
         }
-        Ok(tokens
-            .iter()
-            .filter(|t| !found.contains(*t))
-            .cloned()
-            .collect())
+        Ok(tokens.iter().filter(|t| !found.contains(*t)).cloned().collect())
     }
 
     async fn create_job(&self, job: &NewJob, audit: AuditDraft) -> Result<(), StoreError> {
@@ -465,18 +412,14 @@ impl Store for SqliteStore {
         .map_err(classify)?;
         for (chunk_index, chunk) in job.tokens.chunks(MAX_PARAMS / 3).enumerate() {
             let offset = chunk_index * (MAX_PARAMS / 3);
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO filing_job_tokens (job_id, position, token) ",
-            );
+            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO filing_job_tokens (job_id, position, token) ");
             insert.push_values(chunk.iter().enumerate(), |mut row, (i, token)| {
-                row.push_bind(&job.job_id)
-                    .push_bind((offset + i) as i64)
-                    .push_bind(token);
+                row.push_bind(&job.job_id).push_bind((offset + i) as i64).push_bind(token);
             });
             insert.build().execute(&mut *tx).await.map_err(classify)?;
         }
         self.append(&mut tx, audit, job.created_at).await?;
-        tx.commit().await.map_err(classify)
+        commit_audited(tx).await
     }
 
     async fn job(&self, job_id: &str) -> Result<Option<StoredJob>, StoreError> {
@@ -484,14 +427,10 @@ impl Store for SqliteStore {
         job_in(&mut conn, job_id).await
     }
 
-    async fn approve_job(
-        &self,
-        job_id: &str,
-        approver: &str,
-        now: i64,
-        audit: AuditDraft,
-    ) -> Result<(), StoreError> {
+    async fn approve_job(&self, job_id: &str, approver: &str, audit: AuditDraft) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        // Time is read under the write lock, so no earlier decision can go stale.
+        let now = now_ms();
         // The conditions again, under the write lock: the job may have changed since it was read.
         let updated = sqlx::query(
             "UPDATE filing_jobs SET approved_by = ?, approved_at = ? WHERE job_id = ? AND approved_at IS NULL \
@@ -511,17 +450,13 @@ impl Store for SqliteStore {
             )));
         }
         self.append(&mut tx, audit, now).await?;
-        tx.commit().await.map_err(classify)
+        commit_audited(tx).await
     }
 
-    async fn cancel_job(
-        &self,
-        job_id: &str,
-        by: &str,
-        now: i64,
-        audit: AuditDraft,
-    ) -> Result<(), StoreError> {
+    async fn cancel_job(&self, job_id: &str, by: &str, audit: AuditDraft) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        // Time is read under the write lock, so no earlier decision can go stale.
+        let now = now_ms();
         let updated = sqlx::query(
             "UPDATE filing_jobs SET cancelled_by = ?, cancelled_at = ? WHERE job_id = ? AND cancelled_at IS NULL",
         )
@@ -532,32 +467,29 @@ impl Store for SqliteStore {
         .await
         .map_err(classify)?;
         if updated.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "job {job_id} is already cancelled"
-            )));
+            return Err(StoreError::Conflict(format!("job {job_id} is already cancelled")));
         }
         self.append(&mut tx, audit, now).await?;
-        tx.commit().await.map_err(classify)
+        commit_audited(tx).await
     }
 
     async fn release(
         &self,
         job_id: &str,
         tokens: &[String],
-        now: i64,
         open: &OpenRecord<'_>,
         audit: AuditDraft,
     ) -> Result<Vec<(String, Zeroizing<String>)>, StoreError> {
         let mut tx = self.begin_write().await?;
+        // Time is read under the write lock, so no earlier decision can go stale.
+        let now = now_ms();
         // Re-check the job under the write lock: a cancel or expiry since the
         // caller's checks must win.
         let job = job_in(&mut tx, job_id)
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("job {job_id} no longer exists")))?;
         if job.cancelled_at.is_some() || job.approved_at.is_none() || job.expires_at <= now {
-            return Err(StoreError::Conflict(format!(
-                "job {job_id} changed while releasing; look at it again"
-            )));
+            return Err(StoreError::Conflict(format!("job {job_id} changed while releasing; look at it again")));
         }
         for token in tokens {
             let counted = sqlx::query(
@@ -578,8 +510,7 @@ impl Store for SqliteStore {
         }
         let mut sealed = std::collections::HashMap::with_capacity(tokens.len());
         for chunk in tokens.chunks(MAX_PARAMS - 1) {
-            let mut query =
-                QueryBuilder::<Sqlite>::new("SELECT token, sealed FROM records WHERE tenant = ");
+            let mut query = QueryBuilder::<Sqlite>::new("SELECT token, sealed FROM records WHERE tenant = ");
             query.push_bind(&job.tenant).push(" AND token IN (");
             let mut list = query.separated(", ");
             for token in chunk {
@@ -587,26 +518,19 @@ impl Store for SqliteStore {
             }
             query.push(")");
             for row in query.build().fetch_all(&mut *tx).await.map_err(classify)? {
-                sealed.insert(
-                    row.get::<String, _>("token"),
-                    row.get::<Vec<u8>, _>("sealed"),
-                );
+                sealed.insert(row.get::<String, _>("token"), row.get::<Vec<u8>, _>("sealed"));
             }
         }
         let mut released = Vec::with_capacity(tokens.len());
         for token in tokens {
             let record = sealed.get(token).ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "token {token} is listed in job {job_id} but has no record"
-                ))
+                StoreError::Corrupt(format!("token {token} is listed in job {job_id} but has no record"))
             })?;
-            let number = open(token, record).ok_or_else(|| StoreError::Integrity {
-                token: token.clone(),
-            })?;
+            let number = open(token, record).ok_or_else(|| StoreError::Integrity { token: token.clone() })?;
             released.push((token.clone(), number));
         }
         self.append(&mut tx, audit, now).await?;
-        tx.commit().await.map_err(classify)?;
+        commit_audited(tx).await?;
         Ok(released)
     }
 
@@ -614,7 +538,7 @@ impl Store for SqliteStore {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let seq = self.append(&mut tx, audit, now).await?;
-        tx.commit().await.map_err(classify)?;
+        commit_audited(tx).await?;
         Ok(seq)
     }
 
@@ -640,20 +564,11 @@ impl Store for SqliteStore {
             query.push(" AND operation = ").push_bind(operation);
         }
         if let Some(token) = &filter.token {
-            query
-                .push(" AND seq IN (SELECT seq FROM audit_entry_tokens WHERE token = ")
-                .push_bind(token)
-                .push(")");
+            query.push(" AND seq IN (SELECT seq FROM audit_entry_tokens WHERE token = ").push_bind(token).push(")");
         }
-        query
-            .push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::from(filter.limit.max(1)));
+        query.push(" ORDER BY seq LIMIT ").push_bind(i64::from(filter.limit.max(1)));
         let mut conn = self.reader.acquire().await.map_err(classify)?;
-        let rows = query
-            .build()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(classify)?;
+        let rows = query.build().fetch_all(&mut *conn).await.map_err(classify)?;
         let mut entries = Vec::with_capacity(rows.len());
         for row in rows {
             entries.push(AuditRecord {
@@ -682,13 +597,9 @@ impl Store for SqliteStore {
             .fetch_all(&mut *conn)
             .await
             .map_err(classify)?;
-            let mut by_seq: std::collections::HashMap<u64, Vec<String>> =
-                std::collections::HashMap::new();
+            let mut by_seq: std::collections::HashMap<u64, Vec<String>> = std::collections::HashMap::new();
             for row in tokens {
-                by_seq
-                    .entry(row.get::<i64, _>("seq") as u64)
-                    .or_default()
-                    .push(row.get("token"));
+                by_seq.entry(row.get::<i64, _>("seq") as u64).or_default().push(row.get("token"));
             }
             for entry in &mut entries {
                 entry.tokens = by_seq.remove(&entry.seq).unwrap_or_default();
@@ -702,10 +613,7 @@ impl Store for SqliteStore {
             .fetch_one(&self.reader)
             .await
             .map_err(classify)?;
-        Ok((
-            row.get::<i64, _>("seq") as u64,
-            hash_column(row.get("hash"))?,
-        ))
+        Ok((row.get::<i64, _>("seq") as u64, hash_column(row.get("hash"))?))
     }
 }
 
@@ -717,38 +625,22 @@ async fn find_tokens_in(
 ) -> Result<Vec<Option<String>>, StoreError> {
     let mut found = std::collections::HashMap::with_capacity(blind_indexes.len());
     for chunk in blind_indexes.chunks(MAX_PARAMS - 2) {
-        let mut query =
-            QueryBuilder::<Sqlite>::new("SELECT blind_index, token FROM records WHERE tenant = ");
-        query
-            .push_bind(tenant)
-            .push(" AND format = ")
-            .push_bind(format.id())
-            .push(" AND blind_index IN (");
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT blind_index, token FROM records WHERE tenant = ");
+        query.push_bind(tenant).push(" AND format = ").push_bind(format.id()).push(" AND blind_index IN (");
         let mut list = query.separated(", ");
         for index in chunk {
             list.push_bind(&index.0[..]);
         }
         query.push(")");
-        for row in query
-            .build()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(classify)?
-        {
+        for row in query.build().fetch_all(&mut *conn).await.map_err(classify)? {
             let index: Vec<u8> = row.get("blind_index");
             found.insert(index, row.get::<String, _>("token"));
         }
     }
-    Ok(blind_indexes
-        .iter()
-        .map(|index| found.get(&index.0[..]).cloned())
-        .collect())
+    Ok(blind_indexes.iter().map(|index| found.get(&index.0[..]).cloned()).collect())
 }
 
-async fn job_in(
-    conn: &mut SqliteConnection,
-    job_id: &str,
-) -> Result<Option<StoredJob>, StoreError> {
+async fn job_in(conn: &mut SqliteConnection, job_id: &str) -> Result<Option<StoredJob>, StoreError> {
     let Some(row) = sqlx::query(
         "SELECT tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at, approved_by, \
          approved_at, cancelled_by, cancelled_at FROM filing_jobs WHERE job_id = ?",
@@ -760,21 +652,14 @@ async fn job_in(
     else {
         return Ok(None);
     };
-    let tokens = sqlx::query(
-        "SELECT token, releases FROM filing_job_tokens WHERE job_id = ? ORDER BY position",
-    )
-    .bind(job_id)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(classify)?
-    .into_iter()
-    .map(|t| {
-        (
-            t.get::<String, _>("token"),
-            t.get::<i64, _>("releases") as u32,
-        )
-    })
-    .collect();
+    let tokens = sqlx::query("SELECT token, releases FROM filing_job_tokens WHERE job_id = ? ORDER BY position")
+        .bind(job_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(classify)?
+        .into_iter()
+        .map(|t| (t.get::<String, _>("token"), t.get::<i64, _>("releases") as u32))
+        .collect();
     Ok(Some(StoredJob {
         job_id: job_id.to_owned(),
         tenant: row.get("tenant"),

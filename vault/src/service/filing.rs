@@ -22,7 +22,7 @@ use crate::audit::{AuditDraft, Operation};
 use crate::authz::Role;
 use crate::clock;
 use crate::error::VaultError;
-use crate::store::{NewJob, StoredJob};
+use crate::store::{JobTerms, NewJob, StoredJob};
 
 /// Longest a job may run: filings are prepared in days, not seasons.
 pub const MAX_JOB_LIFETIME_MS: i64 = 90 * 24 * 3600 * 1000;
@@ -70,7 +70,7 @@ impl FilingApi {
             Err(error) => return Err(self.ctx.refuse(draft, error.into()).await),
         };
         let draft = AuditDraft { tokens: draft.tokens, ..job_draft(&caller, operation, &job) };
-        match self.ctx.policy.require(&caller, roles, Some(&job.tenant)) {
+        match self.ctx.policy.require(&caller, roles, Some(&job.terms.tenant)) {
             Ok(()) => Ok((caller, job, draft)),
             Err(error) => Err(self.ctx.refuse(draft, error).await),
         }
@@ -94,7 +94,7 @@ fn draw_job_id() -> String {
 fn state(job: &StoredJob, now: i64) -> pb::FilingJobState {
     if job.cancelled_at.is_some() {
         pb::FilingJobState::Cancelled
-    } else if job.expires_at <= now {
+    } else if job.terms.expires_at <= now {
         pb::FilingJobState::Expired
     } else if job.approved_at.is_some() {
         pb::FilingJobState::Approved
@@ -109,17 +109,17 @@ fn require_releasable(job: &StoredJob, now: i64) -> Result<(), VaultError> {
         pb::FilingJobState::Approved => Ok(()),
         pb::FilingJobState::PendingApproval => Err(VaultError::FailedPrecondition(format!(
             "filing job {} has not been approved; a principal other than {} must approve it first",
-            job.job_id, job.created_by
+            job.terms.job_id, job.terms.created_by
         ))),
         pb::FilingJobState::Cancelled => Err(VaultError::FailedPrecondition(format!(
             "filing job {} was cancelled by {}; create a new job",
-            job.job_id,
+            job.terms.job_id,
             job.cancelled_by.as_deref().unwrap_or("?")
         ))),
         _ => Err(VaultError::FailedPrecondition(format!(
             "filing job {} expired at {}; create a new job",
-            job.job_id,
-            clock::rfc3339(job.expires_at)
+            job.terms.job_id,
+            clock::rfc3339(job.terms.expires_at)
         ))),
     }
 }
@@ -146,20 +146,20 @@ fn check_note(note: &str) -> Result<(), VaultError> {
 /// The job as the API shows it.
 pub fn wire_job(job: &StoredJob, now: i64) -> pb::FilingJob {
     pb::FilingJob {
-        job_id: job.job_id.clone(),
-        tenant: job.tenant.clone(),
-        purpose: job.purpose.clone(),
+        job_id: job.terms.job_id.clone(),
+        tenant: job.terms.tenant.clone(),
+        purpose: job.terms.purpose.clone(),
         state: state(job, now).into(),
         tokens: job
             .tokens
             .iter()
             .map(|(token, releases)| pb::FilingJobToken { token: token.clone(), releases: *releases })
             .collect(),
-        max_releases_per_token: job.max_releases_per_token,
-        note: job.note.clone(),
-        created_by: job.created_by.clone(),
-        created_at: Some(clock::timestamp(job.created_at)),
-        expires_at: Some(clock::timestamp(job.expires_at)),
+        max_releases_per_token: job.terms.max_releases_per_token,
+        note: job.terms.note.clone(),
+        created_by: job.terms.created_by.clone(),
+        created_at: Some(clock::timestamp(job.terms.created_at)),
+        expires_at: Some(clock::timestamp(job.terms.expires_at)),
         approved_by: job.approved_by.clone().unwrap_or_default(),
         approved_at: job.approved_at.map(clock::timestamp),
         cancelled_by: job.cancelled_by.clone().unwrap_or_default(),
@@ -168,9 +168,9 @@ pub fn wire_job(job: &StoredJob, now: i64) -> pb::FilingJob {
 }
 
 fn job_draft(caller: &str, operation: Operation, job: &StoredJob) -> AuditDraft {
-    let mut draft = AuditDraft::new(caller, operation, &job.tenant);
-    draft.job_id = job.job_id.clone();
-    draft.purpose = job.purpose.clone();
+    let mut draft = AuditDraft::new(caller, operation, &job.terms.tenant);
+    draft.job_id = job.terms.job_id.clone();
+    draft.purpose = job.terms.purpose.clone();
     draft
 }
 
@@ -235,7 +235,7 @@ impl FilingService for FilingApi {
                     request.tenant
                 )));
             }
-            let job = NewJob {
+            let terms = JobTerms {
                 job_id: job_id.clone(),
                 tenant: request.tenant.clone(),
                 purpose: purpose.id().to_owned(),
@@ -244,8 +244,8 @@ impl FilingService for FilingApi {
                 created_by: caller.clone(),
                 created_at: now,
                 expires_at,
-                tokens: tokens.clone(),
             };
+            let job = NewJob { terms, tokens: tokens.clone() };
             self.ctx.store.create_job(&job, draft.clone()).await?;
             self.ctx.store.job(&job_id).await?.ok_or(VaultError::Internal)
         }
@@ -263,7 +263,7 @@ impl FilingService for FilingApi {
             self.open_job(&request, &job_id, Operation::ApproveFilingJob, &[Role::Approver], Vec::new()).await?;
         let now = clock::now_ms();
         let result = async {
-            if job.created_by == caller {
+            if job.terms.created_by == caller {
                 return Err(VaultError::PermissionDenied(format!(
                     "{caller} created filing job {job_id}, so {caller} cannot approve it; another approver must"
                 )));
@@ -279,7 +279,7 @@ impl FilingService for FilingApi {
                 }
                 _ => Some(format!(
                     "filing job {job_id} expired at {}; it cannot be approved",
-                    clock::rfc3339(job.expires_at)
+                    clock::rfc3339(job.terms.expires_at)
                 )),
             };
             if let Some(reason) = refused {
@@ -323,7 +323,7 @@ impl FilingService for FilingApi {
                             "token {token} is not listed in filing job {job_id}; only listed tokens can be released"
                         )))
                     }
-                    Some(releases) if *releases >= job.max_releases_per_token => {
+                    Some(releases) if *releases >= job.terms.max_releases_per_token => {
                         return Err(VaultError::FailedPrecondition(format!(
                             "token {token} has already been released {releases} time(s), the most filing job {job_id} allows"
                         )))
@@ -331,7 +331,7 @@ impl FilingService for FilingApi {
                     Some(_) => {}
                 }
             }
-            let keys = self.ctx.keyring.tenant_keys(&job.tenant).await?;
+            let keys = self.ctx.keyring.tenant_keys(&job.terms.tenant).await?;
             let open = |token: &str, sealed: &[u8]| {
                 let plain = keys.open(token, sealed).ok()?;
                 let digits = std::str::from_utf8(&plain).ok()?;

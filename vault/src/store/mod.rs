@@ -151,9 +151,9 @@ pub struct RecordInfo {
     pub created_at: i64,
 }
 
-/// A filing job as created.
+/// What a filing job declares when it is created; never changes afterwards.
 #[derive(Debug, Clone)]
-pub struct NewJob {
+pub struct JobTerms {
     /// Random identifier.
     pub job_id: String,
     /// Tenant.
@@ -170,6 +170,13 @@ pub struct NewJob {
     pub created_at: i64,
     /// Unix milliseconds.
     pub expires_at: i64,
+}
+
+/// A filing job as created.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// What it declares.
+    pub terms: JobTerms,
     /// Tokens, in order, without duplicates.
     pub tokens: Vec<String>,
 }
@@ -177,22 +184,8 @@ pub struct NewJob {
 /// A filing job as stored.
 #[derive(Debug, Clone)]
 pub struct StoredJob {
-    /// Random identifier.
-    pub job_id: String,
-    /// Tenant.
-    pub tenant: String,
-    /// Purpose identifier.
-    pub purpose: String,
-    /// Free text.
-    pub note: String,
-    /// Releases allowed per token.
-    pub max_releases_per_token: u32,
-    /// Creator.
-    pub created_by: String,
-    /// Unix milliseconds.
-    pub created_at: i64,
-    /// Unix milliseconds.
-    pub expires_at: i64,
+    /// What it declared.
+    pub terms: JobTerms,
     /// Approver, once approved.
     pub approved_by: Option<String>,
     /// Unix milliseconds.

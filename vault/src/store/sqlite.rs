@@ -17,8 +17,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use zeroize::Zeroizing;
 
 use super::{
-    AuditFilter, BatchItem, NewJob, NewTenant, OpenRecord, RecordInfo, Store, StoreError, StoredFormat, StoredJob,
-    StoredTenant,
+    AuditFilter, BatchItem, JobTerms, NewJob, NewTenant, OpenRecord, RecordInfo, Store, StoreError, StoredFormat,
+    StoredJob, StoredTenant,
 };
 use crate::audit::{AuditDraft, AuditRecord};
 
@@ -399,14 +399,14 @@ impl Store for SqliteStore {
             "INSERT INTO filing_jobs (job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, \
              expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(&job.job_id)
-        .bind(&job.tenant)
-        .bind(&job.purpose)
-        .bind(&job.note)
-        .bind(i64::from(job.max_releases_per_token))
-        .bind(&job.created_by)
-        .bind(job.created_at)
-        .bind(job.expires_at)
+        .bind(&job.terms.job_id)
+        .bind(&job.terms.tenant)
+        .bind(&job.terms.purpose)
+        .bind(&job.terms.note)
+        .bind(i64::from(job.terms.max_releases_per_token))
+        .bind(&job.terms.created_by)
+        .bind(job.terms.created_at)
+        .bind(job.terms.expires_at)
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
@@ -414,11 +414,11 @@ impl Store for SqliteStore {
             let offset = chunk_index * (MAX_PARAMS / 3);
             let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO filing_job_tokens (job_id, position, token) ");
             insert.push_values(chunk.iter().enumerate(), |mut row, (i, token)| {
-                row.push_bind(&job.job_id).push_bind((offset + i) as i64).push_bind(token);
+                row.push_bind(&job.terms.job_id).push_bind((offset + i) as i64).push_bind(token);
             });
             insert.build().execute(&mut *tx).await.map_err(classify)?;
         }
-        self.append(&mut tx, audit, job.created_at).await?;
+        self.append(&mut tx, audit, job.terms.created_at).await?;
         commit_audited(tx).await
     }
 
@@ -488,7 +488,7 @@ impl Store for SqliteStore {
         let job = job_in(&mut tx, job_id)
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("job {job_id} no longer exists")))?;
-        if job.cancelled_at.is_some() || job.approved_at.is_none() || job.expires_at <= now {
+        if job.cancelled_at.is_some() || job.approved_at.is_none() || job.terms.expires_at <= now {
             return Err(StoreError::Conflict(format!("job {job_id} changed while releasing; look at it again")));
         }
         for token in tokens {
@@ -497,21 +497,21 @@ impl Store for SqliteStore {
             )
             .bind(job_id)
             .bind(token)
-            .bind(i64::from(job.max_releases_per_token))
+            .bind(i64::from(job.terms.max_releases_per_token))
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
             if counted.rows_affected() != 1 {
                 return Err(StoreError::ReleaseRefused(format!(
                     "token {token} has already been released {} time(s), the most job {job_id} allows",
-                    job.max_releases_per_token
+                    job.terms.max_releases_per_token
                 )));
             }
         }
         let mut sealed = std::collections::HashMap::with_capacity(tokens.len());
         for chunk in tokens.chunks(MAX_PARAMS - 1) {
             let mut query = QueryBuilder::<Sqlite>::new("SELECT token, sealed FROM records WHERE tenant = ");
-            query.push_bind(&job.tenant).push(" AND token IN (");
+            query.push_bind(&job.terms.tenant).push(" AND token IN (");
             let mut list = query.separated(", ");
             for token in chunk {
                 list.push_bind(token);
@@ -661,14 +661,16 @@ async fn job_in(conn: &mut SqliteConnection, job_id: &str) -> Result<Option<Stor
         .map(|t| (t.get::<String, _>("token"), t.get::<i64, _>("releases") as u32))
         .collect();
     Ok(Some(StoredJob {
-        job_id: job_id.to_owned(),
-        tenant: row.get("tenant"),
-        purpose: row.get("purpose"),
-        note: row.get("note"),
-        max_releases_per_token: row.get::<i64, _>("max_releases_per_token") as u32,
-        created_by: row.get("created_by"),
-        created_at: row.get("created_at"),
-        expires_at: row.get("expires_at"),
+        terms: JobTerms {
+            job_id: job_id.to_owned(),
+            tenant: row.get("tenant"),
+            purpose: row.get("purpose"),
+            note: row.get("note"),
+            max_releases_per_token: row.get::<i64, _>("max_releases_per_token") as u32,
+            created_by: row.get("created_by"),
+            created_at: row.get("created_at"),
+            expires_at: row.get("expires_at"),
+        },
         approved_by: row.get("approved_by"),
         approved_at: row.get("approved_at"),
         cancelled_by: row.get("cancelled_by"),

@@ -111,8 +111,9 @@ impl ClientIdentity {
     pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, ClientError> {
         let read =
             |path: &Path| std::fs::read(path).map_err(|source| ClientError::Identity { path: path.to_owned(), source });
-        let key_pem = String::from_utf8_lossy(&read(key)?).into_owned();
-        Ok(Self { cert_pem: read(cert)?, key_pem: SecretString::from(key_pem), ca_pem: read(ca)? })
+        let key_bytes = zeroize::Zeroizing::new(read(key)?);
+        let key_pem = SecretString::from(String::from_utf8_lossy(&key_bytes).into_owned());
+        Ok(Self { cert_pem: read(cert)?, key_pem, ca_pem: read(ca)? })
     }
 
     /// The identity of principal `name` in a dev PKI directory

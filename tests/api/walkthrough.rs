@@ -4,7 +4,7 @@ use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn the_readme_walkthrough_works_as_written() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
 
     // Tokenize as payroll: one token per line, in order.
     let tokens =
@@ -73,6 +73,12 @@ async fn the_readme_walkthrough_works_as_written() {
         "{listing}"
     );
     assert!(listing.lines().all(|l| l.contains("\tdemo\t") && l.contains("withholding-slip")), "{listing}");
+
+    // And with the vault stopped: the same verdict, over every entry the listing added too.
+    app.stop().await;
+    let stopped = app.cli(&["audit", "verify"]).await.unwrap();
+    assert!(stopped.starts_with("audit chain intact: "), "{stopped}");
+    assert_ne!(stopped, verified, "the listing's own entries are part of the chain");
 }
 
 #[tokio::test]
@@ -100,4 +106,16 @@ async fn tokenize_from_a_file_keeps_one_line_per_input_and_fails_on_a_bad_line()
         app.cli(&["tokenize", "--as", "payroll", "--tenant", "demo", "--file", file.to_str().unwrap()]).await.unwrap();
     assert_eq!(out.lines().count(), 2);
     assert!(out.lines().all(|l| l.starts_with("mnt_")));
+}
+
+#[tokio::test]
+async fn tenant_create_takes_the_tenant_like_every_tenant_command() {
+    let app = spawn_app().await;
+    let created =
+        app.cli(&["tenant", "create", "--as", "admin", "--tenant", "acme-corp", "--display-name", "Acme"]).await;
+    assert_eq!(created.unwrap(), "acme-corp\n");
+    let token = app.cli(&["tokenize", "--as", "payroll", "--tenant", "acme-corp", "465281266333"]).await.unwrap();
+    assert!(token.starts_with("mnt_"), "{token}");
+    let refused = app.cli(&["tenant", "create", "--as", "admin", "--tenant", "Acme Corp"]).await.unwrap_err();
+    assert!(refused.to_string().contains("must be 1 to 63 lowercase letters"), "{refused}");
 }

@@ -106,6 +106,7 @@ pub enum TenantCommand {
     /// Create a tenant with its own keys (as a principal with the admin role).
     Create {
         /// Identifier: lowercase letters, digits and hyphens, e.g. acme-corp.
+        #[arg(long)]
         tenant: String,
         /// Human-readable name.
         #[arg(long, default_value = "")]

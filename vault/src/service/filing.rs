@@ -189,13 +189,8 @@ impl FilingService for FilingApi {
         let mut seen = HashSet::new();
         let tokens: Vec<String> = request.tokens.iter().filter(|t| seen.insert(t.as_str())).cloned().collect();
         let job_id = draw_job_id();
-        let draft = AuditDraft {
-            principal: caller.clone(),
-            job_id: job_id.clone(),
-            tokens: tokens.clone(),
-            record_count: tokens.len() as u64,
-            ..draft
-        };
+        let draft =
+            AuditDraft { job_id: job_id.clone(), tokens: tokens.clone(), record_count: tokens.len() as u64, ..draft };
         let now = clock::now_ms();
         let result = async {
             self.ctx.policy.require(&caller, &[Role::Requester], Some(&request.tenant))?;

@@ -2,7 +2,7 @@
 
 use mnvault_client::{ListAuditEntriesRequest, TokenFormat};
 
-use crate::helpers::{refusal, spawn_app, valid_numbers};
+use crate::helpers::{refusal, spawn_app, tokenize_fresh, valid_numbers};
 
 #[tokio::test]
 async fn every_call_allowed_or_denied_is_recorded_without_the_number() {
@@ -53,10 +53,7 @@ async fn every_call_allowed_or_denied_is_recorded_without_the_number() {
 #[tokio::test]
 async fn an_edited_audit_row_is_caught_by_verify_and_named() {
     let app = spawn_app().await;
-    let payroll = app.client("payroll").await;
-    for number in valid_numbers(5) {
-        payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
-    }
+    tokenize_fresh(&app, 5).await;
     let intact = app.cli(&["audit", "verify"]).await.unwrap();
     assert!(intact.starts_with("audit chain intact: 6 entries"), "{intact}");
     let auditor = app.client("auditor").await;
@@ -81,10 +78,7 @@ async fn an_edited_audit_row_is_caught_by_verify_and_named() {
 #[tokio::test]
 async fn a_deleted_audit_row_is_caught_by_verify() {
     let app = spawn_app().await;
-    let payroll = app.client("payroll").await;
-    for number in valid_numbers(3) {
-        payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
-    }
+    tokenize_fresh(&app, 3).await;
     let mut db = app.database().await;
     sqlx::query("DELETE FROM audit_entry_tokens WHERE seq = 2").execute(&mut db).await.unwrap();
     sqlx::query("DELETE FROM audit_entries WHERE seq = 2").execute(&mut db).await.unwrap();
@@ -97,9 +91,7 @@ async fn verify_while_the_vault_keeps_appending_reports_an_intact_chain() {
     let app = spawn_app().await;
     let payroll = app.client("payroll").await;
     // More than one page of entries.
-    for number in valid_numbers(1_100) {
-        payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
-    }
+    tokenize_fresh(&app, 1_100).await;
     let writer = tokio::spawn(async move {
         for number in valid_numbers(300) {
             payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();

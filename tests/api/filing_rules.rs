@@ -2,7 +2,7 @@
 
 use mnvault::authz::Role;
 use mnvault::config::PrincipalSettings;
-use mnvault_client::{Code, ListAuditEntriesRequest, NewFilingJob, TokenFormat, VaultClient};
+use mnvault_client::{Code, NewFilingJob, TokenFormat, VaultClient};
 use secrecy::ExposeSecret;
 use time::{Duration, OffsetDateTime};
 
@@ -11,10 +11,7 @@ use crate::helpers::{
 };
 
 async fn last_entry(app: &TestApp) -> mnvault_client::AuditEntry {
-    let auditor = app.client("auditor").await;
-    let entries = auditor.list_audit_entries(ListAuditEntriesRequest::default()).await.unwrap().entries;
-    // The listing itself is appended after it answers, so the last entry listed is the call before.
-    entries.last().cloned().expect("entries")
+    app.audit_entries().await.last().cloned().expect("entries")
 }
 
 #[tokio::test]

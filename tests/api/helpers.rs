@@ -88,6 +88,13 @@ impl TestApp {
         SqliteConnection::connect_with(&options).await.expect("open database")
     }
 
+    /// Every audit entry (first page), listed as `auditor`. The listing's own
+    /// entry is appended after it answers, so the last entry is the call before.
+    pub async fn audit_entries(&self) -> Vec<mnvault_client::AuditEntry> {
+        let request = mnvault_client::ListAuditEntriesRequest::default();
+        self.client("auditor").await.list_audit_entries(request).await.unwrap().entries
+    }
+
     /// The SQLite file.
     pub fn database_path(&self) -> PathBuf {
         self.path().join(mnvault::store::DATABASE_FILE)

@@ -162,7 +162,7 @@ async fn no_file_in_the_data_directory_holds_a_number() {
 
 #[tokio::test]
 async fn a_number_pasted_where_a_token_tenant_or_job_belongs_is_never_written_or_echoed() {
-    use mnvault_client::{ListAuditEntriesRequest, NewFilingJob};
+    use mnvault_client::NewFilingJob;
     let mut app = spawn_app().await;
     let numbers = valid_numbers(6);
     let token = app.client("payroll").await.tokenize("demo", &numbers[0], TokenFormat::Opaque).await.unwrap();
@@ -190,8 +190,7 @@ async fn a_number_pasted_where_a_token_tenant_or_job_belongs_is_never_written_or
     }
     assert!(messages.iter().any(|m| m.contains(mnvault_client::number::REDACTED)), "{messages:?}");
     // ...nor in the audit log, though every refusal is there...
-    let entries =
-        app.client("auditor").await.list_audit_entries(ListAuditEntriesRequest::default()).await.unwrap().entries;
+    let entries = app.audit_entries().await;
     let refusals = entries.iter().filter(|e| e.outcome != "ok").count();
     assert_eq!(refusals, messages.len());
     let text = format!("{entries:?}");

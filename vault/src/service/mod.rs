@@ -69,13 +69,14 @@ impl VaultContext {
 
     /// Records a refused or failed call, then turns the error into a status.
     pub async fn refuse(&self, mut draft: AuditDraft, error: VaultError) -> Status {
+        let message = error.public_message();
         draft.outcome = error.outcome();
-        draft.reason = error.public_message();
+        draft.reason = message.clone();
         if let Err(audit_error) = self.store.append_audit(draft).await {
             tracing::error!(%audit_error, "could not audit a refused call");
         }
-        tracing::info!(code = ?error.code(), reason = %error.public_message(), "call refused");
-        error.into()
+        tracing::info!(code = ?error.code(), reason = %message, "call refused");
+        Status::new(error.code(), message)
     }
 
     /// For calls that change nothing: appends `draft` when `result` is Ok (the
@@ -96,6 +97,20 @@ impl VaultContext {
         match result {
             Ok(value) => Ok(value),
             Err(error) => Err(self.refuse(draft, error).await),
+        }
+    }
+}
+
+/// Draws random identifiers until one holds no run that [`redact_numbers`]
+/// would take for a number, so redaction never hides a token or job id the
+/// vault made itself.
+///
+/// [`redact_numbers`]: mnvault_client::number::redact_numbers
+pub fn draw_without_number(draw: impl Fn() -> String) -> String {
+    loop {
+        let drawn = draw();
+        if !mnvault_client::number::contains_number(&drawn) {
+            return drawn;
         }
     }
 }

@@ -112,10 +112,7 @@ impl SqliteStore {
     /// Appends `draft` to the chain inside the caller's transaction.
     async fn append(&self, conn: &mut SqliteConnection, draft: AuditDraft, now: i64) -> Result<u64, StoreError> {
         let key = self.audit_key()?;
-        append_entry(conn, key, draft, now).await.map_err(|error| match error {
-            StoreError::Database(e) => StoreError::AuditUnwritable(e),
-            other => other,
-        })
+        append_entry(conn, key, draft, now).await.map_err(audit_failure)
     }
 }
 
@@ -172,10 +169,16 @@ async fn append_entry(
 /// full, I/O error) means the entry was not written, so it is reported as
 /// such: the call fails with UNAVAILABLE and nothing it did took effect.
 async fn commit_audited(tx: sqlx::Transaction<'static, Sqlite>) -> Result<(), StoreError> {
-    tx.commit().await.map_err(|error| match classify(error) {
+    tx.commit().await.map_err(|error| audit_failure(classify(error)))
+}
+
+/// A database error while the audit entry was being written or committed is
+/// an unwritable audit log; busy and unavailable stay what they are.
+fn audit_failure(error: StoreError) -> StoreError {
+    match error {
         StoreError::Database(error) => StoreError::AuditUnwritable(error),
         other => other,
-    })
+    }
 }
 
 fn hash_column(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {

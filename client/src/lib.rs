@@ -6,14 +6,14 @@
 //! [`ClientIdentity`] holds the caller's certificate, its key and the CA that
 //! signed the vault's certificate. There are no passwords.
 //!
-//! [`number::MyNumber`] and [`purpose::Purpose`] are the domain types the
-//! server uses too, so a client can validate input before it is sent.
+//! [`number::MyNumber`] and [`purpose::Purpose`] are re-exported from
+//! `mnvault-core`, the crate that holds the vault's rules, so a client
+//! validates input exactly as the server does before sending it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod number;
-pub mod purpose;
+pub use mnvault_core::{number, purpose};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

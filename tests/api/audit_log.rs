@@ -4,111 +4,115 @@ use mnvault_client::{ListAuditEntriesRequest, TokenFormat};
 
 use crate::helpers::{refusal, spawn_app, tokenize_fresh, valid_numbers};
 
-#[tokio::test]
-async fn every_call_allowed_or_denied_is_recorded_without_the_number() {
-    let app = spawn_app().await;
-    let number = &valid_numbers(1)[0];
-    let payroll = app.client("payroll").await;
-    let token = payroll.tokenize("demo", number, TokenFormat::Opaque).await.unwrap();
-    refusal(payroll.tokenize("demo", "12345678901a8", TokenFormat::Opaque).await);
-    refusal(app.client("filer").await.tokenize("demo", number, TokenFormat::Opaque).await);
-    payroll.describe_token("demo", &token).await.unwrap();
+on_both_backends! {
+    async fn every_call_allowed_or_denied_is_recorded_without_the_number(backend) {
+        let app = spawn_app(&backend).await;
+        let number = &valid_numbers(1)[0];
+        let payroll = app.client("payroll").await;
+        let token = payroll.tokenize("demo", number, TokenFormat::Opaque).await.unwrap();
+        refusal(payroll.tokenize("demo", "12345678901a8", TokenFormat::Opaque).await);
+        refusal(app.client("filer").await.tokenize("demo", number, TokenFormat::Opaque).await);
+        payroll.describe_token("demo", &token).await.unwrap();
 
-    let auditor = app.client("auditor").await;
-    let entries = auditor.list_audit_entries(ListAuditEntriesRequest::default()).await.unwrap().entries;
-    let calls: Vec<_> = entries
-        .iter()
-        .filter(|e| e.principal != "mnvault-init")
-        .map(|e| (e.principal.as_str(), e.operation.as_str(), e.outcome.as_str()))
-        .collect();
-    assert_eq!(
-        calls,
-        [
-            ("payroll", "token.tokenize", "ok"),
-            ("payroll", "token.tokenize", "invalid"),
-            ("filer", "token.tokenize", "denied"),
-            ("payroll", "token.describe", "ok"),
-        ]
-    );
-    assert_eq!(entries[1].tokens, std::slice::from_ref(&token));
-    for entry in &entries {
-        let text = format!("{entry:?}");
-        assert!(!text.contains(number.as_str()), "entry holds the number: {text}");
-    }
-
-    // Scoped by token: one query answers "what happened to this person's number".
-    let by_token = auditor
-        .list_audit_entries(ListAuditEntriesRequest { token: token.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .entries;
-    assert_eq!(by_token.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["token.tokenize", "token.describe"]);
-    // A tokenizer may not read the log.
-    assert_eq!(
-        refusal(payroll.list_audit_entries(ListAuditEntriesRequest::default()).await).0,
-        mnvault_client::Code::PermissionDenied
-    );
-}
-
-#[tokio::test]
-async fn an_edited_audit_row_is_caught_by_verify_and_named() {
-    let app = spawn_app().await;
-    tokenize_fresh(&app, 5).await;
-    let intact = app.cli(&["audit", "verify"]).await.unwrap();
-    assert!(intact.starts_with("audit chain intact: 6 entries"), "{intact}");
-    let auditor = app.client("auditor").await;
-    assert!(auditor.verify_audit_chain().await.unwrap().intact);
-
-    // Someone with database access hides who tokenized entry #3.
-    let mut db = app.database().await;
-    sqlx::query("UPDATE audit_entries SET principal = 'someone-else' WHERE seq = 3").execute(&mut db).await.unwrap();
-    let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
-    assert!(error.contains("entry #3"), "{error}");
-    let verdict = auditor.verify_audit_chain().await.unwrap();
-    assert!(!verdict.intact);
-    assert_eq!(verdict.first_bad_seq, 3);
-    sqlx::query("UPDATE audit_entries SET principal = 'payroll' WHERE seq = 3").execute(&mut db).await.unwrap();
-
-    // A token removed from an entry is an edit too.
-    sqlx::query("DELETE FROM audit_entry_tokens WHERE seq = 4").execute(&mut db).await.unwrap();
-    let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
-    assert!(error.contains("entry #4"), "{error}");
-}
-
-#[tokio::test]
-async fn a_deleted_audit_row_is_caught_by_verify() {
-    let app = spawn_app().await;
-    tokenize_fresh(&app, 3).await;
-    let mut db = app.database().await;
-    sqlx::query("DELETE FROM audit_entry_tokens WHERE seq = 2").execute(&mut db).await.unwrap();
-    sqlx::query("DELETE FROM audit_entries WHERE seq = 2").execute(&mut db).await.unwrap();
-    let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
-    assert!(error.contains("entry #2") && error.contains("missing"), "{error}");
-}
-
-#[tokio::test]
-async fn verify_while_the_vault_keeps_appending_reports_an_intact_chain() {
-    let app = spawn_app().await;
-    let payroll = app.client("payroll").await;
-    // More than one page of entries.
-    tokenize_fresh(&app, 1_100).await;
-    let writer = tokio::spawn(async move {
-        for number in valid_numbers(300) {
-            payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
+        let auditor = app.client("auditor").await;
+        let entries = auditor.list_audit_entries(ListAuditEntriesRequest::default()).await.unwrap().entries;
+        let calls: Vec<_> = entries
+            .iter()
+            .filter(|e| e.principal != "mnvault-init")
+            .map(|e| (e.principal.as_str(), e.operation.as_str(), e.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("payroll", "token.tokenize", "ok"),
+                ("payroll", "token.tokenize", "invalid"),
+                ("filer", "token.tokenize", "denied"),
+                ("payroll", "token.describe", "ok"),
+            ]
+        );
+        assert_eq!(entries[1].tokens, std::slice::from_ref(&token));
+        for entry in &entries {
+            let text = format!("{entry:?}");
+            assert!(!text.contains(number.as_str()), "entry holds the number: {text}");
         }
-    });
-    let auditor = app.client("auditor").await;
-    let mut verified = 0;
-    while !writer.is_finished() || verified == 0 {
-        let report = app.cli(&["audit", "verify"]).await.unwrap();
-        assert!(report.starts_with("audit chain intact: "), "{report}");
-        let verdict = auditor.verify_audit_chain().await.unwrap();
-        assert!(verdict.intact, "{verdict:?}");
-        verified += 1;
+
+        // Scoped by token: one query answers "what happened to this person's number".
+        let by_token = auditor
+            .list_audit_entries(ListAuditEntriesRequest { token: token.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .entries;
+        assert_eq!(by_token.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["token.tokenize", "token.describe"]);
+        // A tokenizer may not read the log.
+        assert_eq!(
+            refusal(payroll.list_audit_entries(ListAuditEntriesRequest::default()).await).0,
+            mnvault_client::Code::PermissionDenied
+        );
     }
-    writer.await.unwrap();
-    let report = app.cli(&["audit", "verify"]).await.unwrap();
-    // 1 (demo tenant) + 1,400 tokenizations + the verifications' own entries.
-    let entries: u64 = report.split_whitespace().nth(3).unwrap().parse().unwrap();
-    assert!(entries >= 1_401 + verified, "{report}");
+}
+
+on_both_backends! {
+    async fn an_edited_audit_row_is_caught_by_verify_and_named(backend) {
+        let app = spawn_app(&backend).await;
+        tokenize_fresh(&app, 5).await;
+        let intact = app.cli(&["audit", "verify"]).await.unwrap();
+        assert!(intact.starts_with("audit chain intact: 6 entries"), "{intact}");
+        let auditor = app.client("auditor").await;
+        assert!(auditor.verify_audit_chain().await.unwrap().intact);
+
+        // Someone with database access hides who tokenized entry #3.
+        let mut db = app.database().await;
+        db.exec("UPDATE audit_entries SET principal = 'someone-else' WHERE seq = 3").await;
+        let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
+        assert!(error.contains("entry #3"), "{error}");
+        let verdict = auditor.verify_audit_chain().await.unwrap();
+        assert!(!verdict.intact);
+        assert_eq!(verdict.first_bad_seq, 3);
+        db.exec("UPDATE audit_entries SET principal = 'payroll' WHERE seq = 3").await;
+
+        // A token removed from an entry is an edit too.
+        db.exec("DELETE FROM audit_entry_tokens WHERE seq = 4").await;
+        let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
+        assert!(error.contains("entry #4"), "{error}");
+    }
+}
+
+on_both_backends! {
+    async fn a_deleted_audit_row_is_caught_by_verify(backend) {
+        let app = spawn_app(&backend).await;
+        tokenize_fresh(&app, 3).await;
+        let mut db = app.database().await;
+        db.exec("DELETE FROM audit_entry_tokens WHERE seq = 2").await;
+        db.exec("DELETE FROM audit_entries WHERE seq = 2").await;
+        let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
+        assert!(error.contains("entry #2") && error.contains("missing"), "{error}");
+    }
+}
+
+on_both_backends! {
+    async fn verify_while_the_vault_keeps_appending_reports_an_intact_chain(backend) {
+        let app = spawn_app(&backend).await;
+        let payroll = app.client("payroll").await;
+        // More than one page of entries.
+        tokenize_fresh(&app, 1_100).await;
+        let writer = tokio::spawn(async move {
+            for number in valid_numbers(300) {
+                payroll.tokenize("demo", &number, TokenFormat::Opaque).await.unwrap();
+            }
+        });
+        let auditor = app.client("auditor").await;
+        let mut verified = 0;
+        while !writer.is_finished() || verified == 0 {
+            let report = app.cli(&["audit", "verify"]).await.unwrap();
+            assert!(report.starts_with("audit chain intact: "), "{report}");
+            let verdict = auditor.verify_audit_chain().await.unwrap();
+            assert!(verdict.intact, "{verdict:?}");
+            verified += 1;
+        }
+        writer.await.unwrap();
+        let report = app.cli(&["audit", "verify"]).await.unwrap();
+        // 1 (demo tenant) + 1,400 tokenizations + the verifications' own entries.
+        let entries: u64 = report.split_whitespace().nth(3).unwrap().parse().unwrap();
+        assert!(entries >= 1_401 + verified, "{report}");
+    }
 }

@@ -1,8 +1,17 @@
 //! The harness: every test gets its own vault, started in-process on a random
 //! loopback port with its own temporary data directory (as zero2prod's
 //! `spawn_app`), and talks to it over mutual TLS like any client.
+//!
+//! Every test runs once per backend ([`on_both_backends!`]): on SQLite in the
+//! data directory, and on a fresh PostgreSQL database of its own. PostgreSQL
+//! is found at `MNVAULT_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, the server that creates the
+//! per-test databases). Without a reachable server a local run skips the
+//! PostgreSQL half and says so once on standard error; with `CI` set it fails.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
 use mnvault::cli::{self, Cli};
@@ -14,33 +23,229 @@ use mnvault_client::{ClientError, ClientIdentity, Code, NewFilingJob, TokenForma
 use rand::Rng;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::Connection as _;
-use sqlx::SqliteConnection;
+use sqlx::{PgConnection, Row, SqliteConnection};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// Runs each `async fn name(backend) { ... }` as two tests, `name::sqlite`
+/// and `name::postgres`, from the same code.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn run($backend: $crate::helpers::Backend) $body
+
+                #[tokio::test]
+                async fn sqlite() {
+                    run($crate::helpers::Backend::Sqlite).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some(backend) = $crate::helpers::Backend::postgres().await {
+                        run(backend).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// Where a test vault keeps its data.
+#[derive(Clone)]
+pub enum Backend {
+    /// A SQLite file in the data directory.
+    Sqlite,
+    /// A fresh PostgreSQL database, dropped after the test.
+    Postgres(Arc<PgDatabase>),
+}
+
+/// The PostgreSQL server that hosts the per-test databases.
+fn postgres_server_url() -> String {
+    std::env::var("MNVAULT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl Backend {
+    /// A fresh PostgreSQL database, or `None` when no server is reachable on
+    /// a local run (said once on standard error). Under CI, a missing
+    /// server fails the test: CI must never skip the PostgreSQL half.
+    pub async fn postgres() -> Option<Backend> {
+        let server = postgres_server_url();
+        let mut admin = match PgConnection::connect(&server).await {
+            Ok(admin) => admin,
+            Err(error) if std::env::var_os("CI").is_none() => {
+                static SAID: OnceLock<()> = OnceLock::new();
+                SAID.get_or_init(|| {
+                    // Written past the test harness's capture, so a local run shows it.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "\nSKIPPED: the PostgreSQL half of the suite (no server at {server}: {error}); set \
+                         MNVAULT_TEST_POSTGRES_URL or start PostgreSQL. CI never skips it.\n"
+                    );
+                });
+                return None;
+            }
+            Err(error) => panic!("CI must run the PostgreSQL half, but {server} is unreachable: {error}"),
+        };
+        let name = format!("mnvault_test_{}", rand::thread_rng().gen::<u64>());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+        let (base, _) = server.rsplit_once('/').expect("a database URL");
+        Some(Backend::Postgres(Arc::new(PgDatabase { url: format!("{base}/{name}"), server, name })))
+    }
+
+    /// The `database.url` setting for this backend, if not the default.
+    pub fn database_url(&self) -> Option<String> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres(database) => Some(database.url.clone()),
+        }
+    }
+}
+
+/// A per-test PostgreSQL database; dropped (with its connections) when the
+/// last vault using it is gone.
+pub struct PgDatabase {
+    /// Its URL.
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, so the clean-up gets its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&server).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A direct connection to a test vault's database, for tampering tests.
+pub enum Db {
+    /// The SQLite file.
+    Sqlite(SqliteConnection),
+    /// The PostgreSQL database.
+    Postgres(PgConnection),
+}
+
+impl Db {
+    /// Runs SQL that both backends understand (literals inline).
+    pub async fn exec(&mut self, sql: &str) {
+        match self {
+            Db::Sqlite(conn) => sqlx::raw_sql(sql).execute(conn).await.map(|_| ()),
+            Db::Postgres(conn) => sqlx::raw_sql(sql).execute(conn).await.map(|_| ()),
+        }
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    }
+
+    /// The first column of the first row, as text.
+    pub async fn text(&mut self, sql: &str) -> String {
+        match self {
+            Db::Sqlite(conn) => sqlx::query(sql).fetch_one(conn).await.map(|row| row.get::<String, _>(0)),
+            Db::Postgres(conn) => sqlx::query(sql).fetch_one(conn).await.map(|row| row.get::<String, _>(0)),
+        }
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+    }
+
+    /// Makes every audit insert fail, as a full disk would.
+    pub async fn break_audit_writes(&mut self) {
+        match self {
+            Db::Sqlite(_) => {
+                self.exec(
+                    "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_entries \
+                     BEGIN SELECT RAISE(ABORT, 'audit disk full'); END",
+                )
+                .await
+            }
+            Db::Postgres(_) => {
+                self.exec(
+                    "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit disk full'; \
+                     END $$ LANGUAGE plpgsql; CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_entries \
+                     FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Undoes [`Db::break_audit_writes`].
+    pub async fn repair_audit_writes(&mut self) {
+        match self {
+            Db::Sqlite(_) => self.exec("DROP TRIGGER refuse_audit").await,
+            Db::Postgres(_) => {
+                self.exec("DROP TRIGGER refuse_audit ON audit_entries; DROP FUNCTION refuse_audit()").await
+            }
+        }
+    }
+
+    /// Takes the lock every audited write needs, and keeps it until
+    /// [`Db::release_write_lock`], as another process stuck mid-transaction would.
+    pub async fn hold_write_lock(&mut self) {
+        match self {
+            Db::Sqlite(_) => self.exec("BEGIN IMMEDIATE").await,
+            Db::Postgres(_) => self.exec("BEGIN; LOCK TABLE audit_chain_head IN ACCESS EXCLUSIVE MODE").await,
+        }
+    }
+
+    /// Ends [`Db::hold_write_lock`].
+    pub async fn release_write_lock(&mut self) {
+        self.exec("ROLLBACK").await;
+    }
+}
 
 /// A running vault and its data directory.
 pub struct TestApp {
     /// `https://127.0.0.1:<port>`.
     pub endpoint: String,
     /// The data directory (removed when the app is dropped).
-    pub data_dir: TempDir,
+    pub data_dir: Arc<TempDir>,
+    /// Where its data lives.
+    pub backend: Backend,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 /// A dev vault with the default dev configuration.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+pub async fn spawn_app(backend: &Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
 }
 
 /// A dev vault whose settings `configure` may change before it starts.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let data_dir = tempfile::tempdir().expect("temp dir");
+pub async fn spawn_app_with(backend: &Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut settings = datadir::dev_settings(data_dir.path());
     settings.listen = "127.0.0.1:0".parse().unwrap();
+    if let Some(url) = backend.database_url() {
+        settings.database.url = url;
+    }
     configure(&mut settings);
     datadir::initialise(&settings).await.expect("initialise data dir");
+    start(settings, data_dir, backend.clone()).await
+}
+
+/// A second vault process (replica) serving the same data directory's keys
+/// and the same database as `app`, on its own port. No second initialisation.
+pub async fn spawn_replica(app: &TestApp) -> TestApp {
+    let mut settings = Settings::load(app.path()).expect("settings");
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    start(settings, app.data_dir.clone(), app.backend.clone()).await
+}
+
+async fn start(settings: Settings, data_dir: Arc<TempDir>, backend: Backend) -> TestApp {
     let application = Application::build(&settings).await.expect("build vault");
     let endpoint = format!("https://127.0.0.1:{}", application.local_addr().port());
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -52,7 +257,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
             .await
             .expect("vault ran");
     });
-    TestApp { endpoint, data_dir, shutdown: Some(shutdown), server: Some(server) }
+    TestApp { endpoint, data_dir, backend, shutdown: Some(shutdown), server: Some(server) }
 }
 
 impl TestApp {
@@ -82,10 +287,17 @@ impl TestApp {
         Ok(String::from_utf8(out)?)
     }
 
-    /// A direct connection to the vault's SQLite file, for tampering tests.
-    pub async fn database(&self) -> SqliteConnection {
-        let options = SqliteConnectOptions::new().filename(self.database_path());
-        SqliteConnection::connect_with(&options).await.expect("open database")
+    /// A direct connection to the vault's database, for tampering tests.
+    pub async fn database(&self) -> Db {
+        match &self.backend {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::new().filename(self.database_path());
+                Db::Sqlite(SqliteConnection::connect_with(&options).await.expect("open database"))
+            }
+            Backend::Postgres(database) => {
+                Db::Postgres(PgConnection::connect(&database.url).await.expect("connect to the test database"))
+            }
+        }
     }
 
     /// Every audit entry (first page), listed as `auditor`. The listing's own
@@ -95,7 +307,28 @@ impl TestApp {
         self.client("auditor").await.list_audit_entries(request).await.unwrap().entries
     }
 
-    /// The SQLite file.
+    /// Every row of every table of a PostgreSQL test database, as text, with
+    /// `bytea` values (`\\x…` hex) decoded back to their bytes.
+    pub async fn database_dump(&self) -> Vec<u8> {
+        let Db::Postgres(mut conn) = self.database().await else { panic!("database_dump is for PostgreSQL") };
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        let mut dump = Vec::new();
+        for table in tables {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT t::text FROM {table} t")).fetch_all(&mut conn).await.unwrap();
+            for row in rows {
+                dump.extend(decode_bytea_hex(&row));
+                dump.push(b'\n');
+            }
+        }
+        dump
+    }
+
+    /// The SQLite file (absent on PostgreSQL).
     pub fn database_path(&self) -> PathBuf {
         self.path().join(mnvault::store::DATABASE_FILE)
     }
@@ -117,6 +350,26 @@ impl Drop for TestApp {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// `text` with every `\\x<hex>` run replaced by the bytes it encodes.
+fn decode_bytea_hex(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"\\x") {
+            let hex: Vec<u8> = bytes[i + 2..].iter().copied().take_while(u8::is_ascii_hexdigit).collect();
+            out.extend(
+                hex.chunks_exact(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap()),
+            );
+            i += 2 + hex.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// A random valid My Number, made from the check-digit rule (never a real person's on purpose).

@@ -2,10 +2,14 @@
 //! own data directory) and drives it through the client library or the CLI.
 //! One test binary, so one build and one process for the whole suite.
 
+#[macro_use]
+mod helpers;
+
 mod audit_log;
 mod filing_rules;
-mod helpers;
 mod integrity;
+mod replicas;
+mod store_conformance;
 mod tokens;
 mod transport;
 mod walkthrough;

@@ -2,120 +2,124 @@
 
 use crate::helpers::spawn_app;
 
-#[tokio::test]
-async fn the_readme_walkthrough_works_as_written() {
-    let mut app = spawn_app().await;
+on_both_backends! {
+    async fn the_readme_walkthrough_works_as_written(backend) {
+        let mut app = spawn_app(&backend).await;
 
-    // Tokenize as payroll: one token per line, in order.
-    let tokens =
-        app.cli(&["tokenize", "--as", "payroll", "--tenant", "demo", "123456789018", "6214-9832-0257"]).await.unwrap();
-    let tokens: Vec<&str> = tokens.lines().collect();
-    assert_eq!(tokens.len(), 2);
-    assert!(tokens.iter().all(|t| t.starts_with("mnt_") && t.len() == 30), "{tokens:?}");
+        // Tokenize as payroll: one token per line, in order.
+        let tokens =
+            app.cli(&["tokenize", "--as", "payroll", "--tenant", "demo", "123456789018", "6214-9832-0257"]).await.unwrap();
+        let tokens: Vec<&str> = tokens.lines().collect();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.iter().all(|t| t.starts_with("mnt_") && t.len() == 30), "{tokens:?}");
 
-    // Create a job as requester: prints the job id.
-    let job = app
-        .cli(&[
-            "job",
-            "create",
-            "--as",
-            "requester",
-            "--tenant",
-            "demo",
-            "--purpose",
-            "withholding-slip",
-            "--expires-in",
-            "2h",
-            tokens[0],
-            tokens[1],
-        ])
-        .await
-        .unwrap();
-    let job = job.trim();
-    assert!(job.starts_with("job_"), "{job}");
+        // Create a job as requester: prints the job id.
+        let job = app
+            .cli(&[
+                "job",
+                "create",
+                "--as",
+                "requester",
+                "--tenant",
+                "demo",
+                "--purpose",
+                "withholding-slip",
+                "--expires-in",
+                "2h",
+                tokens[0],
+                tokens[1],
+            ])
+            .await
+            .unwrap();
+        let job = job.trim();
+        assert!(job.starts_with("job_"), "{job}");
 
-    // Nothing is released before a second person approves.
-    let refused = app.cli(&["detokenize", "--as", "filer", "--job", job]).await.unwrap_err();
-    assert!(refused.to_string().contains("has not been approved"), "{refused}");
+        // Nothing is released before a second person approves.
+        let refused = app.cli(&["detokenize", "--as", "filer", "--job", job]).await.unwrap_err();
+        assert!(refused.to_string().contains("has not been approved"), "{refused}");
 
-    assert_eq!(app.cli(&["job", "approve", "--as", "approver", job]).await.unwrap().trim(), format!("{job}\tapproved"));
+        assert_eq!(app.cli(&["job", "approve", "--as", "approver", job]).await.unwrap().trim(), format!("{job}\tapproved"));
 
-    // Detokenize as filer: token<TAB>number, normalised to ASCII digits.
-    let released = app.cli(&["detokenize", "--as", "filer", "--job", job]).await.unwrap();
-    assert_eq!(released, format!("{}\t123456789018\n{}\t621498320257\n", tokens[0], tokens[1]));
+        // Detokenize as filer: token<TAB>number, normalised to ASCII digits.
+        let released = app.cli(&["detokenize", "--as", "filer", "--job", job]).await.unwrap();
+        assert_eq!(released, format!("{}\t123456789018\n{}\t621498320257\n", tokens[0], tokens[1]));
 
-    let shown = app.cli(&["job", "show", "--as", "requester", job]).await.unwrap();
-    assert!(shown.contains("state\tapproved"), "{shown}");
-    assert!(shown.contains(&format!("token\t{}\treleased 1/1", tokens[0])), "{shown}");
+        let shown = app.cli(&["job", "show", "--as", "requester", job]).await.unwrap();
+        assert!(shown.contains("state\tapproved"), "{shown}");
+        assert!(shown.contains(&format!("token\t{}\treleased 1/1", tokens[0])), "{shown}");
 
-    // Verify the audit log straight from the data directory while the vault runs.
-    let verified = app.cli(&["audit", "verify"]).await.unwrap();
-    assert!(verified.starts_with("audit chain intact: "), "{verified}");
+        // Verify the audit log straight from the data directory while the vault runs.
+        let verified = app.cli(&["audit", "verify"]).await.unwrap();
+        assert!(verified.starts_with("audit chain intact: "), "{verified}");
 
-    // The listing of the job tells its whole story: who did what, and what was refused.
-    let listing = app.cli(&["audit", "list", "--as", "auditor", "--job", job]).await.unwrap();
-    let story: Vec<(&str, &str, &str)> = listing
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            (fields[2], fields[4], fields[5])
-        })
-        .collect();
-    assert_eq!(
-        story,
-        [
-            ("requester", "filing.create-job", "ok"),
-            ("filer", "filing.detokenize", "denied"),
-            ("approver", "filing.approve-job", "ok"),
-            ("filer", "filing.detokenize", "ok"),
-            ("requester", "filing.get-job", "ok"),
-        ],
-        "{listing}"
-    );
-    assert!(listing.lines().all(|l| l.contains("\tdemo\t") && l.contains("withholding-slip")), "{listing}");
+        // The listing of the job tells its whole story: who did what, and what was refused.
+        let listing = app.cli(&["audit", "list", "--as", "auditor", "--job", job]).await.unwrap();
+        let story: Vec<(&str, &str, &str)> = listing
+            .lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                (fields[2], fields[4], fields[5])
+            })
+            .collect();
+        assert_eq!(
+            story,
+            [
+                ("requester", "filing.create-job", "ok"),
+                ("filer", "filing.detokenize", "denied"),
+                ("approver", "filing.approve-job", "ok"),
+                ("filer", "filing.detokenize", "ok"),
+                ("requester", "filing.get-job", "ok"),
+            ],
+            "{listing}"
+        );
+        assert!(listing.lines().all(|l| l.contains("\tdemo\t") && l.contains("withholding-slip")), "{listing}");
 
-    // And with the vault stopped: the same verdict, over every entry the listing added too.
-    app.stop().await;
-    let stopped = app.cli(&["audit", "verify"]).await.unwrap();
-    assert!(stopped.starts_with("audit chain intact: "), "{stopped}");
-    assert_ne!(stopped, verified, "the listing's own entries are part of the chain");
+        // And with the vault stopped: the same verdict, over every entry the listing added too.
+        app.stop().await;
+        let stopped = app.cli(&["audit", "verify"]).await.unwrap();
+        assert!(stopped.starts_with("audit chain intact: "), "{stopped}");
+        assert_ne!(stopped, verified, "the listing's own entries are part of the chain");
+    }
 }
 
-#[tokio::test]
-async fn job_purposes_lists_every_lawful_purpose_with_its_japanese_name() {
-    let app = spawn_app().await;
-    let listed = app.cli(&["job", "purposes"]).await.unwrap();
-    assert_eq!(listed.lines().count(), mnvault_client::purpose::Purpose::ALL.len());
-    assert!(listed.contains("withholding-slip\t給与所得の源泉徴収票\t税務署"), "{listed}");
-    let from_server = app.client("requester").await.list_purposes().await.unwrap();
-    assert_eq!(from_server.len(), mnvault_client::purpose::Purpose::ALL.len());
+on_both_backends! {
+    async fn job_purposes_lists_every_lawful_purpose_with_its_japanese_name(backend) {
+        let app = spawn_app(&backend).await;
+        let listed = app.cli(&["job", "purposes"]).await.unwrap();
+        assert_eq!(listed.lines().count(), mnvault_client::purpose::Purpose::ALL.len());
+        assert!(listed.contains("withholding-slip\t給与所得の源泉徴収票\t税務署"), "{listed}");
+        let from_server = app.client("requester").await.list_purposes().await.unwrap();
+        assert_eq!(from_server.len(), mnvault_client::purpose::Purpose::ALL.len());
+    }
 }
 
-#[tokio::test]
-async fn tokenize_from_a_file_keeps_one_line_per_input_and_fails_on_a_bad_line() {
-    let app = spawn_app().await;
-    let file = app.path().join("numbers.txt");
-    std::fs::write(&file, "123456789018\n６２１４９８３２０２５７\n12345678901a8\n").unwrap();
-    let error = app
-        .cli(&["tokenize", "--as", "payroll", "--tenant", "demo", "--file", file.to_str().unwrap()])
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("1 of 3 numbers were refused"), "{error}");
-    std::fs::write(&file, "123456789018\n６２１４９８３２０２５７\n").unwrap();
-    let out =
-        app.cli(&["tokenize", "--as", "payroll", "--tenant", "demo", "--file", file.to_str().unwrap()]).await.unwrap();
-    assert_eq!(out.lines().count(), 2);
-    assert!(out.lines().all(|l| l.starts_with("mnt_")));
+on_both_backends! {
+    async fn tokenize_from_a_file_keeps_one_line_per_input_and_fails_on_a_bad_line(backend) {
+        let app = spawn_app(&backend).await;
+        let file = app.path().join("numbers.txt");
+        std::fs::write(&file, "123456789018\n６２１４９８３２０２５７\n12345678901a8\n").unwrap();
+        let error = app
+            .cli(&["tokenize", "--as", "payroll", "--tenant", "demo", "--file", file.to_str().unwrap()])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("1 of 3 numbers were refused"), "{error}");
+        std::fs::write(&file, "123456789018\n６２１４９８３２０２５７\n").unwrap();
+        let out =
+            app.cli(&["tokenize", "--as", "payroll", "--tenant", "demo", "--file", file.to_str().unwrap()]).await.unwrap();
+        assert_eq!(out.lines().count(), 2);
+        assert!(out.lines().all(|l| l.starts_with("mnt_")));
+    }
 }
 
-#[tokio::test]
-async fn tenant_create_takes_the_tenant_like_every_tenant_command() {
-    let app = spawn_app().await;
-    let created =
-        app.cli(&["tenant", "create", "--as", "admin", "--tenant", "acme-corp", "--display-name", "Acme"]).await;
-    assert_eq!(created.unwrap(), "acme-corp\n");
-    let token = app.cli(&["tokenize", "--as", "payroll", "--tenant", "acme-corp", "465281266333"]).await.unwrap();
-    assert!(token.starts_with("mnt_"), "{token}");
-    let refused = app.cli(&["tenant", "create", "--as", "admin", "--tenant", "Acme Corp"]).await.unwrap_err();
-    assert!(refused.to_string().contains("must be 1 to 63 lowercase letters"), "{refused}");
+on_both_backends! {
+    async fn tenant_create_takes_the_tenant_like_every_tenant_command(backend) {
+        let app = spawn_app(&backend).await;
+        let created =
+            app.cli(&["tenant", "create", "--as", "admin", "--tenant", "acme-corp", "--display-name", "Acme"]).await;
+        assert_eq!(created.unwrap(), "acme-corp\n");
+        let token = app.cli(&["tokenize", "--as", "payroll", "--tenant", "acme-corp", "465281266333"]).await.unwrap();
+        assert!(token.starts_with("mnt_"), "{token}");
+        let refused = app.cli(&["tenant", "create", "--as", "admin", "--tenant", "Acme Corp"]).await.unwrap_err();
+        assert!(refused.to_string().contains("1 to 63 lowercase letters"), "{refused}");
+    }
 }

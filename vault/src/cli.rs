@@ -20,7 +20,6 @@ use time::OffsetDateTime;
 
 use crate::config::Settings;
 use crate::datadir::{self, DEV_PKI_DIR};
-use crate::service::verify_chain;
 use crate::startup::{self, Application};
 use crate::store::OpenMode;
 
@@ -35,6 +34,11 @@ pub struct Cli {
     /// also finds the dev identities.
     #[arg(long, global = true, env = "MNVAULT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+
+    /// The database (serve, init, audit verify): a SQLite file or a
+    /// `postgres://` URL. Overrides `database.url` in the configuration.
+    #[arg(long, global = true, env = "MNVAULT__DATABASE__URL", value_name = "URL")]
+    pub database_url: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -238,10 +242,14 @@ impl Connection {
 /// Runs a parsed command, writing its output to `out`.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let data_dir = cli.data_dir;
+    let database_url = cli.database_url;
     match cli.command {
-        Command::Serve { dev, listen } => serve(&data_dir, dev, listen).await,
+        Command::Serve { dev, listen } => serve(&data_dir, database_url, dev, listen).await,
         Command::Init => {
-            let settings = datadir::production_settings(&data_dir);
+            let mut settings = datadir::production_settings(&data_dir);
+            if let Some(url) = database_url {
+                settings.database.url = url;
+            }
             datadir::initialise(&settings).await?;
             writeln!(out, "initialised {}", data_dir.display())?;
             writeln!(
@@ -281,7 +289,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { command } => match command {
-            AuditCommand::Verify => audit_verify(&data_dir, out).await,
+            AuditCommand::Verify => audit_verify(&data_dir, database_url, out).await,
             AuditCommand::List { tenant, token, job, operation, connection } => {
                 let client = connection.connect(&data_dir).await?;
                 let mut request = ListAuditEntriesRequest {
@@ -325,11 +333,25 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(data_dir: &Path, dev: bool, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+/// The settings of `data_dir`, with `--database-url` over the file's.
+fn load_settings(data_dir: &Path, database_url: Option<String>) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(data_dir)?;
+    if let Some(url) = database_url {
+        settings.database.url = url;
+    }
+    Ok(settings)
+}
+
+async fn serve(
+    data_dir: &Path,
+    database_url: Option<String>,
+    dev: bool,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let mut settings = if dev {
-        datadir::ensure_dev(data_dir).await?
+        datadir::ensure_dev(data_dir, database_url.as_deref()).await?
     } else {
-        let settings = Settings::load(data_dir)?;
+        let settings = load_settings(data_dir, database_url)?;
         if settings.dev {
             bail!("{} holds a dev vault; start it with --dev", data_dir.display());
         }
@@ -521,14 +543,24 @@ fn write_job(job: &FilingJob, out: &mut (dyn Write + Send)) -> std::io::Result<(
     Ok(())
 }
 
-async fn audit_verify(data_dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let settings = Settings::load(data_dir)?;
+async fn audit_verify(
+    data_dir: &Path,
+    database_url: Option<String>,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let settings = load_settings(data_dir, database_url)?;
     let provider = startup::root_key_provider(&settings)?;
-    let (store, key) = startup::open_store(&settings, provider.as_ref(), OpenMode::Review).await?;
-    let (head_seq, _) = crate::store::Store::audit_head(store.as_ref()).await?;
-    let bar = progress_bar(head_seq, head_seq > 10_000);
-    let verdict = verify_chain(store.as_ref(), &key, |checked| bar.set_position(checked)).await;
-    bar.finish_and_clear();
+    let store = startup::open_store(&settings, OpenMode::Review).await?;
+    let verdict = async {
+        let key = mnvault_core::keyring::load_audit_key(store.as_ref(), provider.as_ref()).await?;
+        let head = store.begin_read().await?.audit_head().await?;
+        let bar = progress_bar(head.seq, head.seq > 10_000);
+        let verdict =
+            mnvault_core::vault::verify_chain(store.as_ref(), &key, |checked| bar.set_position(checked)).await;
+        bar.finish_and_clear();
+        anyhow::Ok(verdict?)
+    }
+    .await;
     store.close().await;
     match verdict? {
         Ok(chain) => {

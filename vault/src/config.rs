@@ -1,7 +1,7 @@
 //! Typed configuration: `<data-dir>/mnvault.toml`, overridden by environment
 //! variables `MNVAULT__<SECTION>__<KEY>` (e.g. `MNVAULT__LISTEN=127.0.0.1:0`,
-//! `MNVAULT__DATABASE__WRITE_TIMEOUT_MS=2000`). Relative paths are relative to
-//! the data directory.
+//! `MNVAULT__DATABASE__URL=postgres://vault@db/mnvault`). Relative paths are
+//! relative to the data directory.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::authz::Role;
+pub use mnvault_core::authz::PrincipalSettings;
+
+use crate::store::DatabaseLocation;
 
 /// Name of the configuration file inside the data directory.
 pub const CONFIG_FILE: &str = "mnvault.toml";
@@ -47,13 +49,14 @@ pub struct RootKeySettings {
     pub file: PathBuf,
 }
 
-/// The embedded SQLite database.
+/// The database: SQLite (embedded default) or PostgreSQL (several replicas).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// Path of the SQLite file.
-    #[serde(default = "default_database_file")]
-    pub sqlite_file: PathBuf,
+    /// A SQLite file (path, relative to the data directory) or a
+    /// `postgres://` URL.
+    #[serde(default = "default_database_url", alias = "sqlite_file")]
+    pub url: String,
     /// How long a write may wait for the database before the call fails.
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
@@ -61,12 +64,12 @@ pub struct DatabaseSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { sqlite_file: default_database_file(), write_timeout_ms: default_write_timeout_ms() }
+        Self { url: default_database_url(), write_timeout_ms: default_write_timeout_ms() }
     }
 }
 
-fn default_database_file() -> PathBuf {
-    PathBuf::from(crate::store::DATABASE_FILE)
+fn default_database_url() -> String {
+    crate::store::DATABASE_FILE.to_owned()
 }
 
 fn default_write_timeout_ms() -> u64 {
@@ -90,16 +93,6 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// CA whose client certificates are accepted.
     pub client_ca: PathBuf,
-}
-
-/// What one principal may do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrincipalSettings {
-    /// Its roles.
-    pub roles: Vec<Role>,
-    /// Tenants it may act on; `"*"` means all.
-    pub tenants: Vec<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -146,6 +139,11 @@ impl Settings {
         let text = toml::to_string_pretty(self)
             .map_err(|e| ConfigError::Write { path: path.clone(), reason: e.to_string() })?;
         std::fs::write(&path, text).map_err(|e| ConfigError::Write { path, reason: e.to_string() })
+    }
+
+    /// Where the database is.
+    pub fn database(&self) -> DatabaseLocation {
+        DatabaseLocation::parse(&self.database.url, &self.data_dir)
     }
 
     /// A path of the configuration, resolved against the data directory.

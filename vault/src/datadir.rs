@@ -6,24 +6,32 @@
 //!   mnvault.toml         configuration
 //!   root.key             root key file, mode 0600 (production: keep it elsewhere, or in an HSM)
 //!   vault.db, -wal, -shm SQLite database: sealed records, jobs, audit log
+//!                        (absent when `database.url` names PostgreSQL)
 //!   dev-pki/             dev only: ca.pem, server.crt/key, <principal>.crt/key
 //! ```
+//!
+//! Initialising writes the schema and the audit-chain key into the database.
+//! A PostgreSQL database is initialised once; further replicas only serve it.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use mnvault_core::audit::{AuditDraft, Operation};
+use mnvault_core::authz::{Policy, Role};
+use mnvault_core::id::{Principal, TenantId};
+use mnvault_core::keyring::{create_audit_key, AuditKeyError};
+use mnvault_core::text::FreeText;
+use mnvault_core::VaultCore;
 use mnvault_keys::{RootKeyFile, RootKeyProvider};
 
-use crate::audit::{AuditDraft, Operation};
-use crate::authz::Role;
-use crate::clock;
 use crate::config::{
     ConfigError, DatabaseSettings, PrincipalSettings, RootKeySettings, Settings, TlsSettings, CONFIG_FILE,
 };
 use crate::dev_pki::{self, PkiError, DEV_PRINCIPALS};
-use crate::keyring::{create_audit_key, new_tenant, AuditKeyError};
-use crate::store::{OpenMode, SqliteStore, Store, StoreError};
+use crate::store::{OpenMode, StoreError};
 
 /// Root key file name inside the data directory.
 pub const ROOT_KEY_FILE: &str = "root.key";
@@ -71,7 +79,7 @@ pub enum InitError {
     Config(#[from] ConfigError),
     /// The dev tenant could not be created.
     #[error("cannot create the dev tenant: {0}")]
-    Tenant(String),
+    Tenant(#[from] mnvault_core::VaultError),
 }
 
 /// Whether `data_dir` holds an initialised vault.
@@ -127,9 +135,9 @@ pub fn production_settings(data_dir: &Path) -> Settings {
     }
 }
 
-/// Initialises `data_dir` with `settings`: root key, database, audit key and,
-/// for a dev vault, the dev PKI and the `demo` tenant. The configuration is
-/// written last, so a directory without it is not a vault.
+/// Initialises `data_dir` with `settings`: root key, database schema, audit
+/// key and, for a dev vault, the dev PKI and the `demo` tenant. The
+/// configuration is written last, so a directory without it is not a vault.
 pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
     let data_dir = &settings.data_dir;
     if is_initialised(data_dir) {
@@ -143,42 +151,57 @@ pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
     // An existing directory keeps its mode from DirBuilder; tighten it.
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|source| InitError::Io { path: data_dir.clone(), source })?;
-    let provider = RootKeyFile::create(&settings.resolve(&settings.root_key.file))?;
-    let store = SqliteStore::open(
-        &settings.resolve(&settings.database.sqlite_file),
-        OpenMode::Initialise,
-        settings.database.write_timeout(),
-    )
-    .await?;
-    let now = clock::now_ms();
-    create_audit_key(&store, &provider, now).await?;
+    let provider: Arc<dyn RootKeyProvider> = Arc::new(RootKeyFile::create(&settings.resolve(&settings.root_key.file))?);
+    let location = settings.database();
+    let store = crate::store::open(&location, OpenMode::Initialise, settings.database.write_timeout()).await?;
+    let now = mnvault_core::clock::now_ms();
+    let created = create_audit_key(store.as_ref(), provider.as_ref(), now).await;
+    if let Err(error) = created {
+        store.close().await;
+        return Err(error.into());
+    }
     if settings.dev {
         dev_pki::create_dev_pki(&data_dir.join(DEV_PKI_DIR), &DEV_PRINCIPALS)?;
-        let audit_key = crate::keyring::load_audit_key(&store, &provider).await?;
-        store.set_audit_key(std::sync::Arc::new(audit_key));
-        create_dev_tenant(&store, &provider, now).await?;
+        create_dev_tenant(store.clone(), provider).await?;
     }
     store.close().await;
     settings.save()?;
     Ok(())
 }
 
-async fn create_dev_tenant(store: &SqliteStore, provider: &dyn RootKeyProvider, now: i64) -> Result<(), InitError> {
-    let tenant =
-        new_tenant(provider, DEV_TENANT, "Demo tenant (dev)", now).map_err(|e| InitError::Tenant(e.to_string()))?;
-    let draft = AuditDraft::new(INIT_PRINCIPAL, Operation::CreateTenant, DEV_TENANT);
-    store.create_tenant(&tenant, draft).await?;
+/// Creates the `demo` tenant as [`INIT_PRINCIPAL`], granted the admin role
+/// for this one call.
+async fn create_dev_tenant(
+    store: Arc<dyn crate::store::Store>,
+    provider: Arc<dyn RootKeyProvider>,
+) -> Result<(), InitError> {
+    let init = Principal::parse(INIT_PRINCIPAL).expect("a valid principal");
+    let grant = PrincipalSettings { roles: vec![Role::Admin], tenants: vec!["*".into()] };
+    let policy = Policy::new(&BTreeMap::from([(INIT_PRINCIPAL.to_owned(), grant)]));
+    let core = VaultCore::open(store, provider, policy).await?;
+    let tenant = TenantId::parse(DEV_TENANT).expect("a valid tenant");
+    let name = FreeText::parse("Demo tenant (dev)", "display name").expect("valid text");
+    let draft = AuditDraft::by(&init, Operation::CreateTenant, Some(&tenant));
+    core.create_tenant(&init, &tenant, name, &draft).await?;
     Ok(())
 }
 
-/// The settings of the dev vault in `data_dir`, initialising it on first use.
-pub async fn ensure_dev(data_dir: &Path) -> Result<Settings, InitError> {
+/// The settings of the dev vault in `data_dir`, initialising it on first use
+/// (with its data in `database_url` when given, else in SQLite beside it).
+pub async fn ensure_dev(data_dir: &Path, database_url: Option<&str>) -> Result<Settings, InitError> {
     if !is_initialised(data_dir) {
-        initialise(&dev_settings(data_dir)).await?;
+        let mut settings = dev_settings(data_dir);
+        if let Some(url) = database_url {
+            settings.database.url = url.to_owned();
+        }
+        initialise(&settings).await?;
     }
-    let settings = Settings::load(data_dir)?;
+    let mut settings = Settings::load(data_dir)?;
     if !settings.dev {
         return Err(InitError::NotDev(data_dir.to_owned()));
+    }
+    if let Some(url) = database_url {
+        settings.database.url = url.to_owned();
     }
     Ok(settings)
 }

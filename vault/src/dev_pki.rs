@@ -122,35 +122,6 @@ pub enum PkiError {
         #[source]
         source: rcgen::Error,
     },
-
-    /// The bytes are not a single DER-encoded X.509 certificate.
-    #[error("the client certificate is not a valid DER X.509 certificate: {reason}")]
-    CertificateParse {
-        /// What the parser objected to.
-        reason: String,
-    },
-
-    /// The certificate subject has no Common Name, so it names no principal.
-    #[error("the client certificate's subject has no Common Name (CN); reissue it with CN set to the principal name")]
-    MissingCommonName,
-
-    /// The certificate subject has more than one Common Name, so the principal is ambiguous.
-    #[error("the client certificate's subject has more than one Common Name (CN); reissue it with exactly one CN, the principal name")]
-    MultipleCommonNames,
-
-    /// The certificate subject's Common Name is empty.
-    #[error(
-        "the client certificate's subject Common Name (CN) is empty; reissue it with CN set to the principal name"
-    )]
-    EmptyCommonName,
-
-    /// The Common Name is not a UTF-8 (or ASCII) string type, or is malformed UTF-8.
-    #[error("the client certificate's subject Common Name (CN) is not valid UTF-8; reissue it with the CN as a UTF8String or PrintableString")]
-    CommonNameNotUtf8,
-
-    /// The Common Name contains control characters, which have no place in a principal name.
-    #[error("the client certificate's subject Common Name (CN) contains control characters; reissue it with a plain principal name")]
-    CommonNameControlCharacters,
 }
 
 /// Creates `dir` (mode 0700) and writes a fresh CA (ca.pem, ca.key), a server certificate for localhost / 127.0.0.1 / ::1 (server.crt, server.key) and one client certificate per principal (`<name>.crt`, `<name>.key`), all signed by the CA. Refuses if `dir` already contains ca.pem (PkiError::AlreadyExists).
@@ -230,36 +201,6 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
         write_new_file(&dir.join(name), contents, if *secret { 0o600 } else { 0o644 })?;
     }
     Ok(())
-}
-
-/// The principal named by a client certificate (DER): its subject Common Name. Errors if the certificate does not parse or has no / an empty / non-UTF-8 CN, or more than one CN.
-///
-/// Also rejects trailing bytes after the certificate and Common Names that
-/// contain control characters (they would otherwise end up in audit logs).
-/// This does not verify the certificate; the TLS layer has done that by the
-/// time a principal is looked up.
-pub fn principal_from_certificate(der: &[u8]) -> Result<String, PkiError> {
-    let (rest, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::CertificateParse { reason: e.to_string() })?;
-    if !rest.is_empty() {
-        return Err(PkiError::CertificateParse {
-            reason: format!("{} unexpected bytes after the certificate", rest.len()),
-        });
-    }
-
-    let mut common_names = cert.subject().iter_common_name();
-    let cn = common_names.next().ok_or(PkiError::MissingCommonName)?;
-    if common_names.next().is_some() {
-        return Err(PkiError::MultipleCommonNames);
-    }
-    let name = cn.as_str().map_err(|_| PkiError::CommonNameNotUtf8)?;
-    if name.is_empty() {
-        return Err(PkiError::EmptyCommonName);
-    }
-    if name.chars().any(char::is_control) {
-        return Err(PkiError::CommonNameControlCharacters);
-    }
-    Ok(name.to_owned())
 }
 
 fn validate_principals(principals: &[&str]) -> Result<(), PkiError> {
@@ -390,13 +331,6 @@ mod tests {
         (tmp, dir)
     }
 
-    fn cert_with_subject(dn: DistinguishedName) -> Vec<u8> {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn;
-        params.self_signed(&key).unwrap().der().to_vec()
-    }
-
     #[test]
     fn writes_every_file_with_the_documented_names() {
         let (_tmp, dir) = fresh_pki();
@@ -512,7 +446,7 @@ mod tests {
         let (_tmp, dir) = fresh_pki();
         for name in DEV_PRINCIPALS {
             let der = read_der(&dir.join(client_cert_file(name)));
-            assert_eq!(principal_from_certificate(&der).unwrap(), name);
+            assert_eq!(crate::identity::principal_from_certificate(&der).unwrap().as_str(), name);
         }
     }
 
@@ -584,44 +518,5 @@ mod tests {
         let ca1_der = read_der(&dir1.join(CA_CERT_FILE));
         let admin2_der = read_der(&dir2.join(client_cert_file("admin")));
         assert!(parse(&admin2_der).verify_signature(Some(parse(&ca1_der).public_key())).is_err());
-    }
-
-    #[test]
-    fn garbage_is_not_a_certificate() {
-        for bytes in [&b""[..], b"not a certificate", &[0x30, 0x82, 0xff, 0xff, 0x00]] {
-            assert!(matches!(principal_from_certificate(bytes), Err(PkiError::CertificateParse { .. })), "{bytes:?}");
-        }
-        let (_tmp, dir) = fresh_pki();
-        let mut der = read_der(&dir.join(client_cert_file("admin")));
-        der.push(0);
-        assert!(matches!(principal_from_certificate(&der), Err(PkiError::CertificateParse { .. })));
-    }
-
-    #[test]
-    fn unusable_common_names_are_rejected() {
-        let mut none = DistinguishedName::new();
-        none.push(DnType::OrganizationName, "mnvault");
-        assert!(matches!(principal_from_certificate(&cert_with_subject(none)), Err(PkiError::MissingCommonName)));
-
-        let mut empty = DistinguishedName::new();
-        empty.push(DnType::CommonName, "");
-        assert!(matches!(principal_from_certificate(&cert_with_subject(empty)), Err(PkiError::EmptyCommonName)));
-
-        // rcgen keeps one value per DnType, so spell the second CN by OID.
-        let mut two = DistinguishedName::new();
-        two.push(DnType::CommonName, "admin");
-        two.push(DnType::CustomDnType(vec![2, 5, 4, 3]), "auditor");
-        assert!(matches!(principal_from_certificate(&cert_with_subject(two)), Err(PkiError::MultipleCommonNames)));
-
-        let mut bmp = DistinguishedName::new();
-        bmp.push(DnType::CommonName, rcgen::DnValue::BmpString("admin".try_into().unwrap()));
-        assert!(matches!(principal_from_certificate(&cert_with_subject(bmp)), Err(PkiError::CommonNameNotUtf8)));
-
-        let mut control = DistinguishedName::new();
-        control.push(DnType::CommonName, "admin\nrole=auditor");
-        assert!(matches!(
-            principal_from_certificate(&cert_with_subject(control)),
-            Err(PkiError::CommonNameControlCharacters)
-        ));
     }
 }

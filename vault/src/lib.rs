@@ -6,23 +6,21 @@
 //! approved filing job, and every call is written to a hash-chained audit log
 //! that never holds a number.
 //!
-//! Layout: [`startup`] builds and runs the server; [`service`] holds the gRPC
-//! handlers; [`store`] is persistence behind one trait; [`keyring`] unwraps
-//! tenant keys; [`audit`] defines entries and the chain; [`authz`] the access
-//! policy; [`datadir`] initialises a data directory; [`cli`] is the `mnvault`
-//! command line. Crypto lives in the `mnvault-keys` crate.
+//! Layout: every rule lives in the `mnvault-core` crate. Here, [`startup`]
+//! builds and runs the server; [`service`] translates gRPC to the core;
+//! [`store`] implements the core's store contract on SQLite and PostgreSQL;
+//! [`identity`] names the caller from its certificate; [`datadir`]
+//! initialises a data directory; [`cli`] is the `mnvault` command line.
+//! Crypto lives in the `mnvault-keys` crate.
 
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod authz;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod datadir;
 pub mod dev_pki;
 pub mod error;
-pub mod keyring;
+pub mod identity;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -1,5 +1,6 @@
-//! Building and running the server: [`Application::build`] opens the store,
-//! loads the keys, binds the listener (port 0 picks a free port, and
+//! Building and running the server: [`Application::build`] opens the store
+//! the configuration names (SQLite or PostgreSQL), loads the keys, binds the
+//! listener (port 0 picks a free port, and
 //! [`Application::local_addr`] reports it) and wires the services behind
 //! mutual TLS; [`Application::run_until_stopped`] serves until the shutdown
 //! future completes.
@@ -16,11 +17,13 @@ use mnvault_proto::v1::token_service_server::TokenServiceServer;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::authz::Policy;
+use mnvault_core::authz::Policy;
+use mnvault_core::keyring::AuditKeyError;
+use mnvault_core::VaultCore;
+
 use crate::config::Settings;
-use crate::keyring::{load_audit_key, AuditKeyError, Keyring};
 use crate::service::{AdminApi, AuditApi, FilingApi, TokenApi, VaultContext};
-use crate::store::{OpenMode, SqliteStore, Store, StoreError};
+use crate::store::{OpenMode, Store, StoreError};
 
 /// Why the vault could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +34,7 @@ pub enum StartupError {
     DevNotLoopback(SocketAddr),
     /// The database file does not exist.
     #[error("no database at {0}; initialise the data directory with `mnvault init` (or `mnvault serve --dev`)")]
-    NoDatabase(std::path::PathBuf),
+    NoDatabase(String),
     /// The root key file could not be opened.
     #[error(transparent)]
     RootKey(#[from] mnvault_keys::KeyError),
@@ -64,20 +67,20 @@ pub fn root_key_provider(settings: &Settings) -> Result<Arc<dyn RootKeyProvider>
     Ok(Arc::new(RootKeyFile::open(&settings.resolve(&settings.root_key.file))?))
 }
 
-/// Opens the store the settings name, with the audit key loaded.
-pub async fn open_store(
-    settings: &Settings,
-    provider: &dyn RootKeyProvider,
-    mode: OpenMode,
-) -> Result<(Arc<SqliteStore>, Arc<mnvault_keys::AuditChainKey>), StartupError> {
-    let path = settings.resolve(&settings.database.sqlite_file);
-    if !path.exists() {
-        return Err(StartupError::NoDatabase(path));
+/// Opens the store the settings name.
+pub async fn open_store(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>, StartupError> {
+    let location = settings.database();
+    if mode != OpenMode::Initialise && !location.may_exist() {
+        return Err(StartupError::NoDatabase(location.describe()));
     }
-    let store = Arc::new(SqliteStore::open(&path, mode, settings.database.write_timeout()).await?);
-    let audit_key = Arc::new(load_audit_key(store.as_ref(), provider).await?);
-    store.set_audit_key(audit_key.clone());
-    Ok((store, audit_key))
+    Ok(crate::store::open(&location, mode, settings.database.write_timeout()).await?)
+}
+
+/// The core over the store the settings name, its audit key loaded.
+pub async fn open_core(settings: &Settings, mode: OpenMode) -> Result<VaultCore, StartupError> {
+    let provider = root_key_provider(settings)?;
+    let store = open_store(settings, mode).await?;
+    Ok(VaultCore::open(store, provider, Policy::new(&settings.principals)).await?)
 }
 
 /// A vault ready to serve.
@@ -86,7 +89,7 @@ pub struct Application {
     incoming: TcpIncoming,
     tls: ServerTlsConfig,
     context: Arc<VaultContext>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
 }
 
 impl Application {
@@ -95,15 +98,9 @@ impl Application {
         if settings.dev && !settings.listen.ip().is_loopback() {
             return Err(StartupError::DevNotLoopback(settings.listen));
         }
-        let provider = root_key_provider(settings)?;
-        let (store, audit_key) = open_store(settings, provider.as_ref(), OpenMode::Serve).await?;
-        let shared: Arc<dyn Store> = store.clone();
-        let context = Arc::new(VaultContext {
-            store: shared.clone(),
-            keyring: Keyring::new(provider.clone(), shared),
-            policy: Policy::new(&settings.principals),
-            audit_key,
-        });
+        let core = open_core(settings, OpenMode::Serve).await?;
+        let store = core.store().clone();
+        let context = Arc::new(VaultContext { core });
         let read = |path: &std::path::Path| {
             let path = settings.resolve(path);
             std::fs::read(&path).map_err(|source| StartupError::TlsFile { path, source })
@@ -118,7 +115,7 @@ impl Application {
         let local_addr = incoming
             .local_addr()
             .map_err(|e| StartupError::Transport { address: settings.listen.to_string(), source: e.into() })?;
-        tracing::info!(%local_addr, root_key = %provider.describe(), "vault ready");
+        tracing::info!(%local_addr, database = %settings.database().describe(), "vault ready");
         Ok(Self { local_addr, incoming, tls, context, store })
     }
 

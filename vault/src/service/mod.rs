@@ -1,91 +1,80 @@
-//! The gRPC services. Each handler: identifies the caller from its client
-//! certificate, checks the policy, validates, acts, and makes sure the call is
-//! in the audit log, allowed or refused. Calls that change state append their
-//! entry inside the store transaction; refusals append one of their own.
+//! The gRPC services: they only translate. Each handler authenticates the
+//! caller from its client certificate, parses what the request holds into the
+//! core's types (a field that does not parse is refused without being
+//! repeated), calls [`VaultCore`], and turns the answer or the refusal into
+//! protobuf. Every outcome is audited: calls that change state append their
+//! entry inside the core's transaction; everything else goes through
+//! [`VaultContext::audited`] or [`VaultContext::refuse`].
 
 mod admin;
 mod audit_review;
 mod filing;
 mod token;
+mod wire;
 
 pub use admin::AdminApi;
-pub use audit_review::{verify_chain, AuditApi};
+pub use audit_review::AuditApi;
 pub use filing::FilingApi;
 pub use token::TokenApi;
 
 use std::sync::Arc;
 
+use mnvault_core::audit::AuditDraft;
+use mnvault_core::id::Principal;
+use mnvault_core::VaultCore;
 use tonic::{Request, Status};
 
-use crate::audit::AuditDraft;
-use crate::authz::Policy;
-use crate::dev_pki::principal_from_certificate;
-use crate::error::VaultError;
-use crate::keyring::Keyring;
-use crate::store::Store;
+use crate::error::{status, VaultError};
+use crate::identity::principal_from_certificate;
 
 /// What every service shares.
 pub struct VaultContext {
-    /// Persistence.
-    pub store: Arc<dyn Store>,
-    /// Tenant keys.
-    pub keyring: Keyring,
-    /// Who may do what.
-    pub policy: Policy,
-    /// The audit-chain key, for verification.
-    pub audit_key: Arc<mnvault_keys::AuditChainKey>,
+    /// The rules and the store.
+    pub core: VaultCore,
 }
 
-/// Principal recorded for a caller without a usable certificate.
-const UNAUTHENTICATED: &str = "(unauthenticated)";
-
 impl VaultContext {
-    /// The caller's principal: the common name of its client certificate.
-    pub fn caller<T>(&self, request: &Request<T>) -> Result<String, VaultError> {
-        let certs = request
+    /// The caller's principal, from its client certificate.
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<Principal, VaultError> {
+        let leaf = request
             .peer_certs()
-            .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
-        let leaf = certs
-            .first()
+            .and_then(|certs| certs.first().cloned())
             .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
         principal_from_certificate(leaf.as_ref())
             .map_err(|error| VaultError::Unauthenticated(format!("unusable client certificate: {error}")))
     }
 
-    /// The caller and `draft` now naming it, or a refusal that is itself audited.
-    pub async fn authenticate<T>(
-        &self,
-        request: &Request<T>,
-        draft: AuditDraft,
-    ) -> Result<(String, AuditDraft), Status> {
+    /// The caller, now named in `draft`, or a refusal that is itself audited.
+    pub async fn authenticate<T>(&self, request: &Request<T>, draft: &mut AuditDraft) -> Result<Principal, Status> {
         match self.caller(request) {
-            Ok(caller) => Ok((caller.clone(), AuditDraft { principal: caller, ..draft })),
-            Err(error) => {
-                let draft = AuditDraft { principal: UNAUTHENTICATED.into(), ..draft };
-                Err(self.refuse(draft, error).await)
+            Ok(caller) => {
+                draft.principal = Some(caller.clone());
+                Ok(caller)
             }
+            Err(error) => Err(self.refuse(draft.clone(), error).await),
         }
     }
 
     /// Records a refused or failed call, then turns the error into a status.
     pub async fn refuse(&self, mut draft: AuditDraft, error: VaultError) -> Status {
-        let message = error.public_message();
+        let status = status(&error);
         draft.outcome = error.outcome();
-        draft.reason = message.clone();
-        if let Err(audit_error) = self.store.append_audit(draft).await {
-            tracing::error!(%audit_error, "could not audit a refused call");
+        draft.reason = status.message().to_owned();
+        let operation = draft.operation.id();
+        if let Err(audit_error) = self.core.record(draft).await {
+            tracing::error!(operation, %audit_error, "could not audit a refused call");
         }
-        tracing::info!(code = ?error.code(), reason = %message, "call refused");
-        Status::new(error.code(), message)
+        tracing::info!(operation, code = ?status.code(), reason = status.message(), "call refused");
+        status
     }
 
     /// For calls that change nothing: appends `draft` when `result` is Ok (the
     /// call fails if that append fails), or the refusal when it is not.
     pub async fn audited<T>(&self, draft: AuditDraft, result: Result<T, VaultError>) -> Result<T, Status> {
         match result {
-            Ok(value) => match self.store.append_audit(draft).await {
+            Ok(value) => match self.core.record(draft).await {
                 Ok(_) => Ok(value),
-                Err(error) => Err(VaultError::from(error).into()),
+                Err(error) => Err(status(&error)),
             },
             Err(error) => Err(self.refuse(draft, error).await),
         }
@@ -97,20 +86,6 @@ impl VaultContext {
         match result {
             Ok(value) => Ok(value),
             Err(error) => Err(self.refuse(draft, error).await),
-        }
-    }
-}
-
-/// Draws random identifiers until one holds no run that [`redact_numbers`]
-/// would take for a number, so redaction never hides a token or job id the
-/// vault made itself.
-///
-/// [`redact_numbers`]: mnvault_client::number::redact_numbers
-pub fn draw_without_number(draw: impl Fn() -> String) -> String {
-    loop {
-        let drawn = draw();
-        if !mnvault_client::number::contains_number(&drawn) {
-            return drawn;
         }
     }
 }

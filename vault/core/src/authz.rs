@@ -1,4 +1,4 @@
-//! Who may do what. A principal is the common name of its client certificate;
+//! Who may do what. A principal is the name its client certificate proves;
 //! `[principals]` in `mnvault.toml` gives it roles and the tenants it may act
 //! on. Anything not granted is refused with `PERMISSION_DENIED`.
 
@@ -6,8 +6,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::PrincipalSettings;
 use crate::error::VaultError;
+use crate::id::{Principal, TenantId};
+
+/// What one principal may do, as the configuration grants it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalSettings {
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// Tenants it may act on; `"*"` means all.
+    pub tenants: Vec<String>,
+}
 
 /// A set of operations a principal may be granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,29 +81,29 @@ impl Policy {
         Self { grants }
     }
 
-    fn grant(&self, principal: &str) -> Result<&Grant, VaultError> {
-        self.grants.get(principal).ok_or_else(|| {
+    fn grant(&self, principal: &Principal) -> Result<&Grant, VaultError> {
+        self.grants.get(principal.as_str()).ok_or_else(|| {
             VaultError::PermissionDenied(format!(
-                "principal {principal:?} has no grant in this vault; an operator must add it under [principals]"
+                "principal {principal} has no grant in this vault; an operator must add it under [principals]"
             ))
         })
     }
 
     /// Refuses unless `principal` has one of `roles` and, when a tenant is
     /// named, may act on it.
-    pub fn require(&self, principal: &str, roles: &[Role], tenant: Option<&str>) -> Result<(), VaultError> {
+    pub fn require(&self, principal: &Principal, roles: &[Role], tenant: Option<&TenantId>) -> Result<(), VaultError> {
         let grant = self.grant(principal)?;
         if !roles.iter().any(|role| grant.roles.contains(role)) {
             let wanted: Vec<_> = roles.iter().map(|r| r.id()).collect();
             return Err(VaultError::PermissionDenied(format!(
-                "principal {principal:?} lacks the {} role this call needs",
+                "principal {principal} lacks the {} role this call needs",
                 wanted.join(" or ")
             )));
         }
         if let Some(tenant) = tenant {
-            if !grant.all_tenants && !grant.tenants.contains(tenant) {
+            if !grant.all_tenants && !grant.tenants.contains(tenant.as_str()) {
                 return Err(VaultError::PermissionDenied(format!(
-                    "principal {principal:?} may not act on tenant {tenant:?}"
+                    "principal {principal} may not act on tenant \"{tenant}\""
                 )));
             }
         }
@@ -101,8 +111,8 @@ impl Policy {
     }
 
     /// Whether `principal` may act on every tenant.
-    pub fn covers_all_tenants(&self, principal: &str) -> bool {
-        self.grants.get(principal).is_some_and(|grant| grant.all_tenants)
+    pub fn covers_all_tenants(&self, principal: &Principal) -> bool {
+        self.grants.get(principal.as_str()).is_some_and(|grant| grant.all_tenants)
     }
 }
 
@@ -122,17 +132,22 @@ mod tests {
     #[test]
     fn roles_and_tenants_are_both_required() {
         let policy = policy();
-        assert!(policy.require("payroll", &[Role::Tokenizer], Some("acme")).is_ok());
+        let p = |name: &str| Principal::parse(name).unwrap();
+        let t = |name: &str| TenantId::parse(name).unwrap();
+        assert!(policy.require(&p("payroll"), &[Role::Tokenizer], Some(&t("acme"))).is_ok());
         assert!(matches!(
-            policy.require("payroll", &[Role::Tokenizer], Some("other")),
+            policy.require(&p("payroll"), &[Role::Tokenizer], Some(&t("other"))),
             Err(VaultError::PermissionDenied(_))
         ));
         assert!(matches!(
-            policy.require("payroll", &[Role::Filer], Some("acme")),
+            policy.require(&p("payroll"), &[Role::Filer], Some(&t("acme"))),
             Err(VaultError::PermissionDenied(_))
         ));
-        assert!(matches!(policy.require("stranger", &[Role::Tokenizer], None), Err(VaultError::PermissionDenied(_))));
-        assert!(policy.require("auditor", &[Role::Auditor], Some("anything")).is_ok());
-        assert!(policy.covers_all_tenants("auditor") && !policy.covers_all_tenants("payroll"));
+        assert!(matches!(
+            policy.require(&p("stranger"), &[Role::Tokenizer], None),
+            Err(VaultError::PermissionDenied(_))
+        ));
+        assert!(policy.require(&p("auditor"), &[Role::Auditor], Some(&t("anything"))).is_ok());
+        assert!(policy.covers_all_tenants(&p("auditor")) && !policy.covers_all_tenants(&p("payroll")));
     }
 }

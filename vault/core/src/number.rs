@@ -137,7 +137,7 @@ pub fn has_valid_check_digit(digits: &[u8; DIGITS]) -> bool {
 pub const REDACTED: &str = "[number redacted]";
 
 /// Whether `character` may appear inside a typed number.
-fn is_number_character(character: char) -> bool {
+pub fn is_number_character(character: char) -> bool {
     digit_value(character).is_some() || SEPARATORS.contains(&character)
 }
 

@@ -12,16 +12,6 @@ pub fn to_ms(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// A protobuf timestamp of Unix milliseconds.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
-/// Unix milliseconds of a protobuf timestamp.
-pub fn from_timestamp(at: &prost_types::Timestamp) -> i64 {
-    at.seconds.saturating_mul(1000).saturating_add(i64::from(at.nanos) / 1_000_000)
-}
-
 /// RFC 3339 text of Unix milliseconds, for people.
 pub fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

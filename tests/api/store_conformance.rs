@@ -1,0 +1,217 @@
+//! The store contract, on each backend, from the same code: every step of
+//! `mnvault_core::store`, and the rules that must hold with concurrent
+//! writers (one token per number, one chain, release limits, one approval).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use futures::future::join_all;
+use mnvault::store::{self, DatabaseLocation, OpenMode};
+use mnvault_core::audit::{AuditDraft, Operation};
+use mnvault_core::authz::{Policy, PrincipalSettings, Role};
+use mnvault_core::id::{Principal, TenantId, Token, TokenFormat};
+use mnvault_core::job::JobRequest;
+use mnvault_core::keyring::create_audit_key;
+use mnvault_core::number::MyNumber;
+use mnvault_core::purpose::Purpose;
+use mnvault_core::store::{AuditFilter, NewRecord};
+use mnvault_core::text::FreeText;
+use mnvault_core::{clock, VaultCore, VaultError};
+use mnvault_keys::{BlindIndex, RootKeyFile, RootKeyProvider};
+
+use crate::helpers::{valid_numbers, Backend};
+
+/// A core on a fresh store of `backend`, with tenant `demo` and principals
+/// `alice` and `bob` holding every role.
+async fn fresh_core(backend: &Backend) -> (Arc<VaultCore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let location = match backend {
+        Backend::Sqlite => DatabaseLocation::Sqlite(dir.path().join("vault.db")),
+        Backend::Postgres(database) => DatabaseLocation::Postgres(database.url.clone()),
+    };
+    let store = store::open(&location, OpenMode::Initialise, std::time::Duration::from_secs(5)).await.unwrap();
+    let provider: Arc<dyn RootKeyProvider> = Arc::new(RootKeyFile::create(&dir.path().join("root.key")).unwrap());
+    create_audit_key(store.as_ref(), provider.as_ref(), clock::now_ms()).await.unwrap();
+    let all = vec![Role::Tokenizer, Role::Requester, Role::Approver, Role::Filer, Role::Admin, Role::Auditor];
+    let grant = PrincipalSettings { roles: all, tenants: vec!["*".into()] };
+    let policy = Policy::new(&BTreeMap::from([("alice".into(), grant.clone()), ("bob".into(), grant)]));
+    let core = VaultCore::open(store, provider, policy).await.unwrap();
+    let draft = AuditDraft::by(&alice(), Operation::CreateTenant, Some(&demo()));
+    core.create_tenant(&alice(), &demo(), FreeText::default(), &draft).await.unwrap();
+    (Arc::new(core), dir)
+}
+
+fn alice() -> Principal {
+    Principal::parse("alice").unwrap()
+}
+
+fn bob() -> Principal {
+    Principal::parse("bob").unwrap()
+}
+
+fn demo() -> TenantId {
+    TenantId::parse("demo").unwrap()
+}
+
+fn parse_numbers(numbers: &[String]) -> Vec<MyNumber> {
+    numbers.iter().map(|n| MyNumber::parse(n).unwrap()).collect()
+}
+
+async fn tokenize(core: &VaultCore, numbers: &[String]) -> Vec<Token> {
+    let draft = AuditDraft::by(&alice(), Operation::TokenizeStream, Some(&demo()));
+    let tokenized = core.tokenize(&alice(), &demo(), TokenFormat::Opaque, &parse_numbers(numbers), &draft).await;
+    tokenized.unwrap().into_iter().map(|t| t.token).collect()
+}
+
+async fn approved_job(core: &VaultCore, tokens: &[Token], max_releases_per_token: u32) -> mnvault_core::id::JobId {
+    let request = JobRequest {
+        tenant: demo(),
+        purpose: Purpose::WithholdingSlip,
+        tokens: tokens.to_vec(),
+        expires_at: clock::now_ms() + 3_600_000,
+        max_releases_per_token,
+        note: FreeText::default(),
+    };
+    let mut draft = AuditDraft::by(&alice(), Operation::CreateFilingJob, None);
+    let job = core.create_job(&alice(), &request, &mut draft).await.unwrap();
+    let mut draft = AuditDraft::by(&bob(), Operation::ApproveFilingJob, None);
+    core.approve_job(&bob(), &job.terms.job_id, &mut draft).await.unwrap();
+    job.terms.job_id
+}
+
+on_both_backends! {
+    async fn every_step_reads_back_what_was_written(backend) {
+        let (core, _dir) = fresh_core(&backend).await;
+        let store = core.store().clone();
+        // Tenants and system keys are never overwritten.
+        let mut tx = store.begin_write().await.unwrap();
+        let tenant = store.begin_read().await.unwrap().tenant(&demo()).await.unwrap().expect("demo exists");
+        assert_eq!(tenant.record_keys.len(), 1);
+        let again = mnvault_core::store::NewTenant {
+            tenant: demo(),
+            display_name: String::new(),
+            created_at: 0,
+            index_key: tenant.index_key.clone(),
+            first_record_key: tenant.record_keys[0].1.clone(),
+        };
+        assert!(!tx.insert_tenant(&again).await.unwrap());
+        assert!(!tx.insert_system_key("audit-chain", &tenant.index_key, 0).await.unwrap());
+        // Records: a second row for a taken blind index or token is skipped.
+        let token = |i: u8| Token::parse(&format!("mnt_{}", std::iter::repeat_n(char::from(b'a' + i), 26).collect::<String>())).unwrap();
+        let record = |i: u8, index: u8| NewRecord { blind_index: BlindIndex([index; 32]), token: token(i), key_version: 1, sealed: vec![i; 40] };
+        tx.insert_records(&demo(), TokenFormat::Opaque, &[record(0, 0), record(1, 1)], 7).await.unwrap();
+        tx.insert_records(&demo(), TokenFormat::Opaque, &[record(2, 0), record(1, 2)], 8).await.unwrap();
+        let holders = tx
+            .tokens_by_blind_index(&demo(), TokenFormat::Opaque, &[BlindIndex([1; 32]), BlindIndex([2; 32]), BlindIndex([0; 32])])
+            .await
+            .unwrap();
+        assert_eq!(holders, vec![Some(token(1).to_string()), None, Some(token(0).to_string())]);
+        let existing = tx.existing_tokens(&demo(), &[token(0), token(2)]).await.unwrap();
+        assert_eq!(existing, HashSet::from([token(0).to_string()]));
+        assert_eq!(tx.sealed_records(&demo(), &[token(1)]).await.unwrap(), vec![(token(1).to_string(), vec![1; 40])]);
+        let row = tx.record(&demo(), &token(0)).await.unwrap().unwrap();
+        assert_eq!((row.format.as_str(), row.key_version, row.created_at), ("opaque", 1, 7));
+        // The chain head moves only as told, and commits with the rest.
+        let head = tx.lock_chain_head().await.unwrap();
+        assert_eq!(head.seq, 1, "the tenant's creation is entry 1");
+        tx.commit().await.unwrap();
+        assert_eq!(store.begin_read().await.unwrap().record(&demo(), &token(1)).await.unwrap().unwrap().created_at, 7);
+        // A dropped transaction leaves nothing behind.
+        let mut tx = store.begin_write().await.unwrap();
+        tx.insert_records(&demo(), TokenFormat::Opaque, &[record(3, 3)], 9).await.unwrap();
+        drop(tx);
+        assert!(store.begin_read().await.unwrap().record(&demo(), &token(3)).await.unwrap().is_none());
+    }
+
+    async fn jobs_count_releases_up_to_their_limit_and_entries_filter(backend) {
+        let (core, _dir) = fresh_core(&backend).await;
+        let tokens = tokenize(&core, &valid_numbers(3)).await;
+        let job_id = approved_job(&core, &tokens[..2], 2).await;
+        let store = core.store().clone();
+        let mut tx = store.begin_write().await.unwrap();
+        let row = tx.lock_job(&job_id).await.unwrap().unwrap();
+        assert_eq!(row.tokens.len(), 2);
+        assert_eq!(row.approved_by.as_deref(), Some("bob"));
+        assert_eq!(tx.count_releases(&job_id, &tokens[..2], 2).await.unwrap(), 2);
+        assert_eq!(tx.count_releases(&job_id, &tokens[..1], 2).await.unwrap(), 1);
+        // Over the limit, or not listed: not counted.
+        assert_eq!(tx.count_releases(&job_id, &tokens, 2).await.unwrap(), 1);
+        tx.commit().await.unwrap();
+        let row = store.begin_read().await.unwrap().job(&job_id).await.unwrap().unwrap();
+        assert_eq!(row.tokens.iter().map(|(_, r)| *r).collect::<Vec<_>>(), vec![2, 2]);
+        // Entries by token and by job: exactly the matching ones, with their tokens.
+        let mut read = store.begin_read().await.unwrap();
+        let by_token = read.audit_entries(&AuditFilter { token: Some(tokens[2].clone()), limit: 100, ..Default::default() }).await.unwrap();
+        assert_eq!(by_token.len(), 1);
+        assert_eq!(by_token[0].tokens, tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>());
+        let by_job = read.audit_entries(&AuditFilter { job_id: Some(job_id.clone()), limit: 100, ..Default::default() }).await.unwrap();
+        assert_eq!(by_job.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["filing.create-job", "filing.approve-job"]);
+        let verdict = core.verify_chain(&alice()).await.unwrap();
+        assert!(verdict.is_ok(), "{verdict:?}");
+    }
+
+    async fn concurrent_writers_get_one_token_per_number(backend) {
+        let (core, _dir) = fresh_core(&backend).await;
+        let numbers = valid_numbers(20);
+        let runs = join_all((0..6).map(|_| {
+            let (core, numbers) = (core.clone(), numbers.clone());
+            async move { tokenize(&core, &numbers).await }
+        }))
+        .await;
+        assert!(runs.iter().all(|run| run == &runs[0]), "all writers agree on every token");
+        assert_eq!(runs[0].iter().collect::<HashSet<_>>().len(), 20);
+    }
+
+    async fn concurrent_appends_form_one_chain_without_gap_or_fork(backend) {
+        let (core, _dir) = fresh_core(&backend).await;
+        let seqs = join_all((0..40).map(|_| {
+            let core = core.clone();
+            async move { core.record(AuditDraft::by(&alice(), Operation::ListPurposes, None)).await.unwrap() }
+        }))
+        .await;
+        let distinct: HashSet<u64> = seqs.iter().copied().collect();
+        assert_eq!(distinct, (2..=41).collect::<HashSet<u64>>(), "no two appends share a position");
+        assert_eq!(core.verify_chain(&alice()).await.unwrap().unwrap().entries, 41);
+    }
+
+    async fn concurrent_releases_hold_the_limit_and_one_approval_wins(backend) {
+        let (core, _dir) = fresh_core(&backend).await;
+        let tokens = tokenize(&core, &valid_numbers(5)).await;
+        let job_id = approved_job(&core, &tokens, 2).await;
+        let releases = join_all((0..8).map(|_| {
+            let (core, job_id) = (core.clone(), job_id.clone());
+            async move {
+                let mut draft = AuditDraft::by(&alice(), Operation::Detokenize, None);
+                core.release(&alice(), &job_id, &[], &mut draft).await
+            }
+        }))
+        .await;
+        let released: usize = releases.iter().filter_map(|r| r.as_ref().ok()).map(Vec::len).sum();
+        assert_eq!(released, 10, "5 tokens, twice each");
+        assert!(releases.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, VaultError::FailedPrecondition(_))));
+
+        // Approval: two approvers at once, exactly one wins; the creator never does.
+        let request = JobRequest {
+            tenant: demo(),
+            purpose: Purpose::WithholdingSlip,
+            tokens: tokens.clone(),
+            expires_at: clock::now_ms() + 3_600_000,
+            max_releases_per_token: 1,
+            note: FreeText::default(),
+        };
+        let mut draft = AuditDraft::by(&alice(), Operation::CreateFilingJob, None);
+        let job = core.create_job(&alice(), &request, &mut draft).await.unwrap();
+        let mut draft = AuditDraft::by(&alice(), Operation::ApproveFilingJob, None);
+        let own = core.approve_job(&alice(), &job.terms.job_id, &mut draft).await;
+        assert!(matches!(own, Err(VaultError::PermissionDenied(_))), "{own:?}");
+        let approvals = join_all((0..4).map(|_| {
+            let (core, job_id) = (core.clone(), job.terms.job_id.clone());
+            async move {
+                let mut draft = AuditDraft::by(&bob(), Operation::ApproveFilingJob, None);
+                core.approve_job(&bob(), &job_id, &mut draft).await
+            }
+        }))
+        .await;
+        assert_eq!(approvals.iter().filter(|a| a.is_ok()).count(), 1, "{approvals:?}");
+    }
+}

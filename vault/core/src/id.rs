@@ -1,0 +1,257 @@
+//! Identifiers, parsed once at the edge into types with strict grammars.
+//!
+//! Whatever a caller sends as a tenant, token, job id or principal is parsed
+//! here before it touches an audit entry, a log line or a message. A value
+//! that does not parse is refused with an [`IdError`] that names the field and
+//! the grammar, never the text: a caller may paste a My Number where a token
+//! belongs. A value that parses holds no number by construction (no grammar
+//! here admits twelve digits with a matching check digit), so its `Display`
+//! may appear in messages and audit entries.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::number::{contains_number, has_valid_check_digit, DIGITS};
+
+/// Why a text is not a valid identifier. Never holds the text itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// A tenant identifier does not follow its grammar.
+    #[error(
+        "the tenant identifier is not valid: use 1 to 63 lowercase letters, digits or inner hyphens, starting with \
+         a letter and holding no number, e.g. acme-corp"
+    )]
+    Tenant,
+    /// A token does not follow either token format.
+    #[error("the token is not valid: a token is `mnt_` and 26 base32 characters, or 12 digits (legacy format)")]
+    Token,
+    /// A filing job identifier does not follow its grammar.
+    #[error("the filing job id is not valid: a job id is `job_` and 16 base32 characters")]
+    JobId,
+    /// A principal name does not follow its grammar.
+    #[error(
+        "the principal name is not valid: use 1 to 128 ASCII letters, digits, `.`, `_`, `-` or `@`, holding no \
+         number"
+    )]
+    Principal,
+}
+
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The identifier's text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::parse(text)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+text_id!(
+    /// A tenant: one client company or office. Lowercase kebab-case, 1 to 63
+    /// characters, starting with a letter: it appears in key-wrapping contexts,
+    /// paths and logs.
+    TenantId
+);
+
+impl TenantId {
+    /// Parses a tenant identifier.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        let valid = (1..=63).contains(&text.len())
+            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && text.starts_with(|c: char| c.is_ascii_lowercase())
+            && !text.ends_with('-')
+            && !contains_number(text);
+        valid.then(|| Self(text.to_owned())).ok_or(IdError::Tenant)
+    }
+}
+
+text_id!(
+    /// A filing job identifier: `job_` and 16 lowercase base32 characters
+    /// (80 random bits), drawn by [`crate::mint::draw_job_id`].
+    JobId
+);
+
+/// Prefix of job identifiers.
+pub const JOB_ID_PREFIX: &str = "job_";
+/// Base32 characters after the prefix of a job identifier.
+pub const JOB_ID_CHARS: usize = 16;
+
+impl JobId {
+    /// Parses a job identifier.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        let valid = text
+            .strip_prefix(JOB_ID_PREFIX)
+            .is_some_and(|rest| rest.len() == JOB_ID_CHARS && rest.bytes().all(is_base32_lower));
+        valid.then(|| Self(text.to_owned())).ok_or(IdError::JobId)
+    }
+}
+
+text_id!(
+    /// Who called: the name the caller's certificate proves. ASCII letters,
+    /// digits, `.`, `_`, `-` and `@`, 1 to 128 characters, holding no number.
+    Principal
+);
+
+impl Principal {
+    /// Parses a principal name.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        let valid = (1..=128).contains(&text.len())
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+            && !contains_number(text);
+        valid.then(|| Self(text.to_owned())).ok_or(IdError::Principal)
+    }
+}
+
+/// Which of the two token formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TokenFormat {
+    /// `mnt_` + 26 lowercase base32 characters (128 random bits).
+    Opaque,
+    /// 12 digits whose check digit is deliberately wrong, for legacy number
+    /// columns; it can never pass for a real number.
+    LegacyDigits,
+}
+
+impl TokenFormat {
+    /// The identifier stored in the `format` column. Never rename one.
+    pub fn id(self) -> &'static str {
+        match self {
+            TokenFormat::Opaque => "opaque",
+            TokenFormat::LegacyDigits => "legacy-digits",
+        }
+    }
+
+    /// Parses a stored identifier.
+    pub fn from_id(id: &str) -> Option<Self> {
+        match id {
+            "opaque" => Some(TokenFormat::Opaque),
+            "legacy-digits" => Some(TokenFormat::LegacyDigits),
+            _ => None,
+        }
+    }
+}
+
+/// Prefix of opaque tokens.
+pub const OPAQUE_TOKEN_PREFIX: &str = "mnt_";
+/// Base32 characters after the prefix of an opaque token.
+pub const OPAQUE_TOKEN_CHARS: usize = 26;
+
+text_id!(
+    /// What payroll keeps instead of a number: random, unrelated to the
+    /// number, in one of two [`TokenFormat`]s. A legacy token's check digit
+    /// never matches, so a token is never a number.
+    Token
+);
+
+impl Token {
+    /// Parses a token of either format.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        Self::format_of(text).map(|_| Self(text.to_owned())).ok_or(IdError::Token)
+    }
+
+    /// The token's format.
+    pub fn format(&self) -> TokenFormat {
+        Self::format_of(&self.0).expect("a parsed token has a format")
+    }
+
+    fn format_of(text: &str) -> Option<TokenFormat> {
+        if let Some(rest) = text.strip_prefix(OPAQUE_TOKEN_PREFIX) {
+            return (rest.len() == OPAQUE_TOKEN_CHARS && rest.bytes().all(is_base32_lower))
+                .then_some(TokenFormat::Opaque);
+        }
+        let digits: &[u8; DIGITS] = text.as_bytes().try_into().ok()?;
+        (digits.iter().all(u8::is_ascii_digit) && !has_valid_check_digit(digits)).then_some(TokenFormat::LegacyDigits)
+    }
+}
+
+fn is_base32_lower(byte: u8) -> bool {
+    byte.is_ascii_lowercase() || (b'2'..=b'7').contains(&byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_are_lowercase_kebab_case_without_a_number() {
+        for good in ["demo", "acme-corp", "a", "tenant-2026"] {
+            assert_eq!(TenantId::parse(good).unwrap().as_str(), good);
+        }
+        for bad in ["621498320257", "a-621498320257", "", "Demo", "-x", "x-", "a_b", "a b", "株式会社", &"a".repeat(64)]
+        {
+            assert_eq!(TenantId::parse(bad), Err(IdError::Tenant), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_of_both_formats_parse_and_numbers_do_not() {
+        let opaque = Token::parse("mnt_abcdefghijklmnopqrstuvwxyz").unwrap();
+        assert_eq!(opaque.format(), TokenFormat::Opaque);
+        let legacy = Token::parse("123456789019").unwrap();
+        assert_eq!(legacy.format(), TokenFormat::LegacyDigits);
+        for bad in [
+            "123456789018",                   // a valid number
+            "mnt_abcdefghijklmnopqrstuvwxy",  // 25 characters
+            "mnt_ABCDEFGHIJKLMNOPQRSTUVWXYZ", // upper case
+            "mnt_abcdefghijklmnopqrstuvwxy1", // 1 is not base32
+            "mnt_abcdefghijklmnopqrstuvwxyz\n",
+            "１２３４５６７８９０１９",
+            "",
+        ] {
+            assert_eq!(Token::parse(bad), Err(IdError::Token), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn job_ids_and_principals_follow_their_grammars() {
+        assert!(JobId::parse("job_abcdefghijklmnop").is_ok());
+        for bad in ["job_abcdefghijklmno", "job_123456789018aaaa", "621498320257", "job_ABCDEFGHIJKLMNOP"] {
+            assert_eq!(JobId::parse(bad), Err(IdError::JobId), "{bad}");
+        }
+        for good in ["payroll", "svc.payroll-01@acme.example", "A_b"] {
+            assert!(Principal::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "has space", "x621498320257", "名前", "line\nbreak", &"a".repeat(129)] {
+            assert_eq!(Principal::parse(bad), Err(IdError::Principal), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_never_repeat_the_input() {
+        for error in [IdError::Tenant, IdError::Token, IdError::JobId, IdError::Principal] {
+            assert!(!error.to_string().contains("621498320257"));
+        }
+    }
+}

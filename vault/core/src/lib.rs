@@ -1,0 +1,42 @@
+//! The domain core of mnvault: every rule of the vault, written once.
+//!
+//! The gRPC handlers (`mnvault::service`) only translate between protobuf and
+//! this crate; the stores (`mnvault::store`, SQLite and PostgreSQL) only
+//! offer the simple transactional steps of [`store::WriteTx`]. What decides
+//! whether a number may leave lives here and nowhere else:
+//!
+//! - [`id`], [`number`], [`purpose`], [`text`]: what a caller sends, parsed
+//!   once at the edge into types with strict grammars. A value that parsed
+//!   holds no My Number, so it may appear in messages and audit entries; one
+//!   that did not is refused without being repeated.
+//! - [`job`]: the filing-job state machine, who may approve, what may be
+//!   released.
+//! - [`authz`]: roles and tenant scopes.
+//! - [`mint`]: drawing tokens and job identifiers.
+//! - [`audit`]: entries, their chain and its verification; [`vault::append`]
+//!   is the one append protocol.
+//! - [`vault::VaultCore`]: each operation as a sequence of store steps in one
+//!   transaction, rules in between.
+//!
+//! No gRPC, no SQL and no async runtime here: the crate can be read, tested
+//! and reviewed on its own.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod authz;
+pub mod clock;
+pub mod error;
+pub mod id;
+pub mod job;
+pub mod keyring;
+pub mod mint;
+pub mod number;
+pub mod purpose;
+pub mod store;
+pub mod text;
+pub mod vault;
+
+pub use error::VaultError;
+pub use vault::VaultCore;

@@ -1,0 +1,259 @@
+//! The store contract: what a backend (SQLite, PostgreSQL) must offer.
+//!
+//! A store offers explicit transactions made of simple steps: read a job,
+//! insert records in a batch, count releases, read and move the chain head.
+//! It decides nothing. Every rule (job states, who may approve, what may be
+//! released, the audit append protocol) runs in [`crate::VaultCore`], inside
+//! the transaction, whatever the backend, so no rule is written twice.
+//!
+//! What a backend must guarantee, with several writers (processes or
+//! replicas) at once:
+//! - [`Store::begin_write`] starts a transaction that either commits whole or
+//!   not at all, and fails promptly ([`StoreError::Unavailable`]) rather than
+//!   waiting without bound for a lock;
+//! - [`WriteTx::lock_job`] and [`WriteTx::lock_chain_head`] hold their row
+//!   until commit, so decisions taken on what they return cannot go stale;
+//! - [`WriteTx::insert_records`] never creates a second row for a tenant,
+//!   format and blind index, nor for a tenant and token (a conflicting row is
+//!   skipped, not an error);
+//! - [`WriteTx::count_releases`] counts a token only while it is under the
+//!   limit, even against a concurrent writer.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use mnvault_keys::{BlindIndex, WrappedKey};
+
+use crate::audit::AuditRecord;
+use crate::id::{JobId, Principal, TenantId, Token, TokenFormat};
+use crate::job::JobTerms;
+
+/// The cause of a store failure, as the backend reported it. Logged, never
+/// sent to a caller.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a store step failed: a typed cause, not a sentence for people.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached, or stayed busy or locked past the
+    /// write timeout; nothing was done.
+    #[error("database unavailable or busy: {0}")]
+    Unavailable(#[source] Cause),
+    /// A stored value does not have its expected form; `what` names the
+    /// table and column.
+    #[error("stored value of {what} is malformed")]
+    Corrupt {
+        /// Table and column.
+        what: &'static str,
+    },
+    /// Applying the schema migrations failed.
+    #[error("schema migration failed: {0}")]
+    Migration(#[source] Cause),
+    /// Any other database failure (a constraint, a full disk, a bug).
+    #[error("database error: {0}")]
+    Database(#[source] Cause),
+}
+
+/// The head of the audit chain: the last entry's position and hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Sequence number of the last entry (0 for an empty chain).
+    pub seq: u64,
+    /// Hash of the last entry (zeros for an empty chain).
+    pub hash: [u8; 32],
+}
+
+/// A tenant as created.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    /// Identifier.
+    pub tenant: TenantId,
+    /// Human-readable name.
+    pub display_name: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Blind-index key, wrapped by the root key.
+    pub index_key: WrappedKey,
+    /// Record key version 1, wrapped by the root key.
+    pub first_record_key: WrappedKey,
+}
+
+/// A tenant's row and its wrapped keys.
+#[derive(Debug, Clone)]
+pub struct StoredTenant {
+    /// Human-readable name.
+    pub display_name: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Blind-index key, wrapped.
+    pub index_key: WrappedKey,
+    /// Record keys by version, wrapped.
+    pub record_keys: Vec<(u32, WrappedKey)>,
+}
+
+/// A record to insert: a freshly drawn token and the sealed number.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// Keyed hash of the number in this tenant.
+    pub blind_index: BlindIndex,
+    /// The token drawn for it.
+    pub token: Token,
+    /// Version of the record key that sealed it.
+    pub key_version: u32,
+    /// The sealed number.
+    pub sealed: Vec<u8>,
+}
+
+/// A record's metadata as stored (never its content).
+#[derive(Debug, Clone)]
+pub struct RecordRow {
+    /// The `format` column.
+    pub format: String,
+    /// Version of the key it is sealed under.
+    pub key_version: u32,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A filing job as created.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// What it declares.
+    pub terms: JobTerms,
+    /// Tokens, in order, without duplicates.
+    pub tokens: Vec<Token>,
+}
+
+/// A filing job's row as stored, unparsed: [`crate::job::Job::from_row`]
+/// parses it, in one place for every backend.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// Identifier.
+    pub job_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Purpose identifier.
+    pub purpose: String,
+    /// Free text.
+    pub note: String,
+    /// Releases allowed per token.
+    pub max_releases_per_token: i64,
+    /// Creator.
+    pub created_by: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    /// Approver, once approved.
+    pub approved_by: Option<String>,
+    /// Unix milliseconds.
+    pub approved_at: Option<i64>,
+    /// Who cancelled it.
+    pub cancelled_by: Option<String>,
+    /// Unix milliseconds.
+    pub cancelled_at: Option<i64>,
+    /// Tokens with their release counts, in position order.
+    pub tokens: Vec<(String, i64)>,
+}
+
+/// Filters of an audit listing; empty fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this tenant.
+    pub tenant: Option<TenantId>,
+    /// From this time (Unix ms, inclusive).
+    pub since_ms: Option<i64>,
+    /// Before this time (Unix ms, exclusive).
+    pub until_ms: Option<i64>,
+    /// Only entries naming this token.
+    pub token: Option<Token>,
+    /// Only this job.
+    pub job_id: Option<JobId>,
+    /// Only this operation identifier.
+    pub operation: Option<&'static str>,
+    /// Only entries after this sequence number.
+    pub after_seq: u64,
+    /// At most this many (at least one is asked for).
+    pub limit: u32,
+}
+
+/// A backend. Cheap to share; every method may be called concurrently.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Starts a write transaction. It is rolled back when dropped without
+    /// [`WriteTx::commit`].
+    async fn begin_write(&self) -> Result<Box<dyn WriteTx>, StoreError>;
+    /// A connection for reads that change nothing.
+    async fn begin_read(&self) -> Result<Box<dyn ReadTx>, StoreError>;
+    /// Closes the connections, waiting for running statements.
+    async fn close(&self);
+}
+
+/// Steps that read. Available in read and write transactions.
+#[async_trait]
+pub trait ReadTx: Send {
+    /// The wrapped system key `name`, if stored.
+    async fn system_key(&mut self, name: &str) -> Result<Option<WrappedKey>, StoreError>;
+    /// A tenant with its wrapped keys.
+    async fn tenant(&mut self, tenant: &TenantId) -> Result<Option<StoredTenant>, StoreError>;
+    /// The token holding each blind index in the tenant and format, in order.
+    async fn tokens_by_blind_index(
+        &mut self,
+        tenant: &TenantId,
+        format: TokenFormat,
+        blind_indexes: &[BlindIndex],
+    ) -> Result<Vec<Option<String>>, StoreError>;
+    /// Metadata of a record.
+    async fn record(&mut self, tenant: &TenantId, token: &Token) -> Result<Option<RecordRow>, StoreError>;
+    /// Which of `tokens` have a record in the tenant.
+    async fn existing_tokens(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<HashSet<String>, StoreError>;
+    /// The sealed bytes of each of `tokens` that has a record in the tenant.
+    async fn sealed_records(
+        &mut self,
+        tenant: &TenantId,
+        tokens: &[Token],
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// A job with its tokens.
+    async fn job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError>;
+    /// The chain head as last committed.
+    async fn audit_head(&mut self) -> Result<ChainHead, StoreError>;
+    /// Entries matching `filter`, in sequence order, with their tokens.
+    async fn audit_entries(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// Steps that write, inside one transaction.
+#[async_trait]
+pub trait WriteTx: ReadTx {
+    /// Stores a system key; `false` if `name` is already taken.
+    async fn insert_system_key(&mut self, name: &str, key: &WrappedKey, created_at: i64) -> Result<bool, StoreError>;
+    /// Creates a tenant with its first keys; `false` if it already exists.
+    async fn insert_tenant(&mut self, tenant: &NewTenant) -> Result<bool, StoreError>;
+    /// Inserts records, skipping any whose blind index or token is taken.
+    async fn insert_records(
+        &mut self,
+        tenant: &TenantId,
+        format: TokenFormat,
+        records: &[NewRecord],
+        created_at: i64,
+    ) -> Result<(), StoreError>;
+    /// Creates a job with its tokens.
+    async fn insert_job(&mut self, job: &NewJob) -> Result<(), StoreError>;
+    /// A job, its row locked until commit.
+    async fn lock_job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError>;
+    /// Records the approval of a job.
+    async fn set_job_approved(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError>;
+    /// Records the cancellation of a job.
+    async fn set_job_cancelled(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError>;
+    /// Adds one release to each of `tokens` (distinct) of the job whose count
+    /// is below `max`; returns how many were counted.
+    async fn count_releases(&mut self, job_id: &JobId, tokens: &[Token], max: u32) -> Result<u64, StoreError>;
+    /// The chain head, its row locked until commit: appends are serialised.
+    async fn lock_chain_head(&mut self) -> Result<ChainHead, StoreError>;
+    /// Inserts a sealed audit entry and its tokens.
+    async fn insert_audit_entry(&mut self, entry: &AuditRecord) -> Result<(), StoreError>;
+    /// Moves the chain head.
+    async fn set_chain_head(&mut self, head: &ChainHead) -> Result<(), StoreError>;
+    /// Commits everything this transaction did.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}

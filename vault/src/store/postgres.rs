@@ -1,0 +1,669 @@
+//! The core's store contract on PostgreSQL: for production, and for several
+//! replicas of the vault on one database.
+//!
+//! Write transactions run at READ COMMITTED, stated explicitly so a server
+//! default cannot change it. Correctness comes from row locks and
+//! constraints, not from the isolation level: at SERIALIZABLE every contended
+//! call would fail with a serialisation error and have to be retried, while
+//! the locks make contended calls wait their turn, with a deterministic
+//! outcome:
+//! - the single `audit_chain_head` row, locked by [`WriteTx::lock_chain_head`]
+//!   until commit, serialises appends: two writers can never link an entry to
+//!   the same head, so the chain cannot fork;
+//! - the job row, locked by [`WriteTx::lock_job`], serialises approve, cancel
+//!   and release of one job, so each decides on the job as it now stands;
+//! - the unique index on `records (tenant, format, blind_index)` gives one
+//!   token per number: `INSERT ... ON CONFLICT DO NOTHING` waits for a
+//!   concurrent inserter of the same index to finish, then skips, and the
+//!   next statement (a fresh snapshot at READ COMMITTED) reads the winner's
+//!   token. At REPEATABLE READ that insert would fail instead.
+//!
+//! Every pooled connection sets `lock_timeout` and `statement_timeout` to the
+//! write timeout, so a write blocked by a lock fails promptly, as
+//! [`StoreError::Unavailable`], instead of hanging. Lists travel as arrays
+//! (`= ANY($n)`, `UNNEST`): one statement whatever the length, and no limit
+//! on bound parameters.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::DerefMut;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mnvault_core::audit::AuditRecord;
+use mnvault_core::id::{JobId, Principal, TenantId, Token, TokenFormat};
+use mnvault_core::job::JobTerms;
+use mnvault_core::store::{
+    AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, ReadTx, RecordRow, Store, StoreError, StoredTenant,
+    WriteTx,
+};
+use mnvault_keys::{BlindIndex, WrappedKey};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row, Transaction};
+
+use super::OpenMode;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connections per process: writes serialise on the chain head anyway, so
+/// more would only queue inside the database.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    // The pool's own Debug shows the connect options, password included.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` as `mode` says. `write_timeout`
+    /// bounds how long a statement, or a wait for a lock or a connection,
+    /// may take.
+    pub async fn connect(url: &str, mode: OpenMode, write_timeout: Duration) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(classify)?;
+        if mode != OpenMode::Review {
+            migrate(&options, write_timeout).await?;
+        }
+        // PostgreSQL reads 0 as "no timeout", so never round down to it.
+        let ms = u64::try_from(write_timeout.as_millis()).unwrap_or(u64::MAX).clamp(1, i32::MAX as u64);
+        let mut settings = vec![("lock_timeout", format!("{ms}ms")), ("statement_timeout", format!("{ms}ms"))];
+        if mode == OpenMode::Review {
+            // Review reads a database a vault may be serving: let the server refuse any write.
+            settings.push(("default_transaction_read_only", "on".to_owned()));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(write_timeout)
+            .connect_with(options.options(settings))
+            .await
+            .map_err(classify)?;
+        Ok(Self { pool })
+    }
+}
+
+/// Brings the schema up to date on a connection of its own, without the
+/// pool's timeouts: a migration must not be cut short, and replicas starting
+/// together wait for each other on sqlx's advisory lock rather than fail.
+/// Only reaching the server is bounded by `connect_timeout`.
+async fn migrate(options: &PgConnectOptions, connect_timeout: Duration) -> Result<(), StoreError> {
+    let mut conn = tokio::time::timeout(connect_timeout, PgConnection::connect_with(options))
+        .await
+        .map_err(|elapsed| StoreError::Unavailable(Box::new(elapsed)))?
+        .map_err(classify)?;
+    let migrated = MIGRATOR.run(&mut conn).await.map_err(|e| StoreError::Migration(Box::new(e)));
+    // The schema is in place or not whatever closing says.
+    let _ = conn.close().await;
+    migrated
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn begin_write(&self) -> Result<Box<dyn WriteTx>, StoreError> {
+        let tx = self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await.map_err(classify)?;
+        Ok(Box::new(PgTx(tx)))
+    }
+
+    async fn begin_read(&self) -> Result<Box<dyn ReadTx>, StoreError> {
+        Ok(Box::new(PgTx(self.pool.acquire().await.map_err(classify)?)))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Steps over a connection: a pooled connection for reads, a transaction for
+/// writes. The read steps are written once for both; only the transaction
+/// offers [`WriteTx`].
+struct PgTx<C>(C);
+
+impl<C: DerefMut<Target = PgConnection>> PgTx<C> {
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+/// Sorts sqlx errors into what the caller can act on.
+fn classify(error: sqlx::Error) -> StoreError {
+    let unavailable = match &error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient(&code)),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable(Box::new(error))
+    } else {
+        StoreError::Database(Box::new(error))
+    }
+}
+
+/// SQLSTATEs that mean "busy or unreachable now", not "wrong": nothing was
+/// done, and the same call may succeed later.
+fn is_transient(code: &str) -> bool {
+    matches!(
+        code,
+        "55P03" // lock_not_available: lock_timeout expired
+            | "57014" // query_canceled: statement_timeout expired
+            | "40001" // serialization_failure
+            | "40P01" // deadlock_detected
+            | "53300" // too_many_connections
+            | "57P01" // admin_shutdown: the server is stopping (failover)
+            | "57P02" // crash_shutdown
+            | "57P03" // cannot_connect_now: the server is starting
+    ) || code.starts_with("08") // connection_exception
+}
+
+/// Reads column `what` ("table.column") of `row`; a value of the wrong type,
+/// or NULL where none may be, is corrupt, never a panic.
+fn get<'r, T>(row: &'r PgRow, what: &'static str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    let column = what.split_once('.').map_or(what, |(_, column)| column);
+    row.try_get(column).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn get_u32(row: &PgRow, what: &'static str) -> Result<u32, StoreError> {
+    u32::try_from(get::<i64>(row, what)?).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn get_u64(row: &PgRow, what: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(get::<i64>(row, what)?).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn get_hash(row: &PgRow, what: &'static str) -> Result<[u8; 32], StoreError> {
+    get::<Vec<u8>>(row, what)?.try_into().map_err(|_| StoreError::Corrupt { what })
+}
+
+/// A count or sequence number as a BIGINT; one beyond it cannot be stored.
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|error| StoreError::Database(Box::new(error)))
+}
+
+fn token_strs(tokens: &[Token]) -> Vec<&str> {
+    tokens.iter().map(Token::as_str).collect()
+}
+
+// Each statement that is also run with FOR UPDATE is written once, here.
+macro_rules! select_job {
+    () => {
+        "SELECT tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at, approved_by, \
+         approved_at, cancelled_by, cancelled_at FROM filing_jobs WHERE job_id = $1"
+    };
+}
+macro_rules! select_chain_head {
+    () => {
+        "SELECT seq, hash FROM audit_chain_head WHERE id = 1"
+    };
+}
+
+async fn job_row(conn: &mut PgConnection, job_id: &JobId, lock: bool) -> Result<Option<JobRow>, StoreError> {
+    let sql = if lock { concat!(select_job!(), " FOR UPDATE") } else { select_job!() };
+    let Some(row) = sqlx::query(sql).bind(job_id.as_str()).fetch_optional(&mut *conn).await.map_err(classify)? else {
+        return Ok(None);
+    };
+    // The job row lock covers its tokens: every writer of them locks the job first.
+    let tokens = sqlx::query("SELECT token, releases FROM filing_job_tokens WHERE job_id = $1 ORDER BY position")
+        .bind(job_id.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|t| Ok((get(t, "filing_job_tokens.token")?, get(t, "filing_job_tokens.releases")?)))
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Some(JobRow {
+        job_id: job_id.to_string(),
+        tenant: get(&row, "filing_jobs.tenant")?,
+        purpose: get(&row, "filing_jobs.purpose")?,
+        note: get(&row, "filing_jobs.note")?,
+        max_releases_per_token: get(&row, "filing_jobs.max_releases_per_token")?,
+        created_by: get(&row, "filing_jobs.created_by")?,
+        created_at: get(&row, "filing_jobs.created_at")?,
+        expires_at: get(&row, "filing_jobs.expires_at")?,
+        approved_by: get(&row, "filing_jobs.approved_by")?,
+        approved_at: get(&row, "filing_jobs.approved_at")?,
+        cancelled_by: get(&row, "filing_jobs.cancelled_by")?,
+        cancelled_at: get(&row, "filing_jobs.cancelled_at")?,
+        tokens,
+    }))
+}
+
+async fn chain_head(conn: &mut PgConnection, lock: bool) -> Result<ChainHead, StoreError> {
+    let sql = if lock { concat!(select_chain_head!(), " FOR UPDATE") } else { select_chain_head!() };
+    let row = sqlx::query(sql)
+        .fetch_optional(conn)
+        .await
+        .map_err(classify)?
+        // The migration inserts the one row; without it there is no chain to append to.
+        .ok_or(StoreError::Corrupt { what: "audit_chain_head.id" })?;
+    Ok(ChainHead { seq: get_u64(&row, "audit_chain_head.seq")?, hash: get_hash(&row, "audit_chain_head.hash")? })
+}
+
+fn audit_record(row: &PgRow) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        seq: get_u64(row, "audit_entries.seq")?,
+        time_ms: get(row, "audit_entries.time")?,
+        principal: get(row, "audit_entries.principal")?,
+        tenant: get(row, "audit_entries.tenant")?,
+        operation: get(row, "audit_entries.operation")?,
+        outcome: get(row, "audit_entries.outcome")?,
+        reason: get(row, "audit_entries.reason")?,
+        job_id: get(row, "audit_entries.job_id")?,
+        purpose: get(row, "audit_entries.purpose")?,
+        tokens: Vec::new(),
+        record_count: get_u64(row, "audit_entries.record_count")?,
+        prev_hash: get_hash(row, "audit_entries.prev_hash")?,
+        hash: get_hash(row, "audit_entries.hash")?,
+    })
+}
+
+#[async_trait]
+impl<C> ReadTx for PgTx<C>
+where
+    C: DerefMut<Target = PgConnection> + Send,
+{
+    async fn system_key(&mut self, name: &str) -> Result<Option<WrappedKey>, StoreError> {
+        let row = sqlx::query("SELECT wrapped_key FROM system_keys WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.conn())
+            .await
+            .map_err(classify)?;
+        row.map(|row| Ok(WrappedKey::from_bytes(get(&row, "system_keys.wrapped_key")?))).transpose()
+    }
+
+    async fn tenant(&mut self, tenant: &TenantId) -> Result<Option<StoredTenant>, StoreError> {
+        let conn = self.conn();
+        let Some(row) =
+            sqlx::query("SELECT display_name, created_at, index_key_wrapped FROM tenants WHERE tenant = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let record_keys =
+            sqlx::query("SELECT version, wrapped_key FROM tenant_record_keys WHERE tenant = $1 ORDER BY version")
+                .bind(tenant.as_str())
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(classify)?
+                .iter()
+                .map(|k| {
+                    let version = get_u32(k, "tenant_record_keys.version")?;
+                    Ok((version, WrappedKey::from_bytes(get(k, "tenant_record_keys.wrapped_key")?)))
+                })
+                .collect::<Result<_, StoreError>>()?;
+        Ok(Some(StoredTenant {
+            display_name: get(&row, "tenants.display_name")?,
+            created_at: get(&row, "tenants.created_at")?,
+            index_key: WrappedKey::from_bytes(get(&row, "tenants.index_key_wrapped")?),
+            record_keys,
+        }))
+    }
+
+    async fn tokens_by_blind_index(
+        &mut self,
+        tenant: &TenantId,
+        format: TokenFormat,
+        blind_indexes: &[BlindIndex],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        if blind_indexes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let indexes: Vec<&[u8]> = blind_indexes.iter().map(|index| &index.0[..]).collect();
+        let rows = sqlx::query(
+            "SELECT blind_index, token FROM records WHERE tenant = $1 AND format = $2 AND blind_index = ANY($3)",
+        )
+        .bind(tenant.as_str())
+        .bind(format.id())
+        .bind(&indexes)
+        .fetch_all(self.conn())
+        .await
+        .map_err(classify)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(get::<Vec<u8>>(row, "records.blind_index")?, get::<String>(row, "records.token")?);
+        }
+        // Rows come back in any order: answer in the order asked.
+        Ok(blind_indexes.iter().map(|index| found.get(&index.0[..]).cloned()).collect())
+    }
+
+    async fn record(&mut self, tenant: &TenantId, token: &Token) -> Result<Option<RecordRow>, StoreError> {
+        let row = sqlx::query("SELECT format, key_version, created_at FROM records WHERE tenant = $1 AND token = $2")
+            .bind(tenant.as_str())
+            .bind(token.as_str())
+            .fetch_optional(self.conn())
+            .await
+            .map_err(classify)?;
+        row.map(|row| {
+            Ok(RecordRow {
+                format: get(&row, "records.format")?,
+                key_version: get_u32(&row, "records.key_version")?,
+                created_at: get(&row, "records.created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn existing_tokens(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<HashSet<String>, StoreError> {
+        if tokens.is_empty() {
+            return Ok(HashSet::new());
+        }
+        sqlx::query("SELECT token FROM records WHERE tenant = $1 AND token = ANY($2)")
+            .bind(tenant.as_str())
+            .bind(token_strs(tokens))
+            .fetch_all(self.conn())
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| get(row, "records.token"))
+            .collect()
+    }
+
+    async fn sealed_records(
+        &mut self,
+        tenant: &TenantId,
+        tokens: &[Token],
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT token, sealed FROM records WHERE tenant = $1 AND token = ANY($2)")
+            .bind(tenant.as_str())
+            .bind(token_strs(tokens))
+            .fetch_all(self.conn())
+            .await
+            .map_err(classify)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(get::<String>(row, "records.token")?, get::<Vec<u8>>(row, "records.sealed")?);
+        }
+        // In the order asked, skipping tokens without a record.
+        Ok(tokens.iter().filter_map(|token| found.remove_entry(token.as_str())).collect())
+    }
+
+    async fn job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
+        job_row(self.conn(), job_id, false).await
+    }
+
+    async fn audit_head(&mut self) -> Result<ChainHead, StoreError> {
+        chain_head(self.conn(), false).await
+    }
+
+    async fn audit_entries(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new(
+            "SELECT seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, record_count, \
+             prev_hash, hash FROM audit_entries WHERE seq > ",
+        );
+        // No stored seq exceeds i64::MAX, so a larger cursor means "nothing after".
+        query.push_bind(i64::try_from(filter.after_seq).unwrap_or(i64::MAX));
+        if let Some(tenant) = &filter.tenant {
+            query.push(" AND tenant = ").push_bind(tenant.as_str());
+        }
+        if let Some(since) = filter.since_ms {
+            query.push(" AND time >= ").push_bind(since);
+        }
+        if let Some(until) = filter.until_ms {
+            query.push(" AND time < ").push_bind(until);
+        }
+        if let Some(job_id) = &filter.job_id {
+            query.push(" AND job_id = ").push_bind(job_id.as_str());
+        }
+        if let Some(operation) = filter.operation {
+            query.push(" AND operation = ").push_bind(operation);
+        }
+        if let Some(token) = &filter.token {
+            query
+                .push(" AND seq IN (SELECT seq FROM audit_entry_tokens WHERE token = ")
+                .push_bind(token.as_str())
+                .push(")");
+        }
+        query.push(" ORDER BY seq LIMIT ").push_bind(i64::from(filter.limit.max(1)));
+        let conn = self.conn();
+        let rows = query.build().fetch_all(&mut *conn).await.map_err(classify)?;
+        let mut entries = rows.iter().map(audit_record).collect::<Result<Vec<_>, _>>()?;
+        if entries.is_empty() {
+            return Ok(entries);
+        }
+        // The tokens of exactly these entries, never of the gaps between them.
+        let seqs = entries.iter().map(|entry| to_i64(entry.seq)).collect::<Result<Vec<_>, _>>()?;
+        let mut by_seq: HashMap<u64, Vec<String>> = HashMap::with_capacity(entries.len());
+        for row in sqlx::query("SELECT seq, token FROM audit_entry_tokens WHERE seq = ANY($1) ORDER BY seq, position")
+            .bind(&seqs)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?
+        {
+            let seq = get_u64(&row, "audit_entry_tokens.seq")?;
+            by_seq.entry(seq).or_default().push(get(&row, "audit_entry_tokens.token")?);
+        }
+        for entry in &mut entries {
+            entry.tokens = by_seq.remove(&entry.seq).unwrap_or_default();
+        }
+        Ok(entries)
+    }
+}
+
+#[async_trait]
+impl WriteTx for PgTx<Transaction<'static, Postgres>> {
+    async fn insert_system_key(&mut self, name: &str, key: &WrappedKey, created_at: i64) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO system_keys (name, wrapped_key, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(key.as_bytes())
+        .bind(created_at)
+        .execute(self.conn())
+        .await
+        .map_err(classify)?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn insert_tenant(&mut self, tenant: &NewTenant) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        // A concurrent creator of the same tenant makes this wait, then skip.
+        let inserted = sqlx::query(
+            "INSERT INTO tenants (tenant, display_name, created_at, index_key_wrapped) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.tenant.as_str())
+        .bind(&tenant.display_name)
+        .bind(tenant.created_at)
+        .bind(tenant.index_key.as_bytes())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        if inserted.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO tenant_record_keys (tenant, version, wrapped_key, created_at) VALUES ($1, 1, $2, $3)")
+            .bind(tenant.tenant.as_str())
+            .bind(tenant.first_record_key.as_bytes())
+            .bind(tenant.created_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn insert_records(
+        &mut self,
+        tenant: &TenantId,
+        format: TokenFormat,
+        records: &[NewRecord],
+        created_at: i64,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        // Inserting in blind-index order makes concurrent batches wait for one
+        // another in the same order, so overlapping batches queue instead of
+        // deadlocking.
+        let mut sorted: Vec<&NewRecord> = records.iter().collect();
+        sorted.sort_unstable_by_key(|r| r.blind_index.0);
+        let tokens: Vec<&str> = sorted.iter().map(|r| r.token.as_str()).collect();
+        let indexes: Vec<&[u8]> = sorted.iter().map(|r| &r.blind_index.0[..]).collect();
+        let versions: Vec<i64> = sorted.iter().map(|r| i64::from(r.key_version)).collect();
+        let sealed: Vec<&[u8]> = sorted.iter().map(|r| &r.sealed[..]).collect();
+        // No conflict target: a taken blind index and a taken token are both skipped.
+        sqlx::query(
+            "INSERT INTO records (tenant, token, format, blind_index, key_version, sealed, created_at) \
+             SELECT $1, r.token, $2, r.blind_index, r.key_version, r.sealed, $3 \
+             FROM UNNEST($4::text[], $5::bytea[], $6::bigint[], $7::bytea[]) \
+             AS r (token, blind_index, key_version, sealed) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .bind(format.id())
+        .bind(created_at)
+        .bind(&tokens)
+        .bind(&indexes)
+        .bind(&versions)
+        .bind(&sealed)
+        .execute(self.conn())
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn insert_job(&mut self, job: &NewJob) -> Result<(), StoreError> {
+        let JobTerms { job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at } =
+            &job.terms;
+        let conn = self.conn();
+        sqlx::query(
+            "INSERT INTO filing_jobs (job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(job_id.as_str())
+        .bind(tenant.as_str())
+        .bind(purpose.id())
+        .bind(note.as_str())
+        .bind(i64::from(*max_releases_per_token))
+        .bind(created_by.as_str())
+        .bind(created_at)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        // Positions count from 0, as in the SQLite store.
+        sqlx::query(
+            "INSERT INTO filing_job_tokens (job_id, position, token) \
+             SELECT $1, t.ordinality - 1, t.token FROM UNNEST($2::text[]) WITH ORDINALITY AS t (token, ordinality)",
+        )
+        .bind(job_id.as_str())
+        .bind(token_strs(&job.tokens))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn lock_job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
+        job_row(self.conn(), job_id, true).await
+    }
+
+    async fn set_job_approved(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE filing_jobs SET approved_by = $1, approved_at = $2 WHERE job_id = $3")
+            .bind(by.as_str())
+            .bind(at)
+            .bind(job_id.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn set_job_cancelled(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE filing_jobs SET cancelled_by = $1, cancelled_at = $2 WHERE job_id = $3")
+            .bind(by.as_str())
+            .bind(at)
+            .bind(job_id.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn count_releases(&mut self, job_id: &JobId, tokens: &[Token], max: u32) -> Result<u64, StoreError> {
+        if tokens.is_empty() {
+            return Ok(0);
+        }
+        // The limit is checked in the UPDATE itself, on the row it locks, so
+        // even a writer that skipped lock_job cannot count past it.
+        let counted = sqlx::query(
+            "UPDATE filing_job_tokens SET releases = releases + 1 \
+             WHERE job_id = $1 AND token = ANY($2) AND releases < $3",
+        )
+        .bind(job_id.as_str())
+        .bind(token_strs(tokens))
+        .bind(i64::from(max))
+        .execute(self.conn())
+        .await
+        .map_err(classify)?;
+        Ok(counted.rows_affected())
+    }
+
+    async fn lock_chain_head(&mut self) -> Result<ChainHead, StoreError> {
+        chain_head(self.conn(), true).await
+    }
+
+    async fn insert_audit_entry(&mut self, entry: &AuditRecord) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let seq = to_i64(entry.seq)?;
+        sqlx::query(
+            "INSERT INTO audit_entries (seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, \
+             record_count, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(seq)
+        .bind(entry.time_ms)
+        .bind(&entry.principal)
+        .bind(&entry.tenant)
+        .bind(&entry.operation)
+        .bind(&entry.outcome)
+        .bind(&entry.reason)
+        .bind(&entry.job_id)
+        .bind(&entry.purpose)
+        .bind(to_i64(entry.record_count)?)
+        .bind(&entry.prev_hash[..])
+        .bind(&entry.hash[..])
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        if entry.tokens.is_empty() {
+            return Ok(());
+        }
+        // Positions count from 0, as in the SQLite store.
+        sqlx::query(
+            "INSERT INTO audit_entry_tokens (seq, position, token) \
+             SELECT $1, t.ordinality - 1, t.token FROM UNNEST($2::text[]) WITH ORDINALITY AS t (token, ordinality)",
+        )
+        .bind(seq)
+        .bind(&entry.tokens)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn set_chain_head(&mut self, head: &ChainHead) -> Result<(), StoreError> {
+        sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(to_i64(head.seq)?)
+            .bind(&head.hash[..])
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.0.commit().await.map_err(classify)
+    }
+}

@@ -325,7 +325,7 @@ impl VaultCore {
         asked: &[Token],
         draft: &mut AuditDraft,
     ) -> Result<Vec<Released>, VaultError> {
-        draft.tokens = asked.to_vec();
+        // Tokens are recorded only once the caller is authorised for the job.
         let listed = self.open_job(caller, job_id, &[Role::Filer], draft).await?;
         // Which tokens a job lists never changes, so this may be read before the lock.
         let tokens = listed.tokens_to_release(asked);

@@ -64,9 +64,11 @@ impl DatabaseLocation {
         match self {
             DatabaseLocation::Sqlite(path) => format!("SQLite {}", path.display()),
             DatabaseLocation::Postgres(url) => {
+                // Credentials may sit before the host or in the query; show neither.
                 let without_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-                let host = without_scheme.rsplit_once('@').map_or(without_scheme, |(_, host)| host);
-                format!("PostgreSQL {}", host.split('?').next().unwrap_or(host))
+                let without_query = without_scheme.split('?').next().unwrap_or(without_scheme);
+                let host = without_query.rsplit_once('@').map_or(without_query, |(_, host)| host);
+                format!("PostgreSQL {host}")
             }
         }
     }
@@ -95,5 +97,7 @@ mod tests {
         assert_eq!(DatabaseLocation::parse("sqlite:///x/v.db", dir), DatabaseLocation::Sqlite("/x/v.db".into()));
         let pg = DatabaseLocation::parse("postgres://vault:secret@db.internal:5432/mnvault?sslmode=require", dir);
         assert_eq!(pg.describe(), "PostgreSQL db.internal:5432/mnvault");
+        let in_query = DatabaseLocation::parse("postgres://db/x?user=a&password=p@ss", dir);
+        assert_eq!(in_query.describe(), "PostgreSQL db/x");
     }
 }

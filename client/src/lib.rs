@@ -9,6 +9,10 @@
 //! [`number::MyNumber`] and [`purpose::Purpose`] are re-exported from
 //! `mnvault-core`, the crate that holds the vault's rules, so a client
 //! validates input exactly as the server does before sending it.
+//!
+//! Numbers are handed out only as [`SecretString`] ([`ReleasedNumber`]),
+//! wiped on drop; the protobuf messages that carry a number wipe it too. The
+//! bytes inside tonic's and h2's buffers are not wiped.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -185,7 +189,8 @@ impl VaultClient {
     }
 
     /// Tokenizes one number. The vault validates it; see [`number::MyNumber`]
-    /// to validate before sending.
+    /// to validate before sending. The request's copy of the number is wiped
+    /// once sent; `number` stays the caller's to wipe.
     pub async fn tokenize(&self, tenant: &str, number: &str, format: TokenFormat) -> Result<String, ClientError> {
         let request =
             pb::TokenizeRequest { tenant: tenant.to_owned(), number: number.to_owned(), format: format.into() };
@@ -194,6 +199,7 @@ impl VaultClient {
 
     /// Tokenizes many numbers over one bidirectional stream. Yields one
     /// result per number, in input order; a bad number is a per-record error.
+    /// Each number is moved into its request, which wipes it once sent.
     pub async fn tokenize_stream<I>(
         &self,
         tenant: &str,
@@ -271,8 +277,11 @@ impl VaultClient {
         let mut stream = self.filing.clone().detokenize(request).await?.into_inner();
         let mut released = Vec::new();
         while let Some(mut response) = stream.message().await? {
-            let number = SecretString::from(std::mem::take(&mut response.number));
-            released.push(ReleasedNumber { token: response.token, number });
+            // One exact copy into the secret; the response wipes its own when
+            // dropped. (Converting the String instead could reallocate and
+            // leave the old buffer unwiped.)
+            let number = SecretString::from(response.number.as_str());
+            released.push(ReleasedNumber { token: std::mem::take(&mut response.token), number });
         }
         Ok(released)
     }

@@ -18,7 +18,8 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 /// cannot recompute the chain after editing it. A plain hash chain would not
 /// stop them. `Debug` is redacted.
 pub struct AuditChainKey {
-    /// Keyed once and cloned per link (see `TenantKeys` on why hmac state is not zeroized).
+    /// Keyed once and cloned per link; neither it nor the clones are wiped on
+    /// drop (see `TenantKeys` on why hmac state is not zeroized).
     mac: Hmac<Sha256>,
 }
 

@@ -15,8 +15,9 @@
 //!  │     └── HKDF(info = labels::BLIND_INDEX ‖ tenant)      → blind-index HMAC key
 //!  ├── tenant record key, v=1,2… (one per tenant and version)
 //!  │     └── HKDF(info = labels::RECORD_SEAL ‖ tenant ‖ v)  → AES-256-GCM record key
-//!  └── audit chain key          (one per vault)
-//!        └── HKDF(info = labels::AUDIT_CHAIN)               → audit-chain HMAC key
+//!  └── audit chain key          (one per vault, the "system key")
+//!        ├── HKDF(info = labels::AUDIT_CHAIN)               → audit-chain HMAC key
+//!        └── HKDF(info = labels::STATE_TAG)                 → state-tag HMAC key
 //! ```
 //!
 //! The root key never leaves its [`RootKeyProvider`]: the trait only wraps
@@ -39,6 +40,11 @@
 //!   (see [`TenantKeys::seal`]): a ciphertext moved onto another token, tenant
 //!   or version fails to open ([`KeyError::IntegrityCheckFailed`]). Someone who
 //!   can write the database can delete records, but cannot swap them.
+//!
+//! * The vault's own state (a record's token, format and blind index, a filing
+//!   job's terms, approval, cancellation and release counts) carries a
+//!   [`StateKey`] tag over its fields and its identity: a database writer can
+//!   neither edit such a row nor copy one row's state onto another.
 //!
 //! # Rotation
 //!
@@ -67,11 +73,28 @@
 //!
 //! # Secret hygiene
 //!
-//! Key bytes live in [`KeyMaterial`] (a `secrecy::SecretBox`, zeroized on
-//! drop); intermediate buffers holding keys or plaintext are `Zeroizing`; AES
-//! key schedules are zeroized on drop by `aes-gcm`'s `zeroize` feature. No
-//! `Debug` implementation and no [`KeyError`] message contains key bytes or
-//! plaintext.
+//! Wiped on drop: key bytes in [`KeyMaterial`] (a `secrecy::SecretBox`);
+//! intermediate buffers holding keys or plaintext (HKDF output, the root key
+//! file's contents, unwrapped keys, opened records), which are `Zeroizing`;
+//! AES round keys, by the `aes` crate's `zeroize` feature; and each message's
+//! GHASH state, by the `zeroize` features of `ghash` and `polyval`. These
+//! three features are turned on in `Cargo.toml`: `aes-gcm`'s own `zeroize`
+//! feature wipes only a temporary and does not forward to them.
+//!
+//! Not wiped, because the crates offer no way to:
+//!
+//! * the keyed HMAC-SHA-256 states (hmac 0.12, sha2 0.10) of the blind-index,
+//!   audit-chain and state-tag keys, and their per-call clones: they hold the
+//!   derived key XORed with the pads;
+//! * the HKDF state of every derivation (hkdf 0.12 keeps the pseudorandom key
+//!   in such an HMAC state);
+//! * the GHASH key H = AES(K, 0) that each long-lived `Aes256Gcm` keeps
+//!   (polyval 0.6's CPU-dispatching backend never drops its inner state);
+//! * copies that moves leave on the stack.
+//!
+//! Each of these is a subkey derived for one purpose (and tenant): it
+//! reveals neither the stored key nor the root key. No `Debug` implementation
+//! and no [`KeyError`] message contains key bytes or plaintext.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -79,12 +102,14 @@
 mod audit;
 mod error;
 mod material;
+mod state;
 mod tenant;
 mod wrap;
 
 pub use audit::{AuditChainKey, GENESIS_HASH};
 pub use error::KeyError;
 pub use material::{KeyMaterial, KEY_LEN};
+pub use state::{StateKey, STATE_TAG_LEN};
 pub use tenant::{sealed_key_version, BlindIndex, TenantKeys};
 pub use wrap::{RootKeyFile, RootKeyProvider, WrapContext, WrappedKey};
 
@@ -100,6 +125,8 @@ pub mod labels {
     pub const RECORD_SEAL: &[u8] = b"mnvault/v1/record-seal";
     /// HKDF info of the audit-chain HMAC key.
     pub const AUDIT_CHAIN: &[u8] = b"mnvault/v1/audit-chain";
+    /// HKDF info of the state-tag HMAC key (records' bindings, filing jobs).
+    pub const STATE_TAG: &[u8] = b"mnvault/v1/state-tag";
     /// HKDF info of the key-wrapping subkey of a root key, and prefix of the wrap AAD.
     pub const WRAP: &[u8] = b"mnvault/v1/wrap";
     /// Prefix of the AAD of a sealed record.
@@ -123,7 +150,9 @@ fn random_nonce() -> [u8; NONCE_LEN] {
 }
 
 /// HKDF-SHA256 without salt: the input keys are already uniformly random, so
-/// the extract step needs no salt (RFC 5869, section 3.1).
+/// the extract step needs no salt (RFC 5869, section 3.1). The output is
+/// wiped on drop; the HKDF state (its pseudorandom key) is not, as hkdf 0.12
+/// cannot.
 fn hkdf_derive(ikm: &[u8; KEY_LEN], info: &[&[u8]]) -> zeroize::Zeroizing<[u8; KEY_LEN]> {
     let mut okm = zeroize::Zeroizing::new([0u8; KEY_LEN]);
     hkdf::Hkdf::<sha2::Sha256>::new(None, ikm)

@@ -43,10 +43,13 @@ impl fmt::Debug for BlindIndex {
 pub struct TenantKeys {
     tenant: String,
     /// Keyed once and cloned per call. hmac 0.12 cannot zeroize its state, so
-    /// this copy of the derived key's pads is not wiped on drop; it is derived
-    /// for this tenant and purpose only, which limits what a leak reveals.
+    /// this copy of the derived key's pads, and each per-call clone, is not
+    /// wiped on drop; it is derived for this tenant and purpose only, which
+    /// limits what a leak reveals.
     index_mac: Hmac<Sha256>,
-    /// Built once per version; key schedules are zeroized on drop (aes-gcm `zeroize` feature).
+    /// Built once per version. The AES round keys are zeroized on drop (the
+    /// `aes` crate's `zeroize` feature); the GHASH key each one keeps is not
+    /// (see "Secret hygiene" in the crate documentation).
     record_ciphers: BTreeMap<u32, Aes256Gcm>,
 }
 

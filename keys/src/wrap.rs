@@ -133,8 +133,9 @@ const FILE_MAX_LEN: usize = 256;
 /// `Debug` shows the path only.
 pub struct RootKeyFile {
     path: PathBuf,
-    /// AES-256-GCM under HKDF(root key, `labels::WRAP`); the key schedule is
-    /// zeroized on drop by `aes-gcm`'s `zeroize` feature.
+    /// AES-256-GCM under HKDF(root key, `labels::WRAP`). Its AES round keys
+    /// are zeroized on drop (the `aes` crate's `zeroize` feature), its GHASH
+    /// key is not (see "Secret hygiene" in the crate documentation).
     wrap_cipher: Aes256Gcm,
 }
 

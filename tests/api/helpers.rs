@@ -217,6 +217,7 @@ pub struct TestApp {
     pub backend: Backend,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    context: Option<Arc<mnvault::service::VaultContext>>,
 }
 
 /// A dev vault with the default dev configuration.
@@ -226,6 +227,13 @@ pub async fn spawn_app(backend: &Backend) -> TestApp {
 
 /// A dev vault whose settings `configure` may change before it starts.
 pub async fn spawn_app_with(backend: &Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let (settings, data_dir) = new_data_dir(backend, configure).await;
+    start(settings, data_dir, backend.clone()).await
+}
+
+/// A fresh dev data directory on `backend`, initialised with the settings
+/// `configure` leaves, and no vault serving it yet.
+pub async fn new_data_dir(backend: &Backend, configure: impl FnOnce(&mut Settings)) -> (Settings, Arc<TempDir>) {
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut settings = datadir::dev_settings(data_dir.path());
     settings.listen = "127.0.0.1:0".parse().unwrap();
@@ -234,7 +242,7 @@ pub async fn spawn_app_with(backend: &Backend, configure: impl FnOnce(&mut Setti
     }
     configure(&mut settings);
     datadir::initialise(&settings).await.expect("initialise data dir");
-    start(settings, data_dir, backend.clone()).await
+    (settings, data_dir)
 }
 
 /// A second vault process (replica) serving the same data directory's keys
@@ -247,6 +255,7 @@ pub async fn spawn_replica(app: &TestApp) -> TestApp {
 
 async fn start(settings: Settings, data_dir: Arc<TempDir>, backend: Backend) -> TestApp {
     let application = Application::build(&settings).await.expect("build vault");
+    let context = Some(application.context());
     let endpoint = format!("https://127.0.0.1:{}", application.local_addr().port());
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -257,10 +266,21 @@ async fn start(settings: Settings, data_dir: Arc<TempDir>, backend: Backend) -> 
             .await
             .expect("vault ran");
     });
-    TestApp { endpoint, data_dir, backend, shutdown: Some(shutdown), server: Some(server) }
+    TestApp { endpoint, data_dir, backend, shutdown: Some(shutdown), server: Some(server), context }
 }
 
 impl TestApp {
+    /// A handle on a vault that serves `data_dir` at `endpoint` from elsewhere
+    /// (another process): its clients, CLI and database, nothing to stop.
+    pub fn serving_elsewhere(endpoint: String, data_dir: Arc<TempDir>, backend: Backend) -> TestApp {
+        TestApp { endpoint, data_dir, backend, shutdown: None, server: None, context: None }
+    }
+
+    /// How many stored objects failed their integrity check in this vault.
+    pub fn integrity_failures(&self) -> u64 {
+        self.context.as_ref().expect("an in-process vault").core.integrity_failures()
+    }
+
     /// The data directory's path.
     pub fn path(&self) -> &Path {
         self.data_dir.path()

@@ -6,10 +6,16 @@
 mod helpers;
 
 mod audit_log;
+mod crash;
+mod dev_mode;
 mod filing_rules;
 mod integrity;
+mod limits;
+mod no_number_in_text;
+mod private_files;
 mod replicas;
 mod store_conformance;
+mod tampering;
 mod tokens;
 mod transport;
 mod walkthrough;

@@ -98,19 +98,32 @@ on_both_backends! {
         assert!(!tx.insert_system_key("audit-chain", &tenant.index_key, 0).await.unwrap());
         // Records: a second row for a taken blind index or token is skipped.
         let token = |i: u8| Token::parse(&format!("mnt_{}", std::iter::repeat_n(char::from(b'a' + i), 26).collect::<String>())).unwrap();
-        let record = |i: u8, index: u8| NewRecord { blind_index: BlindIndex([index; 32]), token: token(i), key_version: 1, sealed: vec![i; 40] };
+        let record = |i: u8, index: u8| NewRecord {
+            blind_index: BlindIndex([index; 32]),
+            token: token(i),
+            key_version: 1,
+            sealed: vec![i; 40],
+            tag: [i; 32],
+        };
         tx.insert_records(&demo(), TokenFormat::Opaque, &[record(0, 0), record(1, 1)], 7).await.unwrap();
         tx.insert_records(&demo(), TokenFormat::Opaque, &[record(2, 0), record(1, 2)], 8).await.unwrap();
         let holders = tx
-            .tokens_by_blind_index(&demo(), TokenFormat::Opaque, &[BlindIndex([1; 32]), BlindIndex([2; 32]), BlindIndex([0; 32])])
+            .records_by_blind_index(&demo(), TokenFormat::Opaque, &[BlindIndex([1; 32]), BlindIndex([2; 32]), BlindIndex([0; 32])])
             .await
             .unwrap();
-        assert_eq!(holders, vec![Some(token(1).to_string()), None, Some(token(0).to_string())]);
+        let holder = |i: usize| holders[i].as_ref().map(|row| (row.token.clone(), row.blind_index.clone(), row.tag.clone()));
+        assert_eq!(holders.len(), 3);
+        assert_eq!(holder(0), Some((token(1).to_string(), vec![1; 32], Some(vec![1; 32]))));
+        assert_eq!(holder(1), None);
+        assert_eq!(holder(2), Some((token(0).to_string(), vec![0; 32], Some(vec![0; 32]))));
         let existing = tx.existing_tokens(&demo(), &[token(0), token(2)]).await.unwrap();
         assert_eq!(existing, HashSet::from([token(0).to_string()]));
-        assert_eq!(tx.sealed_records(&demo(), &[token(1)]).await.unwrap(), vec![(token(1).to_string(), vec![1; 40])]);
+        let sealed = tx.sealed_records(&demo(), &[token(1)]).await.unwrap();
+        assert_eq!(sealed.len(), 1);
+        assert_eq!((sealed[0].0.token.as_str(), &sealed[0].1), (token(1).as_str(), &vec![1; 40]));
         let row = tx.record(&demo(), &token(0)).await.unwrap().unwrap();
         assert_eq!((row.format.as_str(), row.key_version, row.created_at), ("opaque", 1, 7));
+        assert_eq!((row.blind_index, row.tag), (vec![0; 32], Some(vec![0; 32])));
         // The chain head moves only as told, and commits with the rest.
         let head = tx.lock_chain_head().await.unwrap();
         assert_eq!(head.seq, 1, "the tenant's creation is entry 1");
@@ -132,6 +145,11 @@ on_both_backends! {
         let row = tx.lock_job(&job_id).await.unwrap().unwrap();
         assert_eq!(row.tokens.len(), 2);
         assert_eq!(row.approved_by.as_deref(), Some("bob"));
+        // The approval's entry is the job's last change, and its state names it.
+        let by_job = AuditFilter { job_id: Some(job_id.clone()), limit: 10, ..Default::default() };
+        let approval = tx.audit_entries(&by_job).await.unwrap().pop().expect("approved");
+        assert_eq!((approval.operation.as_str(), approval.seq), ("filing.approve-job", u64::try_from(row.state_seq).unwrap()));
+        tx.set_job_state(&job_id, 99, &[9; 32]).await.unwrap();
         assert_eq!(tx.count_releases(&job_id, &tokens[..2], 2).await.unwrap(), 2);
         assert_eq!(tx.count_releases(&job_id, &tokens[..1], 2).await.unwrap(), 1);
         // Over the limit, or not listed: not counted.
@@ -139,6 +157,7 @@ on_both_backends! {
         tx.commit().await.unwrap();
         let row = store.begin_read().await.unwrap().job(&job_id).await.unwrap().unwrap();
         assert_eq!(row.tokens.iter().map(|(_, r)| *r).collect::<Vec<_>>(), vec![2, 2]);
+        assert_eq!((row.state_seq, row.state_tag), (99, Some(vec![9; 32])));
         // Entries by token and by job: exactly the matching ones, with their tokens.
         let mut read = store.begin_read().await.unwrap();
         let by_token = read.audit_entries(&AuditFilter { token: Some(tokens[2].clone()), limit: 100, ..Default::default() }).await.unwrap();

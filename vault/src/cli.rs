@@ -552,21 +552,58 @@ async fn audit_verify(
     let provider = startup::root_key_provider(&settings)?;
     let store = startup::open_store(&settings, OpenMode::Review).await?;
     let verdict = async {
-        let key = mnvault_core::keyring::load_audit_key(store.as_ref(), provider.as_ref()).await?;
+        let keys = mnvault_core::keyring::load_system_keys(store.as_ref(), provider.as_ref()).await?;
         let head = store.begin_read().await?.audit_head().await?;
         let bar = progress_bar(head.seq, head.seq > 10_000);
-        let verdict =
-            mnvault_core::vault::verify_chain(store.as_ref(), &key, |checked| bar.set_position(checked)).await;
+        let chain =
+            mnvault_core::vault::verify_chain(store.as_ref(), &keys.audit_chain, |checked| bar.set_position(checked))
+                .await;
         bar.finish_and_clear();
-        anyhow::Ok(verdict?)
+        let chain = chain.map_err(anyhow::Error::from);
+        // Then every record and job: edited state is named, not just refused when used.
+        let integrity = mnvault_core::integrity::Integrity::new(keys.state);
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} stored objects checked")
+                .expect("valid template"),
+        );
+        let state = mnvault_core::vault::verify_state(store.as_ref(), &keys.audit_chain, &integrity, |checked| {
+            bar.set_position(checked)
+        })
+        .await;
+        bar.finish_and_clear();
+        anyhow::Ok((chain, state))
     }
     .await;
     store.close().await;
-    match verdict? {
+    // The chain's verdict is printed whatever the state walk says.
+    let (chain, state) = verdict?;
+    let chain = match chain? {
         Ok(chain) => {
             writeln!(out, "audit chain intact: {} entries, head {}", chain.entries, hex::encode(chain.head_hash))?;
             Ok(())
         }
-        Err(broken) => bail!("audit chain broken at {broken}"),
+        Err(broken) => {
+            writeln!(out, "audit chain BROKEN at {broken}")?;
+            Err(format!("audit chain broken at {broken}"))
+        }
+    };
+    let state = state?;
+    if state.tampered == 0 {
+        writeln!(out, "stored state intact: {} records, {} filing jobs", state.records, state.jobs)?;
+    } else {
+        writeln!(
+            out,
+            "stored state TAMPERED: {} of {} records and {} filing jobs failed their integrity check:",
+            state.tampered, state.records, state.jobs
+        )?;
+        for named in &state.named {
+            writeln!(out, "  {named}")?;
+        }
+    }
+    match (chain, state.tampered) {
+        (Ok(()), 0) => Ok(()),
+        (Err(broken), _) => bail!("{broken}"),
+        (Ok(()), tampered) => bail!("{tampered} stored object(s) failed their integrity check"),
     }
 }

@@ -2,13 +2,20 @@
 //! put in it.
 //!
 //! ```text
-//! <data-dir>/            mode 0700
+//! <data-dir>/            mode 0700; every file in it 0600, every directory 0700
+//!   DEVELOPMENT          dev only: marks a directory made for development
 //!   mnvault.toml         configuration
-//!   root.key             root key file, mode 0600 (production: keep it elsewhere, or in an HSM)
+//!   root.key             root key file (production: keep it elsewhere, or in an HSM)
 //!   vault.db, -wal, -shm SQLite database: sealed records, jobs, audit log
 //!                        (absent when `database.url` names PostgreSQL)
 //!   dev-pki/             dev only: ca.pem, server.crt/key, <principal>.crt/key
 //! ```
+//!
+//! Dev stays dev: the `DEVELOPMENT` marker is written before anything else
+//! of a dev directory, so even an interrupted dev initialisation leaves it. A
+//! marked directory loads as dev whatever its configuration says
+//! ([`Settings::load`]), which keeps it on loopback, and a production start
+//! refuses it and any certificate of the dev PKI ([`check_production`]).
 //!
 //! Initialising writes the schema and the audit-chain key into the database.
 //! A PostgreSQL database is initialised once; further replicas only serve it.
@@ -43,6 +50,39 @@ pub const DEV_TENANT: &str = "demo";
 pub const DEV_LISTEN: &str = "127.0.0.1:50051";
 /// Principal recorded in the audit log for what initialisation does.
 pub const INIT_PRINCIPAL: &str = "mnvault-init";
+/// The file that marks a data directory made for development.
+pub const DEV_MARKER_FILE: &str = "DEVELOPMENT";
+
+/// What the marker file says to whoever finds it.
+const DEV_MARKER_TEXT: &str = "\
+This data directory was made by `mnvault serve --dev` for development.
+Its certificate authority's key sits unencrypted in dev-pki/ and every dev
+principal may act on every tenant. mnvault serves it on loopback only, and
+a production start (`mnvault serve` without --dev) refuses it.
+Never put real My Numbers in it. For production, run `mnvault init` in a new
+directory.
+";
+
+/// Why a production start refused: something made for development.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevError {
+    /// The data directory was made for development.
+    #[error(
+        "{0} was made for development ({DEV_MARKER_FILE} is in it): start it with `mnvault serve --dev`, which \
+         listens on loopback only, or initialise a production data directory with `mnvault init`"
+    )]
+    DevDataDir(PathBuf),
+    /// A TLS file holds a certificate of the dev PKI.
+    #[error(
+        "{path} is a certificate of the mnvault dev PKI, whose CA key lies unencrypted in a dev data directory; \
+         a production vault needs certificates from your own CA"
+    )]
+    DevCertificate {
+        /// The TLS file.
+        path: PathBuf,
+    },
+}
 
 /// Why a data directory could not be initialised.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +94,12 @@ pub enum InitError {
     /// It holds a production vault but `--dev` was asked for.
     #[error("{0} holds a vault that is not a dev setup; run without --dev")]
     NotDev(PathBuf),
+    /// A production vault was asked for in a directory marked for development.
+    #[error(
+        "{0} was made for development ({DEV_MARKER_FILE} is in it); initialise a production vault in another \
+         directory"
+    )]
+    DevDataDir(PathBuf),
     /// A directory could not be created.
     #[error("cannot create {path}: {source}")]
     Io {
@@ -87,6 +133,38 @@ pub fn is_initialised(data_dir: &Path) -> bool {
     data_dir.join(CONFIG_FILE).exists()
 }
 
+/// Whether `data_dir` is marked as made for development. Any entry by that
+/// name counts, so that a marker cannot be hidden by making it something odd.
+pub fn is_marked_dev(data_dir: &Path) -> bool {
+    std::fs::symlink_metadata(data_dir.join(DEV_MARKER_FILE)).is_ok()
+}
+
+/// Marks `data_dir` as made for development.
+fn mark_dev(data_dir: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(DEV_MARKER_FILE);
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(DEV_MARKER_TEXT.as_bytes())?;
+    file.sync_all()
+}
+
+/// Refuses, for a production start, development material: a data directory
+/// marked for development, and a server certificate or client CA of the dev
+/// PKI. A TLS file that cannot be read is left to the start to report.
+pub fn check_production(settings: &Settings) -> Result<(), DevError> {
+    if is_marked_dev(&settings.data_dir) {
+        return Err(DevError::DevDataDir(settings.data_dir.clone()));
+    }
+    for file in [&settings.tls.cert, &settings.tls.client_ca] {
+        let path = settings.resolve(file);
+        if std::fs::read(&path).is_ok_and(|pem| dev_pki::is_dev_pki_pem(&pem)) {
+            return Err(DevError::DevCertificate { path });
+        }
+    }
+    Ok(())
+}
+
 /// Settings of a dev vault in `data_dir`: dev PKI, every dev principal with
 /// the role of its name on every tenant.
 pub fn dev_settings(data_dir: &Path) -> Settings {
@@ -114,6 +192,7 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
             client_ca: pki.join(dev_pki::CA_CERT_FILE),
         },
         principals,
+        limits: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }
@@ -131,6 +210,7 @@ pub fn production_settings(data_dir: &Path) -> Settings {
             client_ca: PathBuf::from("tls/client-ca.pem"),
         },
         principals: BTreeMap::new(),
+        limits: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }
@@ -143,6 +223,9 @@ pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
     if is_initialised(data_dir) {
         return Err(InitError::AlreadyInitialised(data_dir.clone()));
     }
+    if !settings.dev && is_marked_dev(data_dir) {
+        return Err(InitError::DevDataDir(data_dir.clone()));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -151,6 +234,10 @@ pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
     // An existing directory keeps its mode from DirBuilder; tighten it.
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|source| InitError::Io { path: data_dir.clone(), source })?;
+    if settings.dev {
+        // First, so that whatever else this leaves behind is known as dev.
+        mark_dev(data_dir).map_err(|source| InitError::Io { path: data_dir.join(DEV_MARKER_FILE), source })?;
+    }
     let provider: Arc<dyn RootKeyProvider> = Arc::new(RootKeyFile::create(&settings.resolve(&settings.root_key.file))?);
     let location = settings.database();
     let store = crate::store::open(&location, OpenMode::Initialise, settings.database.write_timeout()).await?;
@@ -200,8 +287,56 @@ pub async fn ensure_dev(data_dir: &Path, database_url: Option<&str>) -> Result<S
     if !settings.dev {
         return Err(InitError::NotDev(data_dir.to_owned()));
     }
+    if !is_marked_dev(data_dir) {
+        // A dev directory made before the marker existed: its configuration
+        // says dev (no environment variable can), so mark it now.
+        mark_dev(data_dir).map_err(|source| InitError::Io { path: data_dir.join(DEV_MARKER_FILE), source })?;
+    }
     if let Some(url) = database_url {
         settings.database.url = url.to_owned();
     }
     Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA certificate of the operator's own, not the dev PKI's.
+    fn own_ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        let mut name = rcgen::DistinguishedName::new();
+        name.push(rcgen::DnType::OrganizationName, "Example payroll company");
+        name.push(rcgen::DnType::CommonName, "Example vault CA");
+        params.distinguished_name = name;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn production_refuses_the_dev_ca_as_client_ca_and_a_marked_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = production_settings(dir.path());
+        let (cert, client_ca) = (settings.resolve(&settings.tls.cert), settings.resolve(&settings.tls.client_ca));
+        std::fs::create_dir_all(cert.parent().unwrap()).unwrap();
+        // Missing TLS files are left to the start to report.
+        check_production(&settings).unwrap();
+        let own = own_ca_pem();
+        std::fs::write(&cert, &own).unwrap();
+        std::fs::write(&client_ca, &own).unwrap();
+        check_production(&settings).unwrap();
+
+        let pki = dir.path().join("elsewhere");
+        dev_pki::create_dev_pki(&pki, &["someone"]).unwrap();
+        std::fs::copy(pki.join(dev_pki::CA_CERT_FILE), &client_ca).unwrap();
+        match check_production(&settings) {
+            Err(DevError::DevCertificate { path }) => assert_eq!(path, client_ca),
+            other => panic!("the dev CA was accepted as client CA: {other:?}"),
+        }
+
+        std::fs::write(&client_ca, &own).unwrap();
+        mark_dev(dir.path()).unwrap();
+        assert!(matches!(check_production(&settings), Err(DevError::DevDataDir(_))));
+    }
 }

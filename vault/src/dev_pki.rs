@@ -18,7 +18,11 @@
 //! included. Production deployments use the operator's own CA, with its key
 //! kept offline, and never call [`create_dev_pki`].
 //!
-//! Private keys are written with mode 0600 inside a 0700 directory, and no
+//! Every certificate names [`DEV_PKI_ORGANIZATION`] as its organization (so
+//! every one it signs names it as issuer): a production start refuses any
+//! certificate that carries it ([`is_dev_pki_pem`]).
+//!
+//! Every file is written with mode 0600 inside a 0700 directory, and no
 //! existing file is ever overwritten. Unix only.
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -45,8 +49,12 @@ pub const SERVER_CERT_FILE: &str = "server.crt";
 /// The server's private key (PKCS#8 PEM, mode 0600).
 pub const SERVER_KEY_FILE: &str = "server.key";
 
-/// Common Name of the dev CA certificate.
+/// Common Name of the dev CA certificate (also how a dev PKI made before
+/// [`DEV_PKI_ORGANIZATION`] is recognised).
 const CA_COMMON_NAME: &str = "mnvault dev CA";
+/// Organization (O) of every dev PKI certificate, the marker a production
+/// start looks for in subjects and issuers.
+pub const DEV_PKI_ORGANIZATION: &str = "mnvault dev PKI - DEVELOPMENT ONLY, never trust in production";
 /// Common Name of the server certificate.
 const SERVER_COMMON_NAME: &str = "localhost";
 /// 825 days is the longest leaf lifetime browsers and most TLS stacks accept;
@@ -63,6 +71,22 @@ pub fn client_cert_file(name: &str) -> String {
 /// File name of the client private key for `name`: `"<name>.key"`.
 pub fn client_key_file(name: &str) -> String {
     format!("{name}.key")
+}
+
+/// Whether `pem` holds a certificate of a dev PKI: one whose subject or
+/// issuer carries [`DEV_PKI_ORGANIZATION`], or names the dev CA. Blocks
+/// that do not parse are skipped (whoever loads the file reports them).
+pub fn is_dev_pki_pem(pem: &[u8]) -> bool {
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .filter_map(Result::ok)
+        .any(|block| block.parse_x509().is_ok_and(|cert| names_dev_pki(cert.subject()) || names_dev_pki(cert.issuer())))
+}
+
+fn names_dev_pki(name: &x509_parser::x509::X509Name<'_>) -> bool {
+    let is =
+        |value: &x509_parser::x509::AttributeTypeAndValue<'_>, wanted: &str| value.as_str().is_ok_and(|v| v == wanted);
+    name.iter_organization().any(|value| is(value, DEV_PKI_ORGANIZATION))
+        || name.iter_common_name().any(|value| is(value, CA_COMMON_NAME))
 }
 
 /// Why the dev PKI could not be created, or why a certificate names no usable principal.
@@ -93,7 +117,8 @@ pub enum PkiError {
     },
 
     /// A principal name cannot be used as a certificate Common Name and file name.
-    #[error("invalid principal name {name:?}: {reason}")]
+    // The name is not repeated: what fails validation is not known to be safe to print.
+    #[error("a principal name is not valid: {reason}")]
     InvalidPrincipal {
         /// The rejected name.
         name: String,
@@ -169,7 +194,7 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
     let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut files = vec![(CA_CERT_FILE.to_owned(), ca_cert_pem, false), (CA_KEY_FILE.to_owned(), ca_key_pem, true)];
+    let mut files = vec![(CA_CERT_FILE.to_owned(), ca_cert_pem), (CA_KEY_FILE.to_owned(), ca_key_pem)];
 
     let server_key = generate_key("server key")?;
     let mut server_params = leaf_params(SERVER_COMMON_NAME, not_before, not_after);
@@ -181,24 +206,25 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert =
         server_params.signed_by(&server_key, &issuer).map_err(|source| generate_error("server certificate", source))?;
-    files.push((SERVER_CERT_FILE.to_owned(), server_cert.pem(), false));
-    files.push((SERVER_KEY_FILE.to_owned(), server_key.serialize_pem(), true));
+    files.push((SERVER_CERT_FILE.to_owned(), server_cert.pem()));
+    files.push((SERVER_KEY_FILE.to_owned(), server_key.serialize_pem()));
 
     for name in principals {
-        let key = generate_key(&format!("key for principal {name:?}"))?;
+        let key = generate_key(&format!("key for principal {name}"))?;
         let mut params = leaf_params(name, not_before, not_after);
         // No SANs: client certificates are identified by CN alone, and rustls
         // does not check names on client certificates.
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params
             .signed_by(&key, &issuer)
-            .map_err(|source| generate_error(&format!("certificate for principal {name:?}"), source))?;
-        files.push((client_cert_file(name), cert.pem(), false));
-        files.push((client_key_file(name), key.serialize_pem(), true));
+            .map_err(|source| generate_error(&format!("certificate for principal {name}"), source))?;
+        files.push((client_cert_file(name), cert.pem()));
+        files.push((client_key_file(name), key.serialize_pem()));
     }
 
-    for (name, contents, secret) in &files {
-        write_new_file(&dir.join(name), contents, if *secret { 0o600 } else { 0o644 })?;
+    for (name, contents) in &files {
+        // Certificates too: everything in a data directory is its user's alone.
+        write_new_file(&dir.join(name), contents, 0o600)?;
     }
     Ok(())
 }
@@ -275,6 +301,7 @@ fn params_with_cn(common_name: &str, not_before: OffsetDateTime, not_after: Offs
     let mut params = CertificateParams::default();
     // A fresh name: the default one carries rcgen's placeholder CN.
     let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, DEV_PKI_ORGANIZATION);
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.not_before = not_before;
@@ -361,22 +388,62 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_0600_and_the_directory_0700() {
+    fn every_file_is_0600_and_the_directory_0700() {
         let (_tmp, dir) = fresh_pki();
         assert_eq!(mode_of(&dir), 0o700);
-        let mut keys = 0;
+        let mut files = 0;
         for entry in fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "key") {
-                assert_eq!(mode_of(&path), 0o600, "{}", path.display());
-                keys += 1;
-            } else {
-                // Certificates are public, but never group/world writable.
-                assert_eq!(mode_of(&path) & 0o022, 0, "{}", path.display());
-            }
+            assert_eq!(mode_of(&path), 0o600, "{}", path.display());
+            files += 1;
         }
-        assert_eq!(keys, 2 + DEV_PRINCIPALS.len());
-        assert_eq!(mode_of(&dir.join(CA_KEY_FILE)), 0o600);
+        assert_eq!(files, 4 + 2 * DEV_PRINCIPALS.len());
+    }
+
+    #[test]
+    fn every_certificate_is_recognised_as_the_dev_pki() {
+        let (_tmp, dir) = fresh_pki();
+        let mut certificates = 0;
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let pem = fs::read(&path).unwrap();
+            // Keys carry no name; certificates, server and clients and CA alike, do.
+            assert_eq!(is_dev_pki_pem(&pem), path.extension().is_some_and(|e| e != "key"), "{}", path.display());
+            certificates += usize::from(is_dev_pki_pem(&pem));
+        }
+        assert_eq!(certificates, 2 + DEV_PRINCIPALS.len());
+        // In a bundle, behind another certificate.
+        let other = other_ca_pem();
+        assert!(!is_dev_pki_pem(other.as_bytes()));
+        let bundle = [other.as_bytes(), &fs::read(dir.join(CA_CERT_FILE)).unwrap()].concat();
+        assert!(is_dev_pki_pem(&bundle));
+        assert!(!is_dev_pki_pem(b"not PEM at all"));
+    }
+
+    #[test]
+    fn a_dev_ca_from_before_the_marker_is_recognised_by_its_name() {
+        let key = KeyPair::generate().unwrap();
+        let (not_before, not_after) = validity_period();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, CA_COMMON_NAME);
+        params.distinguished_name = dn;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        assert!(is_dev_pki_pem(params.self_signed(&key).unwrap().pem().as_bytes()));
+    }
+
+    /// A CA certificate that is not the dev PKI's.
+    fn other_ca_pem() -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Example payroll company");
+        dn.push(DnType::CommonName, "Example vault CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.self_signed(&key).unwrap().pem()
     }
 
     #[test]

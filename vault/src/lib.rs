@@ -21,6 +21,7 @@ pub mod datadir;
 pub mod dev_pki;
 pub mod error;
 pub mod identity;
+pub mod serve;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -3,7 +3,8 @@
 //! listener (port 0 picks a free port, and
 //! [`Application::local_addr`] reports it) and wires the services behind
 //! mutual TLS; [`Application::run_until_stopped`] serves until the shutdown
-//! future completes.
+//! future completes. Connections are accepted by [`crate::serve`], within
+//! the limits of `[limits]` ([`crate::config::LimitSettings`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,8 +15,12 @@ use mnvault_proto::v1::admin_service_server::AdminServiceServer;
 use mnvault_proto::v1::audit_service_server::AuditServiceServer;
 use mnvault_proto::v1::filing_service_server::FilingServiceServer;
 use mnvault_proto::v1::token_service_server::TokenServiceServer;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tonic::service::Routes;
 
 use mnvault_core::authz::Policy;
 use mnvault_core::keyring::AuditKeyError;
@@ -32,6 +37,9 @@ pub enum StartupError {
     /// A dev vault was asked to listen beyond loopback.
     #[error("a dev vault listens only on loopback; {0} is not a loopback address")]
     DevNotLoopback(SocketAddr),
+    /// A production start found something made for development.
+    #[error(transparent)]
+    Dev(#[from] crate::datadir::DevError),
     /// The database file does not exist.
     #[error("no database at {0}; initialise the data directory with `mnvault init` (or `mnvault serve --dev`)")]
     NoDatabase(String),
@@ -52,6 +60,9 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+    /// A limit of `[limits]` is out of range.
+    #[error("invalid configuration: {0}")]
+    Limits(String),
     /// The listener or the TLS setup failed.
     #[error("cannot serve on {address}: {source}")]
     Transport {
@@ -86,8 +97,8 @@ pub async fn open_core(settings: &Settings, mode: OpenMode) -> Result<VaultCore,
 /// A vault ready to serve.
 pub struct Application {
     local_addr: SocketAddr,
-    incoming: TcpIncoming,
-    tls: ServerTlsConfig,
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
     context: Arc<VaultContext>,
     store: Arc<dyn Store>,
 }
@@ -98,30 +109,30 @@ impl Application {
         if settings.dev && !settings.listen.ip().is_loopback() {
             return Err(StartupError::DevNotLoopback(settings.listen));
         }
+        if !settings.dev {
+            crate::datadir::check_production(settings)?;
+        }
+        settings.limits.validate().map_err(StartupError::Limits)?;
         let core = open_core(settings, OpenMode::Serve).await?;
         let store = core.store().clone();
-        let context = Arc::new(VaultContext { core });
-        let read = |path: &std::path::Path| {
-            let path = settings.resolve(path);
-            std::fs::read(&path).map_err(|source| StartupError::TlsFile { path, source })
-        };
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&settings.tls.cert)?, read(&settings.tls.key)?))
-            // Every caller must present a certificate signed by this CA.
-            .client_ca_root(Certificate::from_pem(read(&settings.tls.client_ca)?));
-        let incoming = TcpIncoming::bind(settings.listen)
-            .map_err(|e| StartupError::Transport { address: settings.listen.to_string(), source: e.into() })?
-            .with_nodelay(Some(true));
-        let local_addr = incoming
-            .local_addr()
-            .map_err(|e| StartupError::Transport { address: settings.listen.to_string(), source: e.into() })?;
+        let context = Arc::new(VaultContext::new(core, settings.limits.clone()));
+        let tls = Arc::new(server_tls(settings)?);
+        let transport =
+            |e: std::io::Error| StartupError::Transport { address: settings.listen.to_string(), source: e.into() };
+        let listener = TcpListener::bind(settings.listen).await.map_err(transport)?;
+        let local_addr = listener.local_addr().map_err(transport)?;
         tracing::info!(%local_addr, database = %settings.database().describe(), "vault ready");
-        Ok(Self { local_addr, incoming, tls, context, store })
+        Ok(Self { local_addr, listener, tls, context, store })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The core the vault serves, e.g. to read its integrity-failure count.
+    pub fn context(&self) -> Arc<VaultContext> {
+        self.context.clone()
     }
 
     /// Serves until `shutdown` completes, then closes the database.
@@ -136,19 +147,69 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| StartupError::Transport { address: self.local_addr.to_string(), source: e.into() })?;
-        let address = self.local_addr.to_string();
-        let served = Server::builder()
-            .tls_config(self.tls)
-            .map_err(|e| StartupError::Transport { address: address.clone(), source: e.into() })?
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(TokenServiceServer::new(TokenApi::new(self.context.clone())))
-            .add_service(FilingServiceServer::new(FilingApi::new(self.context.clone())))
-            .add_service(AdminServiceServer::new(AdminApi::new(self.context.clone())))
-            .add_service(AuditServiceServer::new(AuditApi::new(self.context)))
-            .serve_with_incoming_shutdown(self.incoming, shutdown)
-            .await;
+        // Every service decodes at most its limit: one record for the token
+        // service (and health, reflection), a job's worth for the others.
+        let limits = &self.context.limits;
+        let (record, message) = (limits.max_record_message_bytes, limits.max_message_bytes);
+        let ctx = &self.context;
+        let routes = Routes::new(health_service.max_decoding_message_size(record))
+            .add_service(reflection.max_decoding_message_size(record))
+            .add_service(
+                TokenServiceServer::new(TokenApi::new(ctx.clone()))
+                    .max_decoding_message_size(record)
+                    .max_encoding_message_size(message),
+            )
+            .add_service(
+                FilingServiceServer::new(FilingApi::new(ctx.clone()))
+                    .max_decoding_message_size(message)
+                    .max_encoding_message_size(message),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminApi::new(ctx.clone()))
+                    .max_decoding_message_size(message)
+                    .max_encoding_message_size(message),
+            )
+            .add_service(
+                AuditServiceServer::new(AuditApi::new(ctx.clone()))
+                    .max_decoding_message_size(message)
+                    .max_encoding_message_size(message),
+            )
+            .prepare();
+        crate::serve::serve(self.listener, self.tls, routes, self.context, shutdown).await;
         self.store.close().await;
-        served.map_err(|e| StartupError::Transport { address, source: e.into() })
+        Ok(())
     }
+}
+
+/// Mutual TLS as tonic's server sets it up: the vault's certificate, HTTP/2
+/// by ALPN, and a client certificate signed by `tls.client_ca` required of
+/// every caller.
+fn server_tls(settings: &Settings) -> Result<ServerConfig, StartupError> {
+    let read = |path: &std::path::Path| {
+        let path = settings.resolve(path);
+        std::fs::read(&path).map_err(|source| StartupError::TlsFile { path, source })
+    };
+    let invalid = |what: &str, error: &dyn std::fmt::Display| StartupError::Transport {
+        address: settings.listen.to_string(),
+        source: format!("{what}: {error}").into(),
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(&settings.tls.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("the vault's certificate (tls.cert) is not PEM", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&settings.tls.key)?)
+        .map_err(|e| invalid("the vault's private key (tls.key) is not PEM", &e))?;
+    let mut roots = RootCertStore::empty();
+    let client_ca = CertificateDer::pem_slice_iter(&read(&settings.tls.client_ca)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("the client CA (tls.client_ca) is not PEM", &e))?;
+    roots.add_parsable_certificates(client_ca);
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .map_err(|e| invalid("the client CA (tls.client_ca) cannot verify clients", &e))?;
+    let mut config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("the vault's certificate and key do not fit", &e))?;
+    config.alpn_protocols.push(b"h2".to_vec());
+    Ok(config)
 }

@@ -268,7 +268,13 @@ pub struct ChainVerifier<'k> {
 impl<'k> ChainVerifier<'k> {
     /// A verifier at the start of the chain.
     pub fn new(key: &'k AuditChainKey) -> Self {
-        Self { key, last_seq: 0, last_hash: GENESIS_HASH }
+        Self::resume(key, 0, GENESIS_HASH)
+    }
+
+    /// A verifier that continues after entry `seq`, whose hash was `hash`,
+    /// both verified before.
+    pub fn resume(key: &'k AuditChainKey, seq: u64, hash: [u8; 32]) -> Self {
+        Self { key, last_seq: seq, last_hash: hash }
     }
 
     /// Checks the next entry: its position, its link to the one before, its MAC.

@@ -4,9 +4,15 @@
 //! here before it touches an audit entry, a log line or a message. A value
 //! that does not parse is refused with an [`IdError`] that names the field and
 //! the grammar, never the text: a caller may paste a My Number where a token
-//! belongs. A value that parses holds no number by construction (no grammar
-//! here admits twelve digits with a matching check digit), so its `Display`
-//! may appear in messages and audit entries.
+//! belongs. A value that parses holds no number by construction: no grammar
+//! here admits a run that [`contains_number`] finds, so its `Display` may
+//! appear in messages, logs and audit entries.
+//!
+//! The one exception is the legacy token format, twelve ASCII digits by
+//! design (their check digit never matches). A mistyped number parses as one,
+//! so a token the caller sent is named in messages only by its position, and
+//! recorded in an audit entry only once it resolved to a record: one that
+//! does not resolve is counted, never written down.
 
 use std::fmt;
 use std::str::FromStr;
@@ -113,7 +119,8 @@ impl JobId {
     pub fn parse(text: &str) -> Result<Self, IdError> {
         let valid = text
             .strip_prefix(JOB_ID_PREFIX)
-            .is_some_and(|rest| rest.len() == JOB_ID_CHARS && rest.bytes().all(is_base32_lower));
+            .is_some_and(|rest| rest.len() == JOB_ID_CHARS && rest.bytes().all(is_base32_lower))
+            && !contains_number(text);
         valid.then(|| Self(text.to_owned())).ok_or(IdError::JobId)
     }
 }
@@ -171,7 +178,8 @@ pub const OPAQUE_TOKEN_CHARS: usize = 26;
 text_id!(
     /// What payroll keeps instead of a number: random, unrelated to the
     /// number, in one of two [`TokenFormat`]s. A legacy token's check digit
-    /// never matches, so a token is never a number.
+    /// never matches, so a token is never a number; but a mistyped number is
+    /// a legacy token, so see the module docs before writing one down.
     Token
 );
 
@@ -188,7 +196,7 @@ impl Token {
 
     fn format_of(text: &str) -> Option<TokenFormat> {
         if let Some(rest) = text.strip_prefix(OPAQUE_TOKEN_PREFIX) {
-            return (rest.len() == OPAQUE_TOKEN_CHARS && rest.bytes().all(is_base32_lower))
+            return (rest.len() == OPAQUE_TOKEN_CHARS && rest.bytes().all(is_base32_lower) && !contains_number(text))
                 .then_some(TokenFormat::Opaque);
         }
         let digits: &[u8; DIGITS] = text.as_bytes().try_into().ok()?;
@@ -209,8 +217,19 @@ mod tests {
         for good in ["demo", "acme-corp", "a", "tenant-2026"] {
             assert_eq!(TenantId::parse(good).unwrap().as_str(), good);
         }
-        for bad in ["621498320257", "a-621498320257", "", "Demo", "-x", "x-", "a_b", "a b", "株式会社", &"a".repeat(64)]
-        {
+        for bad in [
+            "621498320257",
+            "a-621498320257",
+            "t-2026-0131-100", // eleven digits joined by hyphens
+            "",
+            "Demo",
+            "-x",
+            "x-",
+            "a_b",
+            "a b",
+            "株式会社",
+            &"a".repeat(64),
+        ] {
             assert_eq!(TenantId::parse(bad), Err(IdError::Tenant), "{bad}");
         }
     }
@@ -227,6 +246,7 @@ mod tests {
             "mnt_ABCDEFGHIJKLMNOPQRSTUVWXYZ", // upper case
             "mnt_abcdefghijklmnopqrstuvwxy1", // 1 is not base32
             "mnt_abcdefghijklmnopqrstuvwxyz\n",
+            "mnt_abcdefghijklmno23456723456", // eleven digits in a row could be a number
             "１２３４５６７８９０１９",
             "",
         ] {
@@ -235,15 +255,30 @@ mod tests {
     }
 
     #[test]
+    fn a_mistyped_number_is_a_legacy_token_so_tokens_are_never_quoted() {
+        // 621498320257 with its check digit mistyped: a valid legacy token,
+        // and still eleven digits of somebody's number.
+        let mistyped = Token::parse("621498320258").unwrap();
+        assert_eq!(mistyped.format(), TokenFormat::LegacyDigits);
+        assert!(contains_number(mistyped.as_str()));
+    }
+
+    #[test]
     fn job_ids_and_principals_follow_their_grammars() {
         assert!(JobId::parse("job_abcdefghijklmnop").is_ok());
-        for bad in ["job_abcdefghijklmno", "job_123456789018aaaa", "621498320257", "job_ABCDEFGHIJKLMNOP"] {
+        for bad in [
+            "job_abcdefghijklmno",
+            "job_123456789018aaaa",
+            "621498320257",
+            "job_ABCDEFGHIJKLMNOP",
+            "job_23456723456aaaaa", // eleven digits of the base32 alphabet in a row
+        ] {
             assert_eq!(JobId::parse(bad), Err(IdError::JobId), "{bad}");
         }
         for good in ["payroll", "svc.payroll-01@acme.example", "A_b"] {
             assert!(Principal::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "has space", "x621498320257", "名前", "line\nbreak", &"a".repeat(129)] {
+        for bad in ["", "has space", "x621498320257", "svc-6214.9832.025", "名前", "line\nbreak", &"a".repeat(129)] {
             assert_eq!(Principal::parse(bad), Err(IdError::Principal), "{bad:?}");
         }
     }

@@ -12,6 +12,7 @@ use crate::error::VaultError;
 use crate::id::{JobId, Principal, TenantId, Token};
 use crate::purpose::Purpose;
 use crate::store::{JobRow, StoreError};
+
 use crate::text::FreeText;
 
 /// Longest a job may run: filings are prepared in days, not seasons.
@@ -61,6 +62,9 @@ pub struct Job {
     pub cancelled: Option<Stamp>,
     /// Tokens with their release counts, in order.
     pub tokens: Vec<(Token, u32)>,
+    /// Sequence number of the audit entry that recorded the last change of
+    /// state (0 before any); see [`crate::integrity`].
+    pub state_seq: u64,
 }
 
 /// Where a job stands at a given time.
@@ -131,7 +135,9 @@ impl JobRequest {
 }
 
 impl Job {
-    /// Parses a stored row; a column that does not parse is corrupt.
+    /// Parses a stored row; a column that does not parse is corrupt. Its tags
+    /// are checked by [`crate::integrity::Integrity::check_job`], the only
+    /// caller.
     pub fn from_row(row: JobRow) -> Result<Self, StoreError> {
         fn corrupt<E>(what: &'static str) -> impl Fn(E) -> StoreError {
             move |_| StoreError::Corrupt { what }
@@ -169,6 +175,7 @@ impl Job {
             approved: stamp(row.approved_by, row.approved_at, "filing_jobs.approved_by")?,
             cancelled: stamp(row.cancelled_by, row.cancelled_at, "filing_jobs.cancelled_by")?,
             tokens,
+            state_seq: u64::try_from(row.state_seq).map_err(corrupt("filing_jobs.state_seq"))?,
         })
     }
 
@@ -230,9 +237,17 @@ impl Job {
         asked.iter().filter(|t| seen.insert(*t)).cloned().collect()
     }
 
+    /// Which of `tokens` the job lists: only these may be recorded in an
+    /// audit entry (a token the caller made up may be a mistyped number).
+    pub fn listed_of(&self, tokens: &[Token]) -> Vec<Token> {
+        let listed: HashSet<&Token> = self.tokens.iter().map(|(token, _)| token).collect();
+        tokens.iter().filter(|token| listed.contains(token)).cloned().collect()
+    }
+
     /// Refuses unless every one of `tokens` may be released at `now`: the job
     /// is approved and unexpired, each token is listed and under its limit.
-    /// All or nothing: one refused token refuses the whole release.
+    /// All or nothing: one refused token refuses the whole release. A refusal
+    /// names a token by its position, never by its text.
     pub fn check_release(&self, tokens: &[Token], now: i64) -> Result<(), VaultError> {
         let job_id = &self.terms.job_id;
         match self.state(now) {
@@ -258,17 +273,18 @@ impl Job {
         }
         let listed: std::collections::HashMap<&Token, u32> = self.tokens.iter().map(|(t, r)| (t, *r)).collect();
         let max = self.terms.max_releases_per_token;
-        for token in tokens {
+        for (position, token) in (1usize..).zip(tokens) {
             match listed.get(token) {
                 None => {
                     return Err(VaultError::PermissionDenied(format!(
-                        "token {token} is not listed in filing job {job_id}; only listed tokens can be released"
+                        "token #{position} of the release is not listed in filing job {job_id}; only listed tokens \
+                         can be released"
                     )))
                 }
                 Some(releases) if *releases >= max => {
                     return Err(VaultError::FailedPrecondition(format!(
-                        "token {token} has already been released {releases} time(s), the most filing job {job_id} \
-                         allows"
+                        "token #{position} of the release has already been released {releases} time(s), the most \
+                         filing job {job_id} allows"
                     )))
                 }
                 Some(_) => {}
@@ -300,7 +316,13 @@ mod tests {
             note: FreeText::default(),
         };
         let (terms, tokens) = request.terms(draw_job_id(), &principal("requester"), NOW).unwrap();
-        Job { terms, approved: None, cancelled: None, tokens: tokens.into_iter().map(|t| (t, 0)).collect() }
+        Job {
+            terms,
+            approved: None,
+            cancelled: None,
+            tokens: tokens.into_iter().map(|t| (t, 0)).collect(),
+            state_seq: 0,
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use mnvault_keys::{AuditChainKey, KeyMaterial, RootKeyProvider, TenantKeys, WrapContext};
+use mnvault_keys::{AuditChainKey, KeyMaterial, RootKeyProvider, StateKey, TenantKeys, WrapContext};
 
 use crate::error::VaultError;
 use crate::id::TenantId;
@@ -131,11 +131,21 @@ pub async fn create_audit_key(
     Ok(())
 }
 
-/// Loads and unwraps the audit-chain key.
-pub async fn load_audit_key(store: &dyn Store, provider: &dyn RootKeyProvider) -> Result<AuditChainKey, AuditKeyError> {
+/// The vault's own keys, both derived from the one stored system key (the
+/// audit-chain key), which only the root key unwraps.
+#[derive(Debug)]
+pub struct SystemKeys {
+    /// MAC of the audit chain.
+    pub audit_chain: AuditChainKey,
+    /// MAC of state rows ([`crate::integrity`]).
+    pub state: StateKey,
+}
+
+/// Loads and unwraps the system key and derives the vault's keys from it.
+pub async fn load_system_keys(store: &dyn Store, provider: &dyn RootKeyProvider) -> Result<SystemKeys, AuditKeyError> {
     let wrapped = store.begin_read().await?.system_key(AUDIT_CHAIN_KEY_NAME).await?.ok_or(AuditKeyError::Missing)?;
     let material = provider
         .unwrap(&wrapped, &WrapContext::AuditChainKey)
         .map_err(|_| AuditKeyError::Unwrap { provider: provider.describe() })?;
-    Ok(AuditChainKey::new(&material))
+    Ok(SystemKeys { audit_chain: AuditChainKey::new(&material), state: StateKey::new(&material) })
 }

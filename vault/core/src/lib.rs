@@ -12,6 +12,8 @@
 //! - [`job`]: the filing-job state machine, who may approve, what may be
 //!   released.
 //! - [`authz`]: roles and tenant scopes.
+//! - [`integrity`]: state tags, so nothing the database says decides a
+//!   release unless a key the database does not hold vouches for it.
 //! - [`mint`]: drawing tokens and job identifiers.
 //! - [`audit`]: entries, their chain and its verification; [`vault::append`]
 //!   is the one append protocol.
@@ -29,6 +31,7 @@ pub mod authz;
 pub mod clock;
 pub mod error;
 pub mod id;
+pub mod integrity;
 pub mod job;
 pub mod keyring;
 pub mod mint;

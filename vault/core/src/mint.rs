@@ -8,7 +8,11 @@ use crate::number::{check_digit, contains_number};
 
 /// Draws a fresh random token of `format`.
 pub fn draw_token(format: TokenFormat) -> Token {
-    let text = draw_without_number(|| draw_token_text(format));
+    let text = match format {
+        TokenFormat::Opaque => draw_without_number(|| draw_token_text(format)),
+        // Twelve digits by design: the grammar asks only for a wrong check digit.
+        TokenFormat::LegacyDigits => draw_token_text(format),
+    };
     Token::parse(&text).expect("a drawn token follows its grammar")
 }
 
@@ -45,9 +49,8 @@ fn draw_token_text(format: TokenFormat) -> String {
     }
 }
 
-/// Draws until the text holds no run that [`crate::number::redact_numbers`]
-/// would take for a number, so redaction never hides an identifier the vault
-/// made itself.
+/// Draws until the text holds no run that [`contains_number`] finds, which
+/// the grammars of job ids and opaque tokens refuse.
 fn draw_without_number(draw: impl Fn() -> String) -> String {
     loop {
         let drawn = draw();

@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 use zeroize::{Zeroize, Zeroizing};
 
 /// Number of digits in a My Number.
@@ -37,7 +38,8 @@ pub enum NumberError {
     },
     /// A character is neither a digit nor an accepted separator.
     #[error(
-        "character {character:?} at position {position} is not a digit (only digits, hyphens and spaces are accepted)"
+        "character {} at position {position} is not a digit (only digits, hyphens and spaces are accepted)",
+        describe_character(*.character)
     )]
     NotADigit {
         /// The offending character.
@@ -98,6 +100,17 @@ impl fmt::Debug for MyNumber {
     }
 }
 
+/// A character named in a message: printable ASCII as itself, anything else
+/// (a space, a control, another script) as its code point, so a message can
+/// neither be broken across lines nor carry a digit of another script.
+fn describe_character(character: char) -> String {
+    if character.is_ascii_graphic() && !character.is_ascii_digit() {
+        format!("'{character}'")
+    } else {
+        format!("U+{:04X}", u32::from(character))
+    }
+}
+
 fn digit_value(character: char) -> Option<u8> {
     match character {
         '0'..='9' => Some(character as u8 - b'0'),
@@ -136,68 +149,127 @@ pub fn has_valid_check_digit(digits: &[u8; DIGITS]) -> bool {
 /// What [`redact_numbers`] puts in place of a number.
 pub const REDACTED: &str = "[number redacted]";
 
-/// Whether `character` may appear inside a typed number.
-pub fn is_number_character(character: char) -> bool {
-    digit_value(character).is_some() || SEPARATORS.contains(&character)
+/// Digits in one run from which a text is taken to hold a number. Eleven, not
+/// twelve: the first eleven digits of a My Number decide its check digit, so
+/// eleven of them already are the number.
+pub const NUMBER_RUN_DIGITS: usize = DIGITS - 1;
+
+/// The ideographs people write digit by digit (縦書き): 〇 一 二 … 九 and 零.
+/// They are letters to Unicode (Lo, except 〇), so they are named here.
+const KANJI_DIGITS: [char; 11] = ['〇', '零', '一', '二', '三', '四', '五', '六', '七', '八', '九'];
+
+/// How one character counts when looking for a number in text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// This many digits (① is one, ⑫ is two).
+    Digits(usize),
+    /// A letter: it ends a run of digits.
+    Letter,
+    /// Anything else (spaces, punctuation, dashes, symbols, marks, controls,
+    /// modifier letters such as ー): it joins the digits around it.
+    Joiner,
 }
 
-/// `text` with every run of digits and separators that holds a My Number
-/// (twelve consecutive digits with a matching check digit) replaced by
-/// [`REDACTED`]. Text the vault did not write itself (tokens, tenants, job
-/// ids a caller sent) passes through this before it reaches an audit entry,
-/// a log or an error message: a caller who pastes a number where a token
-/// belongs must not get it written down.
+/// Reads `character` through its compatibility decomposition, the form NFKC
+/// is built from (composition never adds or removes a digit). A digit is any
+/// numeric character (`Nd`, `Nl`, `No`: every decimal digit script, full-width
+/// digits, circled and superscript digits) or a kanji digit. A letter is `Lu`,
+/// `Ll`, `Lt` or `Lo` holding no digit; `Lm` (ー, 々) is not, since ー is a
+/// common dash in Japanese. A symbol that decomposes into letters (™ into
+/// `TM`) still joins: a character stops a run only if it is itself a letter.
+fn read(character: char) -> Reading {
+    let mut digits = 0;
+    unicode_normalization::char::decompose_compatible(character, |part| {
+        if part.general_category_group() == GeneralCategoryGroup::Number || KANJI_DIGITS.contains(&part) {
+            digits += 1;
+        }
+    });
+    if digits > 0 {
+        return Reading::Digits(digits);
+    }
+    match character.general_category() {
+        GeneralCategory::UppercaseLetter
+        | GeneralCategory::LowercaseLetter
+        | GeneralCategory::TitlecaseLetter
+        | GeneralCategory::OtherLetter => Reading::Letter,
+        _ => Reading::Joiner,
+    }
+}
+
+/// Whether `character` may stand inside a number-shaped run: a digit or a
+/// joiner, anything but a letter (see [`contains_number`]).
+pub fn is_number_character(character: char) -> bool {
+    read(character) != Reading::Letter
+}
+
+/// Byte ranges of the number-shaped runs of `text`, each from its first digit
+/// to its last.
+fn number_runs(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut run: Option<(std::ops::Range<usize>, usize)> = None;
+    let mut chars = text.char_indices();
+    std::iter::from_fn(move || loop {
+        let Some((at, character)) = chars.next() else {
+            return run.take().and_then(|(span, digits)| (digits >= NUMBER_RUN_DIGITS).then_some(span));
+        };
+        match read(character) {
+            Reading::Digits(count) => {
+                let end = at + character.len_utf8();
+                match &mut run {
+                    Some((span, digits)) => {
+                        span.end = end;
+                        *digits += count;
+                    }
+                    None => run = Some((at..end, count)),
+                }
+            }
+            Reading::Joiner => {}
+            Reading::Letter => {
+                if let Some((span, digits)) = run.take() {
+                    if digits >= NUMBER_RUN_DIGITS {
+                        return Some(span);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Whether `text` could hold a number: after compatibility normalisation
+/// (NFKC), it has a run of [`NUMBER_RUN_DIGITS`] or more digits of any script
+/// joined by anything but letters (spaces of every kind, punctuation, dashes,
+/// symbols, ー).
+///
+/// This is the one definition used everywhere: free text holding such a run
+/// is refused, identifier grammars exclude it (but for the legacy token
+/// format, which is twelve digits by design), and [`redact_numbers`] removes
+/// it from every message and audit reason. The check digit is deliberately
+/// not consulted: a mistyped number is still somebody's number but one digit.
+///
+/// Digits that letters separate (`6214 abc 9832 def 0257`) are not one run:
+/// refusing them would refuse ordinary text, and someone set on smuggling a
+/// number can spell it in words anyway.
+pub fn contains_number(text: &str) -> bool {
+    number_runs(text).next().is_some()
+}
+
+/// `text` with every run that [`contains_number`] finds replaced by
+/// [`REDACTED`], from its first digit to its last (the joiners around it
+/// stay). Messages and audit reasons pass through this as a last line of
+/// defence; the first line is that they never quote caller text.
 pub fn redact_numbers(text: &str) -> std::borrow::Cow<'_, str> {
-    if !contains_number(text) {
+    let mut runs = number_runs(text).peekable();
+    if runs.peek().is_none() {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if contains_number(run) {
-            // Keep the separators around the number (spaces between words).
-            let digits = run.trim_matches(|c| SEPARATORS.contains(&c));
-            let start = run.len() - run.trim_start_matches(|c| SEPARATORS.contains(&c)).len();
-            out.push_str(&run[..start]);
-            out.push_str(REDACTED);
-            out.push_str(&run[start + digits.len()..]);
-        } else {
-            out.push_str(run);
-        }
-        run.zeroize();
-    };
-    for character in text.chars() {
-        if is_number_character(character) {
-            run.push(character);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(character);
-        }
+    let mut kept_from = 0;
+    for span in runs {
+        out.push_str(&text[kept_from..span.start]);
+        out.push_str(REDACTED);
+        kept_from = span.end;
     }
-    flush(&mut run, &mut out);
+    out.push_str(&text[kept_from..]);
     std::borrow::Cow::Owned(out)
-}
-
-/// Whether `text` holds twelve consecutive digits (separators between them
-/// allowed) whose check digit matches.
-pub fn contains_number(text: &str) -> bool {
-    let mut window = Zeroizing::new([0u8; DIGITS]);
-    let mut filled = 0usize;
-    for character in text.chars() {
-        match digit_value(character) {
-            Some(value) => {
-                window.copy_within(1.., 0);
-                window[DIGITS - 1] = b'0' + value;
-                filled += 1;
-                if filled >= DIGITS && has_valid_check_digit(&window) {
-                    return true;
-                }
-            }
-            None if SEPARATORS.contains(&character) => {}
-            None => filled = 0,
-        }
-    }
-    false
 }
 
 #[cfg(test)]
@@ -283,22 +355,75 @@ mod tests {
     }
 
     #[test]
-    fn numbers_inside_text_are_found_and_redacted() {
-        assert!(contains_number("token 621498320257 is not listed"));
-        assert!(contains_number("６２１４－９８３２－０２５７"));
-        assert!(contains_number("x1234567890185y")); // 123456789018 inside a longer run
-        assert!(contains_number("123456 789018x"));
-        assert!(!contains_number("459035780120")); // wrong check digit: a legacy token
-        assert!(!contains_number("12345678901"));
-        assert!(!contains_number("123456a789018"));
+    fn numbers_inside_text_are_found_in_any_script_and_with_any_separator() {
+        for text in [
+            "token 621498320257 is not listed",
+            "６２１４－９８３２－０２５７",
+            "x1234567890185y",
+            "123456 789018x",
+            "६२१४९८३२०२५७",                 // Devanagari
+            "٦٢١٤٩٨٣٢٠٢٥٧",                 // Arabic-Indic
+            "۶۲۱۴۹۸۳۲۰۲۵۷",                 // Extended Arabic-Indic (Persian)
+            "6214\u{3000}9832\u{3000}0257", // ideographic space
+            "6214\u{a0}9832\u{a0}0257",     // no-break space
+            "6214ー9832ー0257",             // ー is a modifier letter, not a letter
+            "6214–9832–0257",               // en dash
+            "6214.9832.0257",
+            "6214/9832/0257",
+            "６２１४-٩٨٣٢ 0257",        // mixed scripts
+            "〇一二三四五六七八九〇一", // kanji digits
+            "⑥②①④⑨⑧③②⓪②⑤⑦",             // circled digits
+            "⑫⑫⑫⑫⑫⑫",                   // two digits each once normalised
+            "459035780120",             // a legacy token: twelve digits all the same
+            "12345678901",              // eleven digits decide the twelfth
+        ] {
+            assert!(contains_number(text), "{text}");
+            assert!(!contains_number(&redact_numbers(text)), "{text}");
+        }
+        for text in
+            ["2027年1月31日", "1234567890", "123456a789018", "6214 abc 9832 def 0257", "job_abcdefghijklmnop", ""]
+        {
+            assert!(!contains_number(text), "{text}");
+            assert_eq!(redact_numbers(text), text);
+        }
+    }
+
+    #[test]
+    fn redaction_replaces_the_run_and_keeps_what_is_around_it() {
         assert_eq!(
             redact_numbers("token 6214-9832-0257 is not listed in job_x"),
             format!("token {REDACTED} is not listed in job_x")
         );
-        assert_eq!(redact_numbers("token 459035780120 is fine"), "token 459035780120 is fine");
-        assert_eq!(redact_numbers("nothing here"), "nothing here");
         assert_eq!(redact_numbers("621498320257"), REDACTED);
         assert_eq!(redact_numbers("a ６２１４９８３２０２５７、b"), format!("a {REDACTED}、b"));
+        assert_eq!(redact_numbers("(6214.9832.0257) and 621498320258."), format!("({REDACTED}) and {REDACTED}."));
+        assert_eq!(redact_numbers("x６２１४\u{3000}٩٨٣٢ー0257y"), format!("x{REDACTED}y"));
+    }
+
+    #[test]
+    fn every_decimal_digit_script_counts() {
+        // Every decimal digit (Nd) of every script is a digit to the detector:
+        // eleven of the same one make a run, ten do not.
+        let mut digits = 0;
+        for character in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            if character.general_category() == GeneralCategory::DecimalNumber {
+                let digit = character.to_string();
+                assert!(contains_number(&digit.repeat(NUMBER_RUN_DIGITS)), "U+{:04X}", u32::from(character));
+                assert!(!contains_number(&digit.repeat(NUMBER_RUN_DIGITS - 1)), "U+{:04X}", u32::from(character));
+                digits += 1;
+            }
+        }
+        assert!(digits >= 680, "{digits} decimal digits");
+    }
+
+    #[test]
+    fn a_bad_character_is_named_without_quoting_caller_text() {
+        let shown = |input: &str| MyNumber::parse(input).unwrap_err().to_string();
+        assert!(shown("12345678901a8").starts_with("character 'a' at position 12"));
+        assert!(shown("6214.9832.0257").starts_with("character '.' at position 5"));
+        assert!(shown("6214\n9832").starts_with("character U+000A at position 5"));
+        assert!(shown("6214\u{a0}9832").starts_with("character U+00A0 at position 5"));
+        assert!(shown("६२१४").starts_with("character U+096C at position 1"));
     }
 
     #[test]

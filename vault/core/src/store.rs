@@ -103,17 +103,27 @@ pub struct NewRecord {
     pub key_version: u32,
     /// The sealed number.
     pub sealed: Vec<u8>,
+    /// State tag binding tenant, token, format, blind index, key version and
+    /// creation time ([`crate::integrity`]).
+    pub tag: [u8; 32],
 }
 
-/// A record's metadata as stored (never its content).
+/// A record's row as stored (never its content), unparsed: the core checks
+/// its tag before believing any of it.
 #[derive(Debug, Clone)]
 pub struct RecordRow {
+    /// The `token` column.
+    pub token: String,
     /// The `format` column.
     pub format: String,
+    /// The `blind_index` column.
+    pub blind_index: Vec<u8>,
     /// Version of the key it is sealed under.
     pub key_version: u32,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// The `tag` column (absent in a row nobody tagged).
+    pub tag: Option<Vec<u8>>,
 }
 
 /// A filing job as created.
@@ -123,6 +133,10 @@ pub struct NewJob {
     pub terms: JobTerms,
     /// Tokens, in order, without duplicates.
     pub tokens: Vec<Token>,
+    /// State tag of the terms and token list ([`crate::integrity`]).
+    pub terms_tag: [u8; 32],
+    /// State tag of the initial state (pending, nothing released).
+    pub state_tag: [u8; 32],
 }
 
 /// A filing job's row as stored, unparsed: [`crate::job::Job::from_row`]
@@ -155,6 +169,13 @@ pub struct JobRow {
     pub cancelled_at: Option<i64>,
     /// Tokens with their release counts, in position order.
     pub tokens: Vec<(String, i64)>,
+    /// Tag of the terms and token list.
+    pub terms_tag: Option<Vec<u8>>,
+    /// Tag of the approval, cancellation, release counts and `state_seq`.
+    pub state_tag: Option<Vec<u8>>,
+    /// Sequence number of the audit entry that recorded the last change of
+    /// state (0 before any).
+    pub state_seq: i64,
 }
 
 /// Filters of an audit listing; empty fields do not filter.
@@ -184,7 +205,8 @@ pub trait Store: Send + Sync + 'static {
     /// Starts a write transaction. It is rolled back when dropped without
     /// [`WriteTx::commit`].
     async fn begin_write(&self) -> Result<Box<dyn WriteTx>, StoreError>;
-    /// A connection for reads that change nothing.
+    /// A read-only transaction: every read in it sees one consistent
+    /// snapshot (a job's row and its tokens' counts always belong together).
     async fn begin_read(&self) -> Result<Box<dyn ReadTx>, StoreError>;
     /// Closes the connections, waiting for running statements.
     async fn close(&self);
@@ -197,25 +219,34 @@ pub trait ReadTx: Send {
     async fn system_key(&mut self, name: &str) -> Result<Option<WrappedKey>, StoreError>;
     /// A tenant with its wrapped keys.
     async fn tenant(&mut self, tenant: &TenantId) -> Result<Option<StoredTenant>, StoreError>;
-    /// The token holding each blind index in the tenant and format, in order.
-    async fn tokens_by_blind_index(
+    /// The record holding each blind index in the tenant and format, in order.
+    async fn records_by_blind_index(
         &mut self,
         tenant: &TenantId,
         format: TokenFormat,
         blind_indexes: &[BlindIndex],
-    ) -> Result<Vec<Option<String>>, StoreError>;
-    /// Metadata of a record.
+    ) -> Result<Vec<Option<RecordRow>>, StoreError>;
+    /// A record's row.
     async fn record(&mut self, tenant: &TenantId, token: &Token) -> Result<Option<RecordRow>, StoreError>;
     /// Which of `tokens` have a record in the tenant.
     async fn existing_tokens(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<HashSet<String>, StoreError>;
-    /// The sealed bytes of each of `tokens` that has a record in the tenant.
+    /// The row and sealed bytes of each of `tokens` that has a record in the tenant.
     async fn sealed_records(
         &mut self,
         tenant: &TenantId,
         tokens: &[Token],
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError>;
     /// A job with its tokens.
     async fn job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError>;
+    /// Up to `limit` job ids after `after` (from the first when empty), in order.
+    async fn job_ids(&mut self, after: &str, limit: u32) -> Result<Vec<String>, StoreError>;
+    /// Up to `limit` record rows after (`tenant`, `token`) (all when `None`),
+    /// in (tenant, token) order, each with its tenant column.
+    async fn record_rows(
+        &mut self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<(String, RecordRow)>, StoreError>;
     /// The chain head as last committed.
     async fn audit_head(&mut self) -> Result<ChainHead, StoreError>;
     /// Entries matching `filter`, in sequence order, with their tokens.
@@ -245,6 +276,9 @@ pub trait WriteTx: ReadTx {
     async fn set_job_approved(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError>;
     /// Records the cancellation of a job.
     async fn set_job_cancelled(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError>;
+    /// Stores a job's new state tag and the sequence number of the audit
+    /// entry that recorded the change.
+    async fn set_job_state(&mut self, job_id: &JobId, state_seq: u64, state_tag: &[u8; 32]) -> Result<(), StoreError>;
     /// Adds one release to each of `tokens` (distinct) of the job whose count
     /// is below `max`; returns how many were counted.
     async fn count_releases(&mut self, job_id: &JobId, tokens: &[Token], max: u32) -> Result<u64, StoreError>;

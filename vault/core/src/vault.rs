@@ -20,11 +20,12 @@ use crate::authz::{Policy, Role};
 use crate::clock;
 use crate::error::VaultError;
 use crate::id::{JobId, Principal, TenantId, Token, TokenFormat};
+use crate::integrity::{Integrity, CHANGED, JOB_STATE_CHANGES};
 use crate::job::{Job, JobRequest, Stamp};
-use crate::keyring::{load_audit_key, AuditKeyError, Keyring};
+use crate::keyring::{load_system_keys, AuditKeyError, Keyring};
 use crate::mint::{draw_job_id, draw_token};
 use crate::number::MyNumber;
-use crate::store::{AuditFilter, ChainHead, NewJob, NewRecord, Store, StoreError, WriteTx};
+use crate::store::{AuditFilter, ChainHead, NewJob, NewRecord, RecordRow, Store, StoreError, WriteTx};
 use crate::text::FreeText;
 
 /// A random token collides with an existing one about never; retrying a few
@@ -89,19 +90,43 @@ pub struct VaultCore {
     keyring: Keyring,
     policy: Policy,
     audit_key: Arc<AuditChainKey>,
+    integrity: Integrity,
+    watch: futures::lock::Mutex<ChainWatch>,
 }
 
 impl VaultCore {
-    /// The core over `store`. The audit-chain key is loaded here, before
-    /// anything can be appended: a core without its key cannot exist.
+    /// The core over `store`. The system keys are loaded here, before
+    /// anything can be appended or checked: a core without them cannot exist.
     pub async fn open(
         store: Arc<dyn Store>,
         provider: Arc<dyn RootKeyProvider>,
         policy: Policy,
     ) -> Result<Self, AuditKeyError> {
-        let audit_key = Arc::new(load_audit_key(store.as_ref(), provider.as_ref()).await?);
+        let keys = load_system_keys(store.as_ref(), provider.as_ref()).await?;
         let keyring = Keyring::new(provider, store.clone());
-        Ok(Self { store, keyring, policy, audit_key })
+        // Walk the chain once now, without holding any lock, so the first
+        // decision only has to verify what was appended since.
+        let mut watch = ChainWatch::default();
+        let mut read = store.begin_read().await?;
+        let head = read.audit_head().await?;
+        watch.catch_up(read.as_mut(), &keys.audit_chain, &head).await?;
+        if let Some(broken) = &watch.broken {
+            tracing::error!(%broken, "the audit chain does not verify; releases, approvals and cancellations are refused");
+        }
+        drop(read);
+        Ok(Self {
+            store,
+            keyring,
+            policy,
+            audit_key: Arc::new(keys.audit_chain),
+            integrity: Integrity::new(keys.state),
+            watch: futures::lock::Mutex::new(watch),
+        })
+    }
+
+    /// How many stored objects failed their integrity check since start.
+    pub fn integrity_failures(&self) -> u64 {
+        self.integrity.failures()
     }
 
     /// The store.
@@ -118,7 +143,7 @@ impl VaultCore {
     /// nothing, refusals).
     pub async fn record(&self, draft: AuditDraft) -> Result<u64, VaultError> {
         let mut tx = self.store.begin_write().await?;
-        let seq = append(tx.as_mut(), &self.audit_key, draft, clock::now_ms()).await?;
+        let seq = append(tx.as_mut(), &self.audit_key, draft, clock::now_ms()).await?.seq;
         commit_audited(tx).await?;
         Ok(seq)
     }
@@ -157,19 +182,18 @@ impl VaultCore {
         self.policy.require(caller, &[Role::Tokenizer], Some(tenant))?;
         let keys = self.keyring.tenant_keys(tenant).await?;
         let indexes: Vec<BlindIndex> = numbers.iter().map(|n| keys.blind_index(n.expose_bytes())).collect();
-        let known = self.store.begin_read().await?.tokens_by_blind_index(tenant, format, &indexes).await?;
-        let known = parse_tokens(known)?;
+        let known = self.store.begin_read().await?.records_by_blind_index(tenant, format, &indexes).await?;
+        let known = self.holders(tenant, &indexes, known)?;
         for _ in 0..TOKEN_DRAWS {
-            let new_records = seal_unknown(&keys, format, numbers, &indexes, &known)?;
             let mut tx = self.store.begin_write().await?;
             let now = clock::now_ms();
+            let new_records = self.seal_unknown(tenant, &keys, format, numbers, &indexes, &known, now)?;
             let records: Vec<NewRecord> = new_records.iter().flatten().cloned().collect();
             tx.insert_records(tenant, format, &records, now).await?;
             // Who holds each new index now: our row, or a concurrent writer's.
-            let holders = tx
-                .tokens_by_blind_index(tenant, format, &records.iter().map(|r| r.blind_index).collect::<Vec<_>>())
-                .await?;
-            let mut holders = parse_tokens(holders)?.into_iter();
+            let new_indexes: Vec<BlindIndex> = records.iter().map(|r| r.blind_index).collect();
+            let holders = tx.records_by_blind_index(tenant, format, &new_indexes).await?;
+            let mut holders = self.holders(tenant, &new_indexes, holders)?.into_iter();
             let mut tokenized = Vec::with_capacity(numbers.len());
             let mut collided = false;
             for (known, drawn) in known.iter().zip(&new_records) {
@@ -218,9 +242,14 @@ impl VaultCore {
             .await?
             .record(tenant, token)
             .await?
-            .ok_or_else(|| VaultError::NotFound(format!("token {token} does not exist in tenant \"{tenant}\"")))?;
-        let format = TokenFormat::from_id(&row.format).ok_or(StoreError::Corrupt { what: "records.format" })?;
-        Ok(TokenInfo { token: token.clone(), format, key_version: row.key_version, created_at: row.created_at })
+            .ok_or_else(|| VaultError::NotFound(format!("the token does not exist in tenant \"{tenant}\"")))?;
+        let record = self.check_record(tenant, token, &row)?;
+        Ok(TokenInfo {
+            token: record.token,
+            format: record.format,
+            key_version: record.key_version,
+            created_at: record.created_at,
+        })
     }
 
     /// Creates a filing job. It releases nothing until someone other than
@@ -235,30 +264,36 @@ impl VaultCore {
         self.policy.require(caller, &[Role::Requester], Some(tenant))?;
         let now = clock::now_ms();
         let (terms, tokens) = request.terms(draw_job_id(), caller, now)?;
-        // Only an authorised, well-formed request has its tokens recorded.
+        // Only an authorised, well-formed request has its tokens recorded, and
+        // only those that exist: a mistyped number parses as a legacy token.
         draft.job_id = Some(terms.job_id.clone());
-        draft.tokens = tokens.clone();
         draft.record_count = tokens.len() as u64;
         self.keyring.tenant_keys(tenant).await?;
         let existing = self.store.begin_read().await?.existing_tokens(tenant, &tokens).await?;
-        let missing: Vec<&Token> = tokens.iter().filter(|t| !existing.contains(t.as_str())).collect();
-        if let Some(first) = missing.first() {
+        draft.tokens = tokens.iter().filter(|t| existing.contains(t.as_str())).cloned().collect();
+        if let Some(first) = tokens.iter().find(|t| !existing.contains(t.as_str())) {
+            let position = request.tokens.iter().position(|t| t == first).map_or(0, |p| p + 1);
             return Err(VaultError::NotFound(format!(
-                "{} token(s) do not exist in tenant \"{tenant}\", the first is {first}",
-                missing.len()
+                "{} of the {} token(s) do not exist in tenant \"{tenant}\"; the first is token #{position} of the \
+                 request",
+                tokens.len() - draft.tokens.len(),
+                tokens.len()
             )));
         }
-        let job = NewJob { terms, tokens };
-        let mut tx = self.store.begin_write().await?;
-        tx.insert_job(&job).await?;
-        append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
-        commit_audited(tx).await?;
-        Ok(Job {
-            terms: job.terms,
+        let terms_tag = self.integrity.terms_tag(&terms, &tokens);
+        let job = Job {
+            terms,
             approved: None,
             cancelled: None,
-            tokens: job.tokens.into_iter().map(|t| (t, 0)).collect(),
-        })
+            tokens: tokens.iter().map(|t| (t.clone(), 0)).collect(),
+            state_seq: 0,
+        };
+        let state_tag = self.integrity.state_tag(&job, &terms_tag);
+        let mut tx = self.store.begin_write().await?;
+        tx.insert_job(&NewJob { terms: job.terms.clone(), tokens, terms_tag, state_tag }).await?;
+        append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        commit_audited(tx).await?;
+        Ok(job)
     }
 
     /// A job, if `caller` may see it with one of `roles`. Names the job's
@@ -271,8 +306,9 @@ impl VaultCore {
         draft: &mut AuditDraft,
     ) -> Result<Job, VaultError> {
         draft.job_id = Some(job_id.clone());
-        let row = self.store.begin_read().await?.job(job_id).await?;
-        let job = Job::from_row(row.ok_or_else(|| not_found(job_id))?)?;
+        let row = self.store.begin_read().await?.job(job_id).await;
+        let row = row.map_err(self.unreadable(|| format!("filing job {job_id}")))?;
+        let job = self.integrity.check_job(row.ok_or_else(|| not_found(job_id))?)?;
         draft.tenant = Some(job.terms.tenant.clone());
         draft.purpose = Some(job.terms.purpose);
         self.policy.require(caller, roles, Some(&job.terms.tenant))?;
@@ -288,12 +324,15 @@ impl VaultCore {
     ) -> Result<Job, VaultError> {
         self.open_job(caller, job_id, &[Role::Approver], draft).await?;
         let mut tx = self.store.begin_write().await?;
-        let (mut job, now) = lock_job(tx.as_mut(), job_id).await?;
+        let (mut job, terms_tag, now) = self.lock_job(tx.as_mut(), job_id).await?;
         job.check_approval(caller, now)?;
         tx.set_job_approved(job_id, caller, now).await?;
-        append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
-        commit_audited(tx).await?;
         job.approved = Some(Stamp { by: caller.clone(), at: now });
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        job.state_seq = entry.seq;
+        tx.set_job_state(job_id, job.state_seq, &self.integrity.state_tag(&job, &terms_tag)).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, job_id).await;
         Ok(job)
     }
 
@@ -306,12 +345,15 @@ impl VaultCore {
     ) -> Result<Job, VaultError> {
         self.open_job(caller, job_id, &[Role::Requester, Role::Approver], draft).await?;
         let mut tx = self.store.begin_write().await?;
-        let (mut job, now) = lock_job(tx.as_mut(), job_id).await?;
+        let (mut job, terms_tag, now) = self.lock_job(tx.as_mut(), job_id).await?;
         job.check_cancel()?;
         tx.set_job_cancelled(job_id, caller, now).await?;
-        append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
-        commit_audited(tx).await?;
         job.cancelled = Some(Stamp { by: caller.clone(), at: now });
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        job.state_seq = entry.seq;
+        tx.set_job_state(job_id, job.state_seq, &self.integrity.state_tag(&job, &terms_tag)).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, job_id).await;
         Ok(job)
     }
 
@@ -325,16 +367,17 @@ impl VaultCore {
         asked: &[Token],
         draft: &mut AuditDraft,
     ) -> Result<Vec<Released>, VaultError> {
-        // Tokens are recorded only once the caller is authorised for the job.
+        // Tokens are recorded only once the caller is authorised for the job,
+        // and only those the job lists (the rest are counted, not written down).
         let listed = self.open_job(caller, job_id, &[Role::Filer], draft).await?;
         // Which tokens a job lists never changes, so this may be read before the lock.
         let tokens = listed.tokens_to_release(asked);
-        draft.tokens = tokens.clone();
+        draft.tokens = listed.listed_of(&tokens);
         draft.record_count = tokens.len() as u64;
         let tenant = &listed.terms.tenant;
         let keys = self.keyring.tenant_keys(tenant).await?;
         let mut tx = self.store.begin_write().await?;
-        let (job, now) = lock_job(tx.as_mut(), job_id).await?;
+        let (mut job, terms_tag, now) = self.lock_job(tx.as_mut(), job_id).await?;
         job.check_release(&tokens, now)?;
         let counted = tx.count_releases(job_id, &tokens, job.terms.max_releases_per_token).await?;
         if counted != tokens.len() as u64 {
@@ -342,21 +385,38 @@ impl VaultCore {
             tracing::error!(%job_id, counted, asked = tokens.len(), "release count disagrees with the locked job");
             return Err(VaultError::Internal);
         }
-        let mut sealed: std::collections::HashMap<String, Vec<u8>> =
-            tx.sealed_records(tenant, &tokens).await?.into_iter().collect();
+        let mut sealed: std::collections::HashMap<String, (RecordRow, Vec<u8>)> = tx
+            .sealed_records(tenant, &tokens)
+            .await?
+            .into_iter()
+            .map(|(row, sealed)| (row.token.clone(), (row, sealed)))
+            .collect();
         let mut released = Vec::with_capacity(tokens.len());
-        for token in &tokens {
-            let record = sealed.remove(token.as_str()).ok_or_else(|| {
+        // A listed token may be named, but also by position: a legacy token is
+        // twelve digits, which redaction hides.
+        for (position, token) in (1usize..).zip(&tokens) {
+            let (row, record) = sealed.remove(token.as_str()).ok_or_else(|| {
                 tracing::error!(%job_id, %token, "a listed token has no record");
                 VaultError::DataLoss(format!(
-                    "the stored record for token {token} is missing, so nothing was released; tell the vault's \
-                     operator"
+                    "the stored record of token #{position} of the release ({token}) is missing, so nothing was \
+                     released; tell the vault's operator"
                 ))
             })?;
-            released.push(Released { token: token.clone(), number: open_record(&keys, token, &record)? });
+            self.check_record(tenant, token, &row)?;
+            let number = open_record(&keys, token, position, &record)?;
+            released.push(Released { token: token.clone(), number });
         }
-        append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        let asked: std::collections::HashSet<&Token> = tokens.iter().collect();
+        for (token, releases) in &mut job.tokens {
+            if asked.contains(&*token) {
+                *releases += 1;
+            }
+        }
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        job.state_seq = entry.seq;
+        tx.set_job_state(job_id, job.state_seq, &self.integrity.state_tag(&job, &terms_tag)).await?;
         commit_audited(tx).await?;
+        self.witness(&entry, job_id).await;
         Ok(released)
     }
 
@@ -369,6 +429,12 @@ impl VaultCore {
     ) -> Result<Vec<AuditRecord>, VaultError> {
         self.require_auditor(caller, filter.tenant.as_ref())?;
         Ok(self.store.begin_read().await?.audit_entries(filter).await?)
+    }
+
+    /// Checks every stored record and job, if `caller` audits every tenant.
+    pub async fn verify_state(&self, caller: &Principal) -> Result<StateReport, VaultError> {
+        self.require_auditor(caller, None)?;
+        Ok(verify_state(self.store.as_ref(), &self.audit_key, &self.integrity, |_| {}).await?)
     }
 
     /// Walks the whole chain, if `caller` audits every tenant.
@@ -392,54 +458,130 @@ fn not_found(job_id: &JobId) -> VaultError {
     VaultError::NotFound(format!("filing job {job_id} does not exist"))
 }
 
-/// Locks the job row, then reads the clock: the decision is taken at a time
-/// no earlier than the lock.
-async fn lock_job(tx: &mut dyn WriteTx, job_id: &JobId) -> Result<(Job, i64), VaultError> {
-    let row = tx.lock_job(job_id).await?.ok_or_else(|| not_found(job_id))?;
-    Ok((Job::from_row(row)?, clock::now_ms()))
-}
+impl VaultCore {
+    /// Locks the job row and checks its tags, then locks the chain head and
+    /// checks that the job's state is not older than the last change of it
+    /// in the audit chain as this process verified it (never a query over
+    /// columns a database writer could edit); then reads the clock, so the
+    /// decision is taken at a time no earlier than the locks. Returns the
+    /// job's terms tag too, for tagging its next state.
+    async fn lock_job(&self, tx: &mut dyn WriteTx, job_id: &JobId) -> Result<(Job, [u8; 32], i64), VaultError> {
+        let row = tx.lock_job(job_id).await.map_err(self.unreadable(|| format!("filing job {job_id}")))?;
+        let job = self.integrity.check_job(row.ok_or_else(|| not_found(job_id))?)?;
+        // Job row, then chain head: the order every writer takes them in.
+        let head = tx.lock_chain_head().await?;
+        let mut watch = self.watch.lock().await;
+        watch.catch_up(tx, &self.audit_key, &head).await?;
+        if let Some(broken) = &watch.broken {
+            return Err(self.integrity.tampered(format!("the audit log ({broken})")));
+        }
+        self.integrity.check_not_rolled_back(&job, watch.last_change.get(job_id.as_str()).copied())?;
+        drop(watch);
+        let tokens: Vec<Token> = job.tokens.iter().map(|(token, _)| token.clone()).collect();
+        let terms_tag = self.integrity.terms_tag(&job.terms, &tokens);
+        Ok((job, terms_tag, clock::now_ms()))
+    }
 
-fn parse_tokens(tokens: Vec<Option<String>>) -> Result<Vec<Option<Token>>, StoreError> {
-    tokens
-        .into_iter()
-        .map(|token| {
-            token.map(|t| Token::parse(&t).map_err(|_| StoreError::Corrupt { what: "records.token" })).transpose()
-        })
-        .collect()
-}
+    /// Notes a committed change of `job_id`, recorded by `entry`, as verified:
+    /// this process sealed it right after the head it had verified under the
+    /// same lock. Without this, cutting the log back to just before it would
+    /// go unseen until the next decision read past it.
+    async fn witness(&self, entry: &ChainHead, job_id: &JobId) {
+        let mut watch = self.watch.lock().await;
+        if watch.broken.is_none() && watch.seq + 1 == entry.seq {
+            (watch.seq, watch.hash) = (entry.seq, entry.hash);
+            watch.last_change.insert(job_id.to_string(), entry.seq);
+        }
+    }
 
-/// A sealed record with a fresh token for each number not `known`.
-fn seal_unknown(
-    keys: &TenantKeys,
-    format: TokenFormat,
-    numbers: &[MyNumber],
-    indexes: &[BlindIndex],
-    known: &[Option<Token>],
-) -> Result<Vec<Option<NewRecord>>, VaultError> {
-    numbers
-        .iter()
-        .zip(indexes)
-        .zip(known)
-        .map(|((number, index), known)| {
-            if known.is_some() {
-                return Ok(None);
+    /// A row that does not even decode (a value of the wrong type written
+    /// into the database) is tampering with `object`, not an internal error.
+    fn unreadable<'a>(&'a self, object: impl FnOnce() -> String + 'a) -> impl FnOnce(StoreError) -> VaultError + 'a {
+        move |error| match error {
+            StoreError::Corrupt { what } => {
+                tracing::error!(what, "a stored value does not decode");
+                self.integrity.tampered(object())
             }
-            let token = draw_token(format);
-            let sealed = keys.seal(token.as_str(), number.expose_bytes()).map_err(|error| {
-                tracing::error!(%error, "sealing failed");
-                VaultError::Internal
-            })?;
-            Ok(Some(NewRecord { blind_index: *index, token, key_version: keys.primary_version(), sealed }))
-        })
-        .collect()
+            other => other.into(),
+        }
+    }
+
+    /// The checked token of each row found for `indexes`.
+    fn holders(
+        &self,
+        tenant: &TenantId,
+        indexes: &[BlindIndex],
+        rows: Vec<Option<RecordRow>>,
+    ) -> Result<Vec<Option<Token>>, VaultError> {
+        rows.iter()
+            .zip(indexes)
+            .map(|(row, index)| {
+                row.as_ref()
+                    .map(|row| self.integrity.check_record(tenant, row, Some(&index.0)).map(|record| record.token))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// The checked record of `token`, found by its token.
+    fn check_record(
+        &self,
+        tenant: &TenantId,
+        token: &Token,
+        row: &RecordRow,
+    ) -> Result<crate::integrity::CheckedRecord, VaultError> {
+        let record = self.integrity.check_record(tenant, row, None)?;
+        if &record.token != token {
+            tracing::error!(%token, "the store answered another token's row");
+            return Err(VaultError::Internal);
+        }
+        Ok(record)
+    }
+
+    /// A sealed, tagged record with a fresh token for each number not `known`.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_unknown(
+        &self,
+        tenant: &TenantId,
+        keys: &TenantKeys,
+        format: TokenFormat,
+        numbers: &[MyNumber],
+        indexes: &[BlindIndex],
+        known: &[Option<Token>],
+        created_at: i64,
+    ) -> Result<Vec<Option<NewRecord>>, VaultError> {
+        numbers
+            .iter()
+            .zip(indexes)
+            .zip(known)
+            .map(|((number, index), known)| {
+                if known.is_some() {
+                    return Ok(None);
+                }
+                let token = draw_token(format);
+                let sealed = keys.seal(token.as_str(), number.expose_bytes()).map_err(|error| {
+                    tracing::error!(%error, "sealing failed");
+                    VaultError::Internal
+                })?;
+                let key_version = keys.primary_version();
+                let tag = self.integrity.record_tag(tenant, &token, format, &index.0, key_version, created_at);
+                Ok(Some(NewRecord { blind_index: *index, token, key_version, sealed, tag }))
+            })
+            .collect()
+    }
 }
 
-fn open_record(keys: &TenantKeys, token: &Token, sealed: &[u8]) -> Result<Zeroizing<String>, VaultError> {
+fn open_record(
+    keys: &TenantKeys,
+    token: &Token,
+    position: usize,
+    sealed: &[u8],
+) -> Result<Zeroizing<String>, VaultError> {
     let integrity = || {
         tracing::error!(%token, "stored record failed its integrity check");
         VaultError::DataLoss(format!(
-            "the stored record for token {token} failed its integrity check, so nothing was released; tell the \
-             vault's operator"
+            "the stored record of token #{position} of the release ({token}) failed its integrity check, so nothing \
+             was released; tell the vault's operator"
         ))
     };
     let plain = keys.open(token.as_str(), sealed).map_err(|_| integrity())?;
@@ -451,13 +593,19 @@ fn open_record(keys: &TenantKeys, token: &Token, sealed: &[u8]) -> Result<Zeroiz
 /// chain head, seal the entry after it, insert it, move the head. Runs inside
 /// the caller's transaction, so the entry commits with what it records. A
 /// database failure here is an unwritable audit log, and the call fails.
-pub async fn append(tx: &mut dyn WriteTx, key: &AuditChainKey, draft: AuditDraft, now: i64) -> Result<u64, VaultError> {
+pub async fn append(
+    tx: &mut dyn WriteTx,
+    key: &AuditChainKey,
+    draft: AuditDraft,
+    now: i64,
+) -> Result<ChainHead, VaultError> {
     let result = async {
         let head = tx.lock_chain_head().await?;
         let entry = AuditRecord::seal(draft, head.seq + 1, now, head.hash, key);
         tx.insert_audit_entry(&entry).await?;
-        tx.set_chain_head(&ChainHead { seq: entry.seq, hash: entry.hash }).await?;
-        Ok::<_, StoreError>(entry.seq)
+        let head = ChainHead { seq: entry.seq, hash: entry.hash };
+        tx.set_chain_head(&head).await?;
+        Ok::<_, StoreError>(head)
     }
     .await;
     result.map_err(audit_failure)
@@ -505,4 +653,178 @@ pub async fn verify_chain(
         progress(checked);
     }
     Ok(verifier.finish(head.seq, &head.hash))
+}
+
+/// Most tampered objects [`verify_state`] names; the rest are counted.
+pub const MAX_NAMED_TAMPERED: usize = 100;
+
+/// What [`verify_state`] found.
+#[derive(Debug, Default)]
+pub struct StateReport {
+    /// Record rows checked.
+    pub records: u64,
+    /// Filing jobs checked.
+    pub jobs: u64,
+    /// How many failed their check.
+    pub tampered: u64,
+    /// What failed, named (the first [`MAX_NAMED_TAMPERED`]).
+    pub named: Vec<String>,
+}
+
+impl StateReport {
+    fn failed(&mut self, error: VaultError) -> Result<(), StoreError> {
+        match error {
+            VaultError::DataLoss(message) => {
+                self.tampered += 1;
+                if self.named.len() < MAX_NAMED_TAMPERED {
+                    self.named.push(message);
+                }
+                Ok(())
+            }
+            other => Err(StoreError::Database(other.to_string().into())),
+        }
+    }
+}
+
+/// Checks the state tag of every record and every filing job, and that no
+/// job's state is older than its audit log, in pages; `progress` is told how
+/// many objects have been checked so far.
+pub async fn verify_state(
+    store: &dyn Store,
+    audit_key: &AuditChainKey,
+    integrity: &Integrity,
+    mut progress: impl FnMut(u64) + Send,
+) -> Result<StateReport, StoreError> {
+    let mut report = StateReport::default();
+    // Each job's last change, from the entries of the chain that verify.
+    let mut watch = ChainWatch::default();
+    let mut read = store.begin_read().await?;
+    let head = read.audit_head().await?;
+    watch.catch_up(read.as_mut(), audit_key, &head).await?;
+    drop(read);
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let page = store
+            .begin_read()
+            .await?
+            .record_rows(after.as_ref().map(|(tenant, token)| (tenant.as_str(), token.as_str())), AUDIT_PAGE)
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            Err(StoreError::Corrupt { what }) => {
+                // One undecodable row hides its page from a paged walk; name it and go on to the jobs.
+                report
+                    .failed(integrity.tampered(format!(
+                        "a record row ({what} does not decode; records after it were not checked)"
+                    )))?;
+                break;
+            }
+            Err(other) => return Err(other),
+        };
+        let Some((tenant, row)) = page.last() else { break };
+        after = Some((tenant.clone(), row.token.clone()));
+        for (tenant, row) in &page {
+            report.records += 1;
+            let checked = match TenantId::parse(tenant) {
+                Ok(tenant) => integrity.check_record(&tenant, row, None).map(|_| ()),
+                Err(_) => Err(integrity.tampered("a record of a tenant whose name does not parse".into())),
+            };
+            if let Err(error) = checked {
+                report.failed(error)?;
+            }
+        }
+        progress(report.records);
+    }
+    let mut after = String::new();
+    loop {
+        let ids = store.begin_read().await?.job_ids(&after, AUDIT_PAGE).await?;
+        let Some(last) = ids.last() else { break };
+        after = last.clone();
+        for id in &ids {
+            report.jobs += 1;
+            let Ok(job_id) = JobId::parse(id) else {
+                report.failed(integrity.tampered("a filing job whose id does not parse".into()))?;
+                continue;
+            };
+            let row = match store.begin_read().await?.job(&job_id).await {
+                Ok(Some(row)) => row,
+                Ok(None) => continue,
+                Err(StoreError::Corrupt { .. }) => {
+                    report.failed(integrity.tampered(format!("filing job {job_id}")))?;
+                    continue;
+                }
+                Err(other) => return Err(other),
+            };
+            let checked = integrity
+                .check_job(row)
+                .and_then(|job| integrity.check_not_rolled_back(&job, watch.last_change.get(id).copied()));
+            if let Err(error) = checked {
+                report.failed(error)?;
+            }
+        }
+        progress(report.records + report.jobs);
+    }
+    Ok(report)
+}
+
+/// What this process has verified of the audit chain, and from it the last
+/// allowed change of each filing job. The rollback check trusts only this:
+/// entries verified under the chain key, never a query over columns a
+/// database writer could edit for the length of one call.
+#[derive(Debug, Default)]
+struct ChainWatch {
+    /// Last entry verified (0: none).
+    seq: u64,
+    /// Its hash.
+    hash: [u8; 32],
+    /// Why the chain stopped verifying; sticky until the process restarts.
+    broken: Option<String>,
+    /// Job id → sequence number of its last allowed change.
+    last_change: std::collections::HashMap<String, u64>,
+}
+
+impl ChainWatch {
+    /// Verifies the entries after those already verified, up to `head`, and
+    /// notes the changes of jobs they record. A head behind what was already
+    /// verified (a truncated tail) breaks the chain too.
+    async fn catch_up<R: crate::store::ReadTx + ?Sized>(
+        &mut self,
+        read: &mut R,
+        key: &AuditChainKey,
+        head: &ChainHead,
+    ) -> Result<(), StoreError> {
+        if self.broken.is_some() {
+            return Ok(());
+        }
+        if head.seq < self.seq {
+            self.broken = Some(format!("its head is at entry #{} but #{} was verified before", head.seq, self.seq));
+            return Ok(());
+        }
+        let changes = JOB_STATE_CHANGES.map(|operation| operation.id());
+        let mut verifier = ChainVerifier::resume(key, self.seq, self.hash);
+        let mut filter = AuditFilter { after_seq: self.seq, limit: AUDIT_PAGE, ..AuditFilter::default() };
+        while filter.after_seq < head.seq {
+            filter.limit = AUDIT_PAGE.min((head.seq - filter.after_seq).try_into().unwrap_or(AUDIT_PAGE));
+            let page = read.audit_entries(&filter).await?;
+            let Some(last) = page.last() else { break };
+            filter.after_seq = last.seq;
+            for entry in page.iter().filter(|entry| entry.seq <= head.seq) {
+                if let Err(broken) = verifier.check(entry) {
+                    self.broken = Some(broken.to_string());
+                    return Ok(());
+                }
+                if entry.outcome == CHANGED.id()
+                    && !entry.job_id.is_empty()
+                    && changes.contains(&entry.operation.as_str())
+                {
+                    self.last_change.insert(entry.job_id.clone(), entry.seq);
+                }
+                (self.seq, self.hash) = (entry.seq, entry.hash);
+            }
+        }
+        if let Err(broken) = verifier.finish(head.seq, &head.hash) {
+            self.broken = Some(broken.to_string());
+        }
+        Ok(())
+    }
 }

@@ -3,14 +3,24 @@
 use mnvault_core::audit::{AuditDraft, AuditRecord, Operation};
 use mnvault_core::id::{JobId, TenantId, Token};
 use mnvault_core::store::AuditFilter;
-use mnvault_core::vault::AUDIT_PAGE;
 use mnvault_proto::v1 as pb;
 use pb::audit_service_server::AuditService;
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::wire::{from_timestamp, optional, timestamp};
 use super::Context;
+use crate::config::{LimitSettings, TOKEN_WIRE_BYTES};
 use crate::error::VaultError;
+
+/// Memory one fetch from the store may take, whatever the entries hold.
+const AUDIT_FETCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// Memory a token of a fetched entry may take (the string and its heap copy).
+const TOKEN_MEMORY_BYTES: usize = 64;
+
+/// Room a response keeps for its own framing and `next_after_seq`.
+const RESPONSE_FRAMING_BYTES: usize = 1024;
 
 /// The audit service.
 pub struct AuditApi {
@@ -51,8 +61,15 @@ fn operation_filter(text: &str) -> Result<&'static str, VaultError> {
         .ok_or_else(|| VaultError::InvalidArgument("the operation is not one the audit log records".into()))
 }
 
-fn audit_filter(request: &pb::ListAuditEntriesRequest) -> Result<AuditFilter, VaultError> {
-    let limit = if request.limit == 0 { AUDIT_PAGE } else { request.limit.min(AUDIT_PAGE) };
+fn audit_filter(request: &pb::ListAuditEntriesRequest, limits: &LimitSettings) -> Result<AuditFilter, VaultError> {
+    let page = limits.audit_page_entries;
+    let limit = if request.limit == 0 { page } else { request.limit.min(page) };
+    // Stored sequence numbers are signed 64-bit integers in both databases.
+    if i64::try_from(request.after_seq).is_err() {
+        return Err(VaultError::InvalidArgument(
+            "after_seq is beyond the largest sequence number an entry can have (2^63 - 1)".into(),
+        ));
+    }
     Ok(AuditFilter {
         tenant: optional(&request.tenant, TenantId::parse)?,
         since_ms: request.since.as_ref().map(from_timestamp),
@@ -65,6 +82,66 @@ fn audit_filter(request: &pb::ListAuditEntriesRequest) -> Result<AuditFilter, Va
     })
 }
 
+/// Entries one fetch from the store asks for: even if each holds the most
+/// tokens an entry can hold, the fetch stays within [`AUDIT_FETCH_BYTES`].
+fn fetch_size(limits: &LimitSettings) -> u32 {
+    let most_tokens = limits.max_job_tokens.max(limits.stream_batch_records);
+    let entry_bytes = most_tokens.saturating_mul(TOKEN_MEMORY_BYTES).saturating_add(4096);
+    u32::try_from(AUDIT_FETCH_BYTES / entry_bytes).unwrap_or(u32::MAX).clamp(1, limits.audit_page_entries)
+}
+
+impl AuditApi {
+    /// One page of entries matching `filter`, fetched a few entries at a
+    /// time, and cut short where the response would outgrow
+    /// `limits.max_message_bytes`. Memory stays bounded whatever the filter
+    /// and whatever the entries hold. The cursor is set whenever more may follow.
+    async fn page(
+        &self,
+        caller: &mnvault_core::id::Principal,
+        mut filter: AuditFilter,
+    ) -> Result<pb::ListAuditEntriesResponse, VaultError> {
+        let limits = &self.ctx.limits;
+        let page = filter.limit as usize;
+        let fetch = fetch_size(limits);
+        let budget = limits.max_message_bytes.saturating_sub(RESPONSE_FRAMING_BYTES);
+        let mut entries: Vec<pb::AuditEntry> = Vec::new();
+        let mut bytes = 0usize;
+        let more = 'pages: loop {
+            filter.limit = fetch.min(u32::try_from(page - entries.len()).unwrap_or(u32::MAX));
+            let fetched = self.ctx.core.audit_entries(caller, &filter).await?;
+            let exhausted = fetched.len() < filter.limit as usize;
+            for entry in fetched {
+                let entry = wire_entry(entry);
+                let size = entry.encoded_len() + 16; // field tag and length prefix
+                if bytes + size > budget {
+                    if entries.is_empty() {
+                        return Err(VaultError::FailedPrecondition(format!(
+                            "audit entry {} holds {} tokens, more than a message of {} bytes carries \
+                             (limits.max_message_bytes, about {TOKEN_WIRE_BYTES} bytes a token); raise the limit \
+                             to read it",
+                            entry.seq,
+                            entry.tokens.len(),
+                            limits.max_message_bytes
+                        )));
+                    }
+                    break 'pages true;
+                }
+                bytes += size;
+                filter.after_seq = entry.seq;
+                entries.push(entry);
+            }
+            if entries.len() >= page {
+                break true;
+            }
+            if exhausted {
+                break false;
+            }
+        };
+        let next_after_seq = if more { entries.last().map_or(0, |e| e.seq) } else { 0 };
+        Ok(pb::ListAuditEntriesResponse { entries, next_after_seq })
+    }
+}
+
 #[tonic::async_trait]
 impl AuditService for AuditApi {
     async fn list_audit_entries(
@@ -74,12 +151,9 @@ impl AuditService for AuditApi {
         let mut draft = AuditDraft::new(Operation::ListAuditEntries);
         let caller = self.ctx.authenticate(&request, &mut draft).await?;
         let result = async {
-            let filter = audit_filter(request.get_ref())?;
+            let filter = audit_filter(request.get_ref(), &self.ctx.limits)?;
             draft.tenant = filter.tenant.clone();
-            let entries = self.ctx.core.audit_entries(&caller, &filter).await?;
-            let full_page = entries.len() == filter.limit as usize;
-            let next_after_seq = if full_page { entries.last().map_or(0, |e| e.seq) } else { 0 };
-            Ok(pb::ListAuditEntriesResponse { entries: entries.into_iter().map(wire_entry).collect(), next_after_seq })
+            self.page(&caller, filter).await
         }
         .await;
         Ok(Response::new(self.ctx.audited(draft, result).await?))

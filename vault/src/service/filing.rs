@@ -1,9 +1,6 @@
 //! `FilingService`: the only way a number leaves the vault. The rules are in
 //! `mnvault_core::job`; this module translates.
 
-use std::pin::Pin;
-
-use futures::Stream;
 use mnvault_core::audit::{AuditDraft, Operation};
 use mnvault_core::authz::Role;
 use mnvault_core::clock;
@@ -16,7 +13,7 @@ use pb::filing_service_server::FilingService;
 use tonic::{Request, Response, Status};
 
 use super::wire::{from_timestamp, timestamp};
-use super::Context;
+use super::{Context, Feed, FeedStopped, ResponseStream, VaultContext};
 use crate::error::VaultError;
 
 /// The filing service.
@@ -84,7 +81,8 @@ fn job_request(request: &pb::CreateFilingJobRequest) -> Result<JobRequest, Vault
     })
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+/// Answers of a `Detokenize` stream queued ahead of the client.
+const DETOKENIZE_BUFFER: usize = 64;
 
 #[tonic::async_trait]
 impl FilingService for FilingApi {
@@ -97,6 +95,9 @@ impl FilingService for FilingApi {
         let request = request.into_inner();
         let result = async {
             draft.tenant = Some(TenantId::parse(&request.tenant)?);
+            // Counted before a token is parsed; the refusal records the count, never the tokens.
+            let limit = self.ctx.limits.max_job_tokens;
+            VaultContext::check_count(request.tokens.len(), limit, "tokens", "max_job_tokens")?;
             let job = job_request(&request)?;
             draft.purpose = Some(job.purpose);
             self.ctx.core.create_job(&caller, &job, &mut draft).await
@@ -132,19 +133,35 @@ impl FilingService for FilingApi {
         let result = async {
             let job_id = JobId::parse(&request.get_ref().job_id)?;
             draft.job_id = Some(job_id.clone());
+            let limit = self.ctx.limits.max_job_tokens;
+            VaultContext::check_count(request.get_ref().tokens.len(), limit, "tokens", "max_job_tokens")?;
             let asked = parse_tokens(&request.get_ref().tokens)?;
-            self.ctx.core.release(&caller, &job_id, &asked, &mut draft).await
+            let released = self.ctx.core.release(&caller, &job_id, &asked, &mut draft).await?;
+            Ok((job_id, released))
         }
         .await;
-        let released = self.ctx.settled(draft, result).await?;
-        // The audit entry is committed; only now do numbers leave.
-        let responses: Vec<Result<pb::DetokenizeResponse, Status>> = released
-            .into_iter()
-            .map(|released| {
-                Ok(pb::DetokenizeResponse { token: released.token.to_string(), number: released.number.to_string() })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(responses))))
+        let (job_id, released) = self.ctx.settled(draft, result).await?;
+        // The audit entry is committed; only now do numbers leave. A client
+        // that stops reading holds the channel's few answers, and after the
+        // send timeout the rest is dropped (wiped) and the stream ends with
+        // an error; the release stays counted and audited.
+        let limits = &self.ctx.limits;
+        let (feed, responses) = Feed::new(DETOKENIZE_BUFFER, limits.stream_send_timeout());
+        tokio::spawn(async move {
+            let total = released.len();
+            for (sent, released) in released.into_iter().enumerate() {
+                let response =
+                    pb::DetokenizeResponse { token: released.token.to_string(), number: released.number.to_string() };
+                if let Err(stopped) = feed.send(Ok(response)).await {
+                    if stopped == FeedStopped::Stalled {
+                        tracing::warn!(%job_id, sent, total, "detokenize stream dropped: the client stopped reading");
+                    }
+                    return;
+                }
+            }
+            feed.finish();
+        });
+        Ok(Response::new(responses))
     }
 
     async fn get_filing_job(

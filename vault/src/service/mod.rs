@@ -1,10 +1,13 @@
 //! The gRPC services: they only translate. Each handler authenticates the
-//! caller from its client certificate, parses what the request holds into the
-//! core's types (a field that does not parse is refused without being
-//! repeated), calls [`VaultCore`], and turns the answer or the refusal into
-//! protobuf. Every outcome is audited: calls that change state append their
-//! entry inside the core's transaction; everything else goes through
-//! [`VaultContext::audited`] or [`VaultContext::refuse`].
+//! caller from its client certificate, checks sizes against
+//! [`LimitSettings`], parses what the request holds into the core's types (a
+//! field that does not parse is refused without being repeated), calls
+//! [`VaultCore`], and turns the answer or the refusal into protobuf. Every
+//! outcome is audited: calls that change state append their entry inside the
+//! core's transaction; everything else goes through
+//! [`VaultContext::audited`] or [`VaultContext::refuse`]; a call the
+//! transport refused before its handler ran (a message too large, bytes that
+//! are not protobuf) through [`VaultContext::refused_by_transport`].
 
 mod admin;
 mod audit_review;
@@ -17,35 +20,88 @@ pub use audit_review::AuditApi;
 pub use filing::FilingApi;
 pub use token::TokenApi;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use mnvault_core::audit::AuditDraft;
-use mnvault_core::id::Principal;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use mnvault_core::audit::{AuditDraft, Operation, Outcome};
+use mnvault_core::authz::Role;
+use mnvault_core::id::{Principal, TenantId};
 use mnvault_core::VaultCore;
-use tonic::{Request, Status};
+use mnvault_proto::v1 as pb;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tonic::{Code, Request, Status};
 
+use crate::config::LimitSettings;
 use crate::error::{status, VaultError};
 use crate::identity::principal_from_certificate;
+
+/// Every role: a refusal names a tenant only when the caller holds one of
+/// them on it.
+const ANY_ROLE: [Role; 6] = [Role::Tokenizer, Role::Requester, Role::Approver, Role::Filer, Role::Admin, Role::Auditor];
 
 /// What every service shares.
 pub struct VaultContext {
     /// The rules and the store.
     pub core: VaultCore,
+    /// What one caller may cost.
+    pub limits: LimitSettings,
+}
+
+/// Put in each request's extensions by the connection layer; a handler sets
+/// it when it runs, so the layer knows which refusals it must audit itself.
+#[derive(Debug, Clone, Default)]
+pub struct Dispatched(Arc<AtomicBool>);
+
+impl Dispatched {
+    /// Whether a handler ran for the request.
+    pub fn reached(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The operation a gRPC path names, if it is one of the vault's.
+pub fn operation_of_path(path: &str) -> Option<Operation> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let operation = match (service, method) {
+        (pb::token_service_server::SERVICE_NAME, "Tokenize") => Operation::Tokenize,
+        (pb::token_service_server::SERVICE_NAME, "TokenizeStream") => Operation::TokenizeStream,
+        (pb::token_service_server::SERVICE_NAME, "DescribeToken") => Operation::DescribeToken,
+        (pb::filing_service_server::SERVICE_NAME, "CreateFilingJob") => Operation::CreateFilingJob,
+        (pb::filing_service_server::SERVICE_NAME, "ApproveFilingJob") => Operation::ApproveFilingJob,
+        (pb::filing_service_server::SERVICE_NAME, "Detokenize") => Operation::Detokenize,
+        (pb::filing_service_server::SERVICE_NAME, "GetFilingJob") => Operation::GetFilingJob,
+        (pb::filing_service_server::SERVICE_NAME, "CancelFilingJob") => Operation::CancelFilingJob,
+        (pb::filing_service_server::SERVICE_NAME, "ListPurposes") => Operation::ListPurposes,
+        (pb::admin_service_server::SERVICE_NAME, "CreateTenant") => Operation::CreateTenant,
+        (pb::audit_service_server::SERVICE_NAME, "ListAuditEntries") => Operation::ListAuditEntries,
+        (pb::audit_service_server::SERVICE_NAME, "VerifyAuditChain") => Operation::VerifyAuditChain,
+        _ => return None,
+    };
+    Some(operation)
 }
 
 impl VaultContext {
+    /// The context over `core` with `limits`.
+    pub fn new(core: VaultCore, limits: LimitSettings) -> Self {
+        Self { core, limits }
+    }
+
     /// The caller's principal, from its client certificate.
     pub fn caller<T>(&self, request: &Request<T>) -> Result<Principal, VaultError> {
-        let leaf = request
-            .peer_certs()
-            .and_then(|certs| certs.first().cloned())
-            .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
-        principal_from_certificate(leaf.as_ref())
-            .map_err(|error| VaultError::Unauthenticated(format!("unusable client certificate: {error}")))
+        principal_of(request.peer_certs().as_deref().map(Vec::as_slice))
     }
 
     /// The caller, now named in `draft`, or a refusal that is itself audited.
     pub async fn authenticate<T>(&self, request: &Request<T>, draft: &mut AuditDraft) -> Result<Principal, Status> {
+        if let Some(dispatched) = request.extensions().get::<Dispatched>() {
+            dispatched.0.store(true, Ordering::Release);
+        }
         match self.caller(request) {
             Ok(caller) => {
                 draft.principal = Some(caller.clone());
@@ -55,16 +111,91 @@ impl VaultContext {
         }
     }
 
+    /// Refuses `count` items of `what` beyond `max` (`limits.<setting>`),
+    /// before any of them is parsed.
+    pub fn check_count(count: usize, max: usize, what: &str, setting: &str) -> Result<(), VaultError> {
+        if count > max {
+            return Err(VaultError::InvalidArgument(format!(
+                "{count} {what} is more than the {max} this vault accepts in one call (limits.{setting}); split it"
+            )));
+        }
+        Ok(())
+    }
+
     /// Records a refused or failed call, then turns the error into a status.
-    pub async fn refuse(&self, mut draft: AuditDraft, error: VaultError) -> Status {
+    pub async fn refuse(&self, draft: AuditDraft, error: VaultError) -> Status {
         let status = status(&error);
-        draft.outcome = error.outcome();
+        self.record_refusal(draft, error.outcome(), &status).await;
+        status
+    }
+
+    /// Appends the compact entry of a refusal: who, what, how it ended and
+    /// why; never a payload. It is filed under the tenant it names only when
+    /// the caller holds a grant on that tenant, so nobody can fill another
+    /// tenant's log by naming it.
+    async fn record_refusal(&self, mut draft: AuditDraft, outcome: Outcome, status: &Status) {
+        draft.tenant = self.tenant_on_file(draft.principal.as_ref(), draft.tenant.take());
+        draft.outcome = outcome;
         draft.reason = status.message().to_owned();
         let operation = draft.operation.id();
         if let Err(audit_error) = self.core.record(draft).await {
             tracing::error!(operation, %audit_error, "could not audit a refused call");
         }
         tracing::info!(operation, code = ?status.code(), reason = status.message(), "call refused");
+    }
+
+    /// The tenant a refusal of `caller` may be filed under: `tenant`, when
+    /// the caller holds a grant on it.
+    fn tenant_on_file(&self, caller: Option<&Principal>, tenant: Option<TenantId>) -> Option<TenantId> {
+        let tenant = tenant?;
+        let granted = caller.is_some_and(|caller| self.core.policy().require(caller, &ANY_ROLE, Some(&tenant)).is_ok());
+        granted.then_some(tenant)
+    }
+
+    /// Audits a call the transport refused before its handler ran (from the
+    /// connection layer, with the caller its certificate names), and returns
+    /// the status the client gets instead of `refused`.
+    pub async fn refused_before_handler(
+        &self,
+        operation: Operation,
+        certs: Option<&[CertificateDer<'static>]>,
+        refused: &Status,
+    ) -> Status {
+        let mut draft = AuditDraft::new(operation);
+        draft.principal = principal_of(certs).ok();
+        self.refused_by_transport(draft, refused).await
+    }
+
+    /// Audits a request the transport could not read and returns the status
+    /// the client gets instead of `refused`: a message over the size limit
+    /// stays `OUT_OF_RANGE`, bytes that are not the request's protobuf
+    /// become `INVALID_ARGUMENT`. The entry names the caller and the
+    /// operation, never anything the request held.
+    pub async fn refused_by_transport(&self, draft: AuditDraft, refused: &Status) -> Status {
+        let operation = draft.operation;
+        let limit = match operation {
+            Operation::Tokenize | Operation::TokenizeStream | Operation::DescribeToken => {
+                ("limits.max_record_message_bytes", self.limits.max_record_message_bytes)
+            }
+            _ => ("limits.max_message_bytes", self.limits.max_message_bytes),
+        };
+        let status = match refused.code() {
+            Code::OutOfRange | Code::ResourceExhausted => Status::out_of_range(format!(
+                "the request message is larger than the {} bytes this call accepts ({}); split it",
+                limit.1, limit.0
+            )),
+            // Protobuf that does not decode is the caller's fault, whatever tonic calls it.
+            Code::Internal => Status::invalid_argument("the request is not a valid protobuf message for this call"),
+            // The transport's text may quote the caller's headers: answer with
+            // the code and a fixed sentence, never its text.
+            code => Status::new(code, "the request was refused before the vault read it; check the gRPC client"),
+        };
+        let recorded = if matches!(status.code(), Code::OutOfRange | Code::InvalidArgument) {
+            status.clone()
+        } else {
+            Status::new(status.code(), format!("the transport ended the call ({:?})", status.code()))
+        };
+        self.record_refusal(draft, Outcome::Invalid, &recorded).await;
         status
     }
 
@@ -90,5 +221,103 @@ impl VaultContext {
     }
 }
 
+/// The principal the leaf of `certs` names.
+fn principal_of(certs: Option<&[CertificateDer<'static>]>) -> Result<Principal, VaultError> {
+    let leaf = certs
+        .and_then(|certs| certs.first())
+        .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
+    principal_from_certificate(leaf.as_ref())
+        .map_err(|error| VaultError::Unauthenticated(format!("unusable client certificate: {error}")))
+}
+
 /// Shared handle the services hold.
 pub type Context = Arc<VaultContext>;
+
+/// A server stream as the services return it.
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The sending side of a server stream fed by a task. A client that stops
+/// reading holds at most the channel's capacity; once a send has waited
+/// `limits.stream_send_timeout_ms`, the task gives up and drops the rest.
+pub(crate) struct Feed<T> {
+    sender: mpsc::Sender<Result<T, Status>>,
+    finished: Arc<AtomicBool>,
+    send_timeout: Duration,
+}
+
+/// Why a feed stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FeedStopped {
+    /// The client went away.
+    Gone,
+    /// The client stopped reading for the send timeout.
+    Stalled,
+}
+
+impl<T: Send + 'static> Feed<T> {
+    /// A feed with room for `capacity` items, and the stream it feeds. If the
+    /// feed is dropped before [`Feed::finish`], the stream ends with a status
+    /// saying the answer was cut short, never with a silent `OK`.
+    pub(crate) fn new(capacity: usize, send_timeout: Duration) -> (Self, ResponseStream<T>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let finished = Arc::new(AtomicBool::new(false));
+        let seen = finished.clone();
+        let timeout_ms = send_timeout.as_millis();
+        let end = futures::stream::once(async move {
+            (!seen.load(Ordering::Acquire)).then(|| {
+                Err(Status::deadline_exceeded(format!(
+                    "the answer was cut short: the client did not read it for {timeout_ms} ms \
+                     (limits.stream_send_timeout_ms)"
+                )))
+            })
+        })
+        .filter_map(futures::future::ready);
+        let stream = ReceiverStream::new(receiver).chain(end);
+        (Self { sender, finished, send_timeout }, Box::pin(stream))
+    }
+
+    /// Sends `item`, waiting at most the send timeout for the client to read.
+    pub(crate) async fn send(&self, item: Result<T, Status>) -> Result<(), FeedStopped> {
+        match tokio::time::timeout(self.send_timeout, self.sender.send(item)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(FeedStopped::Gone),
+            Err(_) => Err(FeedStopped::Stalled),
+        }
+    }
+
+    /// Marks the answer complete: the stream ends after what was sent.
+    pub(crate) fn finish(self) {
+        self.finished.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Every method the vault's protobuf services declare names an
+    /// operation, and every operation has its method: a refusal by the
+    /// transport is audited whichever call it hits.
+    #[test]
+    fn every_rpc_of_the_vault_maps_to_its_operation() {
+        let files = prost_types::FileDescriptorSet::decode(mnvault_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut mapped = Vec::new();
+        for file in files.file.iter().filter(|f| f.package() == "mynumber.vault.v1") {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    let operation = operation_of_path(&path).unwrap_or_else(|| panic!("{path} names no operation"));
+                    mapped.push(operation.id());
+                }
+            }
+        }
+        mapped.sort_unstable();
+        let mut all: Vec<_> = Operation::ALL.iter().map(|o| o.id()).collect();
+        all.sort_unstable();
+        assert_eq!(mapped, all);
+        assert_eq!(operation_of_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(operation_of_path("/mynumber.vault.v1.TokenService/Nothing"), None);
+    }
+}

@@ -1,25 +1,20 @@
 //! `TokenService`: numbers in, tokens out. Never a number out.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use mnvault_core::audit::{AuditDraft, Operation, Outcome};
+use mnvault_core::authz::Role;
 use mnvault_core::id::{TenantId, Token, TokenFormat};
 use mnvault_core::number::MyNumber;
 use mnvault_proto::v1 as pb;
 use pb::token_service_server::TokenService;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use zeroize::Zeroizing;
 
 use super::wire::{timestamp, token_format, wire_format};
-use super::Context;
+use super::{Context, Feed, FeedStopped, ResponseStream};
 use crate::error::{code, VaultError};
-
-/// Most records a stream batch holds: one transaction and one audit entry each.
-const STREAM_BATCH: usize = 2_000;
 
 /// Takes the number out of a request field, leaving it empty. Handlers call
 /// this before anything else, so every path, refusals included, wipes it.
@@ -57,11 +52,18 @@ async fn answer_batch(
     let caller = caller_draft.principal.clone().expect("an authenticated stream");
     let mut answers: Vec<Option<Result<Token, pb::RecordError>>> = (0..requests.len()).map(|_| None).collect();
     let mut groups: BTreeMap<(TenantId, TokenFormat), BatchGroup> = BTreeMap::new();
-    // Refused records by tenant (when it parsed) and outcome: (count, first reason).
+    // Refused records by tenant (only one the caller holds a grant on) and
+    // outcome: (count, first reason). A caller naming many tenants it may not
+    // use leaves one entry per outcome, not one per tenant.
     let mut refused: BTreeMap<(Option<TenantId>, Outcome), (u64, String)> = BTreeMap::new();
     for (position, mut request) in requests.into_iter().enumerate() {
         let input = take_number(&mut request.number);
-        match parse_record(&request, &input) {
+        // Authorised before anything is written, like a single Tokenize.
+        let parsed = parse_record(&request, &input).and_then(|(tenant, format, number)| {
+            ctx.core.policy().require(&caller, &[Role::Tokenizer], Some(&tenant))?;
+            Ok((tenant, format, number))
+        });
+        match parsed {
             Ok((tenant, format, number)) => {
                 let group = groups.entry((tenant, format)).or_default();
                 group.0.push(position);
@@ -69,7 +71,7 @@ async fn answer_batch(
             }
             Err(error) => {
                 let message = error.public_message();
-                let tenant = TenantId::parse(&request.tenant).ok();
+                let tenant = ctx.tenant_on_file(Some(&caller), TenantId::parse(&request.tenant).ok());
                 let entry = refused.entry((tenant, error.outcome())).or_insert_with(|| (0, message.clone()));
                 entry.0 += 1;
                 answers[position] = Some(Err(record_error(code(&error), message)));
@@ -122,11 +124,108 @@ async fn answer_batch(
         .collect()
 }
 
+/// Answers a stream batch by batch: whatever has arrived, up to a batch, goes
+/// into one transaction (no round trip to the database per record). Ends
+/// the stream with a status when it carries more than
+/// `limits.max_stream_records`, waits longer than `limits.idle_timeout_ms`
+/// for a record, or holds a message the vault cannot read.
+async fn run_stream(
+    ctx: Context,
+    draft: AuditDraft,
+    input: Streaming<pb::TokenizeRequest>,
+    feed: Feed<pb::TokenizeStreamResponse>,
+) {
+    let limits = ctx.limits.clone();
+    let mut batches = input.ready_chunks(limits.stream_batch_records);
+    let mut next_index = 0u64;
+    let refusal: Option<Result<VaultError, Status>> = loop {
+        let batch = match tokio::time::timeout(limits.idle_timeout(), batches.next()).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break None,
+            Err(_) => {
+                break Some(Err(Status::deadline_exceeded(format!(
+                    "no record arrived for {} ms (limits.idle_timeout_ms); the stream was closed",
+                    limits.idle_timeout_ms
+                ))))
+            }
+        };
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut broken = None;
+        for item in batch {
+            match item {
+                Ok(request) => requests.push(request),
+                Err(status) => {
+                    broken = Some(status);
+                    break;
+                }
+            }
+        }
+        // Records past the stream's limit are not answered, and their numbers are wiped.
+        let room = usize::try_from(limits.max_stream_records.saturating_sub(next_index)).unwrap_or(usize::MAX);
+        let over = requests.len() > room;
+        for mut extra in requests.drain(room.min(requests.len())..) {
+            drop(take_number(&mut extra.number));
+        }
+        let count = requests.len() as u64;
+        if count > 0 {
+            for answer in answer_batch(&ctx, &draft, requests, next_index).await {
+                match feed.send(Ok(answer)).await {
+                    Ok(()) => {}
+                    Err(stopped) => {
+                        if stopped == FeedStopped::Stalled {
+                            tracing::warn!(
+                                answered = next_index,
+                                "tokenize stream dropped: the client stopped reading its answers"
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        next_index += count;
+        if over {
+            break Some(Ok(VaultError::InvalidArgument(format!(
+                "a TokenizeStream carries at most {} records (limits.max_stream_records); records from index \
+                 {next_index} on were not read: send them on another stream",
+                limits.max_stream_records
+            ))));
+        }
+        if let Some(status) = broken {
+            break Some(Err(status));
+        }
+    };
+    let status = match refusal {
+        // Batches audit themselves; a stream that sent nothing still leaves its entry.
+        None => {
+            if next_index == 0 {
+                if let Err(error) = ctx.core.record(draft).await {
+                    tracing::error!(%error, "could not audit an empty tokenize stream");
+                }
+            }
+            None
+        }
+        Some(Ok(error)) => Some(ctx.refuse(draft, error).await),
+        Some(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+            ctx.record_refusal(draft, Outcome::Invalid, &status).await;
+            Some(status)
+        }
+        Some(Err(status)) => {
+            tracing::info!(code = ?status.code(), "tokenize stream ended by a transport error");
+            Some(ctx.refused_by_transport(draft, &status).await)
+        }
+    };
+    if let Some(status) = status {
+        if feed.send(Err(status)).await.is_err() {
+            return;
+        }
+    }
+    feed.finish();
+}
+
 fn record_error(code: tonic::Code, message: String) -> pb::RecordError {
     pb::RecordError { code: code as i32, message }
 }
-
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
@@ -157,45 +256,10 @@ impl TokenService for TokenApi {
     ) -> Result<Response<Self::TokenizeStreamStream>, Status> {
         let mut draft = AuditDraft::new(Operation::TokenizeStream);
         self.ctx.authenticate(&request, &mut draft).await?;
-        let ctx = self.ctx.clone();
-        let (sender, receiver) = mpsc::channel(STREAM_BATCH);
-        tokio::spawn(async move {
-            // Whatever has arrived, up to a batch, goes into one transaction:
-            // no round trip to the database per record.
-            let mut batches = request.into_inner().ready_chunks(STREAM_BATCH);
-            let mut next_index = 0u64;
-            while let Some(batch) = batches.next().await {
-                let mut requests = Vec::with_capacity(batch.len());
-                let mut broken = None;
-                for item in batch {
-                    match item {
-                        Ok(request) => requests.push(request),
-                        Err(status) => {
-                            broken = Some(status);
-                            break;
-                        }
-                    }
-                }
-                let count = requests.len() as u64;
-                for answer in answer_batch(&ctx, &draft, requests, next_index).await {
-                    if sender.send(Ok(answer)).await.is_err() {
-                        return; // the client went away
-                    }
-                }
-                next_index += count;
-                if let Some(status) = broken {
-                    tracing::info!(code = ?status.code(), "tokenize stream ended by a transport error");
-                    break;
-                }
-            }
-            // Batches audit themselves; a stream that sent nothing still leaves its entry.
-            if next_index == 0 {
-                if let Err(error) = ctx.core.record(draft).await {
-                    tracing::error!(%error, "could not audit an empty tokenize stream");
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let limits = &self.ctx.limits;
+        let (feed, responses) = Feed::new(limits.stream_batch_records, limits.stream_send_timeout());
+        tokio::spawn(run_stream(self.ctx.clone(), draft, request.into_inner(), feed));
+        Ok(Response::new(responses))
     }
 
     async fn describe_token(
@@ -209,9 +273,10 @@ impl TokenService for TokenApi {
             let tenant = TenantId::parse(&request.tenant)?;
             draft.tenant = Some(tenant.clone());
             let token = Token::parse(&request.token)?;
-            draft.tokens = vec![token.clone()];
             draft.record_count = 1;
             let info = self.ctx.core.describe_token(&caller, &tenant, &token).await?;
+            // Recorded only once it resolved: a mistyped number parses as a legacy token.
+            draft.tokens = vec![info.token.clone()];
             Ok(pb::DescribeTokenResponse {
                 tenant: tenant.to_string(),
                 token: info.token.to_string(),

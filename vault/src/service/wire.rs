@@ -20,7 +20,7 @@ pub fn token_format(format: i32) -> Result<TokenFormat, VaultError> {
     match pb::TokenFormat::try_from(format) {
         Ok(pb::TokenFormat::Unspecified | pb::TokenFormat::Opaque) => Ok(TokenFormat::Opaque),
         Ok(pb::TokenFormat::LegacyDigits) => Ok(TokenFormat::LegacyDigits),
-        Err(_) => Err(VaultError::InvalidArgument(format!("token format {format} is not known"))),
+        Err(_) => Err(VaultError::InvalidArgument("the token format is not one the vault knows".into())),
     }
 }
 

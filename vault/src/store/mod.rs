@@ -74,21 +74,72 @@ impl DatabaseLocation {
     }
 }
 
-/// Opens the store at `location`.
+/// Opens the store at `location`. A SQLite database is private to the
+/// vault's user: created 0600 before SQLite opens it (SQLite gives its WAL
+/// and shared-memory files the database file's mode), and tightened to 0600
+/// if an older one is looser.
 pub async fn open(
     location: &DatabaseLocation,
     mode: OpenMode,
     write_timeout: Duration,
 ) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match location {
-        DatabaseLocation::Sqlite(path) => Arc::new(SqliteStore::open(path, mode, write_timeout).await?),
+        DatabaseLocation::Sqlite(path) => {
+            if mode != OpenMode::Review {
+                make_private(path, mode == OpenMode::Initialise).map_err(|e| StoreError::Database(Box::new(e)))?;
+            }
+            Arc::new(SqliteStore::open(path, mode, write_timeout).await?)
+        }
         DatabaseLocation::Postgres(url) => Arc::new(PostgresStore::connect(url, mode, write_timeout).await?),
     })
+}
+
+/// The SQLite database at `path` and its WAL and shared-memory files: mode
+/// 0600, the database created (empty, which SQLite takes as new) if `create`.
+fn make_private(path: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create {
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        let Ok(metadata) = std::fs::metadata(file) else { continue };
+        if metadata.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(file = %file.display(), "database file was readable by others; now 0600");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_files_are_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("vault.db");
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        make_private(&db, true).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        // Older files, from before this rule, are tightened; contents stay.
+        std::fs::write(&db, b"kept").unwrap();
+        let wal = dir.path().join("vault.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        for path in [&db, &wal] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        make_private(&db, false).unwrap();
+        assert_eq!((mode(&db), mode(&wal)), (0o600, 0o600));
+        assert_eq!(std::fs::read(&db).unwrap(), b"kept");
+        // Without `create`, a missing database is not made.
+        make_private(&dir.path().join("absent.db"), false).unwrap();
+        assert!(!dir.path().join("absent.db").exists());
+    }
 
     #[test]
     fn urls_name_their_backend_and_descriptions_hide_credentials() {

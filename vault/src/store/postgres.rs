@@ -111,7 +111,10 @@ impl Store for PostgresStore {
     }
 
     async fn begin_read(&self) -> Result<Box<dyn ReadTx>, StoreError> {
-        Ok(Box::new(PgTx(self.pool.acquire().await.map_err(classify)?)))
+        // One snapshot for every read in it, so a job and its tokens are
+        // never read half-updated.
+        let tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(classify)?;
+        Ok(Box::new(PgTx(tx)))
     }
 
     async fn close(&self) {
@@ -187,6 +190,20 @@ fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|error| StoreError::Database(Box::new(error)))
 }
 
+/// Columns of a [`RecordRow`], as [`record_row`] reads them.
+const RECORD_COLUMNS: &str = "token, format, blind_index, key_version, created_at, tag";
+
+fn record_row(row: &PgRow) -> Result<RecordRow, StoreError> {
+    Ok(RecordRow {
+        token: get(row, "records.token")?,
+        format: get(row, "records.format")?,
+        blind_index: get(row, "records.blind_index")?,
+        key_version: get_u32(row, "records.key_version")?,
+        created_at: get(row, "records.created_at")?,
+        tag: get(row, "records.tag")?,
+    })
+}
+
 fn token_strs(tokens: &[Token]) -> Vec<&str> {
     tokens.iter().map(Token::as_str).collect()
 }
@@ -195,7 +212,7 @@ fn token_strs(tokens: &[Token]) -> Vec<&str> {
 macro_rules! select_job {
     () => {
         "SELECT tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at, approved_by, \
-         approved_at, cancelled_by, cancelled_at FROM filing_jobs WHERE job_id = $1"
+         approved_at, cancelled_by, cancelled_at, terms_tag, state_tag, state_seq FROM filing_jobs WHERE job_id = $1"
     };
 }
 macro_rules! select_chain_head {
@@ -232,6 +249,9 @@ async fn job_row(conn: &mut PgConnection, job_id: &JobId, lock: bool) -> Result<
         cancelled_by: get(&row, "filing_jobs.cancelled_by")?,
         cancelled_at: get(&row, "filing_jobs.cancelled_at")?,
         tokens,
+        terms_tag: get(&row, "filing_jobs.terms_tag")?,
+        state_tag: get(&row, "filing_jobs.state_tag")?,
+        state_seq: get(&row, "filing_jobs.state_seq")?,
     }))
 }
 
@@ -309,19 +329,19 @@ where
         }))
     }
 
-    async fn tokens_by_blind_index(
+    async fn records_by_blind_index(
         &mut self,
         tenant: &TenantId,
         format: TokenFormat,
         blind_indexes: &[BlindIndex],
-    ) -> Result<Vec<Option<String>>, StoreError> {
+    ) -> Result<Vec<Option<RecordRow>>, StoreError> {
         if blind_indexes.is_empty() {
             return Ok(Vec::new());
         }
         let indexes: Vec<&[u8]> = blind_indexes.iter().map(|index| &index.0[..]).collect();
-        let rows = sqlx::query(
-            "SELECT blind_index, token FROM records WHERE tenant = $1 AND format = $2 AND blind_index = ANY($3)",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE tenant = $1 AND format = $2 AND blind_index = ANY($3)"
+        ))
         .bind(tenant.as_str())
         .bind(format.id())
         .bind(&indexes)
@@ -330,27 +350,21 @@ where
         .map_err(classify)?;
         let mut found = HashMap::with_capacity(rows.len());
         for row in &rows {
-            found.insert(get::<Vec<u8>>(row, "records.blind_index")?, get::<String>(row, "records.token")?);
+            let row = record_row(row)?;
+            found.insert(row.blind_index.clone(), row);
         }
         // Rows come back in any order: answer in the order asked.
-        Ok(blind_indexes.iter().map(|index| found.get(&index.0[..]).cloned()).collect())
+        Ok(blind_indexes.iter().map(|index| found.remove(&index.0[..])).collect())
     }
 
     async fn record(&mut self, tenant: &TenantId, token: &Token) -> Result<Option<RecordRow>, StoreError> {
-        let row = sqlx::query("SELECT format, key_version, created_at FROM records WHERE tenant = $1 AND token = $2")
+        let row = sqlx::query(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE tenant = $1 AND token = $2"))
             .bind(tenant.as_str())
             .bind(token.as_str())
             .fetch_optional(self.conn())
             .await
             .map_err(classify)?;
-        row.map(|row| {
-            Ok(RecordRow {
-                format: get(&row, "records.format")?,
-                key_version: get_u32(&row, "records.key_version")?,
-                created_at: get(&row, "records.created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(record_row).transpose()
     }
 
     async fn existing_tokens(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<HashSet<String>, StoreError> {
@@ -372,26 +386,57 @@ where
         &mut self,
         tenant: &TenantId,
         tokens: &[Token],
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query("SELECT token, sealed FROM records WHERE tenant = $1 AND token = ANY($2)")
-            .bind(tenant.as_str())
-            .bind(token_strs(tokens))
-            .fetch_all(self.conn())
-            .await
-            .map_err(classify)?;
+        let rows =
+            sqlx::query(&format!("SELECT {RECORD_COLUMNS}, sealed FROM records WHERE tenant = $1 AND token = ANY($2)"))
+                .bind(tenant.as_str())
+                .bind(token_strs(tokens))
+                .fetch_all(self.conn())
+                .await
+                .map_err(classify)?;
         let mut found = HashMap::with_capacity(rows.len());
         for row in &rows {
-            found.insert(get::<String>(row, "records.token")?, get::<Vec<u8>>(row, "records.sealed")?);
+            let record = record_row(row)?;
+            found.insert(record.token.clone(), (record, get::<Vec<u8>>(row, "records.sealed")?));
         }
         // In the order asked, skipping tokens without a record.
-        Ok(tokens.iter().filter_map(|token| found.remove_entry(token.as_str())).collect())
+        Ok(tokens.iter().filter_map(|token| found.remove(token.as_str())).collect())
     }
 
     async fn job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
         job_row(self.conn(), job_id, false).await
+    }
+
+    async fn job_ids(&mut self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT job_id FROM filing_jobs WHERE job_id > $1 ORDER BY job_id LIMIT $2")
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(self.conn())
+            .await
+            .map_err(classify)?;
+        rows.iter().map(|row| get(row, "filing_jobs.job_id")).collect()
+    }
+
+    async fn record_rows(
+        &mut self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<(String, RecordRow)>, StoreError> {
+        let (tenant, token) = after.unwrap_or(("", ""));
+        let rows = sqlx::query(&format!(
+            "SELECT tenant, {RECORD_COLUMNS} FROM records WHERE (tenant, token) > ($1, $2) \
+             ORDER BY tenant, token LIMIT $3"
+        ))
+        .bind(tenant)
+        .bind(token)
+        .bind(i64::from(limit))
+        .fetch_all(self.conn())
+        .await
+        .map_err(classify)?;
+        rows.iter().map(|row| Ok((get(row, "records.tenant")?, record_row(row)?))).collect()
     }
 
     async fn audit_head(&mut self) -> Result<ChainHead, StoreError> {
@@ -513,12 +558,13 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         let indexes: Vec<&[u8]> = sorted.iter().map(|r| &r.blind_index.0[..]).collect();
         let versions: Vec<i64> = sorted.iter().map(|r| i64::from(r.key_version)).collect();
         let sealed: Vec<&[u8]> = sorted.iter().map(|r| &r.sealed[..]).collect();
+        let tags: Vec<&[u8]> = sorted.iter().map(|r| &r.tag[..]).collect();
         // No conflict target: a taken blind index and a taken token are both skipped.
         sqlx::query(
-            "INSERT INTO records (tenant, token, format, blind_index, key_version, sealed, created_at) \
-             SELECT $1, r.token, $2, r.blind_index, r.key_version, r.sealed, $3 \
-             FROM UNNEST($4::text[], $5::bytea[], $6::bigint[], $7::bytea[]) \
-             AS r (token, blind_index, key_version, sealed) \
+            "INSERT INTO records (tenant, token, format, blind_index, key_version, sealed, created_at, tag) \
+             SELECT $1, r.token, $2, r.blind_index, r.key_version, r.sealed, $3, r.tag \
+             FROM UNNEST($4::text[], $5::bytea[], $6::bigint[], $7::bytea[], $8::bytea[]) \
+             AS r (token, blind_index, key_version, sealed, tag) \
              ON CONFLICT DO NOTHING",
         )
         .bind(tenant.as_str())
@@ -528,6 +574,7 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         .bind(&indexes)
         .bind(&versions)
         .bind(&sealed)
+        .bind(&tags)
         .execute(self.conn())
         .await
         .map_err(classify)?;
@@ -540,7 +587,7 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         let conn = self.conn();
         sqlx::query(
             "INSERT INTO filing_jobs (job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             expires_at, terms_tag, state_tag, state_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)",
         )
         .bind(job_id.as_str())
         .bind(tenant.as_str())
@@ -550,6 +597,8 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         .bind(created_by.as_str())
         .bind(created_at)
         .bind(expires_at)
+        .bind(&job.terms_tag[..])
+        .bind(&job.state_tag[..])
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
@@ -585,6 +634,17 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         sqlx::query("UPDATE filing_jobs SET cancelled_by = $1, cancelled_at = $2 WHERE job_id = $3")
             .bind(by.as_str())
             .bind(at)
+            .bind(job_id.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn set_job_state(&mut self, job_id: &JobId, state_seq: u64, state_tag: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE filing_jobs SET state_seq = $1, state_tag = $2 WHERE job_id = $3")
+            .bind(to_i64(state_seq)?)
+            .bind(&state_tag[..])
             .bind(job_id.as_str())
             .execute(self.conn())
             .await

@@ -22,7 +22,6 @@ use mnvault_core::store::{
     WriteTx,
 };
 use mnvault_keys::{BlindIndex, WrappedKey};
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
@@ -88,7 +87,9 @@ impl Store for SqliteStore {
     }
 
     async fn begin_read(&self) -> Result<Box<dyn ReadTx>, StoreError> {
-        Ok(Box::new(SqliteTx::Read(self.reader.acquire().await.map_err(classify)?)))
+        // A deferred transaction: in WAL mode every read in it sees the same
+        // snapshot, so a job and its tokens are never read half-updated.
+        Ok(Box::new(SqliteTx::Read(self.reader.begin().await.map_err(classify)?)))
     }
 
     async fn close(&self) {
@@ -97,10 +98,10 @@ impl Store for SqliteStore {
     }
 }
 
-/// A write transaction, or a reader connection (only ever handed out as a
+/// A write transaction, or a read-only snapshot (only ever handed out as a
 /// `ReadTx`).
 enum SqliteTx {
-    Read(PoolConnection<Sqlite>),
+    Read(Transaction<'static, Sqlite>),
     Write(Transaction<'static, Sqlite>),
 }
 
@@ -162,10 +163,33 @@ async fn select_in<'a, T: 'a>(
     Ok(rows)
 }
 
+/// Columns of a [`RecordRow`], in the order [`record_row`] reads them.
+const RECORD_COLUMNS: &str = "token, format, blind_index, key_version, created_at, tag";
+
+/// A column's value; a value of the wrong type (a file edited outside the
+/// vault) is corrupt, never a panic.
+fn column<'r, T>(row: &'r sqlx::sqlite::SqliteRow, name: &str, what: &'static str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(name).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn record_row(row: &sqlx::sqlite::SqliteRow) -> Result<RecordRow, StoreError> {
+    Ok(RecordRow {
+        token: column(row, "token", "records.token")?,
+        format: column(row, "format", "records.format")?,
+        blind_index: column(row, "blind_index", "records.blind_index")?,
+        key_version: to_u32(column(row, "key_version", "records.key_version")?, "records.key_version")?,
+        created_at: column(row, "created_at", "records.created_at")?,
+        tag: column(row, "tag", "records.tag")?,
+    })
+}
+
 async fn job_row(conn: &mut SqliteConnection, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
     let Some(row) = sqlx::query(
         "SELECT tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at, approved_by, \
-         approved_at, cancelled_by, cancelled_at FROM filing_jobs WHERE job_id = ?",
+         approved_at, cancelled_by, cancelled_at, terms_tag, state_tag, state_seq FROM filing_jobs WHERE job_id = ?",
     )
     .bind(job_id.as_str())
     .fetch_optional(&mut *conn)
@@ -179,23 +203,29 @@ async fn job_row(conn: &mut SqliteConnection, job_id: &JobId) -> Result<Option<J
         .fetch_all(&mut *conn)
         .await
         .map_err(classify)?
-        .into_iter()
-        .map(|t| (t.get::<String, _>("token"), t.get::<i64, _>("releases")))
-        .collect();
+        .iter()
+        .map(|t| {
+            Ok((column(t, "token", "filing_job_tokens.token")?, column(t, "releases", "filing_job_tokens.releases")?))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let job_column = |name, what| column(&row, name, what);
     Ok(Some(JobRow {
         job_id: job_id.to_string(),
-        tenant: row.get("tenant"),
-        purpose: row.get("purpose"),
-        note: row.get("note"),
-        max_releases_per_token: row.get("max_releases_per_token"),
-        created_by: row.get("created_by"),
-        created_at: row.get("created_at"),
-        expires_at: row.get("expires_at"),
-        approved_by: row.get("approved_by"),
-        approved_at: row.get("approved_at"),
-        cancelled_by: row.get("cancelled_by"),
-        cancelled_at: row.get("cancelled_at"),
+        tenant: job_column("tenant", "filing_jobs.tenant")?,
+        purpose: job_column("purpose", "filing_jobs.purpose")?,
+        note: job_column("note", "filing_jobs.note")?,
+        max_releases_per_token: column(&row, "max_releases_per_token", "filing_jobs.max_releases_per_token")?,
+        created_by: job_column("created_by", "filing_jobs.created_by")?,
+        created_at: column(&row, "created_at", "filing_jobs.created_at")?,
+        expires_at: column(&row, "expires_at", "filing_jobs.expires_at")?,
+        approved_by: column(&row, "approved_by", "filing_jobs.approved_by")?,
+        approved_at: column(&row, "approved_at", "filing_jobs.approved_at")?,
+        cancelled_by: column(&row, "cancelled_by", "filing_jobs.cancelled_by")?,
+        cancelled_at: column(&row, "cancelled_at", "filing_jobs.cancelled_at")?,
         tokens,
+        terms_tag: column(&row, "terms_tag", "filing_jobs.terms_tag")?,
+        state_tag: column(&row, "state_tag", "filing_jobs.state_tag")?,
+        state_seq: column(&row, "state_seq", "filing_jobs.state_seq")?,
     }))
 }
 
@@ -240,15 +270,16 @@ impl ReadTx for SqliteTx {
         }))
     }
 
-    async fn tokens_by_blind_index(
+    async fn records_by_blind_index(
         &mut self,
         tenant: &TenantId,
         format: TokenFormat,
         blind_indexes: &[BlindIndex],
-    ) -> Result<Vec<Option<String>>, StoreError> {
+    ) -> Result<Vec<Option<RecordRow>>, StoreError> {
         let mut found = HashMap::with_capacity(blind_indexes.len());
         for chunk in blind_indexes.chunks(MAX_PARAMS - 2) {
-            let mut query = QueryBuilder::<Sqlite>::new("SELECT blind_index, token FROM records WHERE tenant = ");
+            let mut query =
+                QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM records WHERE tenant = "));
             query
                 .push_bind(tenant.as_str())
                 .push(" AND format = ")
@@ -260,27 +291,21 @@ impl ReadTx for SqliteTx {
             }
             query.push(")");
             for row in query.build().fetch_all(self.conn()).await.map_err(classify)? {
-                found.insert(row.get::<Vec<u8>, _>("blind_index"), row.get::<String, _>("token"));
+                let row = record_row(&row)?;
+                found.insert(row.blind_index.clone(), row);
             }
         }
-        Ok(blind_indexes.iter().map(|index| found.get(&index.0[..]).cloned()).collect())
+        Ok(blind_indexes.iter().map(|index| found.remove(&index.0[..])).collect())
     }
 
     async fn record(&mut self, tenant: &TenantId, token: &Token) -> Result<Option<RecordRow>, StoreError> {
-        let row = sqlx::query("SELECT format, key_version, created_at FROM records WHERE tenant = ? AND token = ?")
+        let row = sqlx::query(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE tenant = ? AND token = ?"))
             .bind(tenant.as_str())
             .bind(token.as_str())
             .fetch_optional(self.conn())
             .await
             .map_err(classify)?;
-        row.map(|row| {
-            Ok(RecordRow {
-                format: row.get("format"),
-                key_version: to_u32(row.get("key_version"), "records.key_version")?,
-                created_at: row.get("created_at"),
-            })
-        })
-        .transpose()
+        row.as_ref().map(record_row).transpose()
     }
 
     async fn existing_tokens(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<HashSet<String>, StoreError> {
@@ -295,16 +320,45 @@ impl ReadTx for SqliteTx {
         &mut self,
         tenant: &TenantId,
         tokens: &[Token],
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let rows = select_in(self.conn(), "SELECT token, sealed FROM records", tenant, "token", tokens, |list, t| {
+    ) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError> {
+        let select = format!("SELECT {RECORD_COLUMNS}, sealed FROM records");
+        let rows = select_in(self.conn(), &select, tenant, "token", tokens, |list, t| {
             list.push_bind(t.as_str());
         })
         .await?;
-        Ok(rows.into_iter().map(|row| (row.get("token"), row.get("sealed"))).collect())
+        rows.iter().map(|row| Ok((record_row(row)?, column(row, "sealed", "records.sealed")?))).collect()
     }
 
     async fn job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
         job_row(self.conn(), job_id).await
+    }
+
+    async fn job_ids(&mut self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT job_id FROM filing_jobs WHERE job_id > ? ORDER BY job_id LIMIT ?")
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(self.conn())
+            .await
+            .map_err(classify)?;
+        rows.iter().map(|row| column(row, "job_id", "filing_jobs.job_id")).collect()
+    }
+
+    async fn record_rows(
+        &mut self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<(String, RecordRow)>, StoreError> {
+        let (tenant, token) = after.unwrap_or(("", ""));
+        let rows = sqlx::query(&format!(
+            "SELECT tenant, {RECORD_COLUMNS} FROM records WHERE (tenant, token) > (?, ?) ORDER BY tenant, token LIMIT ?"
+        ))
+        .bind(tenant)
+        .bind(token)
+        .bind(i64::from(limit))
+        .fetch_all(self.conn())
+        .await
+        .map_err(classify)?;
+        rows.iter().map(|row| Ok((column(row, "tenant", "records.tenant")?, record_row(row)?))).collect()
     }
 
     async fn audit_head(&mut self) -> Result<ChainHead, StoreError> {
@@ -440,9 +494,9 @@ impl WriteTx for SqliteTx {
         records: &[NewRecord],
         created_at: i64,
     ) -> Result<(), StoreError> {
-        for chunk in records.chunks(MAX_PARAMS / 7) {
+        for chunk in records.chunks(MAX_PARAMS / 8) {
             let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO records (tenant, token, format, blind_index, key_version, sealed, created_at) ",
+                "INSERT INTO records (tenant, token, format, blind_index, key_version, sealed, created_at, tag) ",
             );
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind(tenant.as_str())
@@ -451,7 +505,8 @@ impl WriteTx for SqliteTx {
                     .push_bind(&record.blind_index.0[..])
                     .push_bind(i64::from(record.key_version))
                     .push_bind(&record.sealed)
-                    .push_bind(created_at);
+                    .push_bind(created_at)
+                    .push_bind(&record.tag[..]);
             });
             insert.push(" ON CONFLICT DO NOTHING");
             insert.build().execute(self.conn()).await.map_err(classify)?;
@@ -465,7 +520,7 @@ impl WriteTx for SqliteTx {
         let conn = self.conn();
         sqlx::query(
             "INSERT INTO filing_jobs (job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, \
-             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             expires_at, terms_tag, state_tag, state_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
         )
         .bind(job_id.as_str())
         .bind(tenant.as_str())
@@ -475,6 +530,8 @@ impl WriteTx for SqliteTx {
         .bind(created_by.as_str())
         .bind(created_at)
         .bind(expires_at)
+        .bind(&job.terms_tag[..])
+        .bind(&job.state_tag[..])
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
@@ -509,6 +566,18 @@ impl WriteTx for SqliteTx {
         sqlx::query("UPDATE filing_jobs SET cancelled_by = ?, cancelled_at = ? WHERE job_id = ?")
             .bind(by.as_str())
             .bind(at)
+            .bind(job_id.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn set_job_state(&mut self, job_id: &JobId, state_seq: u64, state_tag: &[u8; 32]) -> Result<(), StoreError> {
+        let state_seq = i64::try_from(state_seq).map_err(|_| StoreError::Corrupt { what: "filing_jobs.state_seq" })?;
+        sqlx::query("UPDATE filing_jobs SET state_seq = ?, state_tag = ? WHERE job_id = ?")
+            .bind(state_seq)
+            .bind(&state_tag[..])
             .bind(job_id.as_str())
             .execute(self.conn())
             .await

@@ -5,7 +5,9 @@
 
 use mnvault_client::{Code, TokenFormat};
 
-use crate::helpers::{approved_job, filing_job, refusal, spawn_app, tokenize_fresh, valid_numbers, Db, TestApp};
+use crate::helpers::{
+    approved_job, filing_job, refusal, spawn_app, spawn_replica, tokenize_fresh, valid_numbers, Db, TestApp,
+};
 
 /// A refusal for a tampered object: DATA_LOSS naming `object`, no number.
 fn assert_tampered<T: std::fmt::Debug>(result: Result<T, mnvault_client::ClientError>, object: &str) {
@@ -282,5 +284,36 @@ on_both_backends! {
         let (code, message) = refusal(filer.detokenize(&job, vec![]).await);
         assert_eq!(code, Code::DataLoss, "{message}");
         assert!(message.contains("the audit log"), "{message}");
+    }
+}
+
+on_both_backends! {
+    async fn a_database_rolled_back_whole_while_the_vault_was_stopped_releases_nothing(backend) {
+        // Job rows, log tail and head row put back together while the vault
+        // is down: everything in the database is genuine and consistent. The
+        // watermark this host kept outside the database shows the chain once
+        // went further.
+        let mut app = spawn_app(&backend).await;
+        let tokens = tokenize_fresh(&app, 2).await;
+        let job = approved_job(&app, &tokens, 1).await;
+        let mut db = app.database().await;
+        let before = job_snapshot(&mut db, &job).await;
+        let head_seq = db.text("SELECT CAST(seq AS TEXT) FROM audit_chain_head").await;
+        let head_hash = blob_hex(&mut db, "hash", "audit_chain_head").await;
+        app.client("filer").await.detokenize(&job, vec![]).await.unwrap();
+        app.stop().await;
+        let head_literal = blob_literal(&db, &head_hash);
+        db.exec(&before).await;
+        db.exec(&format!(
+            "DELETE FROM audit_entry_tokens WHERE seq > {head_seq}; DELETE FROM audit_entries WHERE seq > {head_seq}; \
+             UPDATE audit_chain_head SET seq = {head_seq}, hash = {head_literal}"
+        ))
+        .await;
+        let restarted = spawn_replica(&app).await;
+        let (code, message) = refusal(restarted.client("filer").await.detokenize(&job, vec![]).await);
+        assert_eq!(code, Code::DataLoss, "{message}");
+        assert!(message.contains("rolled back"), "{message}");
+        // Tokenizing, which decides no release, keeps working.
+        restarted.client("payroll").await.tokenize("demo", &valid_numbers(1)[0], TokenFormat::Opaque).await.unwrap();
     }
 }

@@ -113,7 +113,8 @@ impl Application {
             crate::datadir::check_production(settings)?;
         }
         settings.limits.validate().map_err(StartupError::Limits)?;
-        let core = open_core(settings, OpenMode::Serve).await?;
+        let watermark = crate::watermark::FileWatermark::new(settings.data_dir.join(crate::watermark::WATERMARK_FILE));
+        let core = open_core(settings, OpenMode::Serve).await?.with_watermark(Arc::new(watermark)).await?;
         let store = core.store().clone();
         let context = Arc::new(VaultContext::new(core, settings.limits.clone()));
         let tls = Arc::new(server_tls(settings)?);

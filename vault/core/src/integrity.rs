@@ -21,10 +21,13 @@
 //!   verified (`ChainWatch` in [`crate::vault`]); a job whose `state_seq` is
 //!   older is refused, and so is every decision once the chain fails to
 //!   verify or its head moves back. No query over the log's unauthenticated
-//!   columns takes part. What stays open: a vault that starts on a database
-//!   rolled back *whole* (rows, log tail and head together, while it was
-//!   stopped) cannot tell; that needs an anchor outside the database, the
-//!   audit issue's signed checkpoints.
+//!   columns takes part. A database rolled back *whole* while the vault was
+//!   stopped (rows, log tail and head together) is caught at the next start
+//!   by the host's watermark ([`crate::vault::Watermark`]), the furthest
+//!   position this host verified, kept outside the database. What stays open
+//!   is an attacker who also rewrites that watermark (they hold the vault's
+//!   host or, with SQLite, its data directory), or a host that never verified
+//!   the part they cut: that needs the audit issue's signed checkpoints.
 //!
 //! A row that fails its check is refused as [`VaultError::DataLoss`] naming the
 //! object (never a number), logged, and counted ([`Integrity::failures`]);

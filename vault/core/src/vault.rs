@@ -92,6 +92,18 @@ pub struct VaultCore {
     audit_key: Arc<AuditChainKey>,
     integrity: Integrity,
     watch: futures::lock::Mutex<ChainWatch>,
+    watermark: Option<Arc<dyn Watermark>>,
+}
+
+/// Where a vault process keeps, outside the database, the furthest position
+/// of the audit chain it has verified. A database rolled back whole while the
+/// vault was stopped (rows, log tail and head together) then shows at the
+/// next start as a chain that ends before it, or forks from it.
+pub trait Watermark: Send + Sync {
+    /// The position saved last, if any.
+    fn load(&self) -> Option<ChainHead>;
+    /// Saves `head`; a failure is logged, never fatal.
+    fn save(&self, head: &ChainHead);
 }
 
 impl VaultCore {
@@ -121,7 +133,47 @@ impl VaultCore {
             audit_key: Arc::new(keys.audit_chain),
             integrity: Integrity::new(keys.state),
             watch: futures::lock::Mutex::new(watch),
+            watermark: None,
         })
+    }
+
+    /// Checks the chain against the position `watermark` saved before and
+    /// keeps it up to date from now on. A chain that ends before that
+    /// position, or holds another entry there, counts as broken: no more
+    /// decisions until it is repaired.
+    pub async fn with_watermark(mut self, watermark: Arc<dyn Watermark>) -> Result<Self, StoreError> {
+        if let Some(saved) = watermark.load() {
+            let mut watch = self.watch.lock().await;
+            if watch.broken.is_none() {
+                let at_saved = if watch.seq < saved.seq {
+                    None
+                } else {
+                    let filter =
+                        AuditFilter { after_seq: saved.seq.saturating_sub(1), limit: 1, ..AuditFilter::default() };
+                    let entry = self.store.begin_read().await?.audit_entries(&filter).await?.pop();
+                    entry.filter(|entry| entry.seq == saved.seq).map(|entry| entry.hash)
+                };
+                if at_saved != Some(saved.hash) {
+                    let broken = format!(
+                        "it does not hold entry #{} as this host verified it before (the database was rolled back)",
+                        saved.seq
+                    );
+                    tracing::error!(%broken, "the audit chain does not verify; releases, approvals and cancellations are refused");
+                    watch.broken = Some(broken);
+                }
+            }
+        }
+        self.watermark = Some(watermark);
+        Ok(self)
+    }
+
+    /// Saves what this process has verified, if it keeps a watermark.
+    fn save_watermark(&self, watch: &ChainWatch) {
+        if let (Some(watermark), None) = (&self.watermark, &watch.broken) {
+            if watch.seq > 0 {
+                watermark.save(&ChainHead { seq: watch.seq, hash: watch.hash });
+            }
+        }
     }
 
     /// How many stored objects failed their integrity check since start.
@@ -475,6 +527,7 @@ impl VaultCore {
         if let Some(broken) = &watch.broken {
             return Err(self.integrity.tampered(format!("the audit log ({broken})")));
         }
+        self.save_watermark(&watch);
         self.integrity.check_not_rolled_back(&job, watch.last_change.get(job_id.as_str()).copied())?;
         drop(watch);
         let tokens: Vec<Token> = job.tokens.iter().map(|(token, _)| token.clone()).collect();
@@ -491,6 +544,7 @@ impl VaultCore {
         if watch.broken.is_none() && watch.seq + 1 == entry.seq {
             (watch.seq, watch.hash) = (entry.seq, entry.hash);
             watch.last_change.insert(job_id.to_string(), entry.seq);
+            self.save_watermark(&watch);
         }
     }
 

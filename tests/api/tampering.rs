@@ -226,6 +226,17 @@ async fn job_snapshot(db: &mut Db, job: &str) -> String {
     )
 }
 
+/// SQL that cuts the audit log back to where it is now, head row included.
+async fn log_snapshot(db: &mut Db) -> String {
+    let seq = db.text("SELECT CAST(seq AS TEXT) FROM audit_chain_head").await;
+    let hash = blob_hex(db, "hash", "audit_chain_head").await;
+    let hash = blob_literal(db, &hash);
+    format!(
+        "; DELETE FROM audit_entry_tokens WHERE seq > {seq}; DELETE FROM audit_entries WHERE seq > {seq}; \
+         UPDATE audit_chain_head SET seq = {seq}, hash = {hash}"
+    )
+}
+
 on_both_backends! {
     async fn hiding_a_later_change_in_the_log_for_the_length_of_a_call_releases_nothing(backend) {
         // The attacker rolls the job back and, for the length of one call,
@@ -269,18 +280,10 @@ on_both_backends! {
         let tokens = tokenize_fresh(&app, 2).await;
         let job = approved_job(&app, &tokens, 1).await;
         let mut db = app.database().await;
-        let before = job_snapshot(&mut db, &job).await;
-        let head_seq = db.text("SELECT CAST(seq AS TEXT) FROM audit_chain_head").await;
-        let head_hash = blob_hex(&mut db, "hash", "audit_chain_head").await;
+        let before = format!("{} {}", job_snapshot(&mut db, &job).await, log_snapshot(&mut db).await);
         let filer = app.client("filer").await;
         filer.detokenize(&job, vec![]).await.unwrap();
-        let head_literal = blob_literal(&db, &head_hash);
         db.exec(&before).await;
-        db.exec(&format!(
-            "DELETE FROM audit_entry_tokens WHERE seq > {head_seq}; DELETE FROM audit_entries WHERE seq > {head_seq}; \
-             UPDATE audit_chain_head SET seq = {head_seq}, hash = {head_literal}"
-        ))
-        .await;
         let (code, message) = refusal(filer.detokenize(&job, vec![]).await);
         assert_eq!(code, Code::DataLoss, "{message}");
         assert!(message.contains("the audit log"), "{message}");
@@ -297,18 +300,10 @@ on_both_backends! {
         let tokens = tokenize_fresh(&app, 2).await;
         let job = approved_job(&app, &tokens, 1).await;
         let mut db = app.database().await;
-        let before = job_snapshot(&mut db, &job).await;
-        let head_seq = db.text("SELECT CAST(seq AS TEXT) FROM audit_chain_head").await;
-        let head_hash = blob_hex(&mut db, "hash", "audit_chain_head").await;
+        let before = format!("{} {}", job_snapshot(&mut db, &job).await, log_snapshot(&mut db).await);
         app.client("filer").await.detokenize(&job, vec![]).await.unwrap();
         app.stop().await;
-        let head_literal = blob_literal(&db, &head_hash);
         db.exec(&before).await;
-        db.exec(&format!(
-            "DELETE FROM audit_entry_tokens WHERE seq > {head_seq}; DELETE FROM audit_entries WHERE seq > {head_seq}; \
-             UPDATE audit_chain_head SET seq = {head_seq}, hash = {head_literal}"
-        ))
-        .await;
         let restarted = spawn_replica(&app).await;
         let (code, message) = refusal(restarted.client("filer").await.detokenize(&job, vec![]).await);
         assert_eq!(code, Code::DataLoss, "{message}");

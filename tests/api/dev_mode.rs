@@ -42,6 +42,10 @@ on_both_backends! {
         let error = Application::build(&settings).await.err().expect("a dev directory served as production");
         assert!(matches!(error, StartupError::Dev(datadir::DevError::DevDataDir(_))), "{error}");
         assert!(error.to_string().contains("--dev"), "{error}");
+        // Without its marker, the dev CA's key beside the data still gives it away.
+        std::fs::remove_file(app.path().join(datadir::DEV_MARKER_FILE)).unwrap();
+        let error = Application::build(&settings).await.err().expect("a dev directory without its marker");
+        assert!(matches!(error, StartupError::Dev(datadir::DevError::DevDataDir(_))), "{error}");
     }
 
     async fn the_environment_cannot_switch_dev_mode(backend) {

@@ -503,3 +503,59 @@ on_both_backends! {
         assert_eq!(seen, expected, "the pages skip or repeat an entry");
     }
 }
+
+#[tokio::test]
+async fn a_call_whose_body_never_arrives_is_cut_at_the_request_timeout() {
+    // Headers sent, body never: the call, its buffered bytes and its stream
+    // slot are held only until limits.request_timeout_ms.
+    let app = spawn_app_with(&Backend::Sqlite, |settings| settings.limits.request_timeout_ms = 1_000).await;
+    let seq_before = last_seq(&app).await;
+    let identity = ClientIdentity::from_dev_pki(&app.path().join(DEV_PKI_DIR), "requester").unwrap();
+    let channel = mnvault_client::connect_channel(&app.endpoint, &identity).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/mynumber.vault.v1.FilingService/CreateFilingJob");
+    let never = futures::stream::pending::<Vec<u8>>();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        grpc.client_streaming(tonic::Request::new(never), path, RawCodec),
+    )
+    .await
+    .expect("the vault answered the stalled call");
+    assert_eq!(answer.unwrap_err().code(), Code::DeadlineExceeded);
+    // Audited, compactly, as a refusal the handler never saw.
+    let entries = entries_after(&app, seq_before).await;
+    assert_eq!(entries.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["filing.create-job"]);
+    assert_eq!((entries[0].principal.as_str(), entries[0].outcome.as_str()), ("requester", "invalid"));
+}
+
+#[tokio::test]
+async fn large_calls_wait_for_a_permit_so_stalled_bodies_cannot_pile_up() {
+    // One permit: a call whose body never arrives holds it until it is cut;
+    // a call started after it is served only then.
+    let app = spawn_app_with(&Backend::Sqlite, |settings| {
+        settings.limits.max_large_calls = 1;
+        settings.limits.request_timeout_ms = 3_000;
+    })
+    .await;
+    let identity = ClientIdentity::from_dev_pki(&app.path().join(DEV_PKI_DIR), "requester").unwrap();
+    let channel = mnvault_client::connect_channel(&app.endpoint, &identity).await.unwrap();
+    let started = std::time::Instant::now();
+    let stalled = tokio::spawn(async move {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path = PathAndQuery::from_static("/mynumber.vault.v1.FilingService/CreateFilingJob");
+        let never = futures::stream::pending::<Vec<u8>>();
+        grpc.client_streaming(tonic::Request::new(never), path, RawCodec).await.map(|_| ())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let requester = app.client("requester").await;
+    let (code, _) = refusal(requester.get_filing_job("job_aaaaaaaaaaaaaaaa").await);
+    assert_eq!(code, Code::NotFound);
+    // A lower bound, not a timing: the permit is free only once the stalled call is cut.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(3_000),
+        "served while the stalled call held the permit"
+    );
+    assert_eq!(stalled.await.unwrap().unwrap_err().code(), Code::DeadlineExceeded);
+}

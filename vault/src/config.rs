@@ -119,6 +119,8 @@ pub struct TlsSettings {
 /// | `keepalive_interval_ms` | 60000 | HTTP/2 ping interval |
 /// | `keepalive_timeout_ms` | 20000 | a ping unanswered this long closes the connection |
 /// | `idle_timeout_ms` | 300000 | a connection that starts no call this long is closed (gracefully, with GOAWAY, if it ever carried a call); also the longest a `TokenizeStream` waits for its next record |
+/// | `request_timeout_ms` | 120000 | a call not received in full and answered (its first message, for a stream) by then is refused with `DEADLINE_EXCEEDED`; also how long a connection asked to close keeps its calls before it is dropped |
+/// | `max_large_calls` | 16 | calls of the filing, audit and admin services received at once across all connections (others wait, within `request_timeout_ms`) |
 /// | `stream_send_timeout_ms` | 60000 | how long a streamed answer (`Detokenize`, `TokenizeStream`) waits for a client that stopped reading before the rest is dropped |
 /// | `audit_page_entries` | 1000 | entries one `ListAuditEntries` page holds at most (also bounded by `max_message_bytes`) |
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +150,13 @@ pub struct LimitSettings {
     pub idle_timeout_ms: u64,
     /// How long a streamed answer waits for a client that stopped reading.
     pub stream_send_timeout_ms: u64,
+    /// How long a call may take to be received and answered (for a
+    /// streamed answer: until its first message), and how long a connection
+    /// asked to close may keep its calls.
+    pub request_timeout_ms: u64,
+    /// Calls of the filing, audit and admin services (messages up to
+    /// `max_message_bytes`) being received at once, across all connections.
+    pub max_large_calls: usize,
     /// Entries one audit listing page holds at most.
     pub audit_page_entries: u32,
 }
@@ -167,6 +176,8 @@ impl Default for LimitSettings {
             keepalive_timeout_ms: 20_000,
             idle_timeout_ms: 300_000,
             stream_send_timeout_ms: 60_000,
+            request_timeout_ms: 120_000,
+            max_large_calls: 16,
             audit_page_entries: mnvault_core::vault::AUDIT_PAGE,
         }
     }
@@ -193,6 +204,8 @@ impl LimitSettings {
             ("keepalive_timeout_ms", self.keepalive_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("stream_send_timeout_ms", self.stream_send_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("max_large_calls", self.max_large_calls as u64),
             ("audit_page_entries", u64::from(self.audit_page_entries)),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
@@ -232,6 +245,11 @@ impl LimitSettings {
     /// The idle timeout of connections and of a stream's input.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// How long a call may take to arrive and be answered.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     /// How long a streamed answer waits for its reader.

@@ -69,7 +69,7 @@ directory.
 pub enum DevError {
     /// The data directory was made for development.
     #[error(
-        "{0} was made for development ({DEV_MARKER_FILE} is in it): start it with `mnvault serve --dev`, which \
+        "{0} was made for development ({DEV_MARKER_FILE} or {DEV_PKI_DIR}/ is in it): start it with `mnvault serve --dev`, which \
          listens on loopback only, or initialise a production data directory with `mnvault init`"
     )]
     DevDataDir(PathBuf),
@@ -153,7 +153,9 @@ fn mark_dev(data_dir: &Path) -> std::io::Result<()> {
 /// marked for development, and a server certificate or client CA of the dev
 /// PKI. A TLS file that cannot be read is left to the start to report.
 pub fn check_production(settings: &Settings) -> Result<(), DevError> {
-    if is_marked_dev(&settings.data_dir) {
+    // The dev CA's key beside the data counts as a dev directory even when
+    // the marker was removed: anyone who reads it can mint any principal.
+    if is_marked_dev(&settings.data_dir) || settings.data_dir.join(DEV_PKI_DIR).exists() {
         return Err(DevError::DevDataDir(settings.data_dir.clone()));
     }
     for file in [&settings.tls.cert, &settings.tls.client_ca] {

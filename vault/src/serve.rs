@@ -124,10 +124,15 @@ pub(crate) async fn serve(
     let limits = ctx.limits.clone();
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let large_calls = Arc::new(Semaphore::new(limits.max_large_calls));
     let handshakes = Arc::new(Handshakes::default());
     let (stop, stopped) = watch::channel(());
     let mut builder = http2::Builder::new(TokioExecutor::new());
+    // Small flow-control windows: what a client may push before the vault
+    // reads it is bounded per stream and per connection.
     builder
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(limits.keepalive_interval())
@@ -166,6 +171,7 @@ pub(crate) async fn serve(
             ctx: ctx.clone(),
             limits: limits.clone(),
             stopped: stopped.clone(),
+            large_calls: large_calls.clone(),
         };
         tokio::spawn(connection.run(tcp));
     }
@@ -186,7 +192,20 @@ struct Connection {
     ctx: Context,
     limits: LimitSettings,
     stopped: watch::Receiver<()>,
+    large_calls: Arc<Semaphore>,
 }
+
+/// Per-call bounds.
+struct Call {
+    request_timeout: Duration,
+    /// Permits for calls whose messages may be large (`limits.max_large_calls`).
+    large_calls: Arc<Semaphore>,
+}
+
+/// HTTP/2 flow-control window of a stream: bytes a client may send ahead.
+const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+/// HTTP/2 flow-control window of a connection, across its streams.
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 
 impl Connection {
     async fn run(mut self, tcp: TcpStream) {
@@ -220,14 +239,20 @@ impl Connection {
         };
         let info = tls.connect_info();
         let activity = Arc::new(Activity::new());
-        let (routes, ctx, seen) = (self.routes, self.ctx, activity.clone());
+        let (routes, ctx, seen, large_calls) = (self.routes, self.ctx, activity.clone(), self.large_calls);
+        let request_timeout = self.limits.request_timeout();
         let service = hyper::service::service_fn(move |request| {
             seen.touch();
-            handle(routes.clone(), ctx.clone(), info.clone(), request)
+            let call = Call { request_timeout, large_calls: large_calls.clone() };
+            handle(routes.clone(), ctx.clone(), info.clone(), call, request)
         });
         let mut served = pin!(self.builder.serve_connection(TokioIo::new(tls), service));
         let idle_timeout = self.limits.idle_timeout();
         let mut closing = false;
+        // A connection asked to close keeps its calls this long, no longer:
+        // a client holding a call open must not hold the slot forever.
+        let grace = tokio::time::sleep(Duration::MAX);
+        let mut grace = pin!(grace);
         loop {
             tokio::select! {
                 result = served.as_mut() => {
@@ -236,12 +261,17 @@ impl Connection {
                     }
                     break;
                 }
+                () = grace.as_mut(), if closing => {
+                    tracing::debug!("connection dropped: its calls outlived the close");
+                    break;
+                }
                 () = activity.idle_for(idle_timeout), if !closing => {
                     if !activity.ever_called() {
                         tracing::debug!("connection closed: no call started");
                         break;
                     }
                     closing = true;
+                    grace.as_mut().reset(tokio::time::Instant::now() + self.limits.request_timeout());
                     served.as_mut().graceful_shutdown();
                 }
                 _ = self.stopped.changed(), if !closing => {
@@ -249,6 +279,7 @@ impl Connection {
                         break;
                     }
                     closing = true;
+                    grace.as_mut().reset(tokio::time::Instant::now() + self.limits.request_timeout());
                     served.as_mut().graceful_shutdown();
                 }
             }
@@ -263,15 +294,47 @@ async fn handle(
     mut routes: Routes,
     ctx: Arc<VaultContext>,
     info: TlsConnectInfo<TcpConnectInfo>,
+    call: Call,
     mut request: http::Request<Incoming>,
 ) -> Result<http::Response<Body>, Infallible> {
+    let request_timeout = call.request_timeout;
+    let deadline = Instant::now() + request_timeout;
     let operation = operation_of_path(request.uri().path());
     let certs = info.peer_certs();
     let dispatched = Dispatched::default();
     request.extensions_mut().insert(info);
     request.extensions_mut().insert(dispatched.clone());
     std::future::poll_fn(|cx| Service::<http::Request<Incoming>>::poll_ready(&mut routes, cx)).await?;
-    let response = routes.call(request).await?;
+    // A body that never finishes arriving must not hold the call, its
+    // buffered bytes and the connection for ever.
+    let large = !request.uri().path().starts_with("/mynumber.vault.v1.TokenService/")
+        && request.uri().path().starts_with("/mynumber.vault.v1.");
+    let response = async {
+        // A large call waits for a permit before its body is read, so at most
+        // `max_large_calls` large bodies are in memory at once.
+        let _permit = if large {
+            Some(call.large_calls.acquire_owned().await.expect("the semaphore is never closed"))
+        } else {
+            None
+        };
+        routes.call(request).await
+    };
+    let response = match tokio::time::timeout_at(deadline, response).await {
+        Ok(response) => response?,
+        Err(_) => {
+            let late = Status::deadline_exceeded(format!(
+                "the call was not received and answered within {} ms (limits.request_timeout_ms); send the whole \
+                 request at once",
+                request_timeout.as_millis()
+            ));
+            return Ok(match operation {
+                Some(operation) if !dispatched.reached() => {
+                    ctx.refused_before_handler(operation, certs.as_deref().map(Vec::as_slice), &late).await.into_http()
+                }
+                _ => late.into_http(),
+            });
+        }
+    };
     let Some(operation) = operation else { return Ok(response) };
     if dispatched.reached() {
         return Ok(response);

@@ -154,9 +154,19 @@ pub const REDACTED: &str = "[number redacted]";
 /// eleven of them already are the number.
 pub const NUMBER_RUN_DIGITS: usize = DIGITS - 1;
 
-/// The ideographs people write digit by digit (縦書き): 〇 一 二 … 九 and 零.
+/// The ideographs people write digit by digit (縦書き): 〇 一 二 … 九 and 零,
+/// and the formal numerals (大字) of Japanese and Chinese: 壱 弐 参 … 拾.
 /// They are letters to Unicode (Lo, except 〇), so they are named here.
-const KANJI_DIGITS: [char; 11] = ['〇', '零', '一', '二', '三', '四', '五', '六', '七', '八', '九'];
+const KANJI_DIGITS: [char; 31] = [
+    '〇', '零', '一', '二', '三', '四', '五', '六', '七', '八', '九', // common
+    '壱', '壹', '弐', '貳', '贰', '参', '參', '叁', '肆', '伍', '陸', '陆', '漆', '柒', '捌', '玖',
+    '拾', // formal
+    '弌', '弍', '弎', // old forms
+];
+
+/// Letters that show as nothing (Hangul fillers): a separator to the eye, so
+/// they join digits rather than end a run, and free text refuses them.
+pub const INVISIBLE_LETTERS: [char; 4] = ['\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}'];
 
 /// How one character counts when looking for a number in text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,8 +194,15 @@ fn read(character: char) -> Reading {
             digits += 1;
         }
     });
+    // A numeral whose decomposition is letters (Ⅵ → VI) is still a numeral.
+    if digits == 0 && character.general_category_group() == GeneralCategoryGroup::Number {
+        digits = 1;
+    }
     if digits > 0 {
         return Reading::Digits(digits);
+    }
+    if INVISIBLE_LETTERS.contains(&character) {
+        return Reading::Joiner;
     }
     match character.general_category() {
         GeneralCategory::UppercaseLetter
@@ -430,5 +447,25 @@ mod tests {
     fn has_valid_check_digit_agrees_with_parse() {
         assert!(has_valid_check_digit(b"123456789018"));
         assert!(!has_valid_check_digit(b"123456789019"));
+    }
+}
+
+#[cfg(test)]
+mod disguised_numbers {
+    use super::*;
+
+    #[test]
+    fn numbers_in_formal_kanji_roman_numerals_or_invisible_separators_are_found() {
+        for disguised in [
+            "6214\u{3164}9832\u{3164}0257", // Hangul filler between groups
+            "6214\u{FFA0}9832\u{115F}0257",
+            "陸弐壱肆玖捌参弐零弐伍漆", // 大字
+            "六弐一四九八参二〇二五七", // common and formal mixed
+            "ⅥⅡⅠⅣⅨⅧⅢⅡ〇ⅡⅤⅦ",            // Roman numerals (Nl)
+        ] {
+            assert!(contains_number(disguised), "{}", disguised.escape_unicode());
+        }
+        assert!(!contains_number("2027年1月31日"));
+        assert!(crate::text::FreeText::parse("a\u{3164}b", "note").is_err(), "an invisible letter is refused");
     }
 }

@@ -77,13 +77,14 @@ impl FreeText {
 }
 
 fn is_control(character: char) -> bool {
-    matches!(
-        character.general_category(),
-        GeneralCategory::Control
-            | GeneralCategory::Format
-            | GeneralCategory::LineSeparator
-            | GeneralCategory::ParagraphSeparator
-    )
+    crate::number::INVISIBLE_LETTERS.contains(&character)
+        || matches!(
+            character.general_category(),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
 }
 
 impl fmt::Display for FreeText {

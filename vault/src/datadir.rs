@@ -228,6 +228,11 @@ pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
     if !settings.dev && is_marked_dev(data_dir) {
         return Err(InitError::DevDataDir(data_dir.clone()));
     }
+    // A root key without a configuration is a vault whose mnvault.toml went
+    // missing, not an empty directory: never mark it dev, never overwrite it.
+    if settings.resolve(&settings.root_key.file).exists() {
+        return Err(InitError::AlreadyInitialised(data_dir.clone()));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -314,6 +319,16 @@ mod tests {
         params.distinguished_name = name;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.self_signed(&key).unwrap().pem()
+    }
+
+    #[tokio::test]
+    async fn a_directory_holding_a_root_key_is_never_made_dev() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ROOT_KEY_FILE), "a production key").unwrap();
+        let refused = initialise(&dev_settings(dir.path())).await;
+        assert!(matches!(refused, Err(InitError::AlreadyInitialised(_))), "{refused:?}");
+        assert!(!is_marked_dev(dir.path()));
+        assert_eq!(std::fs::read_to_string(dir.path().join(ROOT_KEY_FILE)).unwrap(), "a production key");
     }
 
     #[test]

@@ -70,6 +70,11 @@ impl std::fmt::Debug for Integrity {
     }
 }
 
+/// Whether a row's stored tag (absent in a row nobody tagged) is `expected`.
+fn row_tag_matches(expected: &[u8; 32], stored: Option<&[u8]>) -> bool {
+    stored.is_some_and(|tag| StateKey::matches(expected, tag))
+}
+
 /// A record whose binding to its tenant, token and blind index was checked.
 #[derive(Debug, Clone)]
 pub struct CheckedRecord {
@@ -131,10 +136,8 @@ impl Integrity {
         let Some((token, format)) = parsed else {
             return Err(self.tampered(format!("a record of tenant \"{tenant}\"")));
         };
-        let tag_ok = row.tag.as_deref().is_some_and(|tag| {
-            let expected = self.record_tag(tenant, &token, format, &row.blind_index, row.key_version, row.created_at);
-            self.key_verifies(&expected, tag)
-        });
+        let expected = self.record_tag(tenant, &token, format, &row.blind_index, row.key_version, row.created_at);
+        let tag_ok = row_tag_matches(&expected, row.tag.as_deref());
         if !tag_ok || expected_index.is_some_and(|index| index != row.blind_index.as_slice()) {
             return Err(self.tampered(format!("the record for token {token}")));
         }
@@ -198,8 +201,14 @@ impl Integrity {
 
     /// Parses a job row and checks both of its tags.
     pub fn check_job(&self, row: JobRow) -> Result<Job, VaultError> {
+        self.check_job_and_terms(row).map(|(job, _)| job)
+    }
+
+    /// [`Integrity::check_job`], also handing back the verified terms tag,
+    /// which tags the job's next state.
+    pub fn check_job_and_terms(&self, row: JobRow) -> Result<(Job, [u8; 32]), VaultError> {
         let job_id = row.job_id.clone();
-        let terms_tag = row.terms_tag.clone();
+        let terms_tag_stored = row.terms_tag.clone();
         let state_tag = row.state_tag.clone();
         let job = match Job::from_row(row) {
             Ok(job) => job,
@@ -214,20 +223,14 @@ impl Integrity {
         };
         let described = || format!("filing job {}", job.terms.job_id);
         let tokens: Vec<Token> = job.tokens.iter().map(|(token, _)| token.clone()).collect();
-        let terms_ok = terms_tag.as_deref().is_some_and(|tag| {
-            let expected = self.terms_tag(&job.terms, &tokens);
-            self.key_verifies(&expected, tag)
-        });
-        if !terms_ok {
+        let terms_tag = self.terms_tag(&job.terms, &tokens);
+        if !row_tag_matches(&terms_tag, terms_tag_stored.as_deref()) {
             return Err(self.tampered(described()));
         }
-        let terms_tag: [u8; 32] = terms_tag.as_deref().and_then(|t| t.try_into().ok()).expect("verified above");
-        let state_ok =
-            state_tag.as_deref().is_some_and(|tag| self.key_verifies(&self.state_tag(&job, &terms_tag), tag));
-        if !state_ok {
+        if !row_tag_matches(&self.state_tag(&job, &terms_tag), state_tag.as_deref()) {
             return Err(self.tampered(described()));
         }
-        Ok(job)
+        Ok((job, terms_tag))
     }
 
     /// Refuses a job whose state is older than its audit log: an allowed
@@ -242,10 +245,6 @@ impl Integrity {
             }
             _ => Ok(()),
         }
-    }
-
-    fn key_verifies(&self, expected: &[u8; 32], tag: &[u8]) -> bool {
-        StateKey::matches(expected, tag)
     }
 
     /// Logs and counts a tampered object; the error names it, never a number.

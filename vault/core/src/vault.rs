@@ -380,11 +380,7 @@ impl VaultCore {
         job.check_approval(caller, now)?;
         tx.set_job_approved(job_id, caller, now).await?;
         job.approved = Some(Stamp { by: caller.clone(), at: now });
-        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
-        job.state_seq = entry.seq;
-        tx.set_job_state(job_id, job.state_seq, &self.integrity.state_tag(&job, &terms_tag)).await?;
-        commit_audited(tx).await?;
-        self.witness(&entry, job_id).await;
+        self.commit_job_change(tx, &mut job, &terms_tag, draft, now).await?;
         Ok(job)
     }
 
@@ -401,11 +397,7 @@ impl VaultCore {
         job.check_cancel()?;
         tx.set_job_cancelled(job_id, caller, now).await?;
         job.cancelled = Some(Stamp { by: caller.clone(), at: now });
-        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
-        job.state_seq = entry.seq;
-        tx.set_job_state(job_id, job.state_seq, &self.integrity.state_tag(&job, &terms_tag)).await?;
-        commit_audited(tx).await?;
-        self.witness(&entry, job_id).await;
+        self.commit_job_change(tx, &mut job, &terms_tag, draft, now).await?;
         Ok(job)
     }
 
@@ -464,11 +456,7 @@ impl VaultCore {
                 *releases += 1;
             }
         }
-        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
-        job.state_seq = entry.seq;
-        tx.set_job_state(job_id, job.state_seq, &self.integrity.state_tag(&job, &terms_tag)).await?;
-        commit_audited(tx).await?;
-        self.witness(&entry, job_id).await;
+        self.commit_job_change(tx, &mut job, &terms_tag, draft, now).await?;
         Ok(released)
     }
 
@@ -519,7 +507,7 @@ impl VaultCore {
     /// job's terms tag too, for tagging its next state.
     async fn lock_job(&self, tx: &mut dyn WriteTx, job_id: &JobId) -> Result<(Job, [u8; 32], i64), VaultError> {
         let row = tx.lock_job(job_id).await.map_err(self.unreadable(|| format!("filing job {job_id}")))?;
-        let job = self.integrity.check_job(row.ok_or_else(|| not_found(job_id))?)?;
+        let (job, terms_tag) = self.integrity.check_job_and_terms(row.ok_or_else(|| not_found(job_id))?)?;
         // Job row, then chain head: the order every writer takes them in.
         let head = tx.lock_chain_head().await?;
         let mut watch = self.watch.lock().await;
@@ -530,9 +518,26 @@ impl VaultCore {
         self.save_watermark(&watch);
         self.integrity.check_not_rolled_back(&job, watch.last_change.get(job_id.as_str()).copied())?;
         drop(watch);
-        let tokens: Vec<Token> = job.tokens.iter().map(|(token, _)| token.clone()).collect();
-        let terms_tag = self.integrity.terms_tag(&job.terms, &tokens);
         Ok((job, terms_tag, clock::now_ms()))
+    }
+
+    /// Ends a decision that changed `job`: appends its entry, tags the job's
+    /// new state naming that entry, commits, and notes the entry as verified.
+    async fn commit_job_change(
+        &self,
+        mut tx: Box<dyn WriteTx>,
+        job: &mut Job,
+        terms_tag: &[u8; 32],
+        draft: &AuditDraft,
+        now: i64,
+    ) -> Result<(), VaultError> {
+        let job_id = job.terms.job_id.clone();
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        job.state_seq = entry.seq;
+        tx.set_job_state(&job_id, job.state_seq, &self.integrity.state_tag(job, terms_tag)).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, &job_id).await;
+        Ok(())
     }
 
     /// Notes a committed change of `job_id`, recorded by `entry`, as verified:

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use mnvault_core::id::RequestId;
 use mnvault_proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 use pb::audit_service_client::AuditServiceClient;
@@ -30,6 +31,7 @@ use pb::filing_service_client::FilingServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub use mnvault_proto::v1::{
@@ -37,6 +39,8 @@ pub use mnvault_proto::v1::{
     VerifyAuditChainResponse,
 };
 pub use tonic::Code;
+/// What the vault's health service says of a service ([`VaultClient::health`]).
+pub use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Address of a vault started with `mnvault serve --dev`.
 pub const DEV_ENDPOINT: &str = "https://127.0.0.1:50051";
@@ -71,12 +75,16 @@ pub enum ClientError {
         source: tonic::transport::Error,
     },
     /// The vault answered with an error status.
-    #[error("{message} ({code:?})")]
+    #[error("{message} ({code:?}{})", .request_id.as_deref().map(|id| format!(", request {id}")).unwrap_or_default())]
     Refused {
         /// gRPC status code, e.g. `PermissionDenied`.
         code: Code,
         /// The vault's explanation.
         message: String,
+        /// The call's request id, as the vault's log lines and audit entry
+        /// name it: quote it to the vault's operator. None when the answer
+        /// carried none (not a vault, or the connection broke first).
+        request_id: Option<String>,
     },
 }
 
@@ -88,12 +96,41 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The request id of the refused call, to quote to the vault's operator.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A status that ended a stream whose answer began with `metadata`: the
+    /// request id is in the answer's headers, not in the closing status.
+    fn ended_stream(status: tonic::Status, metadata: &MetadataMap) -> Self {
+        let mut error = Self::from(status);
+        if let ClientError::Refused { request_id: request_id @ None, .. } = &mut error {
+            *request_id = request_id_of(metadata);
+        }
+        error
+    }
 }
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        ClientError::Refused { code: status.code(), message: status.message().to_owned() }
+        let request_id = request_id_of(status.metadata());
+        ClientError::Refused { code: status.code(), message: status.message().to_owned(), request_id }
     }
+}
+
+/// The header in which the vault names each call's request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request id an answer's metadata names, if it follows the vault's
+/// grammar (nothing else is passed on to the caller's logs).
+pub fn request_id_of(metadata: &MetadataMap) -> Option<String> {
+    let text = metadata.get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    RequestId::parse(text).ok().map(|id| id.to_string())
 }
 
 /// The caller's mutual-TLS identity and the CA it trusts for the vault.
@@ -174,6 +211,7 @@ pub struct VaultClient {
     filing: FilingServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
     audit: AuditServiceClient<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
 }
 
 impl VaultClient {
@@ -184,7 +222,8 @@ impl VaultClient {
             tokens: TokenServiceClient::new(channel.clone()),
             filing: FilingServiceClient::new(channel.clone()),
             admin: AdminServiceClient::new(channel.clone()),
-            audit: AuditServiceClient::new(channel),
+            audit: AuditServiceClient::new(channel.clone()),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
         })
     }
 
@@ -216,9 +255,9 @@ impl VaultClient {
             number,
             format: format.into(),
         });
-        let responses = self.tokens.clone().tokenize_stream(requests).await?.into_inner();
-        Ok(responses.map(|response| {
-            let response = response?;
+        let (metadata, responses, _) = self.tokens.clone().tokenize_stream(requests).await?.into_parts();
+        Ok(responses.map(move |response| {
+            let response = response.map_err(|status| ClientError::ended_stream(status, &metadata))?;
             let result = match response.result {
                 Some(pb::tokenize_stream_response::Result::Token(token)) => Ok(token),
                 Some(pb::tokenize_stream_response::Result::Error(error)) => Err(error),
@@ -274,9 +313,11 @@ impl VaultClient {
     /// tokens when empty.
     pub async fn detokenize(&self, job_id: &str, tokens: Vec<String>) -> Result<Vec<ReleasedNumber>, ClientError> {
         let request = pb::DetokenizeRequest { job_id: job_id.to_owned(), tokens };
-        let mut stream = self.filing.clone().detokenize(request).await?.into_inner();
+        let (metadata, mut stream, _) = self.filing.clone().detokenize(request).await?.into_parts();
         let mut released = Vec::new();
-        while let Some(mut response) = stream.message().await? {
+        while let Some(mut response) =
+            stream.message().await.map_err(|status| ClientError::ended_stream(status, &metadata))?
+        {
             // One exact copy into the secret; the response wipes its own when
             // dropped. (Converting the String instead could reallocate and
             // leave the old buffer unwiped.)
@@ -303,6 +344,16 @@ impl VaultClient {
     /// Asks the vault to walk the audit chain.
     pub async fn verify_audit_chain(&self) -> Result<VerifyAuditChainResponse, ClientError> {
         Ok(self.audit.clone().verify_audit_chain(pb::VerifyAuditChainRequest {}).await?.into_inner())
+    }
+
+    /// What the vault's health service (`grpc.health.v1`) says of `service`:
+    /// a service's full name, e.g. `mynumber.vault.v1.TokenService`, or ""
+    /// for the whole vault. Any certificate the vault accepts may ask; no
+    /// grant is needed. A name the vault does not serve is `NOT_FOUND`.
+    pub async fn health(&self, service: &str) -> Result<ServingStatus, ClientError> {
+        let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
+        let status = self.health.clone().check(request).await?.into_inner().status;
+        Ok(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown))
     }
 }
 

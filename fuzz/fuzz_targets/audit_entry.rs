@@ -16,10 +16,12 @@ use std::sync::OnceLock;
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Result as ArbResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use mnvault_core::audit::{AuditDraft, AuditRecord, ChainVerifier, Operation, Outcome};
-use mnvault_core::id::{JobId, Principal, TenantId, Token};
+use mnvault_core::id::{JobId, Principal, RequestId, TenantId, Token};
 use mnvault_core::number::contains_number;
 use mnvault_core::purpose::Purpose;
 use mnvault_keys::{AuditChainKey, KeyMaterial, GENESIS_HASH, KEY_LEN};
+
+const BASE32_LOWER: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 fn key() -> &'static AuditChainKey {
     static KEY: OnceLock<AuditChainKey> = OnceLock::new();
@@ -42,6 +44,7 @@ struct RawEntry {
     record_count: u64,
     prev_hash: [u8; 32],
     hash: [u8; 32],
+    request_id: String,
 }
 
 impl RawEntry {
@@ -58,6 +61,7 @@ impl RawEntry {
             purpose: self.purpose,
             tokens: self.tokens,
             record_count: self.record_count,
+            request_id: self.request_id,
             prev_hash: self.prev_hash,
             hash: self.hash,
         }
@@ -77,6 +81,8 @@ struct RawDraft {
     tokens: Vec<String>,
     record_count: u64,
     time_ms: i64,
+    /// Base32 characters of a request id, as the vault draws them.
+    request_id: Option<[u8; 26]>,
 }
 
 impl RawDraft {
@@ -91,6 +97,10 @@ impl RawDraft {
         draft.purpose = self.purpose.map(|p| Purpose::ALL[usize::from(p) % Purpose::ALL.len()]);
         draft.tokens = self.tokens.iter().filter_map(|t| Token::parse(t).ok()).collect();
         draft.record_count = self.record_count;
+        draft.request_id = self.request_id.and_then(|chars| {
+            let base32: String = chars.iter().map(|b| BASE32_LOWER[usize::from(*b) % 32] as char).collect();
+            RequestId::parse(&format!("req_{base32}")).ok()
+        });
         draft
     }
 }
@@ -112,6 +122,7 @@ enum Edit {
     PrevHash([u8; 32]),
     Hash([u8; 32]),
     Remove,
+    RequestId(String),
 }
 
 /// A chain a writer may have changed: the entries the fuzzer could not sign
@@ -147,7 +158,7 @@ fn sealed_chain_then_edit(u: &mut Unstructured<'_>) -> ArbResult<()> {
     for (i, raw) in drafts.iter().enumerate() {
         let record = AuditRecord::seal(raw.draft(), i as u64 + 1, raw.time_ms, prev, key());
         assert!(!contains_number(&record.reason), "a number reached an audit entry");
-        let all_text = [&record.principal, &record.tenant, &record.job_id, &record.purpose];
+        let all_text = [&record.principal, &record.tenant, &record.job_id, &record.purpose, &record.request_id];
         assert!(all_text.iter().all(|t| !contains_number(t)));
         // Legacy tokens are twelve digits by design; opaque ones hold no number.
         assert!(record.tokens.iter().all(|t| t.len() == 12 || !contains_number(t)));
@@ -180,6 +191,7 @@ fn sealed_chain_then_edit(u: &mut Unstructured<'_>) -> ArbResult<()> {
             Edit::RecordCount(v) => e.record_count = v,
             Edit::PrevHash(v) => e.prev_hash = v,
             Edit::Hash(v) => e.hash = v,
+            Edit::RequestId(v) => e.request_id = v,
             Edit::Remove => {}
         }
     }

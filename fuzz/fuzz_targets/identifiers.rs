@@ -1,5 +1,5 @@
 //! Parsing of the identifiers callers send: `Token`, `TenantId`, `JobId`,
-//! `Principal`, and the closed sets `Purpose` and `TokenFormat`.
+//! `Principal`, `RequestId`, and the closed sets `Purpose` and `TokenFormat`.
 //!
 //! Invariants:
 //! - what parses round-trips: `as_str`, `Display` and `FromStr` give back the
@@ -16,13 +16,13 @@
 use std::str::FromStr;
 
 use libfuzzer_sys::fuzz_target;
-use mnvault_core::id::{IdError, JobId, Principal, TenantId, Token, TokenFormat};
+use mnvault_core::id::{IdError, JobId, Principal, RequestId, TenantId, Token, TokenFormat};
 use mnvault_core::number::{check_digit, contains_number, MyNumber};
 use mnvault_core::purpose::Purpose;
 
 const BASE32_LOWER: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
-/// Round trip and refusal checks shared by the four identifier types.
+/// Round trip and refusal checks shared by the identifier types.
 fn check<T>(text: &str, parse: fn(&str) -> Result<T, IdError>, as_str: fn(&T) -> &str, constant_refusal: &str) -> bool
 where
     T: FromStr<Err = IdError> + PartialEq + std::fmt::Debug + std::fmt::Display,
@@ -58,6 +58,12 @@ fn check_text(text: &str) {
         assert!(!contains_number(text), "a job id that parsed holds a number");
         let rest = text.strip_prefix("job_").expect("job_ prefix");
         assert_eq!(rest.len(), 16);
+        assert!(rest.bytes().all(|b| BASE32_LOWER.contains(&b)));
+    }
+    if check(text, RequestId::parse, RequestId::as_str, &refusal(IdError::RequestId)) {
+        assert!(!contains_number(text), "a request id that parsed holds a number");
+        let rest = text.strip_prefix("req_").expect("req_ prefix");
+        assert_eq!(rest.len(), 26);
         assert!(rest.bytes().all(|b| BASE32_LOWER.contains(&b)));
     }
     if check(text, Principal::parse, Principal::as_str, &refusal(IdError::Principal)) {
@@ -109,6 +115,11 @@ fn check_built(data: &[u8]) {
     match JobId::parse(&job) {
         Ok(id) => assert_eq!(id.as_str(), job),
         Err(_) => assert!(contains_number(&job), "a clean job id was refused"),
+    }
+    let request = format!("req_{}", base32(26));
+    match RequestId::parse(&request) {
+        Ok(id) => assert_eq!(id.as_str(), request),
+        Err(_) => assert!(contains_number(&request), "a clean request id was refused"),
     }
 
     // A legacy token: eleven digits and a check digit that does not match.

@@ -93,4 +93,11 @@ pub enum KeyError {
     /// AES-GCM refused to encrypt (input beyond its size limits).
     #[error("encryption failed: the input exceeds the size limits of AES-256-GCM")]
     EncryptionFailed,
+
+    /// The root key provider (a device, a service) does not answer now.
+    #[error("the root key provider ({provider}) does not answer; check that it is up and reachable from the vault")]
+    ProviderUnreachable {
+        /// The provider, as [`RootKeyProvider::describe`](crate::RootKeyProvider::describe) names it.
+        provider: String,
+    },
 }

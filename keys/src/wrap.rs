@@ -114,6 +114,18 @@ pub trait RootKeyProvider: Send + Sync {
     /// Any failure — other root key, other context, modified or truncated
     /// bytes — is [`KeyError::UnwrapFailed`], without detail.
     fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<KeyMaterial, KeyError>;
+
+    /// Whether the provider can wrap and unwrap now: the vault's health
+    /// check calls it every `server.health_check_interval_ms` and reports
+    /// NOT_SERVING while it fails ([`KeyError::ProviderUnreachable`]). It
+    /// must return promptly, bounding any wait of its own. The default
+    /// succeeds: a provider that holds its key in memory, as [`RootKeyFile`]
+    /// does once loaded, cannot become unreachable. A provider that talks to
+    /// a device (an HSM over PKCS#11) asks the device; a provider that wraps
+    /// another must pass this on to it.
+    fn check(&self) -> Result<(), KeyError> {
+        Ok(())
+    }
 }
 
 /// Length of a v1 wrapped key: format byte, nonce, encrypted key, tag.

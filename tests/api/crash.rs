@@ -13,7 +13,8 @@
 //!
 //! The child process is this test binary itself, re-run on one test,
 //! [`vault_process`], which serves a data directory with the real
-//! `Application` until it is killed. That runs the code under test on a clean
+//! `Application`, answering signals as `mnvault serve` does, until it is
+//! killed or stopped (`shutdown.rs` and `reload.rs` use it too). That runs the code under test on a clean
 //! clone with nothing but `cargo test`: cargo builds the `mnvault` binary
 //! for tests only when its own package has integration tests (and only
 //! there is `CARGO_BIN_EXE_mnvault` set), and a binary left in `target/`
@@ -26,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use futures::future::join_all;
 use futures::StreamExt as _;
 use mnvault::config::Settings;
 use mnvault::datadir::DEV_PKI_DIR;
+use mnvault::lifecycle::Signals;
 use mnvault::startup::Application;
 use mnvault_client::{ClientIdentity, Code, ListAuditEntriesRequest, TokenFormat};
 use mnvault_proto::v1 as pb;
@@ -54,6 +56,8 @@ const LISTENING: &str = "mnvault crash child listening on port";
 const CHILD_LOG: &str = "crash-child.log";
 /// A bound on waiting for the child to listen, not a speed requirement.
 const START_WAIT: Duration = Duration::from_secs(120);
+/// A bound on waiting for the child to exit once stopped, not a speed requirement.
+const EXIT_WAIT: Duration = Duration::from_secs(120);
 
 /// Numbers per bulk tokenization.
 const BULK: usize = 3_000;
@@ -93,8 +97,10 @@ enum Release {
 /// Not a test: the body of the vault process the crash tests start, by
 /// running this test binary again on this test alone. It serves the data
 /// directory named in [`CHILD_DATA_DIR`] on a free loopback port, says which
-/// on standard output, and runs until it is killed or its standard input
-/// closes (the test process is gone). Without that variable it returns.
+/// on standard output, and runs until it is killed, stopped by SIGTERM (as
+/// `mnvault serve` is: gracefully, exit status 0) or its standard input
+/// closes (the test process is gone); SIGHUP reloads its configuration.
+/// Without that variable it returns.
 #[test]
 #[ignore = "the vault process of the crash tests; they start it themselves"]
 fn vault_process() {
@@ -102,9 +108,16 @@ fn vault_process() {
     mnvault::telemetry::init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let mut settings = Settings::load(Path::new(&data_dir)).expect("settings");
-        settings.listen = "127.0.0.1:0".parse().unwrap();
+        // Before the port is said, so a signal the test sends finds its handler.
+        let signals = Signals::install().expect("install the signal handlers");
+        let load = move || {
+            let mut settings = Settings::load(Path::new(&data_dir))?;
+            settings.listen = "127.0.0.1:0".parse().unwrap();
+            Ok(settings)
+        };
+        let settings = load().expect("settings");
         let application = Application::build(&settings).await.expect("build vault");
+        let reloader = application.reloader().with_source(load);
         // Straight to the process's standard output, past the harness's capture.
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{LISTENING} {}", application.local_addr().port()).expect("say the port");
@@ -117,7 +130,10 @@ fn vault_process() {
         });
         application
             .run_until_stopped(async {
-                let _ = stdin_closed.await;
+                tokio::select! {
+                    () = signals.until_terminated(reloader) => {}
+                    _ = stdin_closed => {}
+                }
             })
             .await
             .expect("vault ran");
@@ -131,14 +147,14 @@ fn child_test_name() -> String {
 }
 
 /// A vault serving a data directory from a child process the test may SIGKILL.
-struct VaultProcess {
-    app: TestApp,
+pub(crate) struct VaultProcess {
+    pub(crate) app: TestApp,
     process: Child,
 }
 
 impl VaultProcess {
     /// Starts a vault process on `data_dir` and waits until it listens.
-    async fn start(data_dir: &Arc<TempDir>, backend: &Backend) -> VaultProcess {
+    pub(crate) async fn start(data_dir: &Arc<TempDir>, backend: &Backend) -> VaultProcess {
         let log_path = data_dir.path().join(CHILD_LOG);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("child log");
         let mut process = Command::new(std::env::current_exe().expect("the test binary"))
@@ -175,6 +191,31 @@ impl VaultProcess {
         };
         let app = TestApp::serving_elsewhere(format!("https://127.0.0.1:{port}"), data_dir.clone(), backend.clone());
         VaultProcess { app, process }
+    }
+
+    /// Sends `signal` (e.g. SIGTERM, SIGHUP) to the vault process.
+    pub(crate) fn send(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.process);
+        rustix::process::kill_process(pid, signal).expect("signal the vault process");
+    }
+
+    /// How the vault process exited, once it has (waiting at most [`EXIT_WAIT`]).
+    pub(crate) async fn exited(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+        loop {
+            if let Some(status) = self.process.try_wait().expect("poll the vault process") {
+                return status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("the vault process did not exit within {EXIT_WAIT:?}; its log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The vault process's log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.app.path().join(CHILD_LOG)).unwrap_or_default()
     }
 
     /// SIGKILL: no graceful shutdown, no destructor, no flush.
@@ -450,7 +491,7 @@ async fn release_stalled_until_killed(vault: &mut VaultProcess, job: &str) -> Ve
 }
 
 /// The tokens of `numbers` in tenant `demo`, in order, from one stream.
-async fn tokenize_all(app: &TestApp, numbers: &[String]) -> Vec<String> {
+pub(crate) async fn tokenize_all(app: &TestApp, numbers: &[String]) -> Vec<String> {
     let payroll = app.client("payroll").await;
     let answers = payroll.tokenize_stream("demo", TokenFormat::Opaque, numbers.to_vec()).await.unwrap();
     let answers: Vec<_> = answers.collect().await;
@@ -468,7 +509,7 @@ async fn tokenize_all(app: &TestApp, numbers: &[String]) -> Vec<String> {
 
 /// Tokens named by successful entries of `operation` (of `job`, unless
 /// empty), with how many such entries name each.
-async fn audited_tokens(app: &TestApp, operation: &str, job: &str) -> HashMap<String, usize> {
+pub(crate) async fn audited_tokens(app: &TestApp, operation: &str, job: &str) -> HashMap<String, usize> {
     let auditor = app.client("auditor").await;
     let mut request = ListAuditEntriesRequest {
         operation: operation.into(),
@@ -494,7 +535,7 @@ async fn audited_tokens(app: &TestApp, operation: &str, job: &str) -> HashMap<St
 }
 
 /// Every token with a stored record, read from the database itself.
-async fn stored_tokens(app: &TestApp) -> HashSet<String> {
+pub(crate) async fn stored_tokens(app: &TestApp) -> HashSet<String> {
     const SQL: &str = "SELECT token FROM records";
     let tokens: Vec<String> = match app.database().await {
         Db::Sqlite(mut conn) => sqlx::query_scalar(SQL).fetch_all(&mut conn).await,

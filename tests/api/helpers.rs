@@ -218,6 +218,9 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     context: Option<Arc<mnvault::service::VaultContext>>,
+    /// Where its metrics are served, when `[metrics] listen` is set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    reloader: Option<mnvault::reload::Reloader>,
 }
 
 /// A dev vault with the default dev configuration.
@@ -256,6 +259,8 @@ pub async fn spawn_replica(app: &TestApp) -> TestApp {
 async fn start(settings: Settings, data_dir: Arc<TempDir>, backend: Backend) -> TestApp {
     let application = Application::build(&settings).await.expect("build vault");
     let context = Some(application.context());
+    let metrics_addr = application.metrics_addr();
+    let reloader = Some(application.reloader());
     let endpoint = format!("https://127.0.0.1:{}", application.local_addr().port());
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -266,14 +271,21 @@ async fn start(settings: Settings, data_dir: Arc<TempDir>, backend: Backend) -> 
             .await
             .expect("vault ran");
     });
-    TestApp { endpoint, data_dir, backend, shutdown: Some(shutdown), server: Some(server), context }
+    let (shutdown, server) = (Some(shutdown), Some(server));
+    TestApp { endpoint, data_dir, backend, shutdown, server, context, metrics_addr, reloader }
 }
 
 impl TestApp {
     /// A handle on a vault that serves `data_dir` at `endpoint` from elsewhere
     /// (another process): its clients, CLI and database, nothing to stop.
     pub fn serving_elsewhere(endpoint: String, data_dir: Arc<TempDir>, backend: Backend) -> TestApp {
-        TestApp { endpoint, data_dir, backend, shutdown: None, server: None, context: None }
+        let (shutdown, server, context, metrics_addr, reloader) = (None, None, None, None, None);
+        TestApp { endpoint, data_dir, backend, shutdown, server, context, metrics_addr, reloader }
+    }
+
+    /// Reloads the in-process vault's configuration, as SIGHUP does.
+    pub fn reloader(&self) -> &mnvault::reload::Reloader {
+        self.reloader.as_ref().expect("an in-process vault")
     }
 
     /// How many stored objects failed their integrity check in this vault.
@@ -416,7 +428,7 @@ pub fn full_width(number: &str) -> String {
 /// The refusal's code, or a panic saying the call succeeded.
 pub fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Code, String) {
     match result {
-        Err(ClientError::Refused { code, message }) => (code, message),
+        Err(ClientError::Refused { code, message, .. }) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

@@ -6,14 +6,21 @@
 mod helpers;
 
 mod audit_log;
+mod backup;
+mod config_check;
 mod crash;
 mod dev_mode;
 mod filing_rules;
+mod health;
 mod integrity;
 mod limits;
+mod metrics;
 mod no_number_in_text;
 mod private_files;
+mod reload;
 mod replicas;
+mod request_ids;
+mod shutdown;
 mod store_conformance;
 mod tampering;
 mod tokens;

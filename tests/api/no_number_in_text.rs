@@ -34,7 +34,7 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use crate::helpers::{approved_job, filing_job, tokenize_fresh, valid_number, Backend, TestApp};
 
 /// Every text field of every RPC, as `Method.field`.
-const FIELDS: [&str; 21] = [
+const FIELDS: [&str; 22] = [
     "CreateTenant.tenant",
     "CreateTenant.display_name",
     "Tokenize.tenant",
@@ -56,6 +56,7 @@ const FIELDS: [&str; 21] = [
     "ListAuditEntries.token",
     "ListAuditEntries.job_id",
     "ListAuditEntries.operation",
+    "ListAuditEntries.request_id",
 ];
 
 /// Sent through every field too; it must appear nowhere (a refusal never
@@ -433,6 +434,9 @@ impl Vault {
             }
             "ListAuditEntries.operation" => {
                 answer(auditor.list_audit_entries(ListAuditEntriesRequest { operation: text, ..audit() }).await)
+            }
+            "ListAuditEntries.request_id" => {
+                answer(auditor.list_audit_entries(ListAuditEntriesRequest { request_id: text, ..audit() }).await)
             }
             other => panic!("no way to send field {other}"),
         }

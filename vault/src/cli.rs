@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 
 use crate::config::Settings;
 use crate::datadir::{self, DEV_PKI_DIR};
+use crate::lifecycle::Signals;
 use crate::startup::{self, Application};
 use crate::store::OpenMode;
 
@@ -30,15 +31,21 @@ pub const DEFAULT_DATA_DIR: &str = "mnvault-data";
 #[derive(Debug, Parser)]
 #[command(name = "mnvault", version, about, long_about = None)]
 pub struct Cli {
-    /// The vault's data directory (serve, init, audit verify), where `--as`
-    /// also finds the dev identities.
+    /// The vault's data directory (serve, init, audit verify, backup,
+    /// restore), where `--as` also finds the dev identities.
     #[arg(long, global = true, env = "MNVAULT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
-    /// The database (serve, init, audit verify): a SQLite file or a
+    /// The database (serve, init, audit verify, backup, restore): a SQLite file or a
     /// `postgres://` URL. Overrides `database.url` in the configuration.
     #[arg(long, global = true, env = "MNVAULT__DATABASE__URL", value_name = "URL")]
     pub database_url: Option<String>,
+
+    /// The configuration file (serve, audit verify, backup, restore, config
+    /// check); default `<data-dir>/mnvault.toml`. Relative paths in it stay
+    /// relative to the data directory.
+    #[arg(long, global = true, env = "MNVAULT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -60,6 +67,11 @@ pub enum Command {
     /// Initialise a production data directory: root key file, database,
     /// audit key and a configuration to complete (TLS files, principals).
     Init,
+    /// The configuration: check it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Tenant lifecycle.
     Tenant {
         #[command(subcommand)]
@@ -101,6 +113,41 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Ask the vault's health service: prints SERVING or NOT_SERVING and
+    /// exits non-zero unless SERVING (a liveness or readiness probe that
+    /// speaks mutual TLS). Any certificate the vault accepts will do.
+    Health {
+        /// A service's full name, e.g. mynumber.vault.v1.TokenService; the
+        /// whole vault when left out.
+        #[arg(long, default_value = "")]
+        service: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Back up the embedded database (SQLite) while the vault serves: one
+    /// verified file, 0600, holding no root key. PostgreSQL: use pg_dump
+    /// (README, "Backup and restore").
+    Backup {
+        /// The backup file to write; it must not exist yet.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore the database from a backup (vault stopped), or adopt one
+    /// restored by other means; either way verify it and move this host's
+    /// chain watermark to its head.
+    Restore {
+        /// The backup file (SQLite only).
+        #[arg(long, value_name = "FILE", required_unless_present = "adopt")]
+        from: Option<PathBuf>,
+        /// Replace the database there (kept aside under a new name).
+        #[arg(long, requires = "from")]
+        force: bool,
+        /// The database was restored by other means (pg_restore,
+        /// point-in-time recovery, a file copied back): verify it as it is
+        /// and accept its audit head on this host.
+        #[arg(long, conflicts_with = "from")]
+        adopt: bool,
     },
 }
 
@@ -194,8 +241,27 @@ pub enum AuditCommand {
         /// Only this operation, e.g. filing.detokenize.
         #[arg(long)]
         operation: Option<String>,
+        /// Only the entries of this call: the request id in its log lines
+        /// and its answer's x-request-id header.
+        #[arg(long)]
+        request_id: Option<String>,
         #[command(flatten)]
         connection: Connection,
+    },
+}
+
+/// Configuration commands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration as `serve` would (file, `MNVAULT__…` overrides,
+    /// --database-url), check its values and the files it names, and print
+    /// the effective configuration as TOML with secrets redacted. Exits
+    /// non-zero listing every problem.
+    Check {
+        /// Check syntax and values only; read none of the files the
+        /// configuration names (for a file meant for another machine).
+        #[arg(long)]
+        no_files: bool,
     },
 }
 
@@ -243,9 +309,13 @@ impl Connection {
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let data_dir = cli.data_dir;
     let database_url = cli.database_url;
+    let config = cli.config;
     match cli.command {
-        Command::Serve { dev, listen } => serve(&data_dir, database_url, dev, listen).await,
+        Command::Serve { dev, listen } => serve(&data_dir, config.as_deref(), database_url, dev, listen).await,
         Command::Init => {
+            if config.is_some() {
+                bail!("init writes <data-dir>/mnvault.toml and reads no configuration: drop --config");
+            }
             let mut settings = datadir::production_settings(&data_dir);
             if let Some(url) = database_url {
                 settings.database.url = url;
@@ -258,6 +328,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 data_dir.join(crate::config::CONFIG_FILE).display()
             )?;
             Ok(())
+        }
+        Command::Config { command: ConfigCommand::Check { no_files } } => {
+            config_check(&data_dir, config.as_deref(), database_url, no_files, out)
         }
         Command::Tenant { command: TenantCommand::Create { tenant, display_name, connection } } => {
             let client = connection.connect(&data_dir).await?;
@@ -288,15 +361,47 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Backup { out: file } => {
+            let report =
+                crate::backup::backup(&load_settings(&data_dir, config.as_deref(), database_url)?, &file).await?;
+            write!(out, "{report}")?;
+            Ok(())
+        }
+        Command::Restore { from, force, adopt: _ } => {
+            let settings = load_settings(&data_dir, config.as_deref(), database_url)?;
+            let report = match from {
+                Some(from) => crate::backup::restore(&settings, &from, force).await?,
+                None => crate::backup::adopt(&settings).await?,
+            };
+            write!(out, "{report}")?;
+            Ok(())
+        }
+        Command::Health { service, connection } => {
+            let status = match connection.connect(&data_dir).await?.health(&service).await {
+                Err(error) if error.code() == Some(mnvault_client::Code::NotFound) => bail!(
+                    "the vault reports no service named \"{service}\"; name one of {}, or leave out --service for the \
+                     whole vault",
+                    crate::health::REPORTED_SERVICES[1..].join(", ")
+                ),
+                status => status?,
+            };
+            writeln!(out, "{}", status.as_str_name())?;
+            if status != mnvault_client::ServingStatus::Serving {
+                let what = if service.is_empty() { "the vault" } else { service.as_str() };
+                bail!("{what} is not serving ({})", status.as_str_name());
+            }
+            Ok(())
+        }
         Command::Audit { command } => match command {
-            AuditCommand::Verify => audit_verify(&data_dir, database_url, out).await,
-            AuditCommand::List { tenant, token, job, operation, connection } => {
+            AuditCommand::Verify => audit_verify(&data_dir, config.as_deref(), database_url, out).await,
+            AuditCommand::List { tenant, token, job, operation, request_id, connection } => {
                 let client = connection.connect(&data_dir).await?;
                 let mut request = ListAuditEntriesRequest {
                     tenant: tenant.unwrap_or_default(),
                     token: token.unwrap_or_default(),
                     job_id: job.unwrap_or_default(),
                     operation: operation.unwrap_or_default(),
+                    request_id: request_id.unwrap_or_default(),
                     ..Default::default()
                 };
                 loop {
@@ -310,7 +415,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                             .unwrap_or_default();
                         writeln!(
                             out,
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             entry.seq,
                             time,
                             entry.principal,
@@ -320,7 +425,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                             entry.job_id,
                             entry.purpose,
                             entry.record_count,
-                            entry.reason
+                            entry.reason,
+                            entry.request_id
                         )?;
                     }
                     if page.next_after_seq == 0 {
@@ -333,25 +439,76 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     }
 }
 
-/// The settings of `data_dir`, with `--database-url` over the file's.
-fn load_settings(data_dir: &Path, database_url: Option<String>) -> anyhow::Result<Settings> {
-    let mut settings = Settings::load(data_dir)?;
+/// The settings of `data_dir` from `config` (default
+/// `<data-dir>/mnvault.toml`), with `--database-url` over the file's, refused
+/// with every problem of their values named by key and origin.
+fn load_settings(
+    data_dir: &Path,
+    config: Option<&Path>,
+    database_url: Option<String>,
+) -> Result<Settings, crate::config::ConfigError> {
+    let mut loaded = crate::config::Loaded::load(data_dir, config, crate::config::process_environment())?;
     if let Some(url) = database_url {
-        settings.database.url = url;
+        loaded.set_database_url(url);
     }
-    Ok(settings)
+    let problems = loaded.value_problems();
+    if !problems.is_empty() {
+        return Err(crate::config::ConfigError::Invalid(crate::config::Problems(problems)));
+    }
+    Ok(loaded.settings)
+}
+
+/// `mnvault config check`: the effective configuration on `out`, and an
+/// error listing every problem, one per line.
+fn config_check(
+    data_dir: &Path,
+    config: Option<&Path>,
+    database_url: Option<String>,
+    no_files: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    use crate::config::check::{check, FileChecks};
+    let files = if no_files { FileChecks::Skip } else { FileChecks::Read };
+    let report = check(data_dir, config, crate::config::process_environment(), database_url, files);
+    if let Some(effective) = &report.effective {
+        write!(out, "{effective}")?;
+    }
+    if report.problems.is_empty() {
+        writeln!(out, "# {}: no problems found", report.file.display())?;
+        return Ok(());
+    }
+    let lines: Vec<String> = report.problems.iter().map(|problem| format!("  {problem}")).collect();
+    bail!("{} problem(s) in the configuration:\n{}", report.problems.len(), lines.join("\n"))
 }
 
 async fn serve(
     data_dir: &Path,
+    config: Option<&Path>,
     database_url: Option<String>,
     dev: bool,
     listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    // Before the vault is reachable, so that an early SIGHUP reloads it
+    // instead of ending the process.
+    let signals = Signals::install().context("cannot install the signal handlers")?;
+    // A reload reads the configuration as this start did, flags included.
+    let source = {
+        let (data_dir, config, database_url) = (data_dir.to_owned(), config.map(Path::to_owned), database_url.clone());
+        move || {
+            let mut settings = load_settings(&data_dir, config.as_deref(), database_url.clone())?;
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            Ok(settings)
+        }
+    };
     let mut settings = if dev {
+        if config.is_some() {
+            bail!("a dev vault's configuration is <data-dir>/mnvault.toml: drop --config, or serve a production vault");
+        }
         datadir::ensure_dev(data_dir, database_url.as_deref()).await?
     } else {
-        let settings = load_settings(data_dir, database_url)?;
+        let settings = load_settings(data_dir, config, database_url)?;
         if settings.dev {
             bail!("{} holds a dev vault; start it with --dev", data_dir.display());
         }
@@ -360,6 +517,7 @@ async fn serve(
     if let Some(listen) = listen {
         settings.listen = listen;
     }
+    crate::telemetry::apply(&settings.log);
     let application = Application::build(&settings).await?;
     if settings.dev {
         tracing::warn!(
@@ -368,25 +526,10 @@ async fn serve(
             "DEV MODE: development keys and certificates, loopback only. Never put real My Numbers in this vault."
         );
     }
-    application.run_until_stopped(shutdown_signal()).await?;
+    let reloader = application.reloader().with_source(source);
+    application.run_until_stopped(signals.until_terminated(reloader)).await?;
     tracing::info!("vault stopped");
     Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
 }
 
 /// The lines of a file (`-`: standard input). Blank lines inside are kept, so
@@ -545,10 +688,11 @@ fn write_job(job: &FilingJob, out: &mut (dyn Write + Send)) -> std::io::Result<(
 
 async fn audit_verify(
     data_dir: &Path,
+    config: Option<&Path>,
     database_url: Option<String>,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let settings = load_settings(data_dir, database_url)?;
+    let settings = load_settings(data_dir, config, database_url)?;
     let provider = startup::root_key_provider(&settings)?;
     let store = startup::open_store(&settings, OpenMode::Review).await?;
     let verdict = async {

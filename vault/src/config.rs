@@ -1,7 +1,13 @@
-//! Typed configuration: `<data-dir>/mnvault.toml`, overridden by environment
-//! variables `MNVAULT__<SECTION>__<KEY>` (e.g. `MNVAULT__LISTEN=127.0.0.1:0`,
+//! Typed configuration: `<data-dir>/mnvault.toml` (or the file `--config`
+//! names), overridden by environment variables `MNVAULT__<SECTION>__<KEY>`
+//! (e.g. `MNVAULT__LISTEN=127.0.0.1:0`,
 //! `MNVAULT__DATABASE__URL=postgres://vault@db/mnvault`). Relative paths are
-//! relative to the data directory.
+//! relative to the data directory, wherever the file is.
+//!
+//! A problem names its key and where the value came from: the file, the
+//! variable or the flag ([`Problem`]). Loading reports every problem of the
+//! file's keys, not only the first; [`check`] adds the values and the files
+//! they name, for `mnvault config check`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +19,8 @@ use serde::{Deserialize, Serialize};
 pub use mnvault_core::authz::PrincipalSettings;
 
 use crate::store::DatabaseLocation;
+
+pub mod check;
 
 /// Name of the configuration file inside the data directory.
 pub const CONFIG_FILE: &str = "mnvault.toml";
@@ -42,6 +50,15 @@ pub struct Settings {
     /// What one caller may cost the vault; see [`LimitSettings`].
     #[serde(default)]
     pub limits: LimitSettings,
+    /// Shutdown and health checks; see [`crate::lifecycle::ServerSettings`].
+    #[serde(default)]
+    pub server: crate::lifecycle::ServerSettings,
+    /// How the log is written; see [`crate::telemetry::LogSettings`].
+    #[serde(default)]
+    pub log: crate::telemetry::LogSettings,
+    /// The metrics listener (off by default); see [`crate::metrics::MetricsSettings`].
+    #[serde(default, skip_serializing_if = "crate::metrics::MetricsSettings::is_unset")]
+    pub metrics: crate::metrics::MetricsSettings,
     /// The data directory this was loaded from (not part of the file).
     #[serde(skip)]
     pub data_dir: PathBuf,
@@ -189,8 +206,17 @@ pub const TOKEN_WIRE_BYTES: usize = 48;
 
 impl LimitSettings {
     /// Refuses limits that are zero, beyond the core's, or that would not let
-    /// a job of `max_job_tokens` tokens through `max_message_bytes`.
+    /// a job of `max_job_tokens` tokens through `max_message_bytes`: the first
+    /// of [`LimitSettings::problems`], as one sentence naming its key.
     pub fn validate(&self) -> Result<(), String> {
+        match self.problems().into_iter().next() {
+            Some((key, reason)) => Err(format!("{key} {reason}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Every limit out of range, as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
         let positive = [
             ("max_job_tokens", self.max_job_tokens as u64),
             ("max_stream_records", self.max_stream_records),
@@ -208,23 +234,27 @@ impl LimitSettings {
             ("max_large_calls", self.max_large_calls as u64),
             ("audit_page_entries", u64::from(self.audit_page_entries)),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(format!("limits.{name} must be greater than 0"));
-        }
+        let mut problems: Vec<(String, String)> = positive
+            .iter()
+            .filter(|(_, value)| *value == 0)
+            .map(|(name, _)| (format!("limits.{name}"), "must be greater than 0".to_owned()))
+            .collect();
         let core_max = mnvault_core::job::MAX_JOB_TOKENS;
         if self.max_job_tokens > core_max {
-            return Err(format!("limits.max_job_tokens may be at most {core_max}"));
+            problems.push(("limits.max_job_tokens".into(), format!("may be at most {core_max}")));
         }
         if self.audit_page_entries > mnvault_core::vault::AUDIT_PAGE {
-            return Err(format!("limits.audit_page_entries may be at most {}", mnvault_core::vault::AUDIT_PAGE));
+            let most = mnvault_core::vault::AUDIT_PAGE;
+            problems.push(("limits.audit_page_entries".into(), format!("may be at most {most}")));
         }
         let needed = self.max_job_tokens.saturating_mul(TOKEN_WIRE_BYTES).saturating_add(64 * 1024);
         if self.max_message_bytes < needed {
-            return Err(format!(
-                "limits.max_message_bytes must be at least {needed} so a job of limits.max_job_tokens tokens fits"
+            problems.push((
+                "limits.max_message_bytes".into(),
+                format!("must be at least {needed} so a job of limits.max_job_tokens tokens fits"),
             ));
         }
-        Ok(())
+        problems
     }
 
     /// The TLS handshake timeout.
@@ -262,14 +292,26 @@ impl LimitSettings {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file is missing, unreadable or invalid, or an override is invalid.
-    #[error("cannot load {path}: {source}")]
-    Load {
+    /// The file is missing or unreadable.
+    #[error("cannot read {path}: {reason}")]
+    Read {
         /// The configuration file.
         path: PathBuf,
         /// Why.
-        source: config::ConfigError,
+        reason: String,
     },
+    /// The file is not TOML.
+    #[error("{path} is not valid TOML: {reason}")]
+    Syntax {
+        /// The configuration file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        reason: String,
+    },
+    /// Keys or values of the file, of an environment override or of a flag
+    /// are wrong; each problem names its key and where it came from.
+    #[error("{0}")]
+    Invalid(Problems),
     /// The configuration could not be written.
     #[error("cannot write {path}: {reason}")]
     Write {
@@ -288,15 +330,412 @@ pub enum ConfigError {
     DevOverride,
 }
 
+impl ConfigError {
+    /// The error as problems of the configuration `file`, for a report that
+    /// lists every problem.
+    pub fn into_problems(self, file: &Path) -> Vec<Problem> {
+        let in_file = |reason: String| Problem { origin: Origin::File(file.to_owned()), key: None, reason };
+        match self {
+            ConfigError::Invalid(Problems(problems)) => problems,
+            ConfigError::DevOverride => vec![Problem {
+                origin: Origin::Variable(DEV_VARIABLE.to_owned()),
+                key: Some("dev".into()),
+                reason: ConfigError::DevOverride.to_string(),
+            }],
+            ConfigError::Read { reason, .. } => vec![in_file(format!("cannot read: {reason}"))],
+            ConfigError::Syntax { reason, .. } => vec![in_file(format!("not valid TOML: {reason}"))],
+            ConfigError::Write { reason, .. } => vec![in_file(format!("cannot write: {reason}"))],
+        }
+    }
+}
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The configuration file.
+    File(PathBuf),
+    /// An environment variable `MNVAULT__…`.
+    Variable(String),
+    /// A command-line flag (`--database-url`, `--data-dir`).
+    Flag(&'static str),
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where the wrong value came from.
+    pub origin: Origin,
+    /// The key, e.g. `limits.max_connections`, when the problem has one.
+    pub key: Option<String>,
+    /// What is wrong, with secrets redacted.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.origin, &self.key) {
+            (Origin::File(path), Some(key)) => write!(f, "{}: {key}: {}", path.display(), self.reason),
+            (Origin::File(path), None) => write!(f, "{}: {}", path.display(), self.reason),
+            (Origin::Variable(name), Some(key)) => write!(f, "{name} (overrides {key}): {}", self.reason),
+            (Origin::Flag(flag), Some(key)) => write!(f, "{flag} (overrides {key}): {}", self.reason),
+            (Origin::Variable(name), None) => write!(f, "{name}: {}", self.reason),
+            (Origin::Flag(flag), None) => write!(f, "{flag}: {}", self.reason),
+        }
+    }
+}
+
+/// Every problem a configuration has, shown on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The environment variable that would override `dev`, refused by [`Settings::load`].
 const DEV_VARIABLE: &str = "MNVAULT__DEV";
+
+/// The prefix of environment overrides: `MNVAULT__LIMITS__MAX_CONNECTIONS`
+/// sets `limits.max_connections`.
+pub const OVERRIDE_PREFIX: &str = "MNVAULT__";
+
+/// How many problems one load reports at most before it stops looking.
+const MAX_PROBLEMS: usize = 64;
+
+/// The configuration file of `data_dir`: `file` when given (`--config`),
+/// else `<data_dir>/mnvault.toml`.
+pub fn config_file(data_dir: &Path, file: Option<&Path>) -> PathBuf {
+    file.map_or_else(|| data_dir.join(CONFIG_FILE), Path::to_owned)
+}
+
+/// The process's environment, for overrides (variables that are not Unicode are skipped).
+pub fn process_environment() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+}
+
+/// Settings together with where each overridden key came from, so that a
+/// problem found later names the file, the variable or the flag.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings.
+    pub settings: Settings,
+    /// The configuration file.
+    pub file: PathBuf,
+    /// Keys set by environment variables: key to the variable's name and value.
+    variables: BTreeMap<String, (String, String)>,
+    /// Keys set by command-line flags: key to the flag.
+    flags: BTreeMap<String, &'static str>,
+}
+
+impl Loaded {
+    /// Loads `file` (default `<data_dir>/mnvault.toml`) with the overrides
+    /// in `environment` (variable name, value). `MNVAULT__DEV` is refused,
+    /// and a directory marked for development is dev whatever the file says.
+    /// Every problem of the file's keys and the overrides is reported, not
+    /// only the first.
+    pub fn load(
+        data_dir: &Path,
+        file: Option<&Path>,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut environment: config::Map<String, String> = environment
+            .into_iter()
+            .filter(|(key, _)| {
+                key.get(..OVERRIDE_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(OVERRIDE_PREFIX))
+            })
+            .collect();
+        // config matches names without regard to case, and so does this.
+        if environment.keys().any(|key| key.eq_ignore_ascii_case(DEV_VARIABLE)) {
+            return Err(ConfigError::DevOverride);
+        }
+        let path = config_file(data_dir, file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::Read { path: path.clone(), reason: e.to_string() })?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.clone(), reason: e.to_string() })?;
+        let variables = variables(&environment);
+        let mut problems = Vec::new();
+        // Keys taken out after a problem: what follows from taking them out is not another problem.
+        let mut taken_out: Vec<String> = Vec::new();
+        while problems.len() < MAX_PROBLEMS {
+            let error = match deserialize(&table, &environment) {
+                Ok(mut settings) if problems.is_empty() => {
+                    settings.dev |= crate::datadir::is_marked_dev(data_dir);
+                    settings.data_dir = data_dir.to_owned();
+                    return Ok(Self { settings, file: path, variables, flags: BTreeMap::new() });
+                }
+                Ok(_) => break,
+                Err(error) => error,
+            };
+            let Described { key, reason, missing } = describe(error);
+            if key.as_deref().is_some_and(|key| taken_out.iter().any(|out| within(key, out))) {
+                break;
+            }
+            let origin = origin_of(&path, &variables, &BTreeMap::new(), key.as_deref());
+            // Take the wrong value out (fill a missing one with an empty
+            // string) and look again, to find the next problem.
+            let taken = match (&origin, &key) {
+                (Origin::Variable(name), _) => environment.remove(name).is_some(),
+                (_, Some(key)) if missing => insert_placeholder(&mut table, key),
+                (_, Some(key)) => remove_key(&mut table, key),
+                _ => false,
+            };
+            if let Some(key) = &key {
+                taken_out.push(key.split('[').next().unwrap_or(key).to_owned());
+            }
+            problems.push(Problem { origin, key, reason: redact_secrets(&reason) });
+            if !taken {
+                break;
+            }
+        }
+        Err(ConfigError::Invalid(Problems(problems)))
+    }
+
+    /// Sets `database.url` from `--database-url`. clap reads that flag
+    /// from `MNVAULT__DATABASE__URL` too: then the variable is named.
+    pub fn set_database_url(&mut self, url: String) {
+        let from_variable = self.variables.get("database.url").is_some_and(|(_, value)| *value == url);
+        if !from_variable {
+            self.flags.insert("database.url".into(), "--database-url");
+        }
+        self.settings.database.url = url;
+    }
+
+    /// A problem with `key`, attributed to where its value came from.
+    pub fn problem(&self, key: Option<&str>, reason: &str) -> Problem {
+        Problem {
+            origin: origin_of(&self.file, &self.variables, &self.flags, key),
+            key: key.map(str::to_owned),
+            reason: redact_secrets(reason),
+        }
+    }
+
+    /// The environment variables in force, in order.
+    pub fn variable_names(&self) -> Vec<&str> {
+        self.variables.values().map(|(name, _)| name.as_str()).collect()
+    }
+
+    /// The flags in force.
+    pub fn flag_names(&self) -> Vec<&'static str> {
+        self.flags.values().copied().collect()
+    }
+
+    /// Every problem of the values, each naming its key and origin: limits
+    /// in range, a dev vault on loopback, a database location that parses.
+    /// Files are not read ([`check::files`] does that).
+    pub fn value_problems(&self) -> Vec<Problem> {
+        check::values(&self.settings).into_iter().map(|(key, reason)| self.problem(Some(&key), &reason)).collect()
+    }
+}
+
+/// The keys `environment` overrides: key (`limits.max_connections`) to the
+/// variable's name and value, as config reads them.
+fn variables(environment: &config::Map<String, String>) -> BTreeMap<String, (String, String)> {
+    environment
+        .iter()
+        .map(|(name, value)| {
+            let key = name[OVERRIDE_PREFIX.len()..].to_lowercase().replace("__", ".");
+            (key, (name.clone(), value.clone()))
+        })
+        .collect()
+}
+
+/// The settings `table` and `environment` make, as config merges them.
+fn deserialize(
+    table: &toml::Table,
+    environment: &config::Map<String, String>,
+) -> Result<Settings, config::ConfigError> {
+    let text = toml::to_string(table).map_err(|e| config::ConfigError::Message(e.to_string()))?;
+    config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("MNVAULT")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(environment.clone())),
+        )
+        .build()?
+        .try_deserialize()
+}
+
+/// Where the value at `key` came from: the variable that sets it (or the
+/// table above it, or a key below it), else the file.
+fn origin_of(
+    file: &Path,
+    variables: &BTreeMap<String, (String, String)>,
+    flags: &BTreeMap<String, &'static str>,
+    key: Option<&str>,
+) -> Origin {
+    let Some(key) = key else { return Origin::File(file.to_owned()) };
+    let key = key.split('[').next().unwrap_or(key);
+    if let Some(flag) = flags.get(key) {
+        return Origin::Flag(flag);
+    }
+    let set = variables
+        .get(key)
+        .or_else(|| variables.iter().find(|(set, _)| within(key, set)).map(|(_, v)| v))
+        .or_else(|| variables.iter().find(|(set, _)| within(set, key)).map(|(_, v)| v));
+    match set {
+        Some((name, _)) => Origin::Variable(name.clone()),
+        None => Origin::File(file.to_owned()),
+    }
+}
+
+/// Whether `key` is `outer` or lies below it.
+fn within(key: &str, outer: &str) -> bool {
+    key == outer || key.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+}
+
+/// Takes `key` (`limits.max_connections`, `principals.x.roles[1]`: the
+/// whole list) out of `table`; false if it is not there.
+fn remove_key(table: &mut toml::Table, key: &str) -> bool {
+    let key = key.split('[').next().unwrap_or(key);
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else { return false };
+    let mut current = table;
+    for part in parts {
+        current = match current.get_mut(part) {
+            Some(toml::Value::Table(inner)) => inner,
+            _ => return false,
+        };
+    }
+    current.remove(last).is_some()
+}
+
+/// A config error as a problem: its key, what is wrong, and whether the
+/// key is missing.
+struct Described {
+    key: Option<String>,
+    reason: String,
+    missing: bool,
+}
+
+/// Puts an empty string at the missing `key`, creating the tables above it,
+/// so that the search for problems can go on past it; false if it cannot.
+fn insert_placeholder(table: &mut toml::Table, key: &str) -> bool {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else { return false };
+    let mut current = table;
+    for part in parts {
+        let inner = current.entry(part).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match inner {
+            toml::Value::Table(inner) => inner,
+            _ => return false,
+        };
+    }
+    if current.contains_key(last) {
+        return false;
+    }
+    current.insert(last.to_owned(), toml::Value::String(String::new()));
+    true
+}
+
+/// The key and the reason of a config error, without config's own
+/// " for key … in …" (the problem names its origin itself). config names
+/// the key of a wrong type or a missing key; an unknown key it names only
+/// by the table it is in, so the key itself is read from serde's message.
+fn describe(error: config::ConfigError) -> Described {
+    use config::ConfigError as E;
+    let described = |key, reason| Described { key, reason, missing: false };
+    match error {
+        E::Type { unexpected, expected, key, .. } => described(key, format!("expected {expected}, found {unexpected}")),
+        E::At { error, key, .. } => {
+            let inner = describe(*error);
+            let key = match (key, inner.key) {
+                (Some(outer), Some(inner)) => Some(format!("{outer}.{inner}")),
+                (outer, inner) => outer.or(inner),
+            };
+            Described { key, ..inner }
+        }
+        E::NotFound(key) => Described { key: Some(key), reason: "missing; this key is required".into(), missing: true },
+        E::Message(message) => {
+            let unknown = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(field, rest)| (field.to_owned(), rest.trim_start_matches(", ").to_owned()));
+            match unknown {
+                Some((field, expected)) => described(Some(field), format!("unknown key; {expected}")),
+                None => described(None, message),
+            }
+        }
+        other => described(None, other.to_string()),
+    }
+}
+
+/// `text` with its secrets replaced by `REDACTED`: the password of any
+/// `scheme://user:password@host` URL, and the value of any `password=`
+/// parameter (`?password=…`, `sslpassword=…`). The configuration holds no
+/// key bytes (keys are files named by path), so these are its only secrets.
+pub fn redact_secrets(text: &str) -> String {
+    redact_password_parameters(&redact_url_passwords(text))
+}
+
+/// Characters that end a URL's authority or a parameter's value in free text.
+fn ends_value(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ',' | ';' | ')')
+}
+
+fn redact_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after.find(|c: char| ends_value(c) || matches!(c, '/' | '?' | '#')).unwrap_or(after.len());
+        let (authority, tail) = after.split_at(end);
+        match authority.rsplit_once('@').and_then(|(userinfo, host)| Some((userinfo.split_once(':')?.0, host))) {
+            Some((user, host)) => {
+                out.push_str(user);
+                out.push_str(":REDACTED@");
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_password_parameters(text: &str) -> String {
+    const NAME: &str = "password=";
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(NAME) {
+        let value_start = from + found + NAME.len();
+        let value_end =
+            text[value_start..].find(|c: char| ends_value(c) || c == '&').map_or(text.len(), |end| value_start + end);
+        out.push_str(&text[copied..value_start]);
+        out.push_str("REDACTED");
+        copied = value_end;
+        from = value_end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
 
 impl Settings {
     /// Loads `<data_dir>/mnvault.toml` with the process's environment overrides.
     pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
-        let environment =
-            std::env::vars_os().filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
-        Self::load_with_environment(data_dir, environment)
+        Self::load_from(data_dir, None)
+    }
+
+    /// Loads `file` (`--config`; default `<data_dir>/mnvault.toml`) with
+    /// the process's environment overrides. Relative paths in it stay
+    /// relative to `data_dir`.
+    pub fn load_from(data_dir: &Path, file: Option<&Path>) -> Result<Self, ConfigError> {
+        Ok(Loaded::load(data_dir, file, process_environment())?.settings)
     }
 
     /// Loads `<data_dir>/mnvault.toml` with overrides from `environment`
@@ -307,28 +746,7 @@ impl Settings {
         data_dir: &Path,
         environment: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let environment: config::Map<String, String> = environment.into_iter().collect();
-        // config matches names without regard to case, and so does this.
-        if environment.keys().any(|key| key.eq_ignore_ascii_case(DEV_VARIABLE)) {
-            return Err(ConfigError::DevOverride);
-        }
-        let path = data_dir.join(CONFIG_FILE);
-        let load = |source| ConfigError::Load { path: path.clone(), source };
-        let mut settings: Settings = config::Config::builder()
-            .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("MNVAULT")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .source(Some(environment)),
-            )
-            .build()
-            .map_err(load)?
-            .try_deserialize()
-            .map_err(load)?;
-        settings.dev |= crate::datadir::is_marked_dev(data_dir);
-        settings.data_dir = data_dir.to_owned();
-        Ok(settings)
+        Ok(Loaded::load(data_dir, None, environment)?.settings)
     }
 
     /// Writes the settings to `<data_dir>/mnvault.toml`, readable by the
@@ -363,5 +781,206 @@ impl Settings {
         } else {
             self.data_dir.join(path)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest valid configuration: what has no default.
+    const MINIMAL: &str = r#"
+listen = "127.0.0.1:50051"
+[root_key]
+file = "root.key"
+[tls]
+cert = "tls/server.crt"
+key = "tls/server.key"
+client_ca = "tls/ca.pem"
+"#;
+
+    fn no_environment() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn variable(name: &str, value: &str) -> Vec<(String, String)> {
+        vec![(name.to_owned(), value.to_owned())]
+    }
+
+    /// A data directory with `text` as its configuration.
+    fn data_dir(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+        dir
+    }
+
+    fn problems(error: ConfigError) -> Vec<Problem> {
+        match error {
+            ConfigError::Invalid(Problems(problems)) => problems,
+            other => panic!("expected problems, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_and_the_file() {
+        let dir = data_dir(&format!("{MINIMAL}[limits]\nmax_connections = \"many\"\n"));
+        let error = Settings::load_with_environment(dir.path(), no_environment()).unwrap_err();
+        let message = error.to_string();
+        let path = dir.path().join(CONFIG_FILE);
+        assert!(message.starts_with(&format!("{}: limits.max_connections: ", path.display())), "{message}");
+        assert!(message.contains("expected an integer"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_key_names_itself() {
+        for (text, key) in [
+            (format!("bogus = 1\n{MINIMAL}"), "bogus"),
+            (format!("{MINIMAL}[limits]\nmax_conections = 3\n"), "limits.max_conections"),
+            (format!("{MINIMAL}cerrt = \"x\"\n"), "tls.cerrt"),
+        ] {
+            let dir = data_dir(&text);
+            let found = problems(Settings::load_with_environment(dir.path(), no_environment()).unwrap_err());
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].key.as_deref(), Some(key));
+            assert_eq!(found[0].origin, Origin::File(dir.path().join(CONFIG_FILE)));
+            assert!(found[0].reason.starts_with("unknown key; expected"), "{}", found[0]);
+        }
+    }
+
+    #[test]
+    fn a_bad_override_names_the_variable() {
+        let dir = data_dir(MINIMAL);
+        for name in ["MNVAULT__LIMITS__MAX_CONNECTIONS", "mnvault__limits__max_connections"] {
+            let error = Settings::load_with_environment(dir.path(), variable(name, "many")).unwrap_err();
+            let found = problems(error);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].origin, Origin::Variable(name.to_owned()));
+            assert_eq!(found[0].key.as_deref(), Some("limits.max_connections"));
+            assert!(found[0].to_string().starts_with(&format!("{name} (overrides limits.max_connections): ")));
+        }
+        // An override of a key that does not exist names the variable too.
+        let found =
+            problems(Settings::load_with_environment(dir.path(), variable("MNVAULT__LIMITS__BOGUS", "1")).unwrap_err());
+        assert_eq!(found[0].origin, Origin::Variable("MNVAULT__LIMITS__BOGUS".into()));
+        assert_eq!(found[0].key.as_deref(), Some("limits.bogus"));
+        // A good override still applies, over the file.
+        let settings = Settings::load_with_environment(dir.path(), variable("MNVAULT__LISTEN", "127.0.0.1:0")).unwrap();
+        assert_eq!(settings.listen.port(), 0);
+    }
+
+    #[test]
+    fn every_problem_of_the_file_and_the_environment_is_listed() {
+        let text = "bogus = true\n".to_owned()
+            + &MINIMAL.replace("127.0.0.1:50051", "not an address")
+            + "[limits]\nmax_connections = \"many\"\nidle_timeout_ms = -5\n";
+        let dir = data_dir(&text);
+        let environment = variable("MNVAULT__DATABASE__WRITE_TIMEOUT_MS", "soon");
+        let found = problems(Settings::load_with_environment(dir.path(), environment).unwrap_err());
+        let mut keys: Vec<&str> = found.iter().filter_map(|p| p.key.as_deref()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["bogus", "database.write_timeout_ms", "limits.idle_timeout_ms", "limits.max_connections", "listen"],
+            "{found:?}"
+        );
+        let variable = found.iter().find(|p| p.key.as_deref() == Some("database.write_timeout_ms")).unwrap();
+        assert_eq!(variable.origin, Origin::Variable("MNVAULT__DATABASE__WRITE_TIMEOUT_MS".into()));
+        // A required key taken out is not reported again as missing.
+        assert_eq!(found.iter().filter(|p| p.key.as_deref() == Some("listen")).count(), 1);
+    }
+
+    #[test]
+    fn a_missing_key_does_not_hide_the_problems_after_it() {
+        let text = MINIMAL.replace("127.0.0.1:50051", "nowhere").replace("key = \"tls/server.key\"\n", "");
+        let dir = data_dir(&text);
+        let found = problems(Settings::load_with_environment(dir.path(), no_environment()).unwrap_err());
+        let keys: Vec<&str> = found.iter().filter_map(|p| p.key.as_deref()).collect();
+        assert_eq!(keys.len(), 2, "{found:?}");
+        assert!(keys.contains(&"tls.key") && keys.contains(&"listen"), "{found:?}");
+    }
+
+    #[test]
+    fn a_missing_key_a_syntax_error_and_a_missing_file_name_the_file() {
+        let dir = data_dir(&MINIMAL.replace("cert = \"tls/server.crt\"\n", ""));
+        let message = Settings::load_with_environment(dir.path(), no_environment()).unwrap_err().to_string();
+        assert!(message.contains("tls.cert: missing"), "{message}");
+        assert!(message.contains(&dir.path().join(CONFIG_FILE).display().to_string()), "{message}");
+
+        let dir = data_dir("listen = \n");
+        let error = Settings::load_with_environment(dir.path(), no_environment()).unwrap_err();
+        assert!(matches!(error, ConfigError::Syntax { .. }), "{error}");
+        assert!(error.to_string().contains("line 1"), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let error = Settings::load_with_environment(dir.path(), no_environment()).unwrap_err();
+        assert!(matches!(&error, ConfigError::Read { path, .. } if path == &dir.path().join(CONFIG_FILE)), "{error}");
+    }
+
+    #[test]
+    fn another_file_keeps_paths_relative_to_the_data_directory_and_dev_stays_dev() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let file = elsewhere.path().join("vault.toml");
+        std::fs::write(&file, MINIMAL).unwrap();
+        let loaded = Loaded::load(dir.path(), Some(&file), no_environment()).unwrap();
+        assert_eq!(loaded.file, file);
+        assert_eq!(loaded.settings.resolve(&loaded.settings.root_key.file), dir.path().join("root.key"));
+        assert!(!loaded.settings.dev);
+        // A directory marked for development is dev whatever file is given.
+        std::fs::write(dir.path().join(crate::datadir::DEV_MARKER_FILE), "").unwrap();
+        assert!(Settings::load_from(dir.path(), Some(&file)).unwrap().dev);
+        // And no variable may say otherwise.
+        let error = Loaded::load(dir.path(), Some(&file), variable("Mnvault__Dev", "false")).unwrap_err();
+        assert!(matches!(error, ConfigError::DevOverride), "{error}");
+    }
+
+    #[test]
+    fn value_problems_name_the_key_and_where_the_value_came_from() {
+        let dir = data_dir(&format!("{MINIMAL}[limits]\nmax_connections = 0\n"));
+        let environment = variable("MNVAULT__LIMITS__MAX_LARGE_CALLS", "0");
+        let mut loaded = Loaded::load(dir.path(), None, environment).unwrap();
+        loaded.set_database_url("postgres://vault:pw@db:notaport/x".into());
+        let found = loaded.value_problems();
+        let origin = |key: &str| found.iter().find(|p| p.key.as_deref() == Some(key)).map(|p| p.origin.clone());
+        assert_eq!(origin("limits.max_connections"), Some(Origin::File(dir.path().join(CONFIG_FILE))));
+        assert_eq!(origin("limits.max_large_calls"), Some(Origin::Variable("MNVAULT__LIMITS__MAX_LARGE_CALLS".into())));
+        assert_eq!(origin("database.url"), Some(Origin::Flag("--database-url")));
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found.iter().all(|p| !p.to_string().contains("pw@")), "{found:?}");
+        // The same value from the variable clap also reads is the variable's.
+        let environment = variable("MNVAULT__DATABASE__URL", "ftp://x");
+        let mut loaded = Loaded::load(dir.path(), None, environment).unwrap();
+        loaded.set_database_url("ftp://x".into());
+        let found = loaded.value_problems();
+        let url = found.iter().find(|p| p.key.as_deref() == Some("database.url")).unwrap();
+        assert_eq!(url.origin, Origin::Variable("MNVAULT__DATABASE__URL".into()));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let cases = [
+            ("postgres://vault:s3cr:et@db.internal:5432/mnvault", "postgres://vault:REDACTED@db.internal:5432/mnvault"),
+            (
+                "postgres://vault@db/x?sslmode=require&password=p@ss&x=1",
+                "postgres://vault@db/x?sslmode=require&password=REDACTED&x=1",
+            ),
+            ("postgresql://u:p@h/d?sslPassword=k", "postgresql://u:REDACTED@h/d?sslPassword=REDACTED"),
+            ("found string \"postgres://a:b@c/d\", expected", "found string \"postgres://a:REDACTED@c/d\", expected"),
+            ("host=db password=hush user=v", "host=db password=REDACTED user=v"),
+            ("postgres://vault@db/mnvault", "postgres://vault@db/mnvault"),
+            ("vault.db", "vault.db"),
+        ];
+        for (text, redacted) in cases {
+            assert_eq!(redact_secrets(text), redacted, "{text}");
+        }
+    }
+
+    #[test]
+    fn limits_list_every_problem_and_validate_reports_the_first() {
+        let limits = LimitSettings { max_connections: 0, max_large_calls: 0, ..Default::default() };
+        let keys: Vec<String> = limits.problems().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, ["limits.max_connections", "limits.max_large_calls"]);
+        assert_eq!(limits.validate().unwrap_err(), "limits.max_connections must be greater than 0");
+        assert!(LimitSettings::default().validate().is_ok());
     }
 }

@@ -195,6 +195,9 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
         },
         principals,
         limits: Default::default(),
+        server: Default::default(),
+        log: Default::default(),
+        metrics: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }
@@ -213,6 +216,9 @@ pub fn production_settings(data_dir: &Path) -> Settings {
         },
         principals: BTreeMap::new(),
         limits: Default::default(),
+        server: Default::default(),
+        log: Default::default(),
+        metrics: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }

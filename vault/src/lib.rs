@@ -15,12 +15,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod datadir;
 pub mod dev_pki;
 pub mod error;
+pub mod health;
 pub mod identity;
+pub mod lifecycle;
+pub mod metrics;
+pub mod reload;
 pub mod serve;
 pub mod service;
 pub mod startup;

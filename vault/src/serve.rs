@@ -15,9 +15,19 @@
 //! - HTTP/2 keepalive pings, `limits.max_concurrent_streams` calls per
 //!   connection, and a graceful close (GOAWAY) of a connection that started
 //!   no call for `limits.idle_timeout_ms`;
+//! - each connection takes the TLS setup and the limits as they are when it
+//!   is accepted, so a reload ([`crate::reload`]) applies to new connections;
+//! - at shutdown, no connection is accepted, every connection is closed
+//!   gracefully (GOAWAY), and calls still running when
+//!   `server.shutdown_grace_ms` has passed are dropped ([`crate::lifecycle`]);
 //! - a call refused before its handler ran (a message over the size limit,
 //!   bytes that are not protobuf) is audited here, see
-//!   [`VaultContext::refused_before_handler`].
+//!   [`VaultContext::refused_before_handler`];
+//! - every call gets a request id, drawn here: in the span of its log lines,
+//!   in its audit entries and in its answer's `x-request-id` header;
+//! - every call is measured here, from arrival to the end of its answer
+//!   ([`crate::metrics::CallMeter`]), and so are open connections and what
+//!   the transport refused ([`crate::metrics::TransportRefusal`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -27,9 +37,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mnvault_core::id::RequestId;
+use mnvault_core::mint::draw_request_id;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -40,8 +53,10 @@ use tonic::codegen::Service;
 use tonic::service::Routes;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
+use tracing::Instrument as _;
 
 use crate::config::LimitSettings;
+use crate::metrics::TransportRefusal;
 use crate::service::{operation_of_path, Context, Dispatched, VaultContext};
 
 /// How long the accept loop pauses after the operating system refused a
@@ -112,21 +127,80 @@ impl Activity {
     }
 }
 
-/// Accepts on `listener` until `shutdown` completes, then closes every
-/// connection gracefully and returns once they are all gone.
+/// Accepts on `listener` until `shutdown` completes with the grace period,
+/// then closes every connection gracefully and returns once they are all
+/// gone: those whose calls outlive the grace period are dropped. Each
+/// connection takes the TLS setup in `tls` and the limits in `ctx` as they
+/// are when it is accepted (a reload may replace both), except the sizes of
+/// the connection and large-call semaphores, fixed here.
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: Arc<ArcSwap<ServerConfig>>,
     routes: Routes,
     ctx: Context,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Duration>,
 ) {
-    let limits = ctx.limits.clone();
-    let acceptor = TlsAcceptor::from(tls);
+    let limits = ctx.limits();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let large_calls = Arc::new(Semaphore::new(limits.max_large_calls));
     let handshakes = Arc::new(Handshakes::default());
-    let (stop, stopped) = watch::channel(());
+    let (stop, stopped) = watch::channel(None);
+    let mut shutdown = pin!(shutdown);
+    let grace = loop {
+        let tcp = tokio::select! {
+            grace = &mut shutdown => break grace,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    tracing::warn!(%error, "could not accept a connection");
+                    ctx.metrics.transport_refused(TransportRefusal::AcceptFailed);
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                ctx.metrics.transport_refused(TransportRefusal::ConnectionLimit);
+                if !handshakes.evict_oldest() {
+                    tracing::warn!(limit = limits.max_connections, "connection limit reached; waiting for a slot");
+                }
+                tokio::select! {
+                    grace = &mut shutdown => break grace,
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                }
+            }
+        };
+        let limits = ctx.limits();
+        let connection = Connection {
+            permit,
+            acceptor: TlsAcceptor::from(tls.load_full()),
+            handshakes: handshakes.clone(),
+            builder: http2_builder(&limits),
+            routes: routes.clone(),
+            ctx: ctx.clone(),
+            limits,
+            stopped: stopped.clone(),
+            large_calls: large_calls.clone(),
+        };
+        tokio::spawn(connection.run(tcp));
+    };
+    // Stop accepting, then let every connection finish its calls within the grace period.
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "no longer accepting connections; calls in flight may run until the grace period (server.shutdown_grace_ms) ends"
+    );
+    drop(listener);
+    drop(stopped);
+    // A grace period beyond what a clock can add is as good as none.
+    let end = Instant::now().checked_add(grace).unwrap_or_else(|| Instant::now() + Duration::from_secs(3_153_600_000));
+    let _ = stop.send(Some(end));
+    stop.closed().await;
+}
+
+/// HTTP/2 as a connection gets it, with the limits of its time.
+fn http2_builder(limits: &LimitSettings) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     // Small flow-control windows: what a client may push before the vault
     // reads it is bounded per stream and per connection.
@@ -137,49 +211,7 @@ pub(crate) async fn serve(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(limits.keepalive_interval())
         .keep_alive_timeout(limits.keepalive_timeout());
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let tcp = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(error) => {
-                    tracing::warn!(%error, "could not accept a connection");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if !handshakes.evict_oldest() {
-                    tracing::warn!(limit = limits.max_connections, "connection limit reached; waiting for a slot");
-                }
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                }
-            }
-        };
-        let connection = Connection {
-            permit,
-            acceptor: acceptor.clone(),
-            handshakes: handshakes.clone(),
-            builder: builder.clone(),
-            routes: routes.clone(),
-            ctx: ctx.clone(),
-            limits: limits.clone(),
-            stopped: stopped.clone(),
-            large_calls: large_calls.clone(),
-        };
-        tokio::spawn(connection.run(tcp));
-    }
-    // Stop accepting, then let every connection finish its calls.
-    drop(listener);
-    drop(stopped);
-    let _ = stop.send(());
-    stop.closed().await;
+    builder
 }
 
 /// One accepted connection and what it needs.
@@ -190,8 +222,9 @@ struct Connection {
     builder: http2::Builder<TokioExecutor>,
     routes: Routes,
     ctx: Context,
-    limits: LimitSettings,
-    stopped: watch::Receiver<()>,
+    limits: Arc<LimitSettings>,
+    /// Set to the end of the grace period when the vault shuts down.
+    stopped: watch::Receiver<Option<Instant>>,
     large_calls: Arc<Semaphore>,
 }
 
@@ -210,6 +243,8 @@ const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 impl Connection {
     async fn run(mut self, tcp: TcpStream) {
         let _slot = self.permit;
+        let metrics = self.ctx.metrics.clone();
+        let _open = metrics.connection_opened();
         let _ = tcp.set_nodelay(true);
         let (id, mut evicted) = self.handshakes.enter();
         let handshake = tokio::time::timeout(self.limits.tls_handshake_timeout(), self.acceptor.accept(tcp));
@@ -220,16 +255,19 @@ impl Connection {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "TLS handshake failed");
+                        metrics.transport_refused(TransportRefusal::TlsHandshakeFailed);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!("TLS handshake timed out");
+                        metrics.transport_refused(TransportRefusal::TlsHandshakeTimeout);
                         return;
                     }
                 }
             }
             _ = &mut evicted => {
                 tracing::debug!("connection in its TLS handshake dropped to make room");
+                metrics.transport_refused(TransportRefusal::EvictedInHandshake);
                 return;
             }
             _ = self.stopped.changed() => {
@@ -249,6 +287,7 @@ impl Connection {
         let mut served = pin!(self.builder.serve_connection(TokioIo::new(tls), service));
         let idle_timeout = self.limits.idle_timeout();
         let mut closing = false;
+        let mut stopping = false;
         // A connection asked to close keeps its calls this long, no longer:
         // a client holding a call open must not hold the slot forever.
         let grace = tokio::time::sleep(Duration::MAX);
@@ -262,7 +301,12 @@ impl Connection {
                     break;
                 }
                 () = grace.as_mut(), if closing => {
-                    tracing::debug!("connection dropped: its calls outlived the close");
+                    if stopping {
+                        tracing::warn!("connection dropped: its calls outlived the shutdown grace period (server.shutdown_grace_ms)");
+                    } else {
+                        tracing::debug!("connection dropped: its calls outlived the close");
+                    }
+                    metrics.transport_refused(TransportRefusal::CallsOutlivedClose);
                     break;
                 }
                 () = activity.idle_for(idle_timeout), if !closing => {
@@ -274,28 +318,64 @@ impl Connection {
                     grace.as_mut().reset(tokio::time::Instant::now() + self.limits.request_timeout());
                     served.as_mut().graceful_shutdown();
                 }
-                _ = self.stopped.changed(), if !closing => {
+                _ = self.stopped.changed(), if !stopping => {
+                    stopping = true;
                     if !activity.ever_called() {
                         break;
                     }
-                    closing = true;
-                    grace.as_mut().reset(tokio::time::Instant::now() + self.limits.request_timeout());
-                    served.as_mut().graceful_shutdown();
+                    // Shutting down: the calls have until the grace period ends, even
+                    // on a connection already closing for being idle.
+                    let end = (*self.stopped.borrow()).unwrap_or_else(Instant::now);
+                    if !closing || end < grace.deadline() {
+                        grace.as_mut().reset(end);
+                    }
+                    if !closing {
+                        closing = true;
+                        served.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
     }
 }
 
-/// One request: the connection's TLS details go in, as tonic's server puts
-/// them, then the request is routed. A vault call that the transport
-/// refused before its handler ran is audited here.
+/// The header that carries a call's request id back to the caller.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// One request: the vault draws its request id, runs the call in a span
+/// that names it, so every log line of the call does, and answers it in the
+/// `x-request-id` header, whatever the outcome. The id is drawn, never taken
+/// from the caller: a caller's text would have to be parsed before it
+/// reached a log line or an audit entry, and a caller could reuse another
+/// call's id to muddle the trail.
 async fn handle(
+    routes: Routes,
+    ctx: Arc<VaultContext>,
+    info: TlsConnectInfo<TcpConnectInfo>,
+    call: Call,
+    request: http::Request<Incoming>,
+) -> Result<http::Response<Body>, Infallible> {
+    // Measured from arrival to the end of the answer, whatever route it takes.
+    let meter = ctx.metrics.start_call(request.uri().path());
+    let request_id = draw_request_id();
+    // At error level, so the span is on whatever level the log is filtered to.
+    let span = tracing::error_span!("call", request_id = %request_id);
+    let mut response = route(routes, ctx, info, call, request, &request_id).instrument(span).await?;
+    let value = http::HeaderValue::from_str(request_id.as_str()).expect("a request id is a valid header value");
+    response.headers_mut().insert(http::HeaderName::from_static(REQUEST_ID_HEADER), value);
+    Ok(meter.finish(response))
+}
+
+/// One request: the connection's TLS details go in, as tonic's server puts
+/// them, and the request id, then the request is routed. A vault call that
+/// the transport refused before its handler ran is audited here.
+async fn route(
     mut routes: Routes,
     ctx: Arc<VaultContext>,
     info: TlsConnectInfo<TcpConnectInfo>,
     call: Call,
     mut request: http::Request<Incoming>,
+    request_id: &RequestId,
 ) -> Result<http::Response<Body>, Infallible> {
     let request_timeout = call.request_timeout;
     let deadline = Instant::now() + request_timeout;
@@ -304,6 +384,7 @@ async fn handle(
     let dispatched = Dispatched::default();
     request.extensions_mut().insert(info);
     request.extensions_mut().insert(dispatched.clone());
+    request.extensions_mut().insert(request_id.clone());
     std::future::poll_fn(|cx| Service::<http::Request<Incoming>>::poll_ready(&mut routes, cx)).await?;
     // A body that never finishes arriving must not hold the call, its
     // buffered bytes and the connection for ever.
@@ -329,7 +410,8 @@ async fn handle(
             ));
             return Ok(match operation {
                 Some(operation) if !dispatched.reached() => {
-                    ctx.refused_before_handler(operation, certs.as_deref().map(Vec::as_slice), &late).await.into_http()
+                    let certs = certs.as_deref().map(Vec::as_slice);
+                    ctx.refused_before_handler(operation, certs, request_id, &late).await.into_http()
                 }
                 _ => late.into_http(),
             });
@@ -341,7 +423,8 @@ async fn handle(
     }
     match Status::from_header_map(response.headers()) {
         Some(refused) if refused.code() != tonic::Code::Ok => {
-            let status = ctx.refused_before_handler(operation, certs.as_deref().map(Vec::as_slice), &refused).await;
+            let certs = certs.as_deref().map(Vec::as_slice);
+            let status = ctx.refused_before_handler(operation, certs, request_id, &refused).await;
             Ok(status.into_http())
         }
         _ => Ok(response),

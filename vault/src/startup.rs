@@ -27,6 +27,7 @@ use mnvault_core::keyring::AuditKeyError;
 use mnvault_core::VaultCore;
 
 use crate::config::Settings;
+use crate::metrics::{Metrics, MetricsListener};
 use crate::service::{AdminApi, AuditApi, FilingApi, TokenApi, VaultContext};
 use crate::store::{OpenMode, Store, StoreError};
 
@@ -40,6 +41,9 @@ pub enum StartupError {
     /// A production start found something made for development.
     #[error(transparent)]
     Dev(#[from] crate::datadir::DevError),
+    /// A restore holds the data directory.
+    #[error(transparent)]
+    Restore(#[from] crate::backup::BackupError),
     /// The database file does not exist.
     #[error("no database at {0}; initialise the data directory with `mnvault init` (or `mnvault serve --dev`)")]
     NoDatabase(String),
@@ -98,9 +102,14 @@ pub async fn open_core(settings: &Settings, mode: OpenMode) -> Result<VaultCore,
 pub struct Application {
     local_addr: SocketAddr,
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    live: Arc<crate::reload::LiveSettings>,
+    /// The configuration it was built with, for [`Application::reloader`].
+    settings: Settings,
     context: Arc<VaultContext>,
     store: Arc<dyn Store>,
+    metrics: Option<MetricsListener>,
+    /// Keeps restores out of the data directory until the vault has stopped.
+    _serving: Option<crate::backup::ServingLock>,
 }
 
 impl Application {
@@ -113,17 +122,26 @@ impl Application {
             crate::datadir::check_production(settings)?;
         }
         settings.limits.validate().map_err(StartupError::Limits)?;
+        settings.server.validate().map_err(StartupError::Limits)?;
         let watermark = crate::watermark::FileWatermark::new(settings.data_dir.join(crate::watermark::WATERMARK_FILE));
-        let core = open_core(settings, OpenMode::Serve).await?.with_watermark(Arc::new(watermark)).await?;
+        let _serving = crate::backup::ServingLock::serving(&settings.data_dir)?;
+        // The core gets a store and a key provider that count their failures.
+        let metrics = Arc::new(Metrics::new());
+        let provider = metrics.metered_keys(root_key_provider(settings)?);
+        let store = metrics.metered_store(open_store(settings, OpenMode::Serve).await?);
+        let core = VaultCore::open(store, provider, Policy::new(&settings.principals)).await?;
+        let core = core.with_watermark(Arc::new(watermark)).await?;
         let store = core.store().clone();
-        let context = Arc::new(VaultContext::new(core, settings.limits.clone()));
-        let tls = Arc::new(server_tls(settings)?);
+        let context = Arc::new(VaultContext::new(core, settings.limits.clone()).with_metrics(metrics));
+        let live = Arc::new(crate::reload::LiveSettings::new(server_tls(settings)?, settings.server.clone()));
         let transport =
             |e: std::io::Error| StartupError::Transport { address: settings.listen.to_string(), source: e.into() };
         let listener = TcpListener::bind(settings.listen).await.map_err(transport)?;
         let local_addr = listener.local_addr().map_err(transport)?;
+        let metrics = settings.metrics.bind(settings.dev).await?;
         tracing::info!(%local_addr, database = %settings.database().describe(), "vault ready");
-        Ok(Self { local_addr, listener, tls, context, store })
+        let settings = settings.clone();
+        Ok(Self { local_addr, listener, live, settings, context, store, metrics, _serving })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -131,18 +149,27 @@ impl Application {
         self.local_addr
     }
 
+    /// The address the metrics listener bound, if `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsListener::local_addr)
+    }
+
     /// The core the vault serves, e.g. to read its integrity-failure count.
     pub fn context(&self) -> Arc<VaultContext> {
         self.context.clone()
     }
 
-    /// Serves until `shutdown` completes, then closes the database.
+    /// What reloads this vault's configuration while it serves (SIGHUP
+    /// does it through [`crate::lifecycle::Signals`]); see [`crate::reload`].
+    pub fn reloader(&self) -> crate::reload::Reloader {
+        crate::reload::Reloader::new(self.context.clone(), self.live.clone(), self.settings.clone())
+    }
+
+    /// Serves until `shutdown` completes, then stops gracefully (see
+    /// [`crate::lifecycle`]) and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartupError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<TokenServiceServer<TokenApi>>().await;
-        health_reporter.set_serving::<FilingServiceServer<FilingApi>>().await;
-        health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
-        health_reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
+        let health = crate::health::watch(health_reporter, &self.context, &self.live).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(mnvault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -150,7 +177,7 @@ impl Application {
             .map_err(|e| StartupError::Transport { address: self.local_addr.to_string(), source: e.into() })?;
         // Every service decodes at most its limit: one record for the token
         // service (and health, reflection), a job's worth for the others.
-        let limits = &self.context.limits;
+        let limits = self.context.limits();
         let (record, message) = (limits.max_record_message_bytes, limits.max_message_bytes);
         let ctx = &self.context;
         let routes = Routes::new(health_service.max_decoding_message_size(record))
@@ -176,7 +203,11 @@ impl Application {
                     .max_encoding_message_size(message),
             )
             .prepare();
-        crate::serve::serve(self.listener, self.tls, routes, self.context, shutdown).await;
+        // Served until this returns; dropping it stops the metrics listener.
+        let _metrics = self.metrics.map(|listener| listener.spawn(self.context.clone()));
+        let shutdown = health.stop_after(shutdown);
+        crate::serve::serve(self.listener, self.live.tls.clone(), routes, self.context, shutdown).await;
+        health.stopped().await;
         self.store.close().await;
         Ok(())
     }
@@ -184,8 +215,8 @@ impl Application {
 
 /// Mutual TLS as tonic's server sets it up: the vault's certificate, HTTP/2
 /// by ALPN, and a client certificate signed by `tls.client_ca` required of
-/// every caller.
-fn server_tls(settings: &Settings) -> Result<ServerConfig, StartupError> {
+/// every caller. `mnvault config check` uses it too.
+pub fn server_tls(settings: &Settings) -> Result<ServerConfig, StartupError> {
     let read = |path: &std::path::Path| {
         let path = settings.resolve(path);
         std::fs::read(&path).map_err(|source| StartupError::TlsFile { path, source })

@@ -25,6 +25,17 @@ impl FileWatermark {
     pub fn new(path: PathBuf) -> Self {
         Self { path }
     }
+
+    /// Writes `head` as the watermark, saying whether it was written (a
+    /// restore must know; a serving vault only logs, see [`Watermark::save`]).
+    pub fn write(&self, head: &ChainHead) -> std::io::Result<()> {
+        // Written aside and renamed, so a crash leaves the old or the new one.
+        let aside = self.path.with_extension("new");
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&aside)?;
+        writeln!(file, "{HEADER}\n{} {}", head.seq, hex::encode(head.hash))?;
+        file.sync_all()?;
+        std::fs::rename(&aside, &self.path)
+    }
 }
 
 impl Watermark for FileWatermark {
@@ -49,16 +60,7 @@ impl Watermark for FileWatermark {
     }
 
     fn save(&self, head: &ChainHead) {
-        // Written aside and renamed, so a crash leaves the old or the new one.
-        let aside = self.path.with_extension("new");
-        let written = (|| {
-            let mut file =
-                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&aside)?;
-            writeln!(file, "{HEADER}\n{} {}", head.seq, hex::encode(head.hash))?;
-            file.sync_all()?;
-            std::fs::rename(&aside, &self.path)
-        })();
-        if let Err(error) = written {
+        if let Err(error) = self.write(head) {
             tracing::error!(path = %self.path.display(), %error, "cannot save the chain watermark");
         }
     }

@@ -7,12 +7,17 @@
 //! key, which lives outside the database, so someone who can write the
 //! database can neither edit an entry nor recompute the chain after it.
 //! Entries never hold a number: only tokens, names and reasons.
+//!
+//! An entry written by a call names the call's request id, which the MAC
+//! covers too. Entries without one (written before request ids existed, or
+//! by `mnvault init`) keep the first encoding, so they still verify; see
+//! [`AuditRecord::canonical_bytes`].
 
 use std::fmt;
 
 use mnvault_keys::{AuditChainKey, GENESIS_HASH};
 
-use crate::id::{JobId, Principal, TenantId, Token};
+use crate::id::{JobId, Principal, RequestId, TenantId, Token};
 use crate::number::redact_numbers;
 use crate::purpose::Purpose;
 
@@ -43,11 +48,15 @@ pub enum Operation {
     ListAuditEntries,
     /// `AuditService.VerifyAuditChain`.
     VerifyAuditChain,
+    /// Not a call: a configuration reload (SIGHUP) that changed
+    /// `[principals]`, recorded by the vault itself, naming who was added,
+    /// removed or granted differently.
+    ReloadPrincipals,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 13] = [
         Operation::Tokenize,
         Operation::TokenizeStream,
         Operation::DescribeToken,
@@ -60,6 +69,7 @@ impl Operation {
         Operation::CreateTenant,
         Operation::ListAuditEntries,
         Operation::VerifyAuditChain,
+        Operation::ReloadPrincipals,
     ];
 
     /// Stable identifier stored in entries.
@@ -77,6 +87,7 @@ impl Operation {
             Operation::CreateTenant => "admin.create-tenant",
             Operation::ListAuditEntries => "audit.list",
             Operation::VerifyAuditChain => "audit.verify",
+            Operation::ReloadPrincipals => "admin.reload-principals",
         }
     }
 }
@@ -133,6 +144,8 @@ pub struct AuditDraft {
     pub tokens: Vec<Token>,
     /// Records the call handled.
     pub record_count: u64,
+    /// The call that wrote the entry; none for the vault's own entries.
+    pub request_id: Option<RequestId>,
 }
 
 /// Principal recorded for a caller without a usable certificate.
@@ -151,6 +164,7 @@ impl AuditDraft {
             purpose: None,
             tokens: Vec::new(),
             record_count: 0,
+            request_id: None,
         }
     }
 
@@ -185,6 +199,8 @@ pub struct AuditRecord {
     pub tokens: Vec<String>,
     /// See [`AuditDraft`].
     pub record_count: u64,
+    /// See [`AuditDraft`]; empty when none.
+    pub request_id: String,
     /// Hash of the entry before (zeros for the first).
     pub prev_hash: [u8; 32],
     /// This entry's hash.
@@ -210,6 +226,7 @@ impl AuditRecord {
             purpose: text(draft.purpose.map(|p| p.id())),
             tokens: draft.tokens.into_iter().map(|t| t.to_string()).collect(),
             record_count: draft.record_count,
+            request_id: text(draft.request_id.as_ref().map(RequestId::as_str)),
             prev_hash,
             hash: [0; 32],
         };
@@ -219,9 +236,16 @@ impl AuditRecord {
 
     /// The bytes the hash covers: every field but the hashes, each length-prefixed
     /// so that no two different entries encode alike.
+    ///
+    /// Versioned by whether the entry names a request id: without one it is
+    /// encoding 1, byte for byte what the vault wrote before request ids
+    /// existed; with one it is encoding 2, the same fields and then the
+    /// request id. The version byte tells the two apart, so adding, removing
+    /// or changing a request id in the database breaks the chain.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.tokens.len() * 32);
-        out.push(1); // encoding version
+        let version = if self.request_id.is_empty() { 1 } else { 2 };
+        out.push(version);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.time_ms.to_be_bytes());
         for field in
@@ -233,6 +257,9 @@ impl AuditRecord {
         out.extend_from_slice(&(self.tokens.len() as u64).to_be_bytes());
         for token in &self.tokens {
             put_field(&mut out, token.as_bytes());
+        }
+        if version == 2 {
+            put_field(&mut out, self.request_id.as_bytes());
         }
         out
     }
@@ -385,6 +412,58 @@ mod tests {
         assert_eq!(record.principal, UNAUTHENTICATED);
         let mut verifier = ChainVerifier::new(&key);
         verifier.check(&record).unwrap();
+    }
+
+    /// An entry as the vault wrote it before request ids: fixed key, fixed
+    /// fields, and the hash that vault computed for them.
+    #[test]
+    fn an_entry_written_before_request_ids_still_verifies() {
+        let key = AuditChainKey::new(&KeyMaterial::from_bytes([7; 32]));
+        let entry = AuditRecord {
+            seq: 1,
+            time_ms: 1_700_000_000_000,
+            principal: "payroll".into(),
+            tenant: "demo".into(),
+            operation: Operation::Tokenize.id().into(),
+            outcome: Outcome::Ok.id().into(),
+            reason: String::new(),
+            job_id: String::new(),
+            purpose: String::new(),
+            tokens: vec!["mnt_abcdefghijklmnopqrstuvwxyz".into()],
+            record_count: 1,
+            request_id: String::new(),
+            prev_hash: GENESIS_HASH,
+            hash: [0; 32],
+        };
+        let written = data_encoding::HEXLOWER
+            .decode(b"eb4568009a0c95cb38f7e271866dd6327ded4b7434ab83f79a16db2ae2806147")
+            .unwrap();
+        let entry = AuditRecord { hash: written.try_into().unwrap(), ..entry };
+        let mut verifier = ChainVerifier::new(&key);
+        verifier.check(&entry).unwrap();
+        assert_eq!(verifier.finish(1, &entry.hash).unwrap().entries, 1);
+    }
+
+    #[test]
+    fn a_request_id_is_covered_by_the_chain() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let mut draft = AuditDraft::by(&principal("payroll"), Operation::Tokenize, Some(&tenant("demo")));
+        draft.request_id = Some(crate::mint::draw_request_id());
+        let entry = AuditRecord::seal(draft, 1, 1_700_000_000_000, GENESIS_HASH, &key);
+        assert!(entry.request_id.starts_with("req_"));
+        ChainVerifier::new(&key).check(&entry).unwrap();
+
+        let changed = AuditRecord { request_id: crate::mint::draw_request_id().to_string(), ..entry.clone() };
+        let removed = AuditRecord { request_id: String::new(), ..entry.clone() };
+        for edited in [changed, removed] {
+            assert_eq!(ChainVerifier::new(&key).check(&edited).unwrap_err().seq, 1, "{}", edited.request_id);
+        }
+
+        // Nor can one be added to an entry written without.
+        let without = AuditRecord::seal(AuditDraft::new(Operation::ListPurposes), 1, 0, GENESIS_HASH, &key);
+        let added = AuditRecord { request_id: entry.request_id.clone(), ..without.clone() };
+        ChainVerifier::new(&key).check(&without).unwrap();
+        assert_eq!(ChainVerifier::new(&key).check(&added).unwrap_err().seq, 1);
     }
 
     #[test]

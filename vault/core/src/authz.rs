@@ -51,7 +51,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Grant {
     roles: HashSet<Role>,
     all_tenants: bool,
@@ -114,6 +114,43 @@ impl Policy {
     pub fn covers_all_tenants(&self, principal: &Principal) -> bool {
         self.grants.get(principal.as_str()).is_some_and(|grant| grant.all_tenants)
     }
+
+    /// Which principals `new` grants differently from this policy: roles
+    /// or tenants, compared as sets (the order in the file does not count).
+    pub fn changes(&self, new: &Policy) -> PrincipalChanges {
+        let mut changes = PrincipalChanges::default();
+        for (name, grant) in &new.grants {
+            match self.grants.get(name) {
+                None => changes.added.push(name.clone()),
+                Some(old) if old != grant => changes.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = self.grants.keys().filter(|name| !new.grants.contains_key(*name)).cloned().collect();
+        for names in [&mut changes.added, &mut changes.removed, &mut changes.changed] {
+            names.sort_unstable();
+        }
+        changes
+    }
+}
+
+/// Principals a new policy adds, removes or grants differently, by their
+/// names in the configuration, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrincipalChanges {
+    /// Granted now, not before.
+    pub added: Vec<String>,
+    /// Granted before, not now.
+    pub removed: Vec<String>,
+    /// Granted before and now, with other roles or tenants.
+    pub changed: Vec<String>,
+}
+
+impl PrincipalChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -149,5 +186,29 @@ mod tests {
         ));
         assert!(policy.require(&p("auditor"), &[Role::Auditor], Some(&t("anything"))).is_ok());
         assert!(policy.covers_all_tenants(&p("auditor")) && !policy.covers_all_tenants(&p("payroll")));
+    }
+
+    #[test]
+    fn changes_name_added_removed_and_changed_principals_only() {
+        let grant = |roles: Vec<Role>, tenants: &[&str]| PrincipalSettings {
+            roles,
+            tenants: tenants.iter().map(|t| t.to_string()).collect(),
+        };
+        let before = policy();
+        assert!(before.changes(&policy()).is_empty());
+        let mut principals = BTreeMap::new();
+        principals.insert("auditor".into(), grant(vec![Role::Auditor], &["*"]));
+        principals.insert("payroll".into(), grant(vec![Role::Tokenizer], &["acme", "other"]));
+        principals.insert("filer".into(), grant(vec![Role::Filer], &["acme"]));
+        let after = Policy::new(&principals);
+        let changes = before.changes(&after);
+        assert_eq!(changes.added, ["filer"]);
+        assert_eq!(changes.changed, ["payroll"]);
+        assert!(changes.removed.is_empty());
+        let back = after.changes(&before);
+        assert_eq!(
+            (back.added.len(), back.removed, back.changed),
+            (0, vec!["filer".to_owned()], vec!["payroll".to_owned()])
+        );
     }
 }

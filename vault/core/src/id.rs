@@ -1,12 +1,12 @@
 //! Identifiers, parsed once at the edge into types with strict grammars.
 //!
-//! Whatever a caller sends as a tenant, token, job id or principal is parsed
-//! here before it touches an audit entry, a log line or a message. A value
-//! that does not parse is refused with an [`IdError`] that names the field and
-//! the grammar, never the text: a caller may paste a My Number where a token
-//! belongs. A value that parses holds no number by construction: no grammar
-//! here admits a run that [`contains_number`] finds, so its `Display` may
-//! appear in messages, logs and audit entries.
+//! Whatever a caller sends as a tenant, token, job id, principal or request
+//! id is parsed here before it touches an audit entry, a log line or a
+//! message. A value that does not parse is refused with an [`IdError`] that
+//! names the field and the grammar, never the text: a caller may paste a My
+//! Number where a token belongs. A value that parses holds no number by
+//! construction: no grammar here admits a run that [`contains_number`]
+//! finds, so its `Display` may appear in messages, logs and audit entries.
 //!
 //! The one exception is the legacy token format, twelve ASCII digits by
 //! design (their check digit never matches). A mistyped number parses as one,
@@ -41,6 +41,9 @@ pub enum IdError {
          number"
     )]
     Principal,
+    /// A request id does not follow its grammar.
+    #[error("the request id is not valid: a request id is `req_` and 26 base32 characters, as the vault drew it")]
+    RequestId,
 }
 
 macro_rules! text_id {
@@ -138,6 +141,30 @@ impl Principal {
             && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
             && !contains_number(text);
         valid.then(|| Self(text.to_owned())).ok_or(IdError::Principal)
+    }
+}
+
+text_id!(
+    /// One call to the vault: `req_` and 26 lowercase base32 characters (128
+    /// random bits), drawn by [`crate::mint::draw_request_id`] for every call
+    /// and never taken from a caller. It ties the call's log lines, the
+    /// `x-request-id` header of its answer and its audit entries together.
+    RequestId
+);
+
+/// Prefix of request ids.
+pub const REQUEST_ID_PREFIX: &str = "req_";
+/// Base32 characters after the prefix of a request id.
+pub const REQUEST_ID_CHARS: usize = 26;
+
+impl RequestId {
+    /// Parses a request id (an operator's filter, a stored entry).
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        let valid = text
+            .strip_prefix(REQUEST_ID_PREFIX)
+            .is_some_and(|rest| rest.len() == REQUEST_ID_CHARS && rest.bytes().all(is_base32_lower))
+            && !contains_number(text);
+        valid.then(|| Self(text.to_owned())).ok_or(IdError::RequestId)
     }
 }
 
@@ -284,8 +311,26 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_follow_their_grammar() {
+        assert!(RequestId::parse("req_abcdefghijklmnopqrstuvwxyz").is_ok());
+        for bad in [
+            "",
+            "req_abcdefghijklmnopqrstuvwxy",   // 25 characters
+            "req_abcdefghijklmnopqrstuvwxyz2", // 27
+            "req_ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            "req_abcdefghijklmnopqrstuvwxy1", // 1 is not base32
+            "req_abcdefghijklmno23456723456", // eleven digits in a row could be a number
+            "mnt_abcdefghijklmnopqrstuvwxyz",
+            "621498320257",
+            "req_abcdefghijklmnopqrstuvwxyz\n",
+        ] {
+            assert_eq!(RequestId::parse(bad), Err(IdError::RequestId), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn refusals_never_repeat_the_input() {
-        for error in [IdError::Tenant, IdError::Token, IdError::JobId, IdError::Principal] {
+        for error in [IdError::Tenant, IdError::Token, IdError::JobId, IdError::Principal, IdError::RequestId] {
             assert!(!error.to_string().contains("621498320257"));
         }
     }

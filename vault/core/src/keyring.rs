@@ -27,6 +27,11 @@ impl Keyring {
         Self { provider, store, tenants: RwLock::new(HashMap::new()) }
     }
 
+    /// The provider keys are unwrapped with.
+    pub fn provider(&self) -> &Arc<dyn RootKeyProvider> {
+        &self.provider
+    }
+
     /// The keys of `tenant`; `NotFound` if the tenant does not exist.
     pub async fn tenant_keys(&self, tenant: &TenantId) -> Result<Arc<TenantKeys>, VaultError> {
         if let Some(keys) = self.tenants.read().expect("keyring lock").get(tenant) {

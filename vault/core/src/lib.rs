@@ -14,7 +14,7 @@
 //! - [`authz`]: roles and tenant scopes.
 //! - [`integrity`]: state tags, so nothing the database says decides a
 //!   release unless a key the database does not hold vouches for it.
-//! - [`mint`]: drawing tokens and job identifiers.
+//! - [`mint`]: drawing tokens, job identifiers and request ids.
 //! - [`audit`]: entries, their chain and its verification; [`vault::append`]
 //!   is the one append protocol.
 //! - [`vault::VaultCore`]: each operation as a sequence of store steps in one

@@ -1,9 +1,9 @@
-//! Drawing tokens and job identifiers: random, unrelated to any number.
+//! Drawing tokens, job identifiers and request ids: random, unrelated to any number.
 
 use rand::{Rng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::id::{JobId, Token, TokenFormat, JOB_ID_PREFIX, OPAQUE_TOKEN_PREFIX};
+use crate::id::{JobId, RequestId, Token, TokenFormat, JOB_ID_PREFIX, OPAQUE_TOKEN_PREFIX, REQUEST_ID_PREFIX};
 use crate::number::{check_digit, contains_number};
 
 /// Draws a fresh random token of `format`.
@@ -24,6 +24,16 @@ pub fn draw_job_id() -> JobId {
         format!("{JOB_ID_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
     });
     JobId::parse(&text).expect("a drawn job id follows its grammar")
+}
+
+/// Draws a fresh random request id (128 random bits), one per call.
+pub fn draw_request_id() -> RequestId {
+    let text = draw_without_number(|| {
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        format!("{REQUEST_ID_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    });
+    RequestId::parse(&text).expect("a drawn request id follows its grammar")
 }
 
 fn draw_token_text(format: TokenFormat) -> String {
@@ -72,5 +82,6 @@ mod tests {
             assert_ne!(a, b);
         }
         assert_ne!(draw_job_id(), draw_job_id());
+        assert_ne!(draw_request_id(), draw_request_id());
     }
 }

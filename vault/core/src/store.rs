@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use mnvault_keys::{BlindIndex, WrappedKey};
 
 use crate::audit::AuditRecord;
-use crate::id::{JobId, Principal, TenantId, Token, TokenFormat};
+use crate::id::{JobId, Principal, RequestId, TenantId, Token, TokenFormat};
 use crate::job::JobTerms;
 
 /// The cause of a store failure, as the backend reported it. Logged, never
@@ -193,6 +193,8 @@ pub struct AuditFilter {
     pub job_id: Option<JobId>,
     /// Only this operation identifier.
     pub operation: Option<&'static str>,
+    /// Only the entries of this call.
+    pub request_id: Option<RequestId>,
     /// Only entries after this sequence number.
     pub after_seq: u64,
     /// At most this many (at least one is asked for).
@@ -210,6 +212,28 @@ pub trait Store: Send + Sync + 'static {
     async fn begin_read(&self) -> Result<Box<dyn ReadTx>, StoreError>;
     /// Closes the connections, waiting for running statements.
     async fn close(&self);
+    /// Whether the database answers now, within the write timeout, on a
+    /// connection of the check's own: the health check calls it every
+    /// `server.health_check_interval_ms`. Changes nothing.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// How full each of the store's connection pools is now, for the
+    /// metrics; a store without pools has none.
+    fn pools(&self) -> Vec<PoolUsage> {
+        Vec::new()
+    }
+}
+
+/// One connection pool of a store, as the metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Which pool: a fixed name, e.g. `sqlite-writer`.
+    pub pool: &'static str,
+    /// Connections open, idle or in use.
+    pub open: u32,
+    /// Open connections waiting for a statement.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
 }
 
 /// Steps that read. Available in read and write transactions.

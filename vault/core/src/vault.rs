@@ -15,13 +15,13 @@ use std::sync::Arc;
 use mnvault_keys::{AuditChainKey, BlindIndex, RootKeyProvider, TenantKeys};
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditDraft, AuditRecord, ChainBreak, ChainVerifier, VerifiedChain};
+use crate::audit::{AuditDraft, AuditRecord, ChainBreak, ChainVerifier, Operation, VerifiedChain};
 use crate::authz::{Policy, Role};
 use crate::clock;
 use crate::error::VaultError;
 use crate::id::{JobId, Principal, TenantId, Token, TokenFormat};
 use crate::integrity::{Integrity, CHANGED, JOB_STATE_CHANGES};
-use crate::job::{Job, JobRequest, Stamp};
+use crate::job::{Job, JobRequest, JobState, Stamp};
 use crate::keyring::{load_system_keys, AuditKeyError, Keyring};
 use crate::mint::{draw_job_id, draw_token};
 use crate::number::MyNumber;
@@ -88,7 +88,8 @@ pub struct CreatedTenant {
 pub struct VaultCore {
     store: Arc<dyn Store>,
     keyring: Keyring,
-    policy: Policy,
+    /// Swapped whole by [`VaultCore::set_policy`]: each check sees one policy.
+    policy: arc_swap::ArcSwap<Policy>,
     audit_key: Arc<AuditChainKey>,
     integrity: Integrity,
     watch: futures::lock::Mutex<ChainWatch>,
@@ -129,7 +130,7 @@ impl VaultCore {
         Ok(Self {
             store,
             keyring,
-            policy,
+            policy: arc_swap::ArcSwap::from_pointee(policy),
             audit_key: Arc::new(keys.audit_chain),
             integrity: Integrity::new(keys.state),
             watch: futures::lock::Mutex::new(watch),
@@ -186,9 +187,20 @@ impl VaultCore {
         &self.store
     }
 
-    /// Who may do what.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// Who may do what, now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Replaces the policy (a reload of `[principals]`): calls checked
+    /// from now on are checked against `policy`.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The root key provider the keys are unwrapped with.
+    pub fn root_key_provider(&self) -> &Arc<dyn RootKeyProvider> {
+        self.keyring.provider()
     }
 
     /// Appends `draft` in a transaction of its own (calls that change
@@ -208,7 +220,7 @@ impl VaultCore {
         display_name: FreeText,
         draft: &AuditDraft,
     ) -> Result<CreatedTenant, VaultError> {
-        self.policy.require(caller, &[Role::Admin], Some(tenant))?;
+        self.policy().require(caller, &[Role::Admin], Some(tenant))?;
         let now = clock::now_ms();
         let new = self.keyring.new_tenant(tenant, display_name.as_str(), now)?;
         let mut tx = self.store.begin_write().await?;
@@ -231,7 +243,7 @@ impl VaultCore {
         numbers: &[MyNumber],
         draft: &AuditDraft,
     ) -> Result<Vec<Tokenized>, VaultError> {
-        self.policy.require(caller, &[Role::Tokenizer], Some(tenant))?;
+        self.policy().require(caller, &[Role::Tokenizer], Some(tenant))?;
         let keys = self.keyring.tenant_keys(tenant).await?;
         let indexes: Vec<BlindIndex> = numbers.iter().map(|n| keys.blind_index(n.expose_bytes())).collect();
         let known = self.store.begin_read().await?.records_by_blind_index(tenant, format, &indexes).await?;
@@ -286,7 +298,7 @@ impl VaultCore {
         token: &Token,
     ) -> Result<TokenInfo, VaultError> {
         let roles = [Role::Tokenizer, Role::Requester, Role::Approver, Role::Filer, Role::Auditor];
-        self.policy.require(caller, &roles, Some(tenant))?;
+        self.policy().require(caller, &roles, Some(tenant))?;
         self.keyring.tenant_keys(tenant).await?;
         let row = self
             .store
@@ -313,7 +325,7 @@ impl VaultCore {
         draft: &mut AuditDraft,
     ) -> Result<Job, VaultError> {
         let tenant = &request.tenant;
-        self.policy.require(caller, &[Role::Requester], Some(tenant))?;
+        self.policy().require(caller, &[Role::Requester], Some(tenant))?;
         let now = clock::now_ms();
         let (terms, tokens) = request.terms(draw_job_id(), caller, now)?;
         // Only an authorised, well-formed request has its tokens recorded, and
@@ -363,7 +375,7 @@ impl VaultCore {
         let job = self.integrity.check_job(row.ok_or_else(|| not_found(job_id))?)?;
         draft.tenant = Some(job.terms.tenant.clone());
         draft.purpose = Some(job.terms.purpose);
-        self.policy.require(caller, roles, Some(&job.terms.tenant))?;
+        self.policy().require(caller, roles, Some(&job.terms.tenant))?;
         Ok(job)
     }
 
@@ -399,6 +411,39 @@ impl VaultCore {
         job.cancelled = Some(Stamp { by: caller.clone(), at: now });
         self.commit_job_change(tx, &mut job, &terms_tag, draft, now).await?;
         Ok(job)
+    }
+
+    /// Cancels, as `by`, every job that could still be approved or release
+    /// a number, each in its own audited transaction with `reason`; returns
+    /// the jobs cancelled. After a restore the release counts are the
+    /// backup's: releases made after it are gone from them, so a job left
+    /// open could release the same numbers again. New jobs, approved anew by
+    /// a second person, are the way on.
+    pub async fn cancel_open_jobs(&self, by: &Principal, reason: &str) -> Result<Vec<JobId>, VaultError> {
+        let mut cancelled = Vec::new();
+        let mut after = String::new();
+        loop {
+            let ids = self.store.begin_read().await?.job_ids(&after, AUDIT_PAGE).await?;
+            let Some(last) = ids.last() else { return Ok(cancelled) };
+            after = last.clone();
+            for id in ids {
+                // A row whose id does not parse is tampering that `verify_state` names.
+                let Ok(job_id) = JobId::parse(&id) else { continue };
+                let mut tx = self.store.begin_write().await?;
+                let (mut job, terms_tag, now) = self.lock_job(tx.as_mut(), &job_id).await?;
+                if matches!(job.state(now), JobState::Cancelled | JobState::Expired) {
+                    continue;
+                }
+                let mut draft = AuditDraft::by(by, Operation::CancelFilingJob, Some(&job.terms.tenant));
+                draft.job_id = Some(job_id.clone());
+                draft.purpose = Some(job.terms.purpose);
+                draft.reason = reason.to_owned();
+                tx.set_job_cancelled(&job_id, by, now).await?;
+                job.cancelled = Some(Stamp { by: by.clone(), at: now });
+                self.commit_job_change(tx, &mut job, &terms_tag, &draft, now).await?;
+                cancelled.push(job_id);
+            }
+        }
     }
 
     /// Releases `asked` (every listed token when empty) from an approved job.
@@ -484,8 +529,9 @@ impl VaultCore {
     }
 
     fn require_auditor(&self, caller: &Principal, tenant: Option<&TenantId>) -> Result<(), VaultError> {
-        self.policy.require(caller, &[Role::Auditor], tenant)?;
-        if tenant.is_none() && !self.policy.covers_all_tenants(caller) {
+        let policy = self.policy();
+        policy.require(caller, &[Role::Auditor], tenant)?;
+        if tenant.is_none() && !policy.covers_all_tenants(caller) {
             return Err(VaultError::PermissionDenied(format!(
                 "principal {caller} may audit only some tenants; name one"
             )));

@@ -1,7 +1,7 @@
 //! `AuditService`: reading and verifying the audit log.
 
 use mnvault_core::audit::{AuditDraft, AuditRecord, Operation};
-use mnvault_core::id::{JobId, TenantId, Token};
+use mnvault_core::id::{JobId, RequestId, TenantId, Token};
 use mnvault_core::store::AuditFilter;
 use mnvault_proto::v1 as pb;
 use pb::audit_service_server::AuditService;
@@ -49,6 +49,7 @@ fn wire_entry(entry: AuditRecord) -> pb::AuditEntry {
         record_count: entry.record_count,
         prev_hash: hex::encode(entry.prev_hash),
         hash: hex::encode(entry.hash),
+        request_id: entry.request_id,
     }
 }
 
@@ -77,6 +78,7 @@ fn audit_filter(request: &pb::ListAuditEntriesRequest, limits: &LimitSettings) -
         token: optional(&request.token, Token::parse)?,
         job_id: optional(&request.job_id, JobId::parse)?,
         operation: optional(&request.operation, operation_filter)?,
+        request_id: optional(&request.request_id, RequestId::parse)?,
         after_seq: request.after_seq,
         limit,
     })
@@ -100,7 +102,7 @@ impl AuditApi {
         caller: &mnvault_core::id::Principal,
         mut filter: AuditFilter,
     ) -> Result<pb::ListAuditEntriesResponse, VaultError> {
-        let limits = &self.ctx.limits;
+        let limits = &*self.ctx.limits();
         let page = filter.limit as usize;
         let fetch = fetch_size(limits);
         let budget = limits.max_message_bytes.saturating_sub(RESPONSE_FRAMING_BYTES);
@@ -151,7 +153,7 @@ impl AuditService for AuditApi {
         let mut draft = AuditDraft::new(Operation::ListAuditEntries);
         let caller = self.ctx.authenticate(&request, &mut draft).await?;
         let result = async {
-            let filter = audit_filter(request.get_ref(), &self.ctx.limits)?;
+            let filter = audit_filter(request.get_ref(), &self.ctx.limits())?;
             draft.tenant = filter.tenant.clone();
             self.page(&caller, filter).await
         }

@@ -11,6 +11,7 @@ use mnvault_core::text::FreeText;
 use mnvault_proto::v1 as pb;
 use pb::filing_service_server::FilingService;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use super::wire::{from_timestamp, timestamp};
 use super::{Context, Feed, FeedStopped, ResponseStream, VaultContext};
@@ -96,7 +97,7 @@ impl FilingService for FilingApi {
         let result = async {
             draft.tenant = Some(TenantId::parse(&request.tenant)?);
             // Counted before a token is parsed; the refusal records the count, never the tokens.
-            let limit = self.ctx.limits.max_job_tokens;
+            let limit = self.ctx.limits().max_job_tokens;
             VaultContext::check_count(request.tokens.len(), limit, "tokens", "max_job_tokens")?;
             let job = job_request(&request)?;
             draft.purpose = Some(job.purpose);
@@ -133,7 +134,7 @@ impl FilingService for FilingApi {
         let result = async {
             let job_id = JobId::parse(&request.get_ref().job_id)?;
             draft.job_id = Some(job_id.clone());
-            let limit = self.ctx.limits.max_job_tokens;
+            let limit = self.ctx.limits().max_job_tokens;
             VaultContext::check_count(request.get_ref().tokens.len(), limit, "tokens", "max_job_tokens")?;
             let asked = parse_tokens(&request.get_ref().tokens)?;
             let released = self.ctx.core.release(&caller, &job_id, &asked, &mut draft).await?;
@@ -141,11 +142,12 @@ impl FilingService for FilingApi {
         }
         .await;
         let (job_id, released) = self.ctx.settled(draft, result).await?;
+        self.ctx.metrics.numbers_released(released.len());
         // The audit entry is committed; only now do numbers leave. A client
         // that stops reading holds the channel's few answers, and after the
         // send timeout the rest is dropped (wiped) and the stream ends with
         // an error; the release stays counted and audited.
-        let limits = &self.ctx.limits;
+        let limits = self.ctx.limits();
         let (feed, responses) = Feed::new(DETOKENIZE_BUFFER, limits.stream_send_timeout());
         tokio::spawn(async move {
             let total = released.len();
@@ -160,7 +162,8 @@ impl FilingService for FilingApi {
                 }
             }
             feed.finish();
-        });
+        }
+        .instrument(tracing::Span::current()));
         Ok(Response::new(responses))
     }
 

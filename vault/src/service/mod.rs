@@ -31,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use mnvault_core::audit::{AuditDraft, Operation, Outcome};
 use mnvault_core::authz::Role;
-use mnvault_core::id::{Principal, TenantId};
+use mnvault_core::id::{Principal, RequestId, TenantId};
 use mnvault_core::VaultCore;
 use mnvault_proto::v1 as pb;
 use tokio_rustls::rustls::pki_types::CertificateDer;
@@ -40,6 +40,7 @@ use tonic::{Code, Request, Status};
 use crate::config::LimitSettings;
 use crate::error::{status, VaultError};
 use crate::identity::principal_from_certificate;
+use crate::metrics::Metrics;
 
 /// Every role: a refusal names a tenant only when the caller holds one of
 /// them on it.
@@ -49,8 +50,13 @@ const ANY_ROLE: [Role; 6] = [Role::Tokenizer, Role::Requester, Role::Approver, R
 pub struct VaultContext {
     /// The rules and the store.
     pub core: VaultCore,
-    /// What one caller may cost.
-    pub limits: LimitSettings,
+    /// What one caller may cost; a reload may replace it ([`VaultContext::limits`]).
+    limits: arc_swap::ArcSwap<LimitSettings>,
+    /// Cancelled when the vault starts shutting down: a `TokenizeStream`
+    /// then ends after the batch it holds.
+    pub stopping: tokio_util::sync::CancellationToken,
+    /// This vault's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Put in each request's extensions by the connection layer; a handler sets
@@ -89,7 +95,26 @@ pub fn operation_of_path(path: &str) -> Option<Operation> {
 impl VaultContext {
     /// The context over `core` with `limits`.
     pub fn new(core: VaultCore, limits: LimitSettings) -> Self {
-        Self { core, limits }
+        let limits = arc_swap::ArcSwap::from_pointee(limits);
+        Self { core, limits, stopping: Default::default(), metrics: Arc::default() }
+    }
+
+    /// What one caller may cost, now: a call reads it once, at its start.
+    pub fn limits(&self) -> Arc<LimitSettings> {
+        self.limits.load_full()
+    }
+
+    /// Replaces the limits (a reload): calls and connections that start
+    /// afterwards get them.
+    pub(crate) fn set_limits(&self, limits: LimitSettings) {
+        self.limits.store(Arc::new(limits));
+    }
+
+    /// The context counting into `metrics` (those its store and key
+    /// provider count into, see [`Metrics::metered_store`]).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The caller's principal, from its client certificate.
@@ -97,11 +122,13 @@ impl VaultContext {
         principal_of(request.peer_certs().as_deref().map(Vec::as_slice))
     }
 
-    /// The caller, now named in `draft`, or a refusal that is itself audited.
+    /// The caller, now named in `draft` with the call's request id (which
+    /// every entry made from `draft` keeps), or a refusal that is itself audited.
     pub async fn authenticate<T>(&self, request: &Request<T>, draft: &mut AuditDraft) -> Result<Principal, Status> {
         if let Some(dispatched) = request.extensions().get::<Dispatched>() {
             dispatched.0.store(true, Ordering::Release);
         }
+        draft.request_id = request.extensions().get::<RequestId>().cloned();
         match self.caller(request) {
             Ok(caller) => {
                 draft.principal = Some(caller.clone());
@@ -134,6 +161,7 @@ impl VaultContext {
     /// the caller holds a grant on that tenant, so nobody can fill another
     /// tenant's log by naming it.
     async fn record_refusal(&self, mut draft: AuditDraft, outcome: Outcome, status: &Status) {
+        self.metrics.refused(draft.operation, status.code());
         draft.tenant = self.tenant_on_file(draft.principal.as_ref(), draft.tenant.take());
         draft.outcome = outcome;
         draft.reason = status.message().to_owned();
@@ -153,16 +181,19 @@ impl VaultContext {
     }
 
     /// Audits a call the transport refused before its handler ran (from the
-    /// connection layer, with the caller its certificate names), and returns
-    /// the status the client gets instead of `refused`.
+    /// connection layer, with the caller its certificate names and the
+    /// call's request id), and returns the status the client gets instead of
+    /// `refused`.
     pub async fn refused_before_handler(
         &self,
         operation: Operation,
         certs: Option<&[CertificateDer<'static>]>,
+        request_id: &RequestId,
         refused: &Status,
     ) -> Status {
         let mut draft = AuditDraft::new(operation);
         draft.principal = principal_of(certs).ok();
+        draft.request_id = Some(request_id.clone());
         self.refused_by_transport(draft, refused).await
     }
 
@@ -175,9 +206,9 @@ impl VaultContext {
         let operation = draft.operation;
         let limit = match operation {
             Operation::Tokenize | Operation::TokenizeStream | Operation::DescribeToken => {
-                ("limits.max_record_message_bytes", self.limits.max_record_message_bytes)
+                ("limits.max_record_message_bytes", self.limits().max_record_message_bytes)
             }
-            _ => ("limits.max_message_bytes", self.limits.max_message_bytes),
+            _ => ("limits.max_message_bytes", self.limits().max_message_bytes),
         };
         let status = match refused.code() {
             Code::OutOfRange | Code::ResourceExhausted => Status::out_of_range(format!(
@@ -314,7 +345,9 @@ mod tests {
             }
         }
         mapped.sort_unstable();
-        let mut all: Vec<_> = Operation::ALL.iter().map(|o| o.id()).collect();
+        // A reload is the vault's own entry, not a call.
+        let calls = Operation::ALL.iter().filter(|o| **o != Operation::ReloadPrincipals);
+        let mut all: Vec<_> = calls.map(|o| o.id()).collect();
         all.sort_unstable();
         assert_eq!(mapped, all);
         assert_eq!(operation_of_path("/grpc.health.v1.Health/Check"), None);

@@ -10,6 +10,7 @@ use mnvault_core::number::MyNumber;
 use mnvault_proto::v1 as pb;
 use pb::token_service_server::TokenService;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use super::wire::{timestamp, token_format, wire_format};
@@ -74,6 +75,7 @@ async fn answer_batch(
                 let tenant = ctx.tenant_on_file(Some(&caller), TenantId::parse(&request.tenant).ok());
                 let entry = refused.entry((tenant, error.outcome())).or_insert_with(|| (0, message.clone()));
                 entry.0 += 1;
+                ctx.metrics.refused(Operation::TokenizeStream, code(&error));
                 answers[position] = Some(Err(record_error(code(&error), message)));
             }
         }
@@ -95,6 +97,7 @@ async fn answer_batch(
         match ctx.core.tokenize(&caller, &tenant, format, &numbers, &draft).await {
             Ok(tokens) => {
                 for (position, tokenized) in positions.into_iter().zip(tokens) {
+                    ctx.metrics.record_tokenized(Operation::TokenizeStream, tokenized.created);
                     answers[position] = Some(Ok(tokenized.token));
                 }
             }
@@ -128,18 +131,27 @@ async fn answer_batch(
 /// into one transaction (no round trip to the database per record). Ends
 /// the stream with a status when it carries more than
 /// `limits.max_stream_records`, waits longer than `limits.idle_timeout_ms`
-/// for a record, or holds a message the vault cannot read.
+/// for a record, holds a message the vault cannot read, or when the vault
+/// shuts down (`UNAVAILABLE`, after the batch in hand, naming the first
+/// record not read).
 async fn run_stream(
     ctx: Context,
     draft: AuditDraft,
     input: Streaming<pb::TokenizeRequest>,
     feed: Feed<pb::TokenizeStreamResponse>,
 ) {
-    let limits = ctx.limits.clone();
+    let limits = ctx.limits();
     let mut batches = input.ready_chunks(limits.stream_batch_records);
     let mut next_index = 0u64;
     let refusal: Option<Result<VaultError, Status>> = loop {
-        let batch = match tokio::time::timeout(limits.idle_timeout(), batches.next()).await {
+        let next = tokio::select! {
+            // Once the vault is shutting down no batch is read: the one
+            // answered last was committed and sent whole.
+            biased;
+            () = ctx.stopping.cancelled() => break Some(Ok(shutting_down(next_index))),
+            next = tokio::time::timeout(limits.idle_timeout(), batches.next()) => next,
+        };
+        let batch = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => break None,
             Err(_) => {
@@ -223,6 +235,15 @@ async fn run_stream(
     feed.finish();
 }
 
+/// How a stream ends when the vault shuts down: every record before
+/// `next_index` was answered (its batch committed), none from it on was read.
+fn shutting_down(next_index: u64) -> VaultError {
+    VaultError::Unavailable(format!(
+        "the vault is shutting down: records before index {next_index} were answered, records from index \
+         {next_index} on were not read; send them again (to another replica, or once the vault is back)"
+    ))
+}
+
 fn record_error(code: tonic::Code, message: String) -> pb::RecordError {
     pb::RecordError { code: code as i32, message }
 }
@@ -245,6 +266,7 @@ impl TokenService for TokenApi {
         }
         .await;
         let tokenized = self.ctx.settled(draft, result).await?;
+        self.ctx.metrics.record_tokenized(Operation::Tokenize, tokenized.created);
         Ok(Response::new(pb::TokenizeResponse { token: tokenized.token.to_string(), created: tokenized.created }))
     }
 
@@ -256,9 +278,10 @@ impl TokenService for TokenApi {
     ) -> Result<Response<Self::TokenizeStreamStream>, Status> {
         let mut draft = AuditDraft::new(Operation::TokenizeStream);
         self.ctx.authenticate(&request, &mut draft).await?;
-        let limits = &self.ctx.limits;
+        let limits = self.ctx.limits();
         let (feed, responses) = Feed::new(limits.stream_batch_records, limits.stream_send_timeout());
-        tokio::spawn(run_stream(self.ctx.clone(), draft, request.into_inner(), feed));
+        let stream = run_stream(self.ctx.clone(), draft, request.into_inner(), feed);
+        tokio::spawn(stream.instrument(tracing::Span::current()));
         Ok(Response::new(responses))
     }
 

@@ -27,6 +27,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::DerefMut;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +38,7 @@ use mnvault_core::store::{
     AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, ReadTx, RecordRow, Store, StoreError, StoredTenant,
     WriteTx,
 };
+use mnvault_core::store::PoolUsage;
 use mnvault_keys::{BlindIndex, WrappedKey};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row, Transaction};
@@ -53,6 +55,17 @@ const MAX_CONNECTIONS: u32 = 16;
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    probe: Arc<Probe>,
+}
+
+/// What [`Store::ping`] checks: that the server answers `SELECT 1` on a
+/// connection of the probe's own, kept between pings (so pinging neither
+/// competes with busy pools nor logs a new connection each time) and opened
+/// again once it broke, within the write timeout.
+struct Probe {
+    options: PgConnectOptions,
+    timeout: Duration,
+    connection: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -78,13 +91,15 @@ impl PostgresStore {
             // Review reads a database a vault may be serving: let the server refuse any write.
             settings.push(("default_transaction_read_only", "on".to_owned()));
         }
+        let options = options.options(settings);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(write_timeout)
-            .connect_with(options.options(settings))
+            .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        Ok(Self { pool })
+        let probe = Arc::new(Probe { options, timeout: write_timeout, connection: tokio::sync::Mutex::new(None) });
+        Ok(Self { pool, probe })
     }
 }
 
@@ -118,7 +133,35 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        if let Some(connection) = self.probe.connection.lock().await.take() {
+            let _ = connection.close().await;
+        }
         self.pool.close().await;
+    }
+
+    fn pools(&self) -> Vec<PoolUsage> {
+        let (open, max) = (self.pool.size(), self.pool.options().get_max_connections());
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        vec![PoolUsage { pool: "postgres", open, idle, max }]
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let probe = &self.probe;
+        let mut kept = probe.connection.lock().await;
+        let answered = tokio::time::timeout(probe.timeout, async {
+            let connection = match kept.as_mut() {
+                Some(connection) => connection,
+                None => kept.insert(PgConnection::connect_with(&probe.options).await.map_err(classify)?),
+            };
+            sqlx::query("SELECT 1").execute(connection).await.map(|_| ()).map_err(classify)
+        })
+        .await
+        .unwrap_or_else(|elapsed| Err(StoreError::Unavailable(Box::new(elapsed))));
+        if answered.is_err() {
+            // Broken or stuck: the next ping connects afresh.
+            *kept = None;
+        }
+        answered
     }
 }
 
@@ -279,6 +322,7 @@ fn audit_record(row: &PgRow) -> Result<AuditRecord, StoreError> {
         purpose: get(row, "audit_entries.purpose")?,
         tokens: Vec::new(),
         record_count: get_u64(row, "audit_entries.record_count")?,
+        request_id: get(row, "audit_entries.request_id")?,
         prev_hash: get_hash(row, "audit_entries.prev_hash")?,
         hash: get_hash(row, "audit_entries.hash")?,
     })
@@ -446,7 +490,7 @@ where
     async fn audit_entries(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let mut query = QueryBuilder::<Postgres>::new(
             "SELECT seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, record_count, \
-             prev_hash, hash FROM audit_entries WHERE seq > ",
+             request_id, prev_hash, hash FROM audit_entries WHERE seq > ",
         );
         // No stored seq exceeds i64::MAX, so a larger cursor means "nothing after".
         query.push_bind(i64::try_from(filter.after_seq).unwrap_or(i64::MAX));
@@ -464,6 +508,9 @@ where
         }
         if let Some(operation) = filter.operation {
             query.push(" AND operation = ").push_bind(operation);
+        }
+        if let Some(request_id) = &filter.request_id {
+            query.push(" AND request_id = ").push_bind(request_id.as_str());
         }
         if let Some(token) = &filter.token {
             query
@@ -680,7 +727,8 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         let seq = to_i64(entry.seq)?;
         sqlx::query(
             "INSERT INTO audit_entries (seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, \
-             record_count, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             record_count, request_id, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             $13)",
         )
         .bind(seq)
         .bind(entry.time_ms)
@@ -692,6 +740,7 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         .bind(&entry.job_id)
         .bind(&entry.purpose)
         .bind(to_i64(entry.record_count)?)
+        .bind(&entry.request_id)
         .bind(&entry.prev_hash[..])
         .bind(&entry.hash[..])
         .execute(&mut *conn)

@@ -10,7 +10,8 @@
 //! (WAL).
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ use mnvault_core::store::{
     AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, ReadTx, RecordRow, Store, StoreError, StoredTenant,
     WriteTx,
 };
+use mnvault_core::store::PoolUsage;
 use mnvault_keys::{BlindIndex, WrappedKey};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
@@ -40,6 +42,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    probe: Probe,
+}
+
+/// What [`Store::ping`] checks: that the file at the configured path is still
+/// the one the pools have open (device and inode), and that a connection of
+/// its own can open it and read, within the write timeout. An embedded
+/// database is "unreachable" when its file was deleted, moved or replaced
+/// under the running vault, or its file system fails: the pools may still
+/// work on the old file then, but what they write would be lost at restart.
+#[derive(Clone)]
+struct Probe {
+    path: PathBuf,
+    file: (u64, u64),
+    options: SqliteConnectOptions,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -72,10 +89,17 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(write_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        Ok(Self { writer, reader })
+        let opened = std::fs::metadata(path).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let probe = Probe {
+            path: path.to_owned(),
+            file: (opened.dev(), opened.ino()),
+            options: options.create_if_missing(false),
+            timeout: write_timeout,
+        };
+        Ok(Self { writer, reader, probe })
     }
 }
 
@@ -96,6 +120,34 @@ impl Store for SqliteStore {
         self.writer.close().await;
         self.reader.close().await;
     }
+
+    fn pools(&self) -> Vec<PoolUsage> {
+        vec![pool_usage("sqlite-writer", &self.writer), pool_usage("sqlite-reader", &self.reader)]
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let probe = &self.probe;
+        let unavailable = |error: std::io::Error| StoreError::Unavailable(Box::new(error));
+        let now = tokio::fs::metadata(&probe.path).await.map_err(unavailable)?;
+        if (now.dev(), now.ino()) != probe.file {
+            return Err(unavailable(std::io::Error::other(
+                "the database file was replaced since the vault opened it; restart the vault on the right file",
+            )));
+        }
+        // A connection of its own, so that busy pools do not look like a failing database.
+        let read = async {
+            let mut connection = probe.options.connect().await.map_err(classify)?;
+            sqlx::query("SELECT seq FROM audit_chain_head").fetch_one(&mut connection).await.map_err(classify)?;
+            connection.close().await.map_err(classify)
+        };
+        tokio::time::timeout(probe.timeout, read).await.map_err(|elapsed| StoreError::Unavailable(Box::new(elapsed)))?
+    }
+}
+
+fn pool_usage(pool: &'static str, connections: &SqlitePool) -> PoolUsage {
+    let idle = u32::try_from(connections.num_idle()).unwrap_or(u32::MAX);
+    PoolUsage { pool, open: connections.size(), idle, max: connections.options().get_max_connections() }
 }
 
 /// A write transaction, or a read-only snapshot (only ever handed out as a
@@ -372,7 +424,7 @@ impl ReadTx for SqliteTx {
     async fn audit_entries(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let mut query = QueryBuilder::<Sqlite>::new(
             "SELECT seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, record_count, \
-             prev_hash, hash FROM audit_entries WHERE seq > ",
+             request_id, prev_hash, hash FROM audit_entries WHERE seq > ",
         );
         query.push_bind(filter.after_seq as i64);
         if let Some(tenant) = &filter.tenant {
@@ -389,6 +441,9 @@ impl ReadTx for SqliteTx {
         }
         if let Some(operation) = filter.operation {
             query.push(" AND operation = ").push_bind(operation);
+        }
+        if let Some(request_id) = &filter.request_id {
+            query.push(" AND request_id = ").push_bind(request_id.as_str());
         }
         if let Some(token) = &filter.token {
             query
@@ -441,6 +496,7 @@ fn audit_record(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, StoreError
         purpose: row.get("purpose"),
         tokens: Vec::new(),
         record_count: row.get::<i64, _>("record_count") as u64,
+        request_id: row.get("request_id"),
         prev_hash: hash_column(row.get("prev_hash"), "audit_entries.prev_hash")?,
         hash: hash_column(row.get("hash"), "audit_entries.hash")?,
     })
@@ -611,7 +667,7 @@ impl WriteTx for SqliteTx {
         let seq = entry.seq as i64;
         sqlx::query(
             "INSERT INTO audit_entries (seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, \
-             record_count, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             record_count, request_id, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(seq)
         .bind(entry.time_ms)
@@ -623,6 +679,7 @@ impl WriteTx for SqliteTx {
         .bind(&entry.job_id)
         .bind(&entry.purpose)
         .bind(entry.record_count as i64)
+        .bind(&entry.request_id)
         .bind(&entry.prev_hash[..])
         .bind(&entry.hash[..])
         .execute(&mut *conn)

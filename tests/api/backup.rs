@@ -1,0 +1,416 @@
+//! Backup and restore, on each backend as the README says to do them: on
+//! SQLite `mnvault backup` and `mnvault restore`, on PostgreSQL `pg_dump` and
+//! `pg_restore` followed by `mnvault restore --adopt`. The drill: back up
+//! while tokenizing, wipe, restore, detokenize every number acknowledged
+//! before the backup began, verify.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mnvault_client::{Code, TokenFormat};
+use secrecy::ExposeSecret;
+use sqlx::{Connection as _, PgConnection};
+use tokio::task::JoinHandle;
+
+use crate::helpers::{
+    approved_job, filing_job, full_width, refusal, spawn_app, spawn_replica, tokenize_fresh, valid_number,
+    valid_numbers, Backend, PgDatabase, TestApp,
+};
+
+/// How long a test waits for the background tokenizer at most.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Tokenizes fresh numbers as `payroll` until stopped, keeping every
+/// acknowledged (token, number) in order.
+struct Tokenizer {
+    acknowledged: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Tokenizer {
+    async fn start(app: &TestApp) -> Self {
+        let payroll = app.client("payroll").await;
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (kept, stopped) = (acknowledged.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !stopped.load(Ordering::Relaxed) {
+                let number = valid_number();
+                // A backup must not disturb serving: every call succeeds.
+                let token =
+                    payroll.tokenize("demo", &number, TokenFormat::Opaque).await.expect("tokenize while backing up");
+                kept.lock().unwrap().push((token, number));
+            }
+        });
+        Self { acknowledged, stop, task }
+    }
+
+    fn count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Waits until at least `count` numbers were acknowledged.
+    async fn wait_for(&self, count: usize) {
+        tokio::time::timeout(WAIT, async {
+            while self.count() < count {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the tokenizer did not reach {count} numbers"));
+    }
+
+    /// Stops and returns everything acknowledged.
+    async fn stop(self) -> Vec<(String, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the tokenizer never failed");
+        Arc::try_unwrap(self.acknowledged).unwrap().into_inner().unwrap()
+    }
+}
+
+/// A PostgreSQL client tool, or `None` on a local run without it (said on
+/// standard error). Under CI a missing tool fails the test.
+fn pg_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found =
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]).map(|dir| dir.join(name)).find(|p| p.is_file());
+    match found {
+        Some(tool) => Some(tool),
+        None if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: {name} not found; the PostgreSQL backup drill needs the PostgreSQL client tools");
+            None
+        }
+        None => panic!("CI must run the PostgreSQL backup drill, but {name} is not installed"),
+    }
+}
+
+/// Runs a tool off the runtime (the vault and the tokenizer go on) and fails
+/// the test with its standard error if it fails.
+async fn run_tool(tool: PathBuf, args: Vec<String>) {
+    let shown = format!("{} {}", tool.display(), args.join(" "));
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new(tool).args(args).output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|error| panic!("{shown}: {error}"));
+    assert!(output.status.success(), "{shown}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Backs up `app`'s database to `file` the way the README says for its
+/// backend; `None` when the PostgreSQL tools are missing on a local run.
+/// `compress`: pg_dump's default compression (off to search the bytes).
+async fn take_backup(app: &TestApp, file: &Path, compress: bool) -> Option<()> {
+    match &app.backend {
+        Backend::Sqlite => {
+            let written = app.cli(&["backup", "--out", &file.display().to_string()]).await.unwrap();
+            assert!(written.starts_with("backup written: "), "{written}");
+            assert!(written.contains("audit chain intact: "), "{written}");
+        }
+        Backend::Postgres(database) => {
+            let mut args = vec!["-Fc".to_owned(), "-f".to_owned(), file.display().to_string()];
+            if !compress {
+                args.push("-Z0".into());
+            }
+            args.push(database.url.clone());
+            run_tool(pg_tool("pg_dump")?, args).await;
+        }
+    }
+    Some(())
+}
+
+/// The server the per-test databases live on.
+fn postgres_server_url() -> String {
+    std::env::var("MNVAULT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Drops `database` and creates it again, empty.
+async fn recreate(database: &PgDatabase) {
+    let name = database.url.rsplit('/').next().unwrap();
+    let mut admin = PgConnection::connect(&postgres_server_url()).await.unwrap();
+    for sql in [format!("DROP DATABASE {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
+    }
+}
+
+/// Wipes the stopped `app`'s database and restores it from `file` the way
+/// the README says for its backend; returns what mnvault printed.
+async fn wipe_and_restore(app: &TestApp, file: &Path) -> String {
+    match &app.backend {
+        Backend::Sqlite => {
+            for suffix in ["", "-wal", "-shm"] {
+                let path = PathBuf::from(format!("{}{suffix}", app.database_path().display()));
+                if path.exists() {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+            app.cli(&["restore", "--from", &file.display().to_string()]).await.unwrap()
+        }
+        Backend::Postgres(database) => {
+            recreate(database).await;
+            let pg_restore = pg_tool("pg_restore").expect("pg_restore beside pg_dump");
+            let args = ["--no-owner", "--exit-on-error", "-d", &database.url, &file.display().to_string()];
+            run_tool(pg_restore, args.map(str::to_owned).to_vec()).await;
+            // Until it is adopted, this host's watermark shows the database
+            // rolled back: a vault on it serves but decides nothing.
+            let mut unadopted = spawn_replica(app).await;
+            let token = tokenize_fresh(&unadopted, 1).await;
+            let job = unadopted.client("requester").await.create_filing_job(filing_job(&token)).await.unwrap().job_id;
+            let (code, message) = refusal(unadopted.client("approver").await.approve_filing_job(&job).await);
+            assert_eq!(code, Code::DataLoss, "{message}");
+            unadopted.stop().await;
+            app.cli(&["restore", "--adopt"]).await.unwrap()
+        }
+    }
+}
+
+/// The number of lost entries a restore reported.
+fn lost_entries(report: &str) -> u64 {
+    let lost = report.split_once("LOST: ").unwrap_or_else(|| panic!("no loss reported: {report}")).1;
+    lost.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+on_both_backends! {
+    async fn the_drill_back_up_while_tokenizing_wipe_restore_detokenize_verify(backend) {
+        let mut app = spawn_app(&backend).await;
+        let tokenizer = Tokenizer::start(&app).await;
+        tokenizer.wait_for(20).await;
+        let files = tempfile::tempdir().unwrap();
+        let file = files.path().join("vault.backup");
+
+        let acknowledged_before = tokenizer.count();
+        if take_backup(&app, &file, true).await.is_none() {
+            tokenizer.stop().await;
+            return;
+        }
+        let acknowledged_after = tokenizer.count();
+        tokenizer.wait_for(acknowledged_after + 5).await;
+        let acknowledged = tokenizer.stop().await;
+        // A decision after the backup moves this host's watermark past it.
+        let late: Vec<String> = acknowledged[acknowledged_after..].iter().map(|(token, _)| token.clone()).collect();
+        approved_job(&app, &late[..1], 1).await;
+        app.stop().await;
+
+        let report = wipe_and_restore(&app, &file).await;
+        assert!(report.contains("audit chain intact: "), "{report}");
+        assert!(report.contains("stored state intact: "), "{report}");
+        assert!(lost_entries(&report) >= 2, "the late tokens and the approval are lost: {report}");
+
+        let restored = spawn_replica(&app).await;
+        let before = &acknowledged[..acknowledged_before];
+        let tokens: Vec<String> = before.iter().map(|(token, _)| token.clone()).collect();
+        let job = approved_job(&restored, &tokens, 1).await;
+        let released = restored.client("filer").await.detokenize(&job, tokens.clone()).await.unwrap();
+        assert_eq!(released.len(), before.len());
+        for ((token, number), out) in before.iter().zip(&released) {
+            assert_eq!((&out.token, out.number.expose_secret()), (token, number.as_str()));
+        }
+        // What was acknowledged after the backup finished is not in it.
+        let payroll = restored.client("payroll").await;
+        assert_eq!(refusal(payroll.describe_token("demo", late.last().unwrap()).await).0, Code::NotFound);
+
+        let verified = restored.cli(&["audit", "verify"]).await.unwrap();
+        assert!(verified.starts_with("audit chain intact: "), "{verified}");
+        assert!(verified.contains("stored state intact: "), "{verified}");
+    }
+
+    async fn a_backup_holds_no_root_key_no_tls_key_and_no_number(backend) {
+        let app = spawn_app(&backend).await;
+        let numbers = valid_numbers(50);
+        let payroll = app.client("payroll").await;
+        let mut tokens = Vec::new();
+        for number in &numbers {
+            tokens.push(payroll.tokenize("demo", number, TokenFormat::Opaque).await.unwrap());
+        }
+        let files = tempfile::tempdir().unwrap();
+        let file = files.path().join("vault.backup");
+        if take_backup(&app, &file, false).await.is_none() {
+            return;
+        }
+        let bytes = std::fs::read(&file).unwrap();
+        // Not vacuous: the tokens are in it.
+        assert!(contains(&bytes, tokens[0].as_bytes()), "the backup does not hold the vault's data");
+
+        let root_key = std::fs::read_to_string(app.path().join(mnvault::datadir::ROOT_KEY_FILE)).unwrap();
+        let encoded = root_key.lines().nth(1).expect("the key line");
+        let raw = data_encoding::BASE64.decode(encoded.as_bytes()).unwrap();
+        assert_eq!(raw.len(), 32);
+        for rendering in [raw.clone(), encoded.as_bytes().to_vec(), data_encoding::HEXLOWER.encode(&raw).into_bytes()] {
+            assert!(!contains(&bytes, &rendering), "the backup holds the root key");
+        }
+        for private in ["server.key", "ca.key", "payroll.key"] {
+            let pem = std::fs::read_to_string(app.path().join(mnvault::datadir::DEV_PKI_DIR).join(private)).unwrap();
+            let body = pem.lines().nth(1).unwrap();
+            assert!(!contains(&bytes, body.as_bytes()), "the backup holds {private}");
+        }
+        for number in &numbers {
+            assert!(!contains(&bytes, number.as_bytes()), "the backup holds a number");
+            assert!(!contains(&bytes, full_width(number).as_bytes()), "the backup holds a number (full width)");
+        }
+
+        match &backend {
+            Backend::Sqlite => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "the backup file is {mode:03o}");
+                // Nothing staged is left beside it, and an existing file is never replaced.
+                assert_eq!(std::fs::read_dir(files.path()).unwrap().count(), 1);
+                let again = app.cli(&["backup", "--out", &file.display().to_string()]).await.unwrap_err();
+                assert!(format!("{again:#}").contains("already exists"), "{again:#}");
+                assert_eq!(std::fs::read(&file).unwrap(), bytes);
+            }
+            Backend::Postgres(_) => {
+                // mnvault's own backup is for the embedded store; it points to the PostgreSQL route.
+                let other = files.path().join("other.backup").display().to_string();
+                let refused = format!("{:#}", app.cli(&["backup", "--out", &other]).await.unwrap_err());
+                assert!(refused.contains("pg_dump") && refused.contains("Backup and restore"), "{refused}");
+                let from = file.display().to_string();
+                let refused = format!("{:#}", app.cli(&["restore", "--from", &from]).await.unwrap_err());
+                assert!(refused.contains("pg_restore") && refused.contains("--adopt"), "{refused}");
+                assert!(!Path::new(&other).exists());
+            }
+        }
+    }
+
+    async fn a_database_of_another_vault_is_refused_as_foreign(backend) {
+        let mut app = spawn_app(&backend).await;
+        let mine = tokenize_fresh(&app, 2).await;
+        let other_backend = match &backend {
+            Backend::Sqlite => Backend::Sqlite,
+            Backend::Postgres(_) => Backend::postgres().await.expect("the server answered a moment ago"),
+        };
+        let other = spawn_app(&other_backend).await;
+        tokenize_fresh(&other, 2).await;
+        app.stop().await;
+        let refused = match &other_backend {
+            Backend::Sqlite => {
+                let files = tempfile::tempdir().unwrap();
+                let file = files.path().join("other.backup");
+                take_backup(&other, &file, true).await.unwrap();
+                app.cli(&["restore", "--force", "--from", &file.display().to_string()]).await.unwrap_err()
+            }
+            Backend::Postgres(database) => {
+                app.cli(&["restore", "--adopt", "--database-url", &database.url]).await.unwrap_err()
+            }
+        };
+        let refused = format!("{refused:#}");
+        assert!(refused.contains("belongs to another vault"), "{refused}");
+        // This vault's own database is untouched and serves.
+        let restarted = spawn_replica(&app).await;
+        restarted.client("payroll").await.describe_token("demo", &mine[0]).await.unwrap();
+    }
+
+    async fn adopt_refuses_a_database_that_does_not_verify_and_keeps_the_watermark(backend) {
+        let mut app = spawn_app(&backend).await;
+        let tokens = tokenize_fresh(&app, 3).await;
+        let job = approved_job(&app, &tokens, 1).await;
+        app.client("filer").await.detokenize(&job, tokens).await.unwrap();
+        app.stop().await;
+        let watermark = app.path().join(mnvault::watermark::WATERMARK_FILE);
+        let kept = std::fs::read(&watermark).expect("a decision wrote the watermark");
+
+        let mut db = app.database().await;
+        let principal = db.text("SELECT principal FROM audit_entries WHERE seq = 2").await;
+        db.exec("UPDATE audit_entries SET principal = 'mallory' WHERE seq = 2").await;
+        let refused = format!("{:#}", app.cli(&["restore", "--adopt"]).await.unwrap_err());
+        assert!(refused.contains("does not verify") && refused.contains("audit chain is broken at"), "{refused}");
+        assert_eq!(std::fs::read(&watermark).unwrap(), kept, "a refused adoption moved the watermark");
+
+        db.exec(&format!("UPDATE audit_entries SET principal = '{principal}' WHERE seq = 2")).await;
+        let adopted = app.cli(&["restore", "--adopt"]).await.unwrap();
+        assert!(adopted.contains("nothing this host verified is lost"), "{adopted}");
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// A stopped SQLite vault with a few tokens, and a backup of it.
+async fn backed_up_sqlite_vault() -> (TestApp, Vec<String>, tempfile::TempDir, PathBuf) {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let tokens = tokenize_fresh(&app, 5).await;
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("vault.backup");
+    take_backup(&app, &file, true).await.unwrap();
+    (app, tokens, files, file)
+}
+
+#[tokio::test]
+async fn a_damaged_backup_is_refused_and_says_why() {
+    let (mut app, tokens, files, file) = backed_up_sqlite_vault().await;
+    app.stop().await;
+    std::fs::remove_file(app.database_path()).unwrap();
+    let intact = std::fs::read(&file).unwrap();
+    let database_at = intact.windows(16).position(|w| w == b"SQLite format 3\0").expect("the database copy");
+    let manifest_seq = intact.windows(17).position(|w| w == b"audit_head_seq = ").expect("the manifest") + 17;
+
+    let flipped = |at: usize, to: u8| {
+        let mut bytes = intact.clone();
+        bytes[at] = if bytes[at] == to { to ^ 1 } else { to };
+        bytes
+    };
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("a byte of the database", flipped(database_at + 4096 + 100, 0x5a), "SHA-256"),
+        ("the head its manifest records", flipped(manifest_seq, b'9'), "tag does not verify"),
+        ("a tar header", flipped(100, 0x5a), "does not read"),
+        ("cut in half", intact[..intact.len() / 2].to_vec(), "cut short"),
+        ("not a backup", b"just some text\n".repeat(100), "does not read"),
+    ];
+    for (what, bytes, why) in cases {
+        let damaged = files.path().join("damaged.backup");
+        std::fs::write(&damaged, bytes).unwrap();
+        let refused = app.cli(&["restore", "--from", &damaged.display().to_string()]).await.unwrap_err();
+        let refused = format!("{refused:#}");
+        assert!(refused.contains("is damaged or not an mnvault backup"), "{what}: {refused}");
+        assert!(refused.contains(why), "{what}: {refused}");
+        // Nothing was put in place, nothing staged was left behind.
+        let left: Vec<String> = std::fs::read_dir(app.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !left.iter().any(|name| name.starts_with("vault.db") || name.starts_with(".vault.db")),
+            "{what}: {left:?}"
+        );
+    }
+
+    // The intact file restores.
+    app.cli(&["restore", "--from", &file.display().to_string()]).await.unwrap();
+    let restored = spawn_replica(&app).await;
+    restored.client("payroll").await.describe_token("demo", &tokens[0]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restore_never_replaces_a_database_unasked_nor_under_a_running_vault() {
+    let (mut app, tokens, _files, file) = backed_up_sqlite_vault().await;
+    let later = tokenize_fresh(&app, 1).await;
+    let from = file.display().to_string();
+
+    let refused = format!("{:#}", app.cli(&["restore", "--from", &from]).await.unwrap_err());
+    assert!(refused.contains("already holds a database") && refused.contains("--force"), "{refused}");
+    let refused = format!("{:#}", app.cli(&["restore", "--force", "--from", &from]).await.unwrap_err());
+    assert!(refused.contains("a vault is serving"), "{refused}");
+    let refused = format!("{:#}", app.cli(&["restore", "--adopt"]).await.unwrap_err());
+    assert!(refused.contains("a vault is serving"), "{refused}");
+    // The vault went on serving what it had.
+    app.client("payroll").await.describe_token("demo", &later[0]).await.unwrap();
+
+    app.stop().await;
+    // As when the vault's process ends: nothing of it keeps the database open
+    // (a stopped in-process vault's store lives on inside `app`).
+    let data_dir = app.data_dir.clone();
+    drop(app);
+    let app = TestApp::serving_elsewhere(String::new(), data_dir, Backend::Sqlite);
+    let report = app.cli(&["restore", "--force", "--from", &from]).await.unwrap();
+    let kept = report.split_once("is kept as ").unwrap_or_else(|| panic!("{report}")).1.lines().next().unwrap();
+    assert!(Path::new(kept).is_file(), "{report}");
+    // Only decisions move the watermark, and this vault made none.
+    assert!(report.contains("kept no chain watermark"), "{report}");
+
+    let restored = spawn_replica(&app).await;
+    let payroll = restored.client("payroll").await;
+    payroll.describe_token("demo", &tokens[0]).await.unwrap();
+    assert_eq!(refusal(payroll.describe_token("demo", &later[0]).await).0, Code::NotFound);
+}

@@ -33,7 +33,13 @@
 //! the watermark to the restored head, and says how many audit entries this
 //! host had verified beyond it (they are lost). A database restored by other
 //! means (`pg_restore`, point-in-time recovery, a file copied back) is taken
-//! on the same way by [`adopt`].
+//! on the same way by [`adopt`]. Both cancel every open filing job first: the
+//! restored release counts miss what was released after the backup, so an
+//! open job would release the same numbers again.
+//!
+//! A backup's database is untrusted until verified: before anything queries
+//! it, it must hold only tables and indexes (checked with `trusted_schema`
+//! off), and no message repeats what the database said.
 //!
 //! A vault holds a shared lock on `<data-dir>/serving.lock` while it serves
 //! ([`ServingLock`]); restore and adopt take it exclusively, so neither runs
@@ -44,12 +50,16 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use mnvault_core::authz::Policy;
+use mnvault_core::id::{JobId, Principal};
 use mnvault_core::integrity::Integrity;
 use mnvault_core::keyring::{load_system_keys, AuditKeyError, SystemKeys, AUDIT_CHAIN_KEY_NAME};
 use mnvault_core::store::{AuditFilter, ChainHead, Store, StoreError};
-use mnvault_core::vault::{verify_chain, verify_state, Watermark as _};
+use mnvault_core::vault::{verify_chain, verify_state};
+use mnvault_core::VaultCore;
 use mnvault_keys::{RootKeyFile, RootKeyProvider, StateKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -59,7 +69,7 @@ use time::OffsetDateTime;
 
 use crate::config::Settings;
 use crate::store::{DatabaseLocation, OpenMode};
-use crate::watermark::{FileWatermark, WATERMARK_FILE};
+use crate::watermark::{FileWatermark, WatermarkError, WATERMARK_FILE};
 
 /// What the manifest's `format` says.
 pub const FORMAT: &str = "mnvault-backup";
@@ -71,6 +81,12 @@ pub const MANIFEST_ENTRY: &str = "manifest.toml";
 pub const DATABASE_ENTRY: &str = "vault.db";
 /// The lock a serving vault holds (shared) and a restore takes (exclusive).
 pub const SERVING_LOCK_FILE: &str = "serving.lock";
+/// The principal the audit entries of a restore's or adoption's job
+/// cancellations name: the vault cannot tell who ran the command.
+pub const RESTORE_PRINCIPAL: &str = "mnvault-restore";
+/// Why a restore or adoption cancels every open filing job (audited).
+pub const RESTORE_CANCEL_REASON: &str =
+    "restored from a backup: releases made after it are not counted; create and approve a new job";
 
 /// State-tag kind of a manifest: no tag of a record or job verifies as one.
 const MANIFEST_TAG_KIND: &[u8] = b"mnvault/v1/backup-manifest";
@@ -164,9 +180,49 @@ pub enum BackupError {
     /// The vault's own system key could not be loaded (backup).
     #[error(transparent)]
     AuditKey(#[from] AuditKeyError),
-    /// The database failed.
-    #[error("database error: {0}")]
-    Store(#[from] StoreError),
+    /// The database failed. Not a `source`: the store error already
+    /// carries its cause, and a chain would repeat it.
+    #[error("the database failed: {0}")]
+    Store(StoreError),
+    /// The database to adopt does not open or read as an mnvault database.
+    /// What the database said is not repeated: it may hold anything.
+    #[error("{what} {why}; nothing was changed")]
+    Unreadable {
+        /// The database.
+        what: String,
+        /// What is wrong, in a fixed sentence.
+        why: &'static str,
+    },
+    /// This host's chain watermark exists but cannot be used.
+    #[error(transparent)]
+    Watermark(#[from] WatermarkError),
+    /// The data directory belongs to another user than the one running.
+    #[error(
+        "{data_dir} belongs to user id {owner}, and this runs as user id {euid}: run it as the vault's user (e.g. \
+         `sudo -u <the vault's user> mnvault restore ...`), so that no file of the data directory ends up owned by \
+         another user; nothing was changed"
+    )]
+    NotOwner {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective user id of this process.
+        euid: u32,
+    },
+    /// The database is in place and verified, but its open filing jobs
+    /// could not all be cancelled; this host's watermark was not moved.
+    #[error(
+        "{database} is in place and verifies, but its open filing jobs could not all be cancelled ({why}); a job \
+         left open could release numbers again whose releases after the backup are not counted. This host's chain \
+         watermark was not moved. Do not serve the database until `mnvault restore --adopt` has succeeded"
+    )]
+    JobsNotCancelled {
+        /// The database.
+        database: String,
+        /// Why.
+        why: String,
+    },
     /// A file could not be read or written.
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -177,6 +233,12 @@ pub enum BackupError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl From<StoreError> for BackupError {
+    fn from(error: StoreError) -> Self {
+        BackupError::Store(error)
+    }
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BackupError + 'a {
@@ -279,13 +341,36 @@ pub struct RestoreReport {
     pub jobs: u64,
     /// How far this host had verified the chain before (its watermark).
     pub previous_watermark: Option<ChainHead>,
+    /// The audit head sequence number of the database it replaced, when
+    /// that database could be read.
+    pub replaced_head_seq: Option<u64>,
+    /// The open filing jobs cancelled (see [`RESTORE_CANCEL_REASON`]).
+    pub cancelled: Vec<JobId>,
+    /// Where this host's chain watermark is now: the head after the
+    /// cancellations.
+    pub watermark: ChainHead,
+}
+
+/// How many audit entries a restore lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostEntries {
+    /// Counted from the chain head of the database it replaced.
+    Exactly(u64),
+    /// Counted from this host's watermark, which moves only on decisions:
+    /// entries after the last decision (tokens issued) are not counted.
+    AtLeast(u64),
 }
 
 impl RestoreReport {
-    /// Audit entries this host had verified beyond the restored head: what
-    /// the restore lost. `None` when the host kept no watermark.
-    pub fn lost_entries(&self) -> Option<u64> {
-        self.previous_watermark.map(|mark| mark.seq.saturating_sub(self.head.seq))
+    /// Audit entries newer than the restored head: what the restore lost.
+    /// `None` when neither a replaced database nor a watermark tells.
+    pub fn lost_entries(&self) -> Option<LostEntries> {
+        let lost = |seq: u64| seq.saturating_sub(self.head.seq);
+        match (self.replaced_head_seq, self.previous_watermark) {
+            (Some(seq), _) => Some(LostEntries::Exactly(lost(seq))),
+            (None, Some(mark)) => Some(LostEntries::AtLeast(lost(mark.seq))),
+            (None, None) => None,
+        }
     }
 }
 
@@ -307,21 +392,47 @@ impl fmt::Display for RestoreReport {
         }
         writeln!(f, "audit chain intact: {} entries, head {}", self.head.seq, hex::encode(self.head.hash))?;
         writeln!(f, "stored state intact: {} records, {} filing jobs", self.records, self.jobs)?;
-        match (self.previous_watermark, self.lost_entries()) {
-            (Some(mark), Some(lost)) if lost > 0 => writeln!(
+        const GONE: &str = "the calls they record happened, and what they changed (tokens, jobs, releases) is gone";
+        match (self.lost_entries(), self.previous_watermark) {
+            (Some(LostEntries::Exactly(lost)), _) if lost > 0 => writeln!(
                 f,
-                "LOST: {lost} audit entries newer than the restored head (this host had verified up to #{}); the \
-                 calls they record happened, and what they changed (tokens, jobs, releases) is gone",
+                "LOST: {lost} audit entries of the database it replaced are newer than the restored head; {GONE}"
+            )?,
+            (Some(LostEntries::Exactly(_)), _) => {
+                writeln!(f, "nothing of the database it replaced is lost (its head was not newer)")?
+            }
+            (Some(LostEntries::AtLeast(lost)), Some(mark)) if lost > 0 => writeln!(
+                f,
+                "LOST: at least {lost} audit entries newer than the restored head (this host had verified up to #{} \
+                 at its last decision); {GONE}. Tokens issued after the backup may also be missing: they move no \
+                 watermark, so they are not counted",
                 mark.seq
             )?,
-            (Some(mark), _) => writeln!(f, "nothing this host verified is lost (it had verified up to #{})", mark.seq)?,
-            (None, _) => writeln!(
+            (_, Some(mark)) => writeln!(
+                f,
+                "nothing this host verified is lost (it had verified up to #{} at its last decision); tokens issued \
+                 after the backup may still be missing: they move no watermark",
+                mark.seq
+            )?,
+            (_, None) => writeln!(
                 f,
                 "this host kept no chain watermark, so it cannot tell what was lost: compare the head above with \
                  the head hash you keep elsewhere"
             )?,
         }
-        writeln!(f, "chain watermark of this host now at #{}", self.head.seq)
+        if self.cancelled.is_empty() {
+            writeln!(f, "no open filing jobs to cancel")?;
+        } else {
+            let ids: Vec<&str> = self.cancelled.iter().map(JobId::as_str).collect();
+            writeln!(
+                f,
+                "cancelled {} open filing jobs: {} (their release counts are the backup's; create and approve new \
+                 jobs)",
+                ids.len(),
+                ids.join(", ")
+            )?;
+        }
+        writeln!(f, "chain watermark of this host now at #{}", self.watermark.seq)
     }
 }
 
@@ -438,7 +549,8 @@ pub async fn backup(settings: &Settings, out: &Path) -> Result<BackupReport, Bac
 
 /// Restores the SQLite database of `settings` from the backup `from`: checks
 /// it, verifies it, puts it in place (the database there is kept aside, and
-/// only with `force`) and moves this host's chain watermark to its head.
+/// only with `force`), cancels its open filing jobs and moves this host's
+/// chain watermark to its head.
 pub async fn restore(settings: &Settings, from: &Path, force: bool) -> Result<RestoreReport, BackupError> {
     let database = match settings.database() {
         DatabaseLocation::Sqlite(path) => path,
@@ -448,8 +560,12 @@ pub async fn restore(settings: &Settings, from: &Path, force: bool) -> Result<Re
     if exists && !force {
         return Err(BackupError::DatabaseExists(database));
     }
+    check_owner(&settings.data_dir)?;
     let _lock = ServingLock::exclusive(&settings.data_dir)?;
+    let watermark = FileWatermark::new(watermark_path(settings));
+    let previous = watermark.read()?;
     let provider = root_key(settings)?;
+    let timeout = settings.database.write_timeout();
     let directory = parent_of(&database);
     // Beside the database, so that putting it in place is one rename.
     let staging = tempfile::Builder::new()
@@ -459,94 +575,243 @@ pub async fn restore(settings: &Settings, from: &Path, force: bool) -> Result<Re
     let (source, copy) = (from.to_owned(), staging.reopen().map_err(io_error("open", staging.path()))?);
     let manifest = blocking(move || unpack(&source, copy)).await?;
 
-    let watermark = FileWatermark::new(settings.data_dir.join(WATERMARK_FILE));
-    let previous = watermark.load();
     let what = format!("the backup {}", from.display());
-    let damaged = |why: String| BackupError::Damaged { path: from.to_owned(), why };
+    let damaged = |why: &str| BackupError::Damaged { path: from.to_owned(), why: why.to_owned() };
+    check_untrusted_sqlite(staging.path()).await.map_err(damaged)?;
+    // Brought to this mnvault's schema as `serve` would, so an older backup restores.
     let location = DatabaseLocation::Sqlite(staging.path().to_owned());
-    let store = crate::store::open(&location, OpenMode::Review, settings.database.write_timeout())
-        .await
-        .map_err(|error| damaged(format!("its database does not open ({error})")))?;
+    let store =
+        crate::store::open(&location, OpenMode::Serve, timeout).await.map_err(|error| damaged(unopened(&error)))?;
     let checked = async {
         let keys = match load_system_keys(store.as_ref(), provider.as_ref()).await {
             Ok(keys) => keys,
             Err(AuditKeyError::Unwrap { provider }) => {
                 return Err(BackupError::Foreign { what: what.clone(), provider })
             }
-            Err(AuditKeyError::Missing) => return Err(damaged("its database holds no vault (no system key)".into())),
-            Err(other) => return Err(damaged(format!("its database does not read ({other})"))),
+            Err(AuditKeyError::Missing) => return Err(damaged("its database holds no vault (no system key)")),
+            Err(_) => return Err(damaged(UNREADABLE)),
         };
         if !manifest.tag_verifies(&keys.state) {
-            return Err(damaged("its manifest's tag does not verify: it was altered".into()));
+            return Err(damaged("its manifest's tag does not verify: it was altered"));
         }
         let head = store.begin_read().await?.audit_head().await?;
         if (head.seq, hex::encode(head.hash)) != (manifest.audit_head_seq, manifest.audit_head_hash.clone()) {
-            return Err(damaged("its database does not hold the audit head its manifest records".into()));
+            return Err(damaged("its database does not hold the audit head its manifest records"));
         }
         verify(store.as_ref(), keys, what.clone(), previous.map(|mark| (mark, watermark_path(settings)))).await
     }
     .await;
     store.close().await;
     remove_side_files(staging.path());
-    let verified = checked?;
+    // What the copy's database said is never repeated: it may hold anything.
+    let verified = checked.map_err(|error| match error {
+        BackupError::Store(_) => damaged(UNREADABLE),
+        other => other,
+    })?;
 
-    let replaced = if exists { Some(move_aside(&database, settings.database.write_timeout()).await?) } else { None };
+    let (replaced, replaced_head_seq) = if exists {
+        let aside = move_aside(&database, timeout).await?;
+        let seq = audit_head_seq(&aside).await;
+        (Some(aside), seq)
+    } else {
+        (None, None)
+    };
     staging.persist(&database).map_err(|error| BackupError::Io {
         action: "put the restored database in place at",
         path: database.clone(),
         source: error.error,
     })?;
     sync_directory(directory)?;
-    accept_head(&watermark, &verified.head, settings)?;
+
+    let described = settings.database().describe();
+    let store = crate::store::open(&DatabaseLocation::Sqlite(database.clone()), OpenMode::Serve, timeout)
+        .await
+        .map_err(|error| BackupError::JobsNotCancelled { database: described.clone(), why: error.to_string() })?;
+    let cancelled = cancel_open_jobs(&store, provider, settings, &described).await;
+    store.close().await;
+    let (cancelled, now) = cancelled?;
+    accept_head(&watermark, &now, settings)?;
     Ok(RestoreReport {
-        database: settings.database().describe(),
+        database: described,
         backup: Some((from.to_owned(), manifest)),
         replaced,
         head: verified.head,
         records: verified.records,
         jobs: verified.jobs,
         previous_watermark: previous,
+        replaced_head_seq,
+        cancelled,
+        watermark: now,
     })
 }
 
 /// Takes on a database restored by other means (`pg_restore`,
-/// point-in-time recovery, a SQLite file copied back): verifies it as
-/// `mnvault audit verify` does and moves this host's chain watermark to its
-/// head, so that the vault serves it instead of refusing it as rolled back.
+/// point-in-time recovery, a SQLite file copied back): brings it to this
+/// mnvault's schema as `serve` would, verifies it as `mnvault audit verify`
+/// does, cancels its open filing jobs and moves this host's chain watermark
+/// to its head, so that the vault serves it instead of refusing it as
+/// rolled back.
 pub async fn adopt(settings: &Settings) -> Result<RestoreReport, BackupError> {
     let location = settings.database();
     if !location.may_exist() {
         return Err(BackupError::NoDatabase(location.describe()));
     }
+    check_owner(&settings.data_dir)?;
     let _lock = ServingLock::exclusive(&settings.data_dir)?;
+    let watermark = FileWatermark::new(watermark_path(settings));
+    let previous = watermark.read()?;
     let provider = root_key(settings)?;
-    let watermark = FileWatermark::new(settings.data_dir.join(WATERMARK_FILE));
-    let previous = watermark.load();
-    let what = format!("the database ({})", location.describe());
-    let store = crate::store::open(&location, OpenMode::Review, settings.database.write_timeout()).await?;
+    let described = location.describe();
+    let what = format!("the database ({described})");
+    let unreadable = |why: &'static str| BackupError::Unreadable { what: what.clone(), why };
+    if let DatabaseLocation::Sqlite(path) = &location {
+        check_untrusted_sqlite(path).await.map_err(unreadable)?;
+    }
+    let store = crate::store::open(&location, OpenMode::Serve, settings.database.write_timeout())
+        .await
+        .map_err(|error| unreadable(unopened(&error)))?;
     let checked = async {
         let keys = match load_system_keys(store.as_ref(), provider.as_ref()).await {
             Ok(keys) => keys,
             Err(AuditKeyError::Unwrap { provider }) => {
                 return Err(BackupError::Foreign { what: what.clone(), provider })
             }
-            Err(other) => return Err(other.into()),
+            Err(AuditKeyError::Missing) => return Err(unreadable("holds no vault (no system key)")),
+            Err(_) => return Err(unreadable(UNREADABLE)),
         };
-        verify(store.as_ref(), keys, what.clone(), previous.map(|mark| (mark, watermark_path(settings)))).await
+        let verified =
+            verify(store.as_ref(), keys, what.clone(), previous.map(|mark| (mark, watermark_path(settings)))).await;
+        // What the database said is never repeated: it may have been put back by anyone.
+        let verified = verified.map_err(|error| match error {
+            BackupError::Store(_) => unreadable(UNREADABLE),
+            other => other,
+        })?;
+        let (cancelled, now) = cancel_open_jobs(&store, provider.clone(), settings, &described).await?;
+        Ok((verified, cancelled, now))
     }
     .await;
     store.close().await;
-    let verified = checked?;
-    accept_head(&watermark, &verified.head, settings)?;
+    let (verified, cancelled, now) = checked?;
+    accept_head(&watermark, &now, settings)?;
     Ok(RestoreReport {
-        database: location.describe(),
+        database: described,
         backup: None,
         replaced: None,
         head: verified.head,
         records: verified.records,
         jobs: verified.jobs,
         previous_watermark: previous,
+        replaced_head_seq: None,
+        cancelled,
+        watermark: now,
     })
+}
+
+/// What a database that does not read as an mnvault database is said to be.
+const UNREADABLE: &str = "does not read as an mnvault database";
+
+/// A fixed sentence for a store that did not open: the database's own error
+/// text is not repeated (it may hold anything, even a number).
+fn unopened(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Unavailable(_) => "cannot be reached, or stays busy: check that it runs and nothing else holds it",
+        StoreError::Migration(_) => {
+            "cannot be brought to this mnvault's schema (is it from a newer mnvault, or changed by hand?)"
+        }
+        _ => UNREADABLE,
+    }
+}
+
+/// Refuses a restore or adoption by another user than the data directory's
+/// owner: files it writes (the database, the watermark) would end up owned
+/// by that user, and the vault could not open them.
+fn check_owner(data_dir: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(data_dir).map_err(io_error("read", data_dir))?.uid();
+    let euid = rustix::process::geteuid().as_raw();
+    if owner != euid {
+        return Err(BackupError::NotOwner { data_dir: data_dir.to_owned(), owner, euid });
+    }
+    Ok(())
+}
+
+/// Cancels, as [`RESTORE_PRINCIPAL`], every filing job of the restored
+/// database still pending or approved: its release counts are the backup's,
+/// so a job left open would release again what it released after the
+/// backup. Always, not only when this host saw entries lost: on PostgreSQL
+/// other replicas' releases never moved this host's watermark. Returns the
+/// jobs cancelled and the audit head after.
+async fn cancel_open_jobs(
+    store: &Arc<dyn Store>,
+    provider: Arc<dyn RootKeyProvider>,
+    settings: &Settings,
+    database: &str,
+) -> Result<(Vec<JobId>, ChainHead), BackupError> {
+    let failed = |why: String| BackupError::JobsNotCancelled { database: database.to_owned(), why };
+    let by = Principal::parse(RESTORE_PRINCIPAL).expect("the restore principal is a valid name");
+    let core = VaultCore::open(store.clone(), provider, Policy::new(&settings.principals))
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    let cancelled =
+        core.cancel_open_jobs(&by, RESTORE_CANCEL_REASON).await.map_err(|error| failed(error.to_string()))?;
+    let head =
+        async { store.begin_read().await?.audit_head().await }.await.map_err(|error| failed(error.to_string()))?;
+    Ok((cancelled, head))
+}
+
+/// Connection options for a SQLite file this vault did not just write (a
+/// backup's copy, a file put back by hand): nothing its schema names runs
+/// with more than innocuous functions, nothing is written, and damaged pages
+/// are caught.
+fn untrusted_sqlite(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .pragma("trusted_schema", "OFF")
+        .pragma("query_only", "ON")
+        .pragma("cell_size_check", "ON")
+}
+
+/// Checks, before any other query runs on it, that the SQLite file at `path`
+/// is whole and holds only what an mnvault database holds: tables and
+/// indexes; no view, trigger or virtual table, whose code would run on the
+/// vault's reads. The reason is a fixed sentence: what the file says is
+/// never repeated.
+async fn check_untrusted_sqlite(path: &Path) -> Result<(), &'static str> {
+    let mut connection =
+        SqliteConnection::connect_with(&untrusted_sqlite(path)).await.map_err(|_| "its database does not open")?;
+    let checked = async {
+        let quick: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&mut connection)
+            .await
+            .map_err(|_| "its database does not read as SQLite")?;
+        if quick != ["ok"] {
+            return Err("its database is damaged (SQLite's quick check fails)");
+        }
+        let objects: Vec<(String, String)> = sqlx::query_as("SELECT type, COALESCE(sql, '') FROM sqlite_master")
+            .fetch_all(&mut connection)
+            .await
+            .map_err(|_| "its database does not read as SQLite")?;
+        let expected = |(kind, sql): &(String, String)| {
+            kind == "index" || (kind == "table" && !sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL"))
+        };
+        if !objects.iter().all(expected) {
+            return Err("its database holds views, triggers or virtual tables, which no mnvault database has");
+        }
+        Ok(())
+    }
+    .await;
+    let _ = connection.close().await;
+    checked
+}
+
+/// The audit head's sequence number in the SQLite file at `path`, if it reads.
+async fn audit_head_seq(path: &Path) -> Option<u64> {
+    check_untrusted_sqlite(path).await.ok()?;
+    let mut connection = SqliteConnection::connect_with(&untrusted_sqlite(path)).await.ok()?;
+    let seq: Result<Option<i64>, _> =
+        sqlx::query_scalar("SELECT MAX(seq) FROM audit_entries").fetch_one(&mut connection).await;
+    let _ = connection.close().await;
+    seq.ok().map(|seq| seq.map_or(0, |seq| u64::try_from(seq).unwrap_or_default()))
 }
 
 /// What [`verify`] found in a database that verifies.
@@ -577,7 +842,13 @@ async fn verify(
         if mark.seq <= head.seq {
             let filter = AuditFilter { after_seq: mark.seq.saturating_sub(1), limit: 1, ..AuditFilter::default() };
             let entry = store.begin_read().await?.audit_entries(&filter).await?.pop();
-            if entry.is_none_or(|entry| entry.seq != mark.seq || entry.hash != mark.hash) {
+            // Another host's restore or adoption of this database (PostgreSQL)
+            // may have appended its cancellations where this host's watermark
+            // points; the chain verified, so that entry is the vault's own.
+            let adopted_elsewhere = |principal: &str| principal == RESTORE_PRINCIPAL;
+            if entry.is_none_or(|entry| {
+                (entry.seq != mark.seq || entry.hash != mark.hash) && !adopted_elsewhere(&entry.principal)
+            }) {
                 return Err(BackupError::ForksFromWatermark { what, seq: mark.seq, watermark: path });
             }
         }
@@ -613,8 +884,8 @@ fn accept_head(watermark: &FileWatermark, head: &ChainHead, settings: &Settings)
     watermark.write(head).map_err(io_error("write the chain watermark", &path))
 }
 
-fn root_key(settings: &Settings) -> Result<Box<dyn RootKeyProvider>, BackupError> {
-    Ok(Box::new(RootKeyFile::open(&settings.resolve(&settings.root_key.file))?))
+fn root_key(settings: &Settings) -> Result<Arc<dyn RootKeyProvider>, BackupError> {
+    Ok(Arc::new(RootKeyFile::open(&settings.resolve(&settings.root_key.file))?))
 }
 
 /// The vault's id: SHA-256 of its wrapped system key.
@@ -919,6 +1190,11 @@ mod tests {
         assert!(ServingLock::serving(dir.path()).unwrap().is_some());
         let mode = std::fs::metadata(dir.path().join(SERVING_LOCK_FILE)).unwrap();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_restore_principal_is_a_valid_name() {
+        assert!(Principal::parse(RESTORE_PRINCIPAL).is_ok());
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum StartupError {
     /// A restore holds the data directory.
     #[error(transparent)]
     Restore(#[from] crate::backup::BackupError),
+    /// This host's chain watermark exists but cannot be used.
+    #[error(transparent)]
+    Watermark(#[from] crate::watermark::WatermarkError),
     /// The database file does not exist.
     #[error("no database at {0}; initialise the data directory with `mnvault init` (or `mnvault serve --dev`)")]
     NoDatabase(String),
@@ -125,6 +128,8 @@ impl Application {
         settings.server.validate().map_err(StartupError::Limits)?;
         let watermark = crate::watermark::FileWatermark::new(settings.data_dir.join(crate::watermark::WATERMARK_FILE));
         let _serving = crate::backup::ServingLock::serving(&settings.data_dir)?;
+        // An unusable watermark refuses the start rather than pass for none.
+        watermark.read()?;
         // The core gets a store and a key provider that count their failures.
         let metrics = Arc::new(Metrics::new());
         let provider = metrics.metered_keys(root_key_provider(settings)?);

@@ -382,11 +382,56 @@ on_both_backends! {
         let refused = format!("{:#}", app.cli(&["restore", "--adopt"]).await.unwrap_err());
         assert!(refused.contains("does not verify") && refused.contains("audit chain is broken at"), "{refused}");
         assert_eq!(std::fs::read(&watermark).unwrap(), kept, "a refused adoption moved the watermark");
+        // Refused before any job was cancelled: no mark is left.
+        let pending = mnvault::backup::restore_pending_path(app.path());
+        assert!(!pending.exists(), "a refused adoption left a mark");
 
         db.exec(&format!("UPDATE audit_entries SET principal = '{principal}' WHERE seq = 2")).await;
         let adopted = app.cli(&["restore", "--adopt"]).await.unwrap();
         assert!(adopted.contains("nothing this host verified is lost"), "{adopted}");
+        assert!(!pending.exists(), "a finished adoption left its mark");
+        let restarted = spawn_replica(&app).await;
+        tokenize_fresh(&restarted, 1).await;
     }
+
+    async fn an_unfinished_restore_refuses_the_start_until_adopt_finishes_it(backend) {
+        let mut app = spawn_app(&backend).await;
+        let tokens = tokenize_fresh(&app, 2).await;
+        let job = approved_job(&app, &tokens, 1).await;
+        app.stop().await;
+        // As a restore killed after it began changing the data directory leaves it.
+        let pending = mnvault::backup::restore_pending_path(app.path());
+        std::fs::write(&pending, "a restore or adoption began\n").unwrap();
+        assert_start_refused_until_adopted(&app).await;
+        // A refused adoption does not take away a mark it did not write.
+        let mut db = app.database().await;
+        let principal = db.text("SELECT principal FROM audit_entries WHERE seq = 2").await;
+        db.exec("UPDATE audit_entries SET principal = 'mallory' WHERE seq = 2").await;
+        let refused = format!("{:#}", app.cli(&["restore", "--adopt"]).await.unwrap_err());
+        assert!(refused.contains("does not verify"), "{refused}");
+        assert!(pending.exists(), "a refused adoption removed the mark of an unfinished restore");
+        assert_start_refused_until_adopted(&app).await;
+        db.exec(&format!("UPDATE audit_entries SET principal = '{principal}' WHERE seq = 2")).await;
+
+        let adopted = app.cli(&["restore", "--adopt"]).await.unwrap();
+        assert!(adopted.contains(&format!("cancelled 1 open filing jobs: {job}")), "{adopted}");
+        assert!(!pending.exists(), "a finished adoption left its mark");
+        let restarted = spawn_replica(&app).await;
+        let (code, _) = refusal(restarted.client("filer").await.detokenize(&job, tokens).await);
+        assert_eq!(code, Code::FailedPrecondition);
+    }
+}
+
+/// Asserts that no vault of `app`'s data directory starts, and that the
+/// refusal says how to finish.
+async fn assert_start_refused_until_adopted(app: &TestApp) {
+    let settings = mnvault::config::Settings::load(app.path()).unwrap();
+    let refused = mnvault::startup::Application::build(&settings).await.err().expect("the start is refused");
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("a restore or adopt did not finish") && refused.contains("run `mnvault restore --adopt`"),
+        "{refused}"
+    );
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

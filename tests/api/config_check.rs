@@ -139,6 +139,25 @@ async fn secrets_never_show() {
     assert!(!error.contains("s3cret-pw") && !error.contains("other-pw"), "{error}");
 }
 
+#[tokio::test]
+async fn the_vaults_own_principal_names_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vault.toml");
+    let (path, data) = (file.to_str().unwrap(), dir.path().to_str().unwrap());
+    let mut text = REQUIRED.to_owned();
+    for name in mnvault::identity::RESERVED_PRINCIPALS {
+        text += &format!("[principals.{name}]\nroles = [\"admin\"]\ntenants = [\"*\"]\n");
+    }
+    text += "[principals.sato]\nroles = [\"requester\"]\ntenants = [\"*\"]\n";
+    std::fs::write(&file, text).unwrap();
+    let error = mnvault(&["config", "check", "--no-files", "--config", path, "--data-dir", data]).await.unwrap_err();
+    for name in ["mnvault-init", "mnvault-restore", "mnvault-reload"] {
+        let expected = format!("{path}: principals.{name}: is a name the vault keeps for its own audit entries");
+        assert!(error.contains(&expected), "{name}: {error}");
+    }
+    assert!(error.starts_with("3 problem(s)") && !error.contains("principals.sato"), "{error}");
+}
+
 on_both_backends! {
     async fn a_vault_passes_its_own_check(backend) {
         let app = spawn_app(&backend).await;

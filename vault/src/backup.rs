@@ -53,6 +53,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mnvault_core::audit::{AuditRecord, Operation};
 use mnvault_core::authz::Policy;
 use mnvault_core::id::{JobId, Principal};
 use mnvault_core::integrity::Integrity;
@@ -81,6 +82,9 @@ pub const MANIFEST_ENTRY: &str = "manifest.toml";
 pub const DATABASE_ENTRY: &str = "vault.db";
 /// The lock a serving vault holds (shared) and a restore takes (exclusive).
 pub const SERVING_LOCK_FILE: &str = "serving.lock";
+/// Marks a data directory whose restore or adoption has begun to change it
+/// and not yet finished: no vault starts while it is there.
+pub const RESTORE_PENDING_FILE: &str = "restore-pending";
 /// The principal the audit entries of a restore's or adoption's job
 /// cancellations name: the vault cannot tell who ran the command.
 pub const RESTORE_PRINCIPAL: &str = "mnvault-restore";
@@ -209,6 +213,18 @@ pub enum BackupError {
         owner: u32,
         /// The effective user id of this process.
         euid: u32,
+    },
+    /// The verified copy's open filing jobs could not be cancelled; it was
+    /// not put in place.
+    #[error(
+        "the open filing jobs of {what} could not be cancelled in the verified copy ({why}), so it was not put in \
+         place; nothing was changed"
+    )]
+    CopyJobsNotCancelled {
+        /// The backup file.
+        what: String,
+        /// Why.
+        why: String,
     },
     /// The database is in place and verified, but its open filing jobs
     /// could not all be cancelled; this host's watermark was not moved.
@@ -598,16 +614,33 @@ pub async fn restore(settings: &Settings, from: &Path, force: bool) -> Result<Re
         if (head.seq, hex::encode(head.hash)) != (manifest.audit_head_seq, manifest.audit_head_hash.clone()) {
             return Err(damaged("its database does not hold the audit head its manifest records"));
         }
-        verify(store.as_ref(), keys, what.clone(), previous.map(|mark| (mark, watermark_path(settings)))).await
+        let verified =
+            verify(store.as_ref(), keys, what.clone(), previous.map(|mark| (mark, watermark_path(settings)))).await?;
+        // Cancelled in the copy, so the file that lands in the data
+        // directory has no open job, however the restore ends after.
+        let (cancelled, now) = cancel_open_jobs(&store, provider.clone(), settings, &what)
+            .await
+            .map_err(|error| BackupError::CopyJobsNotCancelled { what: what.clone(), why: error.to_string() })?;
+        Ok((verified, cancelled, now))
     }
     .await;
     store.close().await;
+    // The cancellations go into the copy's file itself, not a WAL beside it.
+    let checked = match checked {
+        Ok(done) => fold_wal(staging.path(), timeout)
+            .await
+            .map(|()| done)
+            .map_err(|why| BackupError::CopyJobsNotCancelled { what: what.clone(), why }),
+        Err(error) => Err(error),
+    };
     remove_side_files(staging.path());
     // What the copy's database said is never repeated: it may hold anything.
-    let verified = checked.map_err(|error| match error {
+    let (verified, cancelled, now) = checked.map_err(|error| match error {
         BackupError::Store(_) => damaged(UNREADABLE),
         other => other,
     })?;
+
+    let pending = mark_restore_pending(settings)?;
 
     let (replaced, replaced_head_seq) = if exists {
         let aside = move_aside(&database, timeout).await?;
@@ -622,17 +655,10 @@ pub async fn restore(settings: &Settings, from: &Path, force: bool) -> Result<Re
         source: error.error,
     })?;
     sync_directory(directory)?;
-
-    let described = settings.database().describe();
-    let store = crate::store::open(&DatabaseLocation::Sqlite(database.clone()), OpenMode::Serve, timeout)
-        .await
-        .map_err(|error| BackupError::JobsNotCancelled { database: described.clone(), why: error.to_string() })?;
-    let cancelled = cancel_open_jobs(&store, provider, settings, &described).await;
-    store.close().await;
-    let (cancelled, now) = cancelled?;
     accept_head(&watermark, &now, settings)?;
+    clear_restore_pending(&pending, settings)?;
     Ok(RestoreReport {
-        database: described,
+        database: settings.database().describe(),
         backup: Some((from.to_owned(), manifest)),
         replaced,
         head: verified.head,
@@ -667,17 +693,32 @@ pub async fn adopt(settings: &Settings) -> Result<RestoreReport, BackupError> {
     if let DatabaseLocation::Sqlite(path) = &location {
         check_untrusted_sqlite(path).await.map_err(unreadable)?;
     }
-    let store = crate::store::open(&location, OpenMode::Serve, settings.database.write_timeout())
-        .await
-        .map_err(|error| unreadable(unopened(&error)))?;
+    // From here the database may change. Once its cancellations have begun,
+    // the mark stays until the watermark has moved, whatever fails; a
+    // refusal before them leaves the database's jobs as they were, and the
+    // mark as it was.
+    let unfinished_before = std::fs::symlink_metadata(restore_pending_path(&settings.data_dir)).is_ok();
+    let pending = mark_restore_pending(settings)?;
+    let refused = |error: BackupError| {
+        if !unfinished_before {
+            if let Err(error) = clear_restore_pending(&pending, settings) {
+                tracing::warn!(%error, "cannot remove the mark of a refused adoption");
+            }
+        }
+        error
+    };
+    let store = match crate::store::open(&location, OpenMode::Serve, settings.database.write_timeout()).await {
+        Ok(store) => store,
+        Err(error) => return Err(refused(unreadable(unopened(&error)))),
+    };
     let checked = async {
         let keys = match load_system_keys(store.as_ref(), provider.as_ref()).await {
             Ok(keys) => keys,
             Err(AuditKeyError::Unwrap { provider }) => {
-                return Err(BackupError::Foreign { what: what.clone(), provider })
+                return Err((BackupError::Foreign { what: what.clone(), provider }, false))
             }
-            Err(AuditKeyError::Missing) => return Err(unreadable("holds no vault (no system key)")),
-            Err(_) => return Err(unreadable(UNREADABLE)),
+            Err(AuditKeyError::Missing) => return Err((unreadable("holds no vault (no system key)"), false)),
+            Err(_) => return Err((unreadable(UNREADABLE), false)),
         };
         let verified =
             verify(store.as_ref(), keys, what.clone(), previous.map(|mark| (mark, watermark_path(settings)))).await;
@@ -685,14 +726,21 @@ pub async fn adopt(settings: &Settings) -> Result<RestoreReport, BackupError> {
         let verified = verified.map_err(|error| match error {
             BackupError::Store(_) => unreadable(UNREADABLE),
             other => other,
-        })?;
-        let (cancelled, now) = cancel_open_jobs(&store, provider.clone(), settings, &described).await?;
+        });
+        let verified = verified.map_err(|error| (error, false))?;
+        let (cancelled, now) =
+            cancel_open_jobs(&store, provider.clone(), settings, &described).await.map_err(|error| (error, true))?;
         Ok((verified, cancelled, now))
     }
     .await;
     store.close().await;
-    let (verified, cancelled, now) = checked?;
+    let (verified, cancelled, now) = match checked {
+        Ok(done) => done,
+        Err((error, true)) => return Err(error),
+        Err((error, false)) => return Err(refused(error)),
+    };
     accept_head(&watermark, &now, settings)?;
+    clear_restore_pending(&pending, settings)?;
     Ok(RestoreReport {
         database: described,
         backup: None,
@@ -845,10 +893,15 @@ async fn verify(
             // Another host's restore or adoption of this database (PostgreSQL)
             // may have appended its cancellations where this host's watermark
             // points; the chain verified, so that entry is the vault's own.
-            let adopted_elsewhere = |principal: &str| principal == RESTORE_PRINCIPAL;
-            if entry.is_none_or(|entry| {
-                (entry.seq != mark.seq || entry.hash != mark.hash) && !adopted_elsewhere(&entry.principal)
-            }) {
+            // No configured principal or certificate may take that name.
+            let adopted_elsewhere = |entry: &AuditRecord| {
+                entry.principal == RESTORE_PRINCIPAL
+                    && entry.operation == Operation::CancelFilingJob.id()
+                    && entry.reason == RESTORE_CANCEL_REASON
+            };
+            if entry
+                .is_none_or(|entry| (entry.seq != mark.seq || entry.hash != mark.hash) && !adopted_elsewhere(&entry))
+            {
                 return Err(BackupError::ForksFromWatermark { what, seq: mark.seq, watermark: path });
             }
         }
@@ -863,6 +916,54 @@ async fn verify(
         )));
     }
     Ok(Verified { head, records: state.records, jobs: state.jobs })
+}
+
+/// Where the mark of an unfinished restore or adoption of `data_dir` is.
+pub fn restore_pending_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(RESTORE_PENDING_FILE)
+}
+
+/// Writes (durably) the mark that a restore or adoption is changing the
+/// data directory; returns where.
+fn mark_restore_pending(settings: &Settings) -> Result<PathBuf, BackupError> {
+    let path = restore_pending_path(&settings.data_dir);
+    let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).and_then(
+        |mut file| {
+            let at = rfc3339(OffsetDateTime::now_utc());
+            writeln!(file, "a restore or adoption began at {at}; run `mnvault restore --adopt` to finish it")?;
+            file.sync_all()
+        },
+    );
+    written.map_err(io_error("write", &path))?;
+    sync_directory(&settings.data_dir)?;
+    Ok(path)
+}
+
+/// Removes the mark once the cancellations and the watermark move are done.
+fn clear_restore_pending(path: &Path, settings: &Settings) -> Result<(), BackupError> {
+    std::fs::remove_file(path).map_err(io_error("remove", path))?;
+    sync_directory(&settings.data_dir)
+}
+
+/// Folds the WAL of the closed SQLite file at `path` into it; a pool that
+/// is letting go of the file gets up to `timeout`.
+async fn fold_wal(path: &Path, timeout: Duration) -> Result<(), String> {
+    let options = SqliteConnectOptions::new().filename(path).busy_timeout(timeout);
+    let mut connection = SqliteConnection::connect_with(&options).await.map_err(|error| error.to_string())?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let folded = loop {
+        let mode: Result<String, _> =
+            sqlx::query_scalar("PRAGMA journal_mode = DELETE").fetch_one(&mut connection).await;
+        match mode {
+            Ok(mode) if mode.eq_ignore_ascii_case("delete") => break Ok(()),
+            Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {}
+            Ok(mode) => break Err(format!("its journal stays in mode {mode}")),
+            Err(error) => break Err(error.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = connection.close().await;
+    folded
 }
 
 fn watermark_path(settings: &Settings) -> PathBuf {

@@ -8,6 +8,17 @@
 
 use mnvault_core::id::Principal;
 
+/// The names the vault's own audit entries carry (initialisation, restore
+/// and adoption, reload): no certificate or configured principal may take
+/// one, so no caller writes entries the vault would take for its own.
+pub const RESERVED_PRINCIPALS: [&str; 3] =
+    [crate::datadir::INIT_PRINCIPAL, crate::backup::RESTORE_PRINCIPAL, crate::reload::RELOAD_PRINCIPAL];
+
+/// Whether `name` is one of [`RESERVED_PRINCIPALS`].
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_PRINCIPALS.contains(&name)
+}
+
 /// Why a client certificate names no usable principal. Never repeats the
 /// certificate's text.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +42,12 @@ pub enum IdentityError {
          UTF8String or PrintableString"
     )]
     CommonNameNotUtf8,
+    /// The Common Name is one of the vault's own names.
+    #[error(
+        "the client certificate's Common Name (CN) is a name the vault keeps for its own audit entries; reissue it \
+         with another principal name"
+    )]
+    ReservedPrincipal,
     /// The Common Name is not a valid principal name.
     #[error("the client certificate's Common Name (CN) is not usable: {0}")]
     InvalidPrincipal(#[from] mnvault_core::id::IdError),
@@ -49,7 +66,11 @@ pub fn principal_from_certificate(der: &[u8]) -> Result<Principal, IdentityError
         return Err(IdentityError::MultipleCommonNames);
     }
     let name = cn.as_str().map_err(|_| IdentityError::CommonNameNotUtf8)?;
-    Ok(Principal::parse(name)?)
+    let principal = Principal::parse(name)?;
+    if is_reserved(principal.as_str()) {
+        return Err(IdentityError::ReservedPrincipal);
+    }
+    Ok(principal)
 }
 
 #[cfg(test)]
@@ -62,6 +83,19 @@ mod tests {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn;
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_naming_a_reserved_principal_is_refused() {
+        for name in RESERVED_PRINCIPALS {
+            assert!(Principal::parse(name).is_ok(), "{name}");
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, name);
+            assert!(
+                matches!(principal_from_certificate(&cert_with_subject(dn)), Err(IdentityError::ReservedPrincipal)),
+                "{name}"
+            );
+        }
     }
 
     #[test]

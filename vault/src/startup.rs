@@ -44,6 +44,13 @@ pub enum StartupError {
     /// A restore holds the data directory.
     #[error(transparent)]
     Restore(#[from] crate::backup::BackupError),
+    /// A restore or adoption began changing the data directory and did not
+    /// finish: its open filing jobs may not all be cancelled.
+    #[error(
+        "a restore or adopt did not finish ({0} is there); run `mnvault restore --adopt` to finish it, then start \
+         the vault"
+    )]
+    RestorePending(std::path::PathBuf),
     /// This host's chain watermark exists but cannot be used.
     #[error(transparent)]
     Watermark(#[from] crate::watermark::WatermarkError),
@@ -128,6 +135,10 @@ impl Application {
         settings.server.validate().map_err(StartupError::Limits)?;
         let watermark = crate::watermark::FileWatermark::new(settings.data_dir.join(crate::watermark::WATERMARK_FILE));
         let _serving = crate::backup::ServingLock::serving(&settings.data_dir)?;
+        let pending = crate::backup::restore_pending_path(&settings.data_dir);
+        if std::fs::symlink_metadata(&pending).is_ok() {
+            return Err(StartupError::RestorePending(pending));
+        }
         // An unusable watermark refuses the start rather than pass for none.
         watermark.read()?;
         // The core gets a store and a key provider that count their failures.

@@ -413,8 +413,7 @@ impl VaultCore {
         Ok(job)
     }
 
-    /// Cancels, as `by`, every job that could still be approved or release
-    /// a number, each in its own audited transaction with `reason`; returns
+    /// Cancels, as `by`, every job not cancelled yet, each in its own audited transaction with `reason`; returns
     /// the jobs cancelled. After a restore the release counts are the
     /// backup's: releases made after it are gone from them, so a job left
     /// open could release the same numbers again. New jobs, approved anew by
@@ -431,7 +430,9 @@ impl VaultCore {
                 let Ok(job_id) = JobId::parse(&id) else { continue };
                 let mut tx = self.store.begin_write().await?;
                 let (mut job, terms_tag, now) = self.lock_job(tx.as_mut(), &job_id).await?;
-                if matches!(job.state(now), JobState::Cancelled | JobState::Expired) {
+                // An expired job is cancelled too: expiry is judged by each
+                // replica's clock, and clocks disagree or get corrected.
+                if job.state(now) == JobState::Cancelled {
                     continue;
                 }
                 let mut draft = AuditDraft::by(by, Operation::CancelFilingJob, Some(&job.terms.tenant));

@@ -90,6 +90,9 @@ pub(super) fn values(settings: &Settings) -> Vec<(String, String)> {
     for (name, grant) in &settings.principals {
         if let Err(error) = Principal::parse(name) {
             problems.push((format!("principals.{name}"), format!("{error}; it names a client certificate")));
+        } else if crate::identity::is_reserved(name) {
+            let reason = "is a name the vault keeps for its own audit entries; no principal may take it";
+            problems.push((format!("principals.{name}"), reason.to_owned()));
         }
         for (i, tenant) in grant.tenants.iter().enumerate().filter(|(_, tenant)| *tenant != "*") {
             if let Err(error) = TenantId::parse(tenant) {

@@ -413,8 +413,8 @@ impl VaultCore {
         Ok(job)
     }
 
-    /// Cancels, as `by`, every job not cancelled yet, each in its own audited transaction with `reason`; returns
-    /// the jobs cancelled. After a restore the release counts are the
+    /// Cancels, as `by`, every job not cancelled yet, each in its own
+    /// audited transaction with `reason`; returns the jobs cancelled. After a restore the release counts are the
     /// backup's: releases made after it are gone from them, so a job left
     /// open could release the same numbers again. New jobs, approved anew by
     /// a second person, are the way on.

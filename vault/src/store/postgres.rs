@@ -34,11 +34,11 @@ use async_trait::async_trait;
 use mnvault_core::audit::AuditRecord;
 use mnvault_core::id::{JobId, Principal, TenantId, Token, TokenFormat};
 use mnvault_core::job::JobTerms;
+use mnvault_core::store::PoolUsage;
 use mnvault_core::store::{
     AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, ReadTx, RecordRow, Store, StoreError, StoredTenant,
     WriteTx,
 };
-use mnvault_core::store::PoolUsage;
 use mnvault_keys::{BlindIndex, WrappedKey};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row, Transaction};

@@ -952,12 +952,15 @@ async fn fold_wal(path: &Path, timeout: Duration) -> Result<(), String> {
     let mut connection = SqliteConnection::connect_with(&options).await.map_err(|error| error.to_string())?;
     let deadline = tokio::time::Instant::now() + timeout;
     let folded = loop {
-        let mode: Result<String, _> =
-            sqlx::query_scalar("PRAGMA journal_mode = DELETE").fetch_one(&mut connection).await;
-        match mode {
-            Ok(mode) if mode.eq_ignore_ascii_case("delete") => break Ok(()),
+        // A TRUNCATE checkpoint copies every frame into the file and empties
+        // the WAL; unlike leaving WAL mode it does not need the only
+        // connection, so a pool connection still closing does not stop it.
+        let checkpoint: Result<(i64, i64, i64), _> =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut connection).await;
+        match checkpoint {
+            Ok((0, _, _)) => break Ok(()),
             Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {}
-            Ok(mode) => break Err(format!("its journal stays in mode {mode}")),
+            Ok(_) => break Err("its WAL could not be checkpointed: the file stays in use".into()),
             Err(error) => break Err(error.to_string()),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

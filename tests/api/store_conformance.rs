@@ -181,6 +181,75 @@ on_both_backends! {
         assert_eq!(runs[0].iter().collect::<HashSet<_>>().len(), 20);
     }
 
+    async fn concurrent_single_calls_share_commits_yet_each_is_answered_and_audited_alone(backend) {
+        let (core, _dir) = fresh_core(&backend).await;
+        let other = TenantId::parse("other").unwrap();
+        let draft = AuditDraft::by(&alice(), Operation::CreateTenant, Some(&other));
+        core.create_tenant(&alice(), &other, FreeText::default(), &draft).await.unwrap();
+        let numbers = valid_numbers(8);
+        // One number already known, so batches mix known and new numbers.
+        let first = tokenize(&core, &numbers[..1]).await[0].clone();
+        // Each number three times, in both tenants and both formats, all at once:
+        // the group commit puts calls of different tenants, formats and the
+        // same number into one transaction.
+        let mut calls = Vec::new();
+        for tenant in [demo(), other.clone()] {
+            for format in [TokenFormat::Opaque, TokenFormat::LegacyDigits] {
+                for number in &numbers {
+                    for _ in 0..3 {
+                        calls.push((tenant.clone(), format, number.clone(), mnvault_core::mint::draw_request_id()));
+                    }
+                }
+            }
+        }
+        let answers = join_all(calls.iter().cloned().map(|(tenant, format, number, request_id)| {
+            let core = core.clone();
+            tokio::spawn(async move {
+                let draft = AuditDraft {
+                    request_id: Some(request_id),
+                    ..AuditDraft::by(&alice(), Operation::Tokenize, Some(&tenant))
+                };
+                let number = MyNumber::parse(&number).unwrap();
+                let mut tokenized = core.tokenize(&alice(), &tenant, format, &[number], &draft).await.unwrap();
+                assert_eq!(tokenized.len(), 1);
+                tokenized.pop().unwrap()
+            })
+        }))
+        .await;
+        let answers: Vec<_> = answers.into_iter().map(|answer| answer.unwrap()).collect();
+        // Per tenant, format and number: one token for every call, created by exactly one
+        // of them (none for the number known before), distinct from every other number's.
+        let mut by_key: BTreeMap<(String, &'static str, String), Vec<&mnvault_core::vault::Tokenized>> = BTreeMap::new();
+        for ((tenant, format, number, _), answer) in calls.iter().zip(&answers) {
+            by_key.entry((tenant.to_string(), format.id(), number.clone())).or_default().push(answer);
+        }
+        assert_eq!(by_key.len(), 32);
+        let mut tokens = HashSet::new();
+        for ((tenant, format, number), answers) in &by_key {
+            assert!(answers.iter().all(|a| a.token == answers[0].token), "one token for {tenant}/{format}");
+            let created = answers.iter().filter(|a| a.created).count();
+            let known_before = tenant == "demo" && *format == "opaque" && number == &numbers[0];
+            assert_eq!(created, usize::from(!known_before), "created once for {tenant}/{format}");
+            if known_before {
+                assert_eq!(answers[0].token, first);
+            }
+            assert!(tokens.insert(answers[0].token.clone()), "tokens differ across tenants, formats and numbers");
+        }
+        // Each call has its own audit entry, under its tenant, naming its token alone.
+        let mut read = core.store().begin_read().await.unwrap();
+        for ((tenant, _, _, request_id), answer) in calls.iter().zip(&answers) {
+            let filter = AuditFilter { request_id: Some(request_id.clone()), limit: 10, ..Default::default() };
+            let entries = read.audit_entries(&filter).await.unwrap();
+            assert_eq!(entries.len(), 1, "one entry per call");
+            assert_eq!(entries[0].operation, "token.tokenize");
+            assert_eq!(entries[0].tenant, tenant.as_str());
+            assert_eq!(entries[0].tokens, vec![answer.token.to_string()]);
+        }
+        drop(read);
+        let verified = core.verify_chain(&alice()).await.unwrap().expect("the chain verifies");
+        assert_eq!(verified.entries, 3 + calls.len() as u64);
+    }
+
     async fn concurrent_appends_form_one_chain_without_gap_or_fork(backend) {
         let (core, _dir) = fresh_core(&backend).await;
         let seqs = join_all((0..40).map(|_| {

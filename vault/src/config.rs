@@ -59,6 +59,9 @@ pub struct Settings {
     /// The metrics listener (off by default); see [`crate::metrics::MetricsSettings`].
     #[serde(default, skip_serializing_if = "crate::metrics::MetricsSettings::is_unset")]
     pub metrics: crate::metrics::MetricsSettings,
+    /// The cache of unwrapped tenant keys; see [`KeySettings`].
+    #[serde(default)]
+    pub keys: KeySettings,
     /// The data directory this was loaded from (not part of the file).
     #[serde(skip)]
     pub data_dir: PathBuf,
@@ -70,6 +73,63 @@ pub struct Settings {
 pub struct RootKeySettings {
     /// Path of the root key file (mode 0600, outside the database).
     pub file: PathBuf,
+}
+
+/// `[keys]`: how long and for how many tenants unwrapped tenant keys stay
+/// in memory (`mnvault_core::keyring`). A miss costs a database read and a
+/// round trip to the root key provider per key. Changed only by a restart.
+///
+/// | key | default | what it bounds |
+/// |---|---|---|
+/// | `cache_ttl_ms` | 900000 | milliseconds a tenant's keys are served from memory after they were read; also how long a replica may miss a record-key version added elsewhere (at most 86400000, a day) |
+/// | `cache_tenants` | 10000 | tenants whose keys are kept; one more evicts the least recently used |
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// Milliseconds a tenant's unwrapped keys are kept after their read.
+    pub cache_ttl_ms: u64,
+    /// Tenants whose unwrapped keys are kept at most.
+    pub cache_tenants: usize,
+}
+
+/// The longest `keys.cache_ttl_ms`: a cached key set does not see a
+/// record-key version added after its read, so it must not live for long.
+pub const MAX_KEY_CACHE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        let limits = mnvault_core::keyring::KeyCacheLimits::default();
+        Self { cache_ttl_ms: limits.ttl.as_millis() as u64, cache_tenants: limits.tenants }
+    }
+}
+
+impl KeySettings {
+    /// Every value out of range, as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.cache_ttl_ms == 0 {
+            problems.push(("keys.cache_ttl_ms".into(), "must be greater than 0".into()));
+        }
+        if self.cache_ttl_ms > MAX_KEY_CACHE_TTL_MS {
+            let reason = format!(
+                "may be at most {MAX_KEY_CACHE_TTL_MS} (a day): cached keys do not see a key version added after \
+                 they were read"
+            );
+            problems.push(("keys.cache_ttl_ms".into(), reason));
+        }
+        if self.cache_tenants == 0 {
+            problems.push(("keys.cache_tenants".into(), "must be greater than 0".into()));
+        }
+        problems
+    }
+
+    /// The bounds the core's keyring keeps.
+    pub fn cache_limits(&self) -> mnvault_core::keyring::KeyCacheLimits {
+        mnvault_core::keyring::KeyCacheLimits {
+            ttl: Duration::from_millis(self.cache_ttl_ms),
+            tenants: self.cache_tenants,
+        }
+    }
 }
 
 /// The database: SQLite (embedded default) or PostgreSQL (several replicas).
@@ -982,5 +1042,28 @@ client_ca = "tls/ca.pem"
         assert_eq!(keys, ["limits.max_connections", "limits.max_large_calls"]);
         assert_eq!(limits.validate().unwrap_err(), "limits.max_connections must be greater than 0");
         assert!(LimitSettings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_key_cache_defaults_to_the_cores_bounds_and_refuses_zero_or_over_a_day() {
+        let dir = data_dir(MINIMAL);
+        let settings = Settings::load_with_environment(dir.path(), no_environment()).unwrap();
+        assert_eq!(settings.keys.cache_limits(), mnvault_core::keyring::KeyCacheLimits::default());
+        assert!(settings.keys.problems().is_empty());
+
+        let dir = data_dir(&format!("{MINIMAL}[keys]\ncache_ttl_ms = 0\n"));
+        let environment = variable("MNVAULT__KEYS__CACHE_TENANTS", "0");
+        let found = Loaded::load(dir.path(), None, environment).unwrap().value_problems();
+        let origin = |key: &str| found.iter().find(|p| p.key.as_deref() == Some(key)).map(|p| p.origin.clone());
+        assert_eq!(origin("keys.cache_ttl_ms"), Some(Origin::File(dir.path().join(CONFIG_FILE))));
+        assert_eq!(origin("keys.cache_tenants"), Some(Origin::Variable("MNVAULT__KEYS__CACHE_TENANTS".into())));
+        assert_eq!(found.len(), 2, "{found:?}");
+
+        let keys = KeySettings { cache_ttl_ms: MAX_KEY_CACHE_TTL_MS + 1, ..Default::default() };
+        let found: Vec<String> = keys.problems().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(found, ["keys.cache_ttl_ms"]);
+        let keys = KeySettings { cache_ttl_ms: 60_000, cache_tenants: 3 };
+        assert_eq!(keys.cache_limits().ttl, Duration::from_secs(60));
+        assert_eq!(keys.cache_limits().tenants, 3);
     }
 }

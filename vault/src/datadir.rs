@@ -198,6 +198,7 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
         server: Default::default(),
         log: Default::default(),
         metrics: Default::default(),
+        keys: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }
@@ -219,6 +220,7 @@ pub fn production_settings(data_dir: &Path) -> Settings {
         server: Default::default(),
         log: Default::default(),
         metrics: Default::default(),
+        keys: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }

@@ -146,7 +146,7 @@ impl Application {
         let provider = metrics.metered_keys(root_key_provider(settings)?);
         let store = metrics.metered_store(open_store(settings, OpenMode::Serve).await?);
         let core = VaultCore::open(store, provider, Policy::new(&settings.principals)).await?;
-        let core = core.with_watermark(Arc::new(watermark)).await?;
+        let core = core.with_key_cache(settings.keys.cache_limits()).with_watermark(Arc::new(watermark)).await?;
         let store = core.store().clone();
         let context = Arc::new(VaultContext::new(core, settings.limits.clone()).with_metrics(metrics));
         let live = Arc::new(crate::reload::LiveSettings::new(server_tls(settings)?, settings.server.clone()));

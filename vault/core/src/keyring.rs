@@ -1,9 +1,57 @@
-//! Tenant keys in memory: unwrapped on first use through the root key
-//! provider and cached. Unwrapped keys live only inside [`TenantKeys`], which
-//! zeroizes them; the cache never hands out key bytes.
+//! Tenant keys in memory: unwrapped through the root key provider on first
+//! use and cached for a bounded time, for a bounded number of tenants.
+//! Unwrapped keys live only inside [`TenantKeys`]; the cache never hands out
+//! key bytes.
+//!
+//! # The cache
+//!
+//! An unwrap is a round trip to the root key provider (an HSM, later) for
+//! every key of the tenant, after a database read: too slow for every call,
+//! so the result is kept, within [`KeyCacheLimits`]:
+//!
+//! - **Time.** An entry is served only while less than `ttl` has passed
+//!   since its keys were read from the database (the read before the
+//!   unwrap). After that the next call for the tenant reads and unwraps
+//!   again. There is no background task (the core has no runtime): expired
+//!   entries are dropped by the next call on the keyring, for any tenant, so
+//!   on a vault that receives no call at all they stay in memory until one
+//!   arrives.
+//! - **Tenants.** At most `tenants` entries; inserting one more drops the
+//!   least recently used.
+//! - **Rotation** (adding a record-key version, issue 7). A cached entry
+//!   does not see a version added after its read, so for up to `ttl` a
+//!   vault may keep sealing under the previous primary version and fail to
+//!   open records sealed under the new one ([`KeyError::UnknownKeyVersion`]).
+//!   [`Keyring::forget`] drops the entry on the vault that rotates; every
+//!   other replica learns of the new version within `ttl`.
+//!
+//! Concurrent misses for one tenant are single-flight: one call reads and
+//! unwraps, the others wait for it and take its entry. If it fails (tenant
+//! not found, database or provider down), nothing is cached and each waiter
+//! then tries in turn, one at a time. Misses for different tenants do not
+//! wait for each other.
+//!
+//! # What eviction wipes
+//!
+//! The cache holds an `Arc<TenantKeys>`; an entry that expires, is evicted
+//! or forgotten drops the cache's `Arc`. Calls in flight that took the keys
+//! before keep their own `Arc` until they finish, and the keys are dropped
+//! with the last one. Dropping [`TenantKeys`] wipes the AES round keys of
+//! each record-key version (the `aes` crate's `zeroize` feature, turned on
+//! in the workspace `Cargo.toml`). It does not wipe the blind-index key's
+//! HMAC state (hmac 0.12 cannot) nor the GHASH key each version's cipher
+//! keeps (polyval 0.6's dispatching backend never drops it; the `ghash` and
+//! `polyval` `zeroize` features wipe only each message's GHASH state). Both
+//! are subkeys derived for this tenant and purpose; see "Secret hygiene" in
+//! `mnvault-keys` and "Known limits" in ARCHITECTURE.md. The unwrapped key
+//! material itself ([`KeyMaterial`]) is wiped as soon as the subkeys are
+//! derived, whether the load succeeds or not.
+//!
+//! [`KeyError::UnknownKeyVersion`]: mnvault_keys::KeyError::UnknownKeyVersion
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mnvault_keys::{AuditChainKey, KeyMaterial, RootKeyProvider, StateKey, TenantKeys, WrapContext};
 
@@ -14,17 +62,63 @@ use crate::store::{NewTenant, Store, StoreError};
 /// Name of the audit-chain key in the `system_keys` table.
 pub const AUDIT_CHAIN_KEY_NAME: &str = "audit-chain";
 
+/// How long a tenant's unwrapped keys are served from memory by default.
+pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// How many tenants' unwrapped keys are kept by default.
+pub const DEFAULT_KEY_CACHE_TENANTS: usize = 10_000;
+
+/// Bounds of the keyring's cache (see the [module documentation](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCacheLimits {
+    /// How long after their read from the database a tenant's keys are
+    /// served from memory. Zero caches nothing: every call unwraps.
+    pub ttl: Duration,
+    /// How many tenants' keys are kept at most (at least one is).
+    pub tenants: usize,
+}
+
+impl Default for KeyCacheLimits {
+    fn default() -> Self {
+        Self { ttl: DEFAULT_KEY_CACHE_TTL, tenants: DEFAULT_KEY_CACHE_TENANTS }
+    }
+}
+
+/// Where the keyring reads the time; injectable so tests need not sleep.
+type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// Per tenant, the lock a miss holds while it reads and unwraps.
+type Flights = Mutex<HashMap<TenantId, Arc<futures::lock::Mutex<()>>>>;
+
 /// Unwraps and caches tenant keys.
 pub struct Keyring {
     provider: Arc<dyn RootKeyProvider>,
     store: Arc<dyn Store>,
-    tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
+    /// Never held across an `.await`.
+    cache: Mutex<Cache>,
+    flights: Flights,
+    clock: Clock,
 }
 
 impl Keyring {
-    /// A keyring over `store`, unwrapping with `provider`.
+    /// A keyring over `store`, unwrapping with `provider`, with the default
+    /// [`KeyCacheLimits`].
     pub fn new(provider: Arc<dyn RootKeyProvider>, store: Arc<dyn Store>) -> Self {
-        Self { provider, store, tenants: RwLock::new(HashMap::new()) }
+        Self::with_limits(provider, store, KeyCacheLimits::default())
+    }
+
+    /// A keyring whose cache keeps within `limits`.
+    pub fn with_limits(provider: Arc<dyn RootKeyProvider>, store: Arc<dyn Store>, limits: KeyCacheLimits) -> Self {
+        Self::with_clock(provider, store, limits, Arc::new(Instant::now))
+    }
+
+    fn with_clock(
+        provider: Arc<dyn RootKeyProvider>,
+        store: Arc<dyn Store>,
+        limits: KeyCacheLimits,
+        clock: Clock,
+    ) -> Self {
+        Self { provider, store, cache: Mutex::new(Cache::new(limits)), flights: Mutex::default(), clock }
     }
 
     /// The provider keys are unwrapped with.
@@ -32,11 +126,44 @@ impl Keyring {
         &self.provider
     }
 
-    /// The keys of `tenant`; `NotFound` if the tenant does not exist.
+    /// The bounds of the cache.
+    pub fn limits(&self) -> KeyCacheLimits {
+        self.cache.lock().expect("keyring cache").limits
+    }
+
+    /// The keys of `tenant`, from the cache or read and unwrapped now;
+    /// `NotFound` if the tenant does not exist (which is not cached).
     pub async fn tenant_keys(&self, tenant: &TenantId) -> Result<Arc<TenantKeys>, VaultError> {
-        if let Some(keys) = self.tenants.read().expect("keyring lock").get(tenant) {
-            return Ok(keys.clone());
+        if let Some(keys) = self.cached(tenant) {
+            return Ok(keys);
         }
+        let flight = Flight::join(&self.flights, tenant);
+        let _turn = flight.lock().lock().await;
+        // The call that had the turn before may have loaded them.
+        if let Some(keys) = self.cached(tenant) {
+            return Ok(keys);
+        }
+        // Taken before the read: the entry's age counts from what the database said.
+        let read_at = (self.clock)();
+        let keys = Arc::new(self.load(tenant).await?);
+        self.cache.lock().expect("keyring cache").insert(tenant, keys.clone(), read_at, (self.clock)());
+        Ok(keys)
+    }
+
+    /// Drops the cached keys of `tenant`, so the next call reads them
+    /// again (after a rotation). A miss already reading them may still
+    /// cache what it read before; its entry then expires as any other.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.cache.lock().expect("keyring cache").remove(tenant);
+    }
+
+    /// The cached keys of `tenant`, if fresh; drops every expired entry first.
+    fn cached(&self, tenant: &TenantId) -> Option<Arc<TenantKeys>> {
+        self.cache.lock().expect("keyring cache").get(tenant, (self.clock)())
+    }
+
+    /// Reads the tenant's wrapped keys and unwraps them.
+    async fn load(&self, tenant: &TenantId) -> Result<TenantKeys, VaultError> {
         let stored = self
             .store
             .begin_read()
@@ -61,14 +188,129 @@ impl Keyring {
                 .map_err(unwrap_failed)?;
             record_keys.push((*version, key));
         }
-        let keys = Arc::new(TenantKeys::new(name, &index_key, record_keys).map_err(unwrap_failed)?);
-        self.tenants.write().expect("keyring lock").insert(tenant.clone(), keys.clone());
-        Ok(keys)
+        TenantKeys::new(name, &index_key, record_keys).map_err(unwrap_failed)
     }
 
     /// Fresh random keys for a new tenant, wrapped by the root key.
     pub fn new_tenant(&self, tenant: &TenantId, display_name: &str, created_at: i64) -> Result<NewTenant, VaultError> {
         new_tenant(self.provider.as_ref(), tenant, display_name, created_at)
+    }
+}
+
+/// The cached entries, in two orders: by last use (for eviction) and by
+/// age (for expiry).
+struct Cache {
+    limits: KeyCacheLimits,
+    entries: HashMap<TenantId, Entry>,
+    /// Least recently used first, by the `used` stamp.
+    by_use: BTreeMap<u64, TenantId>,
+    /// Oldest first, by (`read_at`, `stamp`).
+    by_age: BTreeMap<(Instant, u64), TenantId>,
+    /// Source of stamps: every insert and every hit takes the next one.
+    next_stamp: u64,
+}
+
+struct Entry {
+    keys: Arc<TenantKeys>,
+    /// When the keys were read from the database.
+    read_at: Instant,
+    /// Stamp of the insert: with `read_at`, the entry's key in `by_age`.
+    stamp: u64,
+    /// Stamp of the last use: its key in `by_use`.
+    used: u64,
+}
+
+impl Cache {
+    fn new(limits: KeyCacheLimits) -> Self {
+        Self { limits, entries: HashMap::new(), by_use: BTreeMap::new(), by_age: BTreeMap::new(), next_stamp: 0 }
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    fn expired(&self, read_at: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(read_at) >= self.limits.ttl
+    }
+
+    /// Drops every entry whose time is up.
+    fn expire(&mut self, now: Instant) {
+        while let Some(((read_at, _), _)) = self.by_age.first_key_value() {
+            if !self.expired(*read_at, now) {
+                break;
+            }
+            if let Some((_, tenant)) = self.by_age.pop_first() {
+                self.remove(&tenant);
+            }
+        }
+    }
+
+    fn get(&mut self, tenant: &TenantId, now: Instant) -> Option<Arc<TenantKeys>> {
+        self.expire(now);
+        let stamp = self.stamp();
+        let entry = self.entries.get_mut(tenant)?;
+        let name = self.by_use.remove(&entry.used).unwrap_or_else(|| tenant.clone());
+        entry.used = stamp;
+        self.by_use.insert(stamp, name);
+        Some(entry.keys.clone())
+    }
+
+    fn insert(&mut self, tenant: &TenantId, keys: Arc<TenantKeys>, read_at: Instant, now: Instant) {
+        self.expire(now);
+        self.remove(tenant);
+        if self.expired(read_at, now) {
+            return;
+        }
+        while self.entries.len() >= self.limits.tenants.max(1) {
+            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            self.remove(&oldest);
+        }
+        let stamp = self.stamp();
+        self.by_use.insert(stamp, tenant.clone());
+        self.by_age.insert((read_at, stamp), tenant.clone());
+        self.entries.insert(tenant.clone(), Entry { keys, read_at, stamp, used: stamp });
+    }
+
+    /// Drops `tenant`'s entry, and with it the cache's `Arc` of its keys.
+    fn remove(&mut self, tenant: &TenantId) {
+        if let Some(entry) = self.entries.remove(tenant) {
+            self.by_use.remove(&entry.used);
+            self.by_age.remove(&(entry.read_at, entry.stamp));
+        }
+    }
+}
+
+/// A call's place in the single flight of its tenant's misses. The lock
+/// is shared by every call missing the tenant at the same time, and
+/// removed from `flights` when the last of them is done (or was dropped).
+struct Flight<'a> {
+    flights: &'a Flights,
+    tenant: &'a TenantId,
+    /// `None` only inside `drop`.
+    lock: Option<Arc<futures::lock::Mutex<()>>>,
+}
+
+impl<'a> Flight<'a> {
+    fn join(flights: &'a Flights, tenant: &'a TenantId) -> Self {
+        let lock = flights.lock().expect("keyring flights").entry(tenant.clone()).or_default().clone();
+        Self { flights, tenant, lock: Some(lock) }
+    }
+
+    fn lock(&self) -> &futures::lock::Mutex<()> {
+        self.lock.as_deref().expect("set until dropped")
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().expect("keyring flights");
+        // Let go of ours under the map's lock, where every clone is made:
+        // the count then says exactly whether another call still holds one.
+        drop(self.lock.take());
+        if flights.get(self.tenant).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            flights.remove(self.tenant);
+        }
     }
 }
 
@@ -153,4 +395,327 @@ pub async fn load_system_keys(store: &dyn Store, provider: &dyn RootKeyProvider)
         .unwrap(&wrapped, &WrapContext::AuditChainKey)
         .map_err(|_| AuditKeyError::Unwrap { provider: provider.describe() })?;
     Ok(SystemKeys { audit_chain: AuditChainKey::new(&material), state: StateKey::new(&material) })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures::executor::block_on;
+    use futures::FutureExt as _;
+    use mnvault_keys::{BlindIndex, KeyError, WrappedKey, KEY_LEN};
+
+    use super::*;
+    use crate::audit::AuditRecord;
+    use crate::id::{JobId, Token, TokenFormat};
+    use crate::store::{AuditFilter, ChainHead, JobRow, ReadTx, RecordRow, StoredTenant, WriteTx};
+
+    /// Unwraps to a key made of the wrapped bytes' first byte, and counts.
+    #[derive(Default)]
+    struct CountingProvider {
+        unwraps: AtomicUsize,
+    }
+
+    impl RootKeyProvider for CountingProvider {
+        fn describe(&self) -> String {
+            "counting test provider".into()
+        }
+
+        fn wrap(&self, key: &KeyMaterial, _: &WrapContext<'_>) -> Result<WrappedKey, KeyError> {
+            Ok(WrappedKey::from_bytes(vec![key.expose_secret()[0]]))
+        }
+
+        fn unwrap(&self, wrapped: &WrappedKey, _: &WrapContext<'_>) -> Result<KeyMaterial, KeyError> {
+            self.unwraps.fetch_add(1, Ordering::SeqCst);
+            let byte = *wrapped.as_bytes().first().ok_or(KeyError::UnwrapFailed)?;
+            Ok(KeyMaterial::from_bytes([byte; KEY_LEN]))
+        }
+    }
+
+    /// Tenants in memory; every read waits for `gate` first and is counted.
+    #[derive(Default)]
+    struct FakeStore {
+        tenants: Mutex<HashMap<String, StoredTenant>>,
+        reads: AtomicUsize,
+        gate: futures::lock::Mutex<()>,
+    }
+
+    impl FakeStore {
+        fn add(&self, tenant: &str) {
+            let wrapped = |byte| WrappedKey::from_bytes(vec![byte]);
+            let stored = StoredTenant {
+                display_name: tenant.to_owned(),
+                created_at: 0,
+                index_key: wrapped(1),
+                record_keys: vec![(1, wrapped(2)), (2, wrapped(3))],
+            };
+            self.tenants.lock().unwrap().insert(tenant.to_owned(), stored);
+        }
+    }
+
+    /// Unwraps of one load: the index key and two record-key versions.
+    const UNWRAPS_PER_LOAD: usize = 3;
+
+    #[async_trait]
+    impl Store for FakeStore {
+        async fn begin_write(&self) -> Result<Box<dyn WriteTx>, StoreError> {
+            unreachable!("the keyring never writes")
+        }
+
+        async fn begin_read(&self) -> Result<Box<dyn ReadTx>, StoreError> {
+            drop(self.gate.lock().await);
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(FakeRead(self.tenants.lock().unwrap().clone())))
+        }
+
+        async fn close(&self) {}
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    struct FakeRead(HashMap<String, StoredTenant>);
+
+    #[async_trait]
+    impl ReadTx for FakeRead {
+        async fn system_key(&mut self, _: &str) -> Result<Option<WrappedKey>, StoreError> {
+            unreachable!()
+        }
+        async fn tenant(&mut self, tenant: &TenantId) -> Result<Option<StoredTenant>, StoreError> {
+            Ok(self.0.get(tenant.as_str()).cloned())
+        }
+        async fn records_by_blind_index(
+            &mut self,
+            _: &TenantId,
+            _: TokenFormat,
+            _: &[BlindIndex],
+        ) -> Result<Vec<Option<RecordRow>>, StoreError> {
+            unreachable!()
+        }
+        async fn record(&mut self, _: &TenantId, _: &Token) -> Result<Option<RecordRow>, StoreError> {
+            unreachable!()
+        }
+        async fn existing_tokens(&mut self, _: &TenantId, _: &[Token]) -> Result<HashSet<String>, StoreError> {
+            unreachable!()
+        }
+        async fn sealed_records(&mut self, _: &TenantId, _: &[Token]) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError> {
+            unreachable!()
+        }
+        async fn job(&mut self, _: &JobId) -> Result<Option<JobRow>, StoreError> {
+            unreachable!()
+        }
+        async fn job_ids(&mut self, _: &str, _: u32) -> Result<Vec<String>, StoreError> {
+            unreachable!()
+        }
+        async fn record_rows(
+            &mut self,
+            _: Option<(&str, &str)>,
+            _: u32,
+        ) -> Result<Vec<(String, RecordRow)>, StoreError> {
+            unreachable!()
+        }
+        async fn audit_head(&mut self) -> Result<ChainHead, StoreError> {
+            unreachable!()
+        }
+        async fn audit_entries(&mut self, _: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+            unreachable!()
+        }
+    }
+
+    /// A keyring over a fake store and provider, with a clock that moves
+    /// only when told.
+    struct Fixture {
+        keyring: Keyring,
+        store: Arc<FakeStore>,
+        provider: Arc<CountingProvider>,
+        elapsed_s: Arc<AtomicU64>,
+    }
+
+    impl Fixture {
+        fn new(ttl_s: u64, tenants: usize) -> Self {
+            let store = Arc::new(FakeStore::default());
+            let provider = Arc::new(CountingProvider::default());
+            let elapsed_s = Arc::new(AtomicU64::new(0));
+            let start = Instant::now();
+            let clock = {
+                let elapsed_s = elapsed_s.clone();
+                Arc::new(move || start + Duration::from_secs(elapsed_s.load(Ordering::SeqCst)))
+            };
+            let limits = KeyCacheLimits { ttl: Duration::from_secs(ttl_s), tenants };
+            let keyring = Keyring::with_clock(provider.clone(), store.clone(), limits, clock);
+            Self { keyring, store, provider, elapsed_s }
+        }
+
+        fn at(&self, seconds: u64) {
+            self.elapsed_s.store(seconds, Ordering::SeqCst);
+        }
+
+        fn keys(&self, tenant: &str) -> Result<Arc<TenantKeys>, VaultError> {
+            block_on(self.keyring.tenant_keys(&TenantId::parse(tenant).unwrap()))
+        }
+
+        fn unwraps(&self) -> usize {
+            self.provider.unwraps.load(Ordering::SeqCst)
+        }
+
+        fn reads(&self) -> usize {
+            self.store.reads.load(Ordering::SeqCst)
+        }
+
+        fn flights(&self) -> usize {
+            self.keyring.flights.lock().unwrap().len()
+        }
+    }
+
+    #[test]
+    fn defaults_are_fifteen_minutes_and_ten_thousand_tenants() {
+        let limits = KeyCacheLimits::default();
+        assert_eq!(limits.ttl, Duration::from_secs(900));
+        assert_eq!(limits.tenants, 10_000);
+    }
+
+    #[test]
+    fn a_hit_neither_reads_nor_unwraps() {
+        let f = Fixture::new(60, 10);
+        f.store.add("acme");
+        let first = f.keys("acme").unwrap();
+        assert_eq!((f.reads(), f.unwraps()), (1, UNWRAPS_PER_LOAD));
+        assert_eq!(first.versions(), vec![1, 2]);
+        let again = f.keys("acme").unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!((f.reads(), f.unwraps()), (1, UNWRAPS_PER_LOAD));
+        assert_eq!(f.flights(), 0);
+    }
+
+    #[test]
+    fn an_entry_expires_its_ttl_after_the_read_however_often_used() {
+        let f = Fixture::new(60, 10);
+        f.store.add("acme");
+        let first = f.keys("acme").unwrap();
+        for second in [1, 30, 59] {
+            f.at(second);
+            assert!(Arc::ptr_eq(&first, &f.keys("acme").unwrap()), "at {second} s");
+        }
+        assert_eq!(f.unwraps(), UNWRAPS_PER_LOAD);
+
+        f.at(60);
+        let second = f.keys("acme").unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!((f.reads(), f.unwraps()), (2, 2 * UNWRAPS_PER_LOAD));
+
+        // The new entry counts from its own read.
+        f.at(119);
+        assert!(Arc::ptr_eq(&second, &f.keys("acme").unwrap()));
+        f.at(120);
+        f.keys("acme").unwrap();
+        assert_eq!(f.unwraps(), 3 * UNWRAPS_PER_LOAD);
+    }
+
+    #[test]
+    fn expired_entries_are_dropped_by_a_call_for_another_tenant() {
+        let f = Fixture::new(60, 10);
+        f.store.add("acme");
+        f.store.add("globex");
+        let acme = f.keys("acme").unwrap();
+        assert_eq!(Arc::strong_count(&acme), 2, "the cache holds one");
+        f.at(60);
+        f.keys("globex").unwrap();
+        assert_eq!(Arc::strong_count(&acme), 1, "only this call's is left");
+    }
+
+    #[test]
+    fn capacity_evicts_the_least_recently_used() {
+        let f = Fixture::new(600, 2);
+        for tenant in ["acme", "globex", "initech"] {
+            f.store.add(tenant);
+        }
+        let acme = f.keys("acme").unwrap();
+        let globex = f.keys("globex").unwrap();
+        // acme is used after globex, so globex is now the least recently used.
+        f.keys("acme").unwrap();
+        f.keys("initech").unwrap();
+        assert_eq!(f.unwraps(), 3 * UNWRAPS_PER_LOAD);
+        assert_eq!(Arc::strong_count(&globex), 1, "evicted: the cache let go of its Arc");
+        assert_eq!(Arc::strong_count(&acme), 2);
+
+        // acme and initech are served from memory; globex is read again.
+        f.keys("acme").unwrap();
+        f.keys("initech").unwrap();
+        assert_eq!(f.unwraps(), 3 * UNWRAPS_PER_LOAD);
+        assert!(!Arc::ptr_eq(&globex, &f.keys("globex").unwrap()));
+        assert_eq!(f.unwraps(), 4 * UNWRAPS_PER_LOAD);
+        // ...which evicted acme, the least recently used of the two.
+        assert_eq!(Arc::strong_count(&acme), 1);
+    }
+
+    #[test]
+    fn a_tenant_not_found_is_not_cached() {
+        let f = Fixture::new(600, 10);
+        assert!(matches!(f.keys("acme"), Err(VaultError::NotFound(_))));
+        assert!(matches!(f.keys("acme"), Err(VaultError::NotFound(_))));
+        assert_eq!((f.reads(), f.unwraps()), (2, 0));
+
+        // Created meanwhile (by another replica): found at once.
+        f.store.add("acme");
+        f.keys("acme").unwrap();
+        assert_eq!((f.reads(), f.unwraps()), (3, UNWRAPS_PER_LOAD));
+        assert_eq!(f.flights(), 0);
+    }
+
+    #[test]
+    fn forget_makes_the_next_call_read_again() {
+        let f = Fixture::new(600, 10);
+        f.store.add("acme");
+        let before = f.keys("acme").unwrap();
+        f.keyring.forget(&TenantId::parse("acme").unwrap());
+        assert_eq!(Arc::strong_count(&before), 1);
+        assert!(!Arc::ptr_eq(&before, &f.keys("acme").unwrap()));
+        assert_eq!(f.reads(), 2);
+    }
+
+    #[test]
+    fn a_zero_ttl_caches_nothing() {
+        let f = Fixture::new(0, 10);
+        f.store.add("acme");
+        f.keys("acme").unwrap();
+        f.keys("acme").unwrap();
+        assert_eq!((f.reads(), f.unwraps()), (2, 2 * UNWRAPS_PER_LOAD));
+    }
+
+    #[test]
+    fn concurrent_misses_for_one_tenant_read_and_unwrap_once() {
+        let f = Fixture::new(600, 10);
+        f.store.add("acme");
+        f.store.add("globex");
+        let acme = TenantId::parse("acme").unwrap();
+        let globex = TenantId::parse("globex").unwrap();
+        // Every read waits at the gate until all the calls have started.
+        let gate = block_on(f.store.gate.lock());
+        let calls = futures::future::join_all(
+            [&acme, &acme, &globex, &acme, &globex].map(|tenant| f.keyring.tenant_keys(tenant)),
+        );
+        let open_gate = async move { drop(gate) };
+        let (answers, ()) = block_on(futures::future::join(calls, open_gate));
+        let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!((f.reads(), f.unwraps()), (2, 2 * UNWRAPS_PER_LOAD), "one load per tenant");
+        assert!(Arc::ptr_eq(&answers[0], &answers[1]) && Arc::ptr_eq(&answers[0], &answers[3]));
+        assert!(Arc::ptr_eq(&answers[2], &answers[4]));
+        assert_eq!(f.flights(), 0);
+    }
+
+    #[test]
+    fn a_miss_dropped_halfway_caches_nothing_and_leaves_no_flight() {
+        let f = Fixture::new(600, 10);
+        f.store.add("acme");
+        let acme = TenantId::parse("acme").unwrap();
+        let gate = block_on(f.store.gate.lock());
+        assert!(f.keyring.tenant_keys(&acme).now_or_never().is_none(), "waits at the gate");
+        assert_eq!(f.flights(), 0);
+        drop(gate);
+        f.keys("acme").unwrap();
+        assert_eq!((f.reads(), f.unwraps()), (1, UNWRAPS_PER_LOAD));
+    }
 }

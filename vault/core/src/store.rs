@@ -310,6 +310,14 @@ pub trait WriteTx: ReadTx {
     async fn lock_chain_head(&mut self) -> Result<ChainHead, StoreError>;
     /// Inserts a sealed audit entry and its tokens.
     async fn insert_audit_entry(&mut self, entry: &AuditRecord) -> Result<(), StoreError>;
+    /// Inserts consecutive sealed entries (a group commit's), in order. A
+    /// store that can should do it in a few statements, not one per entry.
+    async fn insert_audit_entries(&mut self, entries: &[AuditRecord]) -> Result<(), StoreError> {
+        for entry in entries {
+            self.insert_audit_entry(entry).await?;
+        }
+        Ok(())
+    }
     /// Moves the chain head.
     async fn set_chain_head(&mut self, head: &ChainHead) -> Result<(), StoreError>;
     /// Commits everything this transaction did.

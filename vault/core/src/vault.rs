@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use futures::channel::oneshot;
 use mnvault_keys::{AuditChainKey, BlindIndex, RootKeyProvider, TenantKeys};
 use zeroize::Zeroizing;
 
@@ -19,10 +20,11 @@ use crate::audit::{AuditDraft, AuditRecord, ChainBreak, ChainVerifier, Operation
 use crate::authz::{Policy, Role};
 use crate::clock;
 use crate::error::VaultError;
+use crate::group_commit::{GroupCommit, Weighed};
 use crate::id::{JobId, Principal, TenantId, Token, TokenFormat};
 use crate::integrity::{Integrity, CHANGED, JOB_STATE_CHANGES};
 use crate::job::{Job, JobRequest, JobState, Stamp};
-use crate::keyring::{load_system_keys, AuditKeyError, Keyring};
+use crate::keyring::{load_system_keys, AuditKeyError, KeyCacheLimits, Keyring};
 use crate::mint::{draw_job_id, draw_token};
 use crate::number::MyNumber;
 use crate::store::{AuditFilter, ChainHead, NewJob, NewRecord, RecordRow, Store, StoreError, WriteTx};
@@ -31,6 +33,10 @@ use crate::text::FreeText;
 /// A random token collides with an existing one about never; retrying a few
 /// times turns "about never" into "never".
 const TOKEN_DRAWS: usize = 4;
+
+/// Records one group commit writes at most: bounds the transaction (and
+/// the time the write lock is held) whatever the queue holds.
+const GROUP_COMMIT_MAX_RECORDS: usize = 4_096;
 
 /// Entries per page when walking the chain.
 pub const AUDIT_PAGE: u32 = 1_000;
@@ -94,6 +100,7 @@ pub struct VaultCore {
     integrity: Integrity,
     watch: futures::lock::Mutex<ChainWatch>,
     watermark: Option<Arc<dyn Watermark>>,
+    tokenize_queue: GroupCommit<QueuedTokenize>,
 }
 
 /// Where a vault process keeps, outside the database, the furthest position
@@ -135,6 +142,7 @@ impl VaultCore {
             integrity: Integrity::new(keys.state),
             watch: futures::lock::Mutex::new(watch),
             watermark: None,
+            tokenize_queue: GroupCommit::new(GROUP_COMMIT_MAX_RECORDS),
         })
     }
 
@@ -166,6 +174,12 @@ impl VaultCore {
         }
         self.watermark = Some(watermark);
         Ok(self)
+    }
+
+    /// Bounds the cache of unwrapped tenant keys; call right after `open`.
+    pub fn with_key_cache(mut self, limits: KeyCacheLimits) -> Self {
+        self.keyring = Keyring::with_limits(self.keyring.provider().clone(), self.store.clone(), limits);
+        self
     }
 
     /// Saves what this process has verified, if it keeps a watermark.
@@ -235,6 +249,13 @@ impl VaultCore {
     /// Tokenizes valid numbers of one tenant and format in one transaction,
     /// with one audit entry naming every token. The same number in the same
     /// tenant and format always gets the same token, whoever writes first.
+    ///
+    /// Reading, sealing and drawing tokens happen first, concurrently with
+    /// other calls; the write joins whatever else is committing now
+    /// ([`crate::group_commit`]), so concurrent calls share one commit. The
+    /// answer comes only after that commit. Should the shared batch fail
+    /// (a token drawn twice somewhere in it, a store error), the call is
+    /// written again on its own, so nobody else's failure becomes its own.
     pub async fn tokenize(
         &self,
         caller: &Principal,
@@ -248,46 +269,109 @@ impl VaultCore {
         let indexes: Vec<BlindIndex> = numbers.iter().map(|n| keys.blind_index(n.expose_bytes())).collect();
         let known = self.store.begin_read().await?.records_by_blind_index(tenant, format, &indexes).await?;
         let known = self.holders(tenant, &indexes, known)?;
-        for _ in 0..TOKEN_DRAWS {
-            let mut tx = self.store.begin_write().await?;
-            let now = clock::now_ms();
-            let new_records = self.seal_unknown(tenant, &keys, format, numbers, &indexes, &known, now)?;
-            let records: Vec<NewRecord> = new_records.iter().flatten().cloned().collect();
-            tx.insert_records(tenant, format, &records, now).await?;
-            // Who holds each new index now: our row, or a concurrent writer's.
-            let new_indexes: Vec<BlindIndex> = records.iter().map(|r| r.blind_index).collect();
-            let holders = tx.records_by_blind_index(tenant, format, &new_indexes).await?;
-            let mut holders = self.holders(tenant, &new_indexes, holders)?.into_iter();
-            let mut tokenized = Vec::with_capacity(numbers.len());
-            let mut collided = false;
-            for (known, drawn) in known.iter().zip(&new_records) {
-                tokenized.push(match (known, drawn) {
-                    (Some(token), _) => Tokenized { token: token.clone(), created: false },
-                    (None, Some(record)) => match holders.next().flatten() {
-                        Some(token) => Tokenized { created: token == record.token, token },
-                        None => {
-                            // Nobody holds the index, so our row lost on the token itself.
-                            collided = true;
-                            break;
-                        }
-                    },
-                    (None, None) => unreachable!("every unknown number was sealed"),
-                });
-            }
-            if collided {
-                continue; // dropping the transaction rolls it back; draw again
-            }
-            let draft = AuditDraft {
-                tokens: tokenized.iter().map(|t| t.token.clone()).collect(),
-                record_count: tokenized.len() as u64,
-                ..draft.clone()
-            };
-            append(tx.as_mut(), &self.audit_key, draft, now).await?;
-            commit_audited(tx).await?;
+        let work = |known: Vec<Option<Token>>| -> Result<TokenizeWork, VaultError> {
+            let drawn = self.draw_unknown(&keys, format, numbers, &indexes, &known)?;
+            Ok(TokenizeWork { tenant: tenant.clone(), format, known, drawn, draft: draft.clone() })
+        };
+        let (reply, answer) = oneshot::channel();
+        let queued = QueuedTokenize { work: work(known.clone())?, reply };
+        let commit = |batch| self.commit_tokenize_batch(batch);
+        if let Some(Some(tokenized)) = self.tokenize_queue.submit(queued, answer, commit).await {
             return Ok(tokenized);
+        }
+        for _ in 0..TOKEN_DRAWS {
+            match self.commit_tokenize(vec![work(known.clone())?]).await {
+                Ok(mut answers) => return answers.pop().ok_or(VaultError::Internal),
+                Err(TokenizeFailure::Collided) => continue, // draw again
+                Err(TokenizeFailure::Failed(error)) => return Err(error),
+            }
         }
         tracing::error!(%tenant, "token draws kept colliding");
         Err(VaultError::Internal)
+    }
+
+    /// Leads one group commit: answers every member, `None` for "write
+    /// yourself again on your own".
+    async fn commit_tokenize_batch(&self, batch: Vec<QueuedTokenize>) {
+        let (works, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.work, q.reply)).unzip();
+        match self.commit_tokenize(works).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Some(answer));
+                }
+            }
+            Err(failure) => {
+                if let TokenizeFailure::Failed(error) = &failure {
+                    tracing::warn!(%error, calls = replies.len(), "a group commit failed; each call is written again alone");
+                }
+                for reply in replies {
+                    let _ = reply.send(None);
+                }
+            }
+        }
+    }
+
+    /// Writes tokenize calls in one transaction: their new records (one
+    /// insert and one look-up per tenant and format), then an audit entry
+    /// per call, then one commit. Answers are in the order of `works`.
+    async fn commit_tokenize(&self, works: Vec<TokenizeWork>) -> Result<Vec<Vec<Tokenized>>, TokenizeFailure> {
+        let mut tx = self.store.begin_write().await?;
+        let now = clock::now_ms();
+        let mut answers: Vec<Vec<Option<Tokenized>>> = works
+            .iter()
+            .map(|work| work.known.iter().map(|k| k.clone().map(|token| Tokenized { token, created: false })).collect())
+            .collect();
+        let mut groups: Vec<RecordGroup> = Vec::new();
+        let mut drafts = Vec::with_capacity(works.len());
+        for (call, work) in works.into_iter().enumerate() {
+            let TokenizeWork { tenant, format, drawn, draft, known: _ } = work;
+            let group = match groups.iter().position(|g| g.tenant == tenant && g.format == format) {
+                Some(group) => group,
+                None => {
+                    groups.push(RecordGroup { tenant: tenant.clone(), format, records: Vec::new(), slots: Vec::new() });
+                    groups.len() - 1
+                }
+            };
+            let group = &mut groups[group];
+            for (position, drawn) in drawn.into_iter().enumerate() {
+                let Some(Drawn { blind_index, token, key_version, sealed }) = drawn else { continue };
+                let tag = self.integrity.record_tag(&tenant, &token, format, &blind_index.0, key_version, now);
+                group.records.push(NewRecord { blind_index, token, key_version, sealed, tag });
+                group.slots.push((call, position));
+            }
+            drafts.push(draft);
+        }
+        for RecordGroup { tenant, format, records, slots } in &groups {
+            if records.is_empty() {
+                continue;
+            }
+            tx.insert_records(tenant, *format, records, now).await?;
+            // Who holds each new index now: our row, or a concurrent writer's.
+            let indexes: Vec<BlindIndex> = records.iter().map(|r| r.blind_index).collect();
+            let holders = tx.records_by_blind_index(tenant, *format, &indexes).await?;
+            let holders = self.holders(tenant, &indexes, holders)?;
+            for ((record, &(call, position)), holder) in records.iter().zip(slots).zip(holders) {
+                // Nobody holds the index, so our row lost on the token itself.
+                let token = holder.ok_or(TokenizeFailure::Collided)?;
+                answers[call][position] = Some(Tokenized { created: token == record.token, token });
+            }
+        }
+        let answers = answers
+            .into_iter()
+            .map(|answer| answer.into_iter().collect::<Option<Vec<Tokenized>>>().ok_or(VaultError::Internal))
+            .collect::<Result<Vec<_>, _>>()?;
+        let drafts = drafts
+            .into_iter()
+            .zip(&answers)
+            .map(|(draft, tokenized)| AuditDraft {
+                tokens: tokenized.iter().map(|t| t.token.clone()).collect(),
+                record_count: tokenized.len() as u64,
+                ..draft
+            })
+            .collect();
+        append_all(tx.as_mut(), &self.audit_key, drafts, now).await?;
+        commit_audited(tx).await?;
+        Ok(answers)
     }
 
     /// What the vault knows about a token, never its number.
@@ -644,18 +728,16 @@ impl VaultCore {
         Ok(record)
     }
 
-    /// A sealed, tagged record with a fresh token for each number not `known`.
-    #[allow(clippy::too_many_arguments)]
-    fn seal_unknown(
+    /// A fresh token and the sealed number for each number not `known`.
+    /// The tag waits for the commit, which fixes the creation time.
+    fn draw_unknown(
         &self,
-        tenant: &TenantId,
         keys: &TenantKeys,
         format: TokenFormat,
         numbers: &[MyNumber],
         indexes: &[BlindIndex],
         known: &[Option<Token>],
-        created_at: i64,
-    ) -> Result<Vec<Option<NewRecord>>, VaultError> {
+    ) -> Result<Vec<Option<Drawn>>, VaultError> {
         numbers
             .iter()
             .zip(indexes)
@@ -669,11 +751,71 @@ impl VaultCore {
                     tracing::error!(%error, "sealing failed");
                     VaultError::Internal
                 })?;
-                let key_version = keys.primary_version();
-                let tag = self.integrity.record_tag(tenant, &token, format, &index.0, key_version, created_at);
-                Ok(Some(NewRecord { blind_index: *index, token, key_version, sealed, tag }))
+                Ok(Some(Drawn { blind_index: *index, token, key_version: keys.primary_version(), sealed }))
             })
             .collect()
+    }
+}
+
+/// A record drawn for a number, sealed, not yet tagged.
+struct Drawn {
+    blind_index: BlindIndex,
+    token: Token,
+    key_version: u32,
+    sealed: Vec<u8>,
+}
+
+/// One tokenize call, ready to write: no number in it, only what was
+/// sealed.
+struct TokenizeWork {
+    tenant: TenantId,
+    format: TokenFormat,
+    /// The token of each number already known, by position.
+    known: Vec<Option<Token>>,
+    /// A drawn record for each number not known, by position.
+    drawn: Vec<Option<Drawn>>,
+    draft: AuditDraft,
+}
+
+/// A call waiting in the group commit queue; `None` answers "write again
+/// alone".
+struct QueuedTokenize {
+    work: TokenizeWork,
+    reply: oneshot::Sender<Option<Vec<Tokenized>>>,
+}
+
+impl Weighed for QueuedTokenize {
+    fn weight(&self) -> usize {
+        self.work.known.len()
+    }
+}
+
+/// New records of one tenant and format in a group commit, and where each
+/// one's answer goes: (call, position).
+struct RecordGroup {
+    tenant: TenantId,
+    format: TokenFormat,
+    records: Vec<NewRecord>,
+    slots: Vec<(usize, usize)>,
+}
+
+/// Why a tokenize transaction did not commit.
+enum TokenizeFailure {
+    /// A drawn token was taken: draw again.
+    Collided,
+    /// Anything else.
+    Failed(VaultError),
+}
+
+impl From<VaultError> for TokenizeFailure {
+    fn from(error: VaultError) -> Self {
+        TokenizeFailure::Failed(error)
+    }
+}
+
+impl From<StoreError> for TokenizeFailure {
+    fn from(error: StoreError) -> Self {
+        TokenizeFailure::Failed(error.into())
     }
 }
 
@@ -705,11 +847,26 @@ pub async fn append(
     draft: AuditDraft,
     now: i64,
 ) -> Result<ChainHead, VaultError> {
+    append_all(tx, key, vec![draft], now).await
+}
+
+/// [`append`] for several entries at once (a group commit's): one head
+/// lock, the entries chained one after another, one move of the head.
+pub async fn append_all(
+    tx: &mut dyn WriteTx,
+    key: &AuditChainKey,
+    drafts: Vec<AuditDraft>,
+    now: i64,
+) -> Result<ChainHead, VaultError> {
     let result = async {
-        let head = tx.lock_chain_head().await?;
-        let entry = AuditRecord::seal(draft, head.seq + 1, now, head.hash, key);
-        tx.insert_audit_entry(&entry).await?;
-        let head = ChainHead { seq: entry.seq, hash: entry.hash };
+        let mut head = tx.lock_chain_head().await?;
+        let mut entries = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let entry = AuditRecord::seal(draft, head.seq + 1, now, head.hash, key);
+            head = ChainHead { seq: entry.seq, hash: entry.hash };
+            entries.push(entry);
+        }
+        tx.insert_audit_entries(&entries).await?;
         tx.set_chain_head(&head).await?;
         Ok::<_, StoreError>(head)
     }

@@ -2,8 +2,8 @@
 //! values and, unless told not to, the files it names, and shows the
 //! effective configuration with its secrets redacted.
 //!
-//! Values: every key known and of its type, limits and server timings in
-//! range, a dev vault on loopback (metrics too), a database location that
+//! Values: every key known and of its type, limits, server timings and the
+//! key cache's bounds in range, a dev vault on loopback (metrics too), a database location that
 //! parses, principal names and tenants
 //! that follow their grammars. Files: the data directory exists and is not
 //! a dev one (for production), the root key opens (mode 0600), the TLS files
@@ -68,6 +68,7 @@ pub fn check(
 /// Every problem of the values of `settings`, as (key, reason). Reads no file.
 pub(super) fn values(settings: &Settings) -> Vec<(String, String)> {
     let mut problems = settings.limits.problems();
+    problems.extend(settings.keys.problems());
     if settings.dev && !settings.listen.ip().is_loopback() {
         let reason = format!("a dev vault listens only on loopback; {} is not a loopback address", settings.listen);
         problems.push(("listen".into(), reason));

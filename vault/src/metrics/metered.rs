@@ -221,6 +221,12 @@ impl<T: WriteTx + ?Sized> WriteTx for MeteredTx<T> {
         self.metrics.counted_audit(result)
     }
 
+    async fn insert_audit_entries(&mut self, entries: &[AuditRecord]) -> Result<(), StoreError> {
+        let result = self.inner.insert_audit_entries(entries).await;
+        self.holds_entry |= result.is_ok();
+        self.metrics.counted_audit(result)
+    }
+
     async fn set_chain_head(&mut self, head: &ChainHead) -> Result<(), StoreError> {
         let result = self.inner.set_chain_head(head).await;
         self.metrics.counted_audit(result)

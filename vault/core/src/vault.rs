@@ -266,21 +266,21 @@ impl VaultCore {
     ) -> Result<Vec<Tokenized>, VaultError> {
         self.policy().require(caller, &[Role::Tokenizer], Some(tenant))?;
         let keys = self.keyring.tenant_keys(tenant).await?;
-        let indexes: Vec<BlindIndex> = numbers.iter().map(|n| keys.blind_index(n.expose_bytes())).collect();
-        let known = self.store.begin_read().await?.records_by_blind_index(tenant, format, &indexes).await?;
-        let known = self.holders(tenant, &indexes, known)?;
-        let work = |known: Vec<Option<Token>>| -> Result<TokenizeWork, VaultError> {
-            let drawn = self.draw_unknown(&keys, format, numbers, &indexes, &known)?;
-            Ok(TokenizeWork { tenant: tenant.clone(), format, known, drawn, draft: draft.clone() })
+        // Every number gets a drawn record; the insert skips those whose
+        // number is known, and the look-up after it names the holder. One
+        // pass over the indexes instead of a read before and a look-up after.
+        let work = || -> Result<TokenizeWork, VaultError> {
+            let drawn = self.draw(&keys, format, numbers)?;
+            Ok(TokenizeWork { tenant: tenant.clone(), format, drawn, draft: draft.clone() })
         };
         let (reply, answer) = oneshot::channel();
-        let queued = QueuedTokenize { work: work(known.clone())?, reply };
+        let queued = QueuedTokenize { work: work()?, reply };
         let commit = |batch| self.commit_tokenize_batch(batch);
         if let Some(Some(tokenized)) = self.tokenize_queue.submit(queued, answer, commit).await {
             return Ok(tokenized);
         }
         for _ in 0..TOKEN_DRAWS {
-            match self.commit_tokenize(vec![work(known.clone())?]).await {
+            match self.commit_tokenize(vec![work()?]).await {
                 Ok(mut answers) => return answers.pop().ok_or(VaultError::Internal),
                 Err(TokenizeFailure::Collided) => continue, // draw again
                 Err(TokenizeFailure::Failed(error)) => return Err(error),
@@ -317,14 +317,11 @@ impl VaultCore {
     async fn commit_tokenize(&self, works: Vec<TokenizeWork>) -> Result<Vec<Vec<Tokenized>>, TokenizeFailure> {
         let mut tx = self.store.begin_write().await?;
         let now = clock::now_ms();
-        let mut answers: Vec<Vec<Option<Tokenized>>> = works
-            .iter()
-            .map(|work| work.known.iter().map(|k| k.clone().map(|token| Tokenized { token, created: false })).collect())
-            .collect();
+        let mut answers: Vec<Vec<Option<Tokenized>>> = works.iter().map(|work| vec![None; work.drawn.len()]).collect();
         let mut groups: Vec<RecordGroup> = Vec::new();
         let mut drafts = Vec::with_capacity(works.len());
         for (call, work) in works.into_iter().enumerate() {
-            let TokenizeWork { tenant, format, drawn, draft, known: _ } = work;
+            let TokenizeWork { tenant, format, drawn, draft } = work;
             let group = match groups.iter().position(|g| g.tenant == tenant && g.format == format) {
                 Some(group) => group,
                 None => {
@@ -333,8 +330,7 @@ impl VaultCore {
                 }
             };
             let group = &mut groups[group];
-            for (position, drawn) in drawn.into_iter().enumerate() {
-                let Some(Drawn { blind_index, token, key_version, sealed }) = drawn else { continue };
+            for (position, Drawn { blind_index, token, key_version, sealed }) in drawn.into_iter().enumerate() {
                 let tag = self.integrity.record_tag(&tenant, &token, format, &blind_index.0, key_version, now);
                 group.records.push(NewRecord { blind_index, token, key_version, sealed, tag });
                 group.slots.push((call, position));
@@ -346,7 +342,8 @@ impl VaultCore {
                 continue;
             }
             tx.insert_records(tenant, *format, records, now).await?;
-            // Who holds each new index now: our row, or a concurrent writer's.
+            // Who holds each index now: our row, an earlier one, or a
+            // concurrent writer's.
             let indexes: Vec<BlindIndex> = records.iter().map(|r| r.blind_index).collect();
             let holders = tx.records_by_blind_index(tenant, *format, &indexes).await?;
             let holders = self.holders(tenant, &indexes, holders)?;
@@ -728,30 +725,19 @@ impl VaultCore {
         Ok(record)
     }
 
-    /// A fresh token and the sealed number for each number not `known`.
-    /// The tag waits for the commit, which fixes the creation time.
-    fn draw_unknown(
-        &self,
-        keys: &TenantKeys,
-        format: TokenFormat,
-        numbers: &[MyNumber],
-        indexes: &[BlindIndex],
-        known: &[Option<Token>],
-    ) -> Result<Vec<Option<Drawn>>, VaultError> {
+    /// A fresh token and the sealed number for each number. The tag waits
+    /// for the commit, which fixes the creation time.
+    fn draw(&self, keys: &TenantKeys, format: TokenFormat, numbers: &[MyNumber]) -> Result<Vec<Drawn>, VaultError> {
         numbers
             .iter()
-            .zip(indexes)
-            .zip(known)
-            .map(|((number, index), known)| {
-                if known.is_some() {
-                    return Ok(None);
-                }
+            .map(|number| {
                 let token = draw_token(format);
                 let sealed = keys.seal(token.as_str(), number.expose_bytes()).map_err(|error| {
                     tracing::error!(%error, "sealing failed");
                     VaultError::Internal
                 })?;
-                Ok(Some(Drawn { blind_index: *index, token, key_version: keys.primary_version(), sealed }))
+                let blind_index = keys.blind_index(number.expose_bytes());
+                Ok(Drawn { blind_index, token, key_version: keys.primary_version(), sealed })
             })
             .collect()
     }
@@ -770,10 +756,8 @@ struct Drawn {
 struct TokenizeWork {
     tenant: TenantId,
     format: TokenFormat,
-    /// The token of each number already known, by position.
-    known: Vec<Option<Token>>,
-    /// A drawn record for each number not known, by position.
-    drawn: Vec<Option<Drawn>>,
+    /// A drawn record for each number, by position.
+    drawn: Vec<Drawn>,
     draft: AuditDraft,
 }
 
@@ -786,7 +770,7 @@ struct QueuedTokenize {
 
 impl Weighed for QueuedTokenize {
     fn weight(&self) -> usize {
-        self.work.known.len()
+        self.work.drawn.len()
     }
 }
 

@@ -775,10 +775,8 @@ impl WriteTx for SqliteTx {
             })
             .collect();
         for chunk in chunks(&rows) {
-            let sql = format!(
-                "INSERT INTO audit_entry_tokens (seq, position, token) VALUES {}",
-                numbered(chunk.len(), 3, 1)
-            );
+            let sql =
+                format!("INSERT INTO audit_entry_tokens (seq, position, token) VALUES {}", numbered(chunk.len(), 3, 1));
             let mut query = sqlx::query(&sql);
             for (seq, position, token) in chunk {
                 query = query.bind(*seq).bind(*position).bind(*token);

@@ -276,8 +276,10 @@ impl VaultCore {
         let (reply, answer) = oneshot::channel();
         let queued = QueuedTokenize { work: work()?, reply };
         let commit = |batch| self.commit_tokenize_batch(batch);
-        if let Some(Some(tokenized)) = self.tokenize_queue.submit(queued, answer, commit).await {
-            return Ok(tokenized);
+        match self.tokenize_queue.submit(queued, answer, commit).await {
+            Some(GroupAnswer::Tokenized(tokenized)) => return Ok(tokenized),
+            Some(GroupAnswer::Failed(error)) => return Err(error),
+            Some(GroupAnswer::WriteAlone) | None => {}
         }
         for _ in 0..TOKEN_DRAWS {
             match self.commit_tokenize(vec![work()?]).await {
@@ -290,22 +292,26 @@ impl VaultCore {
         Err(VaultError::Internal)
     }
 
-    /// Leads one group commit: answers every member, `None` for "write
-    /// yourself again on your own".
+    /// Leads one group commit and answers every member. A batch of one
+    /// gets its own failure (a collision: draw again, alone); the members
+    /// of a larger one are told to write themselves again alone.
     async fn commit_tokenize_batch(&self, batch: Vec<QueuedTokenize>) {
         let (works, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.work, q.reply)).unzip();
         match self.commit_tokenize(works).await {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Some(answer));
+                    let _ = reply.send(GroupAnswer::Tokenized(answer));
                 }
+            }
+            Err(TokenizeFailure::Failed(error)) if replies.len() == 1 => {
+                let _ = replies.into_iter().next().map(|reply| reply.send(GroupAnswer::Failed(error)));
             }
             Err(failure) => {
                 if let TokenizeFailure::Failed(error) = &failure {
                     tracing::warn!(%error, calls = replies.len(), "a group commit failed; each call is written again alone");
                 }
                 for reply in replies {
-                    let _ = reply.send(None);
+                    let _ = reply.send(GroupAnswer::WriteAlone);
                 }
             }
         }
@@ -761,11 +767,20 @@ struct TokenizeWork {
     draft: AuditDraft,
 }
 
-/// A call waiting in the group commit queue; `None` answers "write again
-/// alone".
+/// A call waiting in the group commit queue.
 struct QueuedTokenize {
     work: TokenizeWork,
-    reply: oneshot::Sender<Option<Vec<Tokenized>>>,
+    reply: oneshot::Sender<GroupAnswer>,
+}
+
+/// What a group commit answers a member.
+enum GroupAnswer {
+    /// Committed.
+    Tokenized(Vec<Tokenized>),
+    /// The member's own failure (it was alone in the batch).
+    Failed(VaultError),
+    /// Not committed: write again alone.
+    WriteAlone,
 }
 
 impl Weighed for QueuedTokenize {

@@ -23,6 +23,20 @@
 //! [`StoreError::Unavailable`], instead of hanging. Lists travel as arrays
 //! (`= ANY($n)`, `UNNEST`): one statement whatever the length, and no limit
 //! on bound parameters.
+//!
+//! Built for millions of tokens (issue 11):
+//! - a look-up of records by a list of keys probes the index once per key
+//!   (`UNNEST($n)` joined `LATERAL` to a `LIMIT 1` look-up, which the
+//!   planner cannot flatten), never `key = ANY($n)` nor a plain join: with
+//!   stale or missing statistics (autovacuum late or off) the planner takes
+//!   the tenant's rows for a handful and reads them all through the index
+//!   prefix, one full pass per call, which made writes slow down with every
+//!   token stored;
+//! - a step is one statement wherever it can be (an audit entry and its
+//!   tokens, a tenant and its first key, a job and its tokens), and a
+//!   transaction remembers the records it inserted, so reading them back
+//!   costs nothing;
+//! - what the indexes are for is in migration 0004.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::DerefMut;
@@ -122,14 +136,14 @@ async fn migrate(options: &PgConnectOptions, connect_timeout: Duration) -> Resul
 impl Store for PostgresStore {
     async fn begin_write(&self) -> Result<Box<dyn WriteTx>, StoreError> {
         let tx = self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await.map_err(classify)?;
-        Ok(Box::new(PgTx(tx)))
+        Ok(Box::new(PgTx::new(tx)))
     }
 
     async fn begin_read(&self) -> Result<Box<dyn ReadTx>, StoreError> {
         // One snapshot for every read in it, so a job and its tokens are
         // never read half-updated.
         let tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(classify)?;
-        Ok(Box::new(PgTx(tx)))
+        Ok(Box::new(PgTx::new(tx)))
     }
 
     async fn close(&self) {
@@ -168,11 +182,22 @@ impl Store for PostgresStore {
 /// Steps over a connection: a pooled connection for reads, a transaction for
 /// writes. The read steps are written once for both; only the transaction
 /// offers [`WriteTx`].
-struct PgTx<C>(C);
+struct PgTx<C> {
+    conn: C,
+    /// The rows this transaction inserted, by tenant, format and blind index:
+    /// nobody else can see, let alone change, them before it commits, so
+    /// reading them back ([`ReadTx::records_by_blind_index`] right after
+    /// [`WriteTx::insert_records`], as tokenize does) needs no statement.
+    inserted: HashMap<(String, &'static str, [u8; 32]), RecordRow>,
+}
 
 impl<C: DerefMut<Target = PgConnection>> PgTx<C> {
+    fn new(conn: C) -> Self {
+        Self { conn, inserted: HashMap::new() }
+    }
+
     fn conn(&mut self) -> &mut PgConnection {
-        &mut self.0
+        &mut self.conn
     }
 }
 
@@ -343,28 +368,30 @@ where
     }
 
     async fn tenant(&mut self, tenant: &TenantId) -> Result<Option<StoredTenant>, StoreError> {
-        let conn = self.conn();
-        let Some(row) =
-            sqlx::query("SELECT display_name, created_at, index_key_wrapped FROM tenants WHERE tenant = $1")
-                .bind(tenant.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(classify)?
+        let Some(row) = sqlx::query(
+            "SELECT display_name, created_at, index_key_wrapped, \
+             ARRAY(SELECT version FROM tenant_record_keys k WHERE k.tenant = t.tenant ORDER BY version) AS versions, \
+             ARRAY(SELECT wrapped_key FROM tenant_record_keys k WHERE k.tenant = t.tenant ORDER BY version) AS keys \
+             FROM tenants t WHERE tenant = $1",
+        )
+        .bind(tenant.as_str())
+        .fetch_optional(self.conn())
+        .await
+        .map_err(classify)?
         else {
             return Ok(None);
         };
-        let record_keys =
-            sqlx::query("SELECT version, wrapped_key FROM tenant_record_keys WHERE tenant = $1 ORDER BY version")
-                .bind(tenant.as_str())
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(classify)?
-                .iter()
-                .map(|k| {
-                    let version = get_u32(k, "tenant_record_keys.version")?;
-                    Ok((version, WrappedKey::from_bytes(get(k, "tenant_record_keys.wrapped_key")?)))
-                })
-                .collect::<Result<_, StoreError>>()?;
+        let versions: Vec<i64> = get(&row, "tenant_record_keys.versions")?;
+        let keys: Vec<Vec<u8>> = get(&row, "tenant_record_keys.keys")?;
+        let record_keys = versions
+            .into_iter()
+            .zip(keys)
+            .map(|(version, key)| {
+                let version =
+                    u32::try_from(version).map_err(|_| StoreError::Corrupt { what: "tenant_record_keys.version" })?;
+                Ok((version, WrappedKey::from_bytes(key)))
+            })
+            .collect::<Result<_, StoreError>>()?;
         Ok(Some(StoredTenant {
             display_name: get(&row, "tenants.display_name")?,
             created_at: get(&row, "tenants.created_at")?,
@@ -382,20 +409,30 @@ where
         if blind_indexes.is_empty() {
             return Ok(Vec::new());
         }
-        let indexes: Vec<&[u8]> = blind_indexes.iter().map(|index| &index.0[..]).collect();
-        let rows = sqlx::query(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE tenant = $1 AND format = $2 AND blind_index = ANY($3)"
-        ))
-        .bind(tenant.as_str())
-        .bind(format.id())
-        .bind(&indexes)
-        .fetch_all(self.conn())
-        .await
-        .map_err(classify)?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let row = record_row(row)?;
-            found.insert(row.blind_index.clone(), row);
+        let mut found = HashMap::with_capacity(blind_indexes.len());
+        let mut unseen: Vec<&[u8]> = Vec::new();
+        for index in blind_indexes {
+            match self.inserted.get(&(tenant.as_str().to_owned(), format.id(), index.0)) {
+                Some(row) => drop(found.insert(index.0.to_vec(), row.clone())),
+                None => unseen.push(&index.0[..]),
+            }
+        }
+        if !unseen.is_empty() {
+            let rows = sqlx::query(&format!(
+                "SELECT {RECORD_COLUMNS} FROM UNNEST($3::bytea[]) AS k (key) CROSS JOIN LATERAL \
+                 (SELECT {RECORD_COLUMNS} FROM records WHERE tenant = $1 AND format = $2 AND blind_index = k.key \
+                 LIMIT 1) r"
+            ))
+            .bind(tenant.as_str())
+            .bind(format.id())
+            .bind(&unseen)
+            .fetch_all(self.conn())
+            .await
+            .map_err(classify)?;
+            for row in &rows {
+                let row = record_row(row)?;
+                found.insert(row.blind_index.clone(), row);
+            }
         }
         // Rows come back in any order: answer in the order asked.
         Ok(blind_indexes.iter().map(|index| found.remove(&index.0[..])).collect())
@@ -415,15 +452,18 @@ where
         if tokens.is_empty() {
             return Ok(HashSet::new());
         }
-        sqlx::query("SELECT token FROM records WHERE tenant = $1 AND token = ANY($2)")
-            .bind(tenant.as_str())
-            .bind(token_strs(tokens))
-            .fetch_all(self.conn())
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(|row| get(row, "records.token"))
-            .collect()
+        sqlx::query(
+            "SELECT r.token FROM UNNEST($2::text[]) AS k (key) CROSS JOIN LATERAL \
+             (SELECT token FROM records WHERE tenant = $1 AND token = k.key LIMIT 1) r",
+        )
+        .bind(tenant.as_str())
+        .bind(token_strs(tokens))
+        .fetch_all(self.conn())
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| get(row, "records.token"))
+        .collect()
     }
 
     async fn sealed_records(
@@ -434,13 +474,15 @@ where
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        let rows =
-            sqlx::query(&format!("SELECT {RECORD_COLUMNS}, sealed FROM records WHERE tenant = $1 AND token = ANY($2)"))
-                .bind(tenant.as_str())
-                .bind(token_strs(tokens))
-                .fetch_all(self.conn())
-                .await
-                .map_err(classify)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS}, sealed FROM UNNEST($2::text[]) AS k (key) CROSS JOIN LATERAL \
+             (SELECT {RECORD_COLUMNS}, sealed FROM records WHERE tenant = $1 AND token = k.key LIMIT 1) r"
+        ))
+        .bind(tenant.as_str())
+        .bind(token_strs(tokens))
+        .fetch_all(self.conn())
+        .await
+        .map_err(classify)?;
         let mut found = HashMap::with_capacity(rows.len());
         for row in &rows {
             let record = record_row(row)?;
@@ -560,30 +602,22 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
     }
 
     async fn insert_tenant(&mut self, tenant: &NewTenant) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        // A concurrent creator of the same tenant makes this wait, then skip.
+        // A concurrent creator of the same tenant makes this wait, then skip;
+        // the key is inserted only with the tenant row it belongs to.
         let inserted = sqlx::query(
-            "INSERT INTO tenants (tenant, display_name, created_at, index_key_wrapped) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
+            "WITH t AS (INSERT INTO tenants (tenant, display_name, created_at, index_key_wrapped) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING tenant) \
+             INSERT INTO tenant_record_keys (tenant, version, wrapped_key, created_at) SELECT tenant, 1, $5, $3 FROM t",
         )
         .bind(tenant.tenant.as_str())
         .bind(&tenant.display_name)
         .bind(tenant.created_at)
         .bind(tenant.index_key.as_bytes())
-        .execute(&mut *conn)
+        .bind(tenant.first_record_key.as_bytes())
+        .execute(self.conn())
         .await
         .map_err(classify)?;
-        if inserted.rows_affected() != 1 {
-            return Ok(false);
-        }
-        sqlx::query("INSERT INTO tenant_record_keys (tenant, version, wrapped_key, created_at) VALUES ($1, 1, $2, $3)")
-            .bind(tenant.tenant.as_str())
-            .bind(tenant.first_record_key.as_bytes())
-            .bind(tenant.created_at)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        Ok(true)
+        Ok(inserted.rows_affected() == 1)
     }
 
     async fn insert_records(
@@ -606,13 +640,14 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         let versions: Vec<i64> = sorted.iter().map(|r| i64::from(r.key_version)).collect();
         let sealed: Vec<&[u8]> = sorted.iter().map(|r| &r.sealed[..]).collect();
         let tags: Vec<&[u8]> = sorted.iter().map(|r| &r.tag[..]).collect();
-        // No conflict target: a taken blind index and a taken token are both skipped.
-        sqlx::query(
+        // No conflict target: a taken blind index and a taken token are both
+        // skipped. The rows returned are exactly the ones this call wrote.
+        let written = sqlx::query(
             "INSERT INTO records (tenant, token, format, blind_index, key_version, sealed, created_at, tag) \
              SELECT $1, r.token, $2, r.blind_index, r.key_version, r.sealed, $3, r.tag \
              FROM UNNEST($4::text[], $5::bytea[], $6::bigint[], $7::bytea[], $8::bytea[]) \
              AS r (token, blind_index, key_version, sealed, tag) \
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING RETURNING token",
         )
         .bind(tenant.as_str())
         .bind(format.id())
@@ -622,19 +657,34 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         .bind(&versions)
         .bind(&sealed)
         .bind(&tags)
-        .execute(self.conn())
+        .fetch_all(self.conn())
         .await
         .map_err(classify)?;
+        let written = written.iter().map(|row| get(row, "records.token")).collect::<Result<HashSet<String>, _>>()?;
+        for record in sorted.into_iter().filter(|record| written.contains(record.token.as_str())) {
+            let row = RecordRow {
+                token: record.token.to_string(),
+                format: format.id().to_owned(),
+                blind_index: record.blind_index.0.to_vec(),
+                key_version: record.key_version,
+                created_at,
+                tag: Some(record.tag.to_vec()),
+            };
+            self.inserted.insert((tenant.as_str().to_owned(), format.id(), record.blind_index.0), row);
+        }
         Ok(())
     }
 
     async fn insert_job(&mut self, job: &NewJob) -> Result<(), StoreError> {
         let JobTerms { job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at } =
             &job.terms;
-        let conn = self.conn();
+        // Positions count from 0, as in the SQLite store.
         sqlx::query(
-            "INSERT INTO filing_jobs (job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, \
-             expires_at, terms_tag, state_tag, state_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)",
+            "WITH job AS (INSERT INTO filing_jobs (job_id, tenant, purpose, note, max_releases_per_token, created_by, \
+             created_at, expires_at, terms_tag, state_tag, state_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)) \
+             INSERT INTO filing_job_tokens (job_id, position, token) \
+             SELECT $1, t.ordinality - 1, t.token FROM UNNEST($11::text[]) WITH ORDINALITY AS t (token, ordinality)",
         )
         .bind(job_id.as_str())
         .bind(tenant.as_str())
@@ -646,17 +696,8 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         .bind(expires_at)
         .bind(&job.terms_tag[..])
         .bind(&job.state_tag[..])
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-        // Positions count from 0, as in the SQLite store.
-        sqlx::query(
-            "INSERT INTO filing_job_tokens (job_id, position, token) \
-             SELECT $1, t.ordinality - 1, t.token FROM UNNEST($2::text[]) WITH ORDINALITY AS t (token, ordinality)",
-        )
-        .bind(job_id.as_str())
         .bind(token_strs(&job.tokens))
-        .execute(&mut *conn)
+        .execute(self.conn())
         .await
         .map_err(classify)?;
         Ok(())
@@ -706,8 +747,8 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         // The limit is checked in the UPDATE itself, on the row it locks, so
         // even a writer that skipped lock_job cannot count past it.
         let counted = sqlx::query(
-            "UPDATE filing_job_tokens SET releases = releases + 1 \
-             WHERE job_id = $1 AND token = ANY($2) AND releases < $3",
+            "UPDATE filing_job_tokens t SET releases = t.releases + 1 FROM UNNEST($2::text[]) AS k (token) \
+             WHERE t.job_id = $1 AND t.token = k.token AND t.releases < $3",
         )
         .bind(job_id.as_str())
         .bind(token_strs(tokens))
@@ -723,40 +764,58 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
     }
 
     async fn insert_audit_entry(&mut self, entry: &AuditRecord) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let seq = to_i64(entry.seq)?;
-        sqlx::query(
-            "INSERT INTO audit_entries (seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, \
-             record_count, request_id, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13)",
-        )
-        .bind(seq)
-        .bind(entry.time_ms)
-        .bind(&entry.principal)
-        .bind(&entry.tenant)
-        .bind(&entry.operation)
-        .bind(&entry.outcome)
-        .bind(&entry.reason)
-        .bind(&entry.job_id)
-        .bind(&entry.purpose)
-        .bind(to_i64(entry.record_count)?)
-        .bind(&entry.request_id)
-        .bind(&entry.prev_hash[..])
-        .bind(&entry.hash[..])
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-        if entry.tokens.is_empty() {
+        self.insert_audit_entries(std::slice::from_ref(entry)).await
+    }
+
+    async fn insert_audit_entries(&mut self, entries: &[AuditRecord]) -> Result<(), StoreError> {
+        if entries.is_empty() {
             return Ok(());
         }
-        // Positions count from 0, as in the SQLite store.
+        let mut seqs = Vec::with_capacity(entries.len());
+        let named: usize = entries.iter().map(|entry| entry.tokens.len()).sum();
+        let (mut token_seqs, mut positions, mut tokens) =
+            (Vec::with_capacity(named), Vec::with_capacity(named), Vec::with_capacity(named));
+        for entry in entries {
+            let seq = to_i64(entry.seq)?;
+            seqs.push(seq);
+            // Positions count from 0, as in the SQLite store.
+            for (position, token) in (0_i64..).zip(&entry.tokens) {
+                token_seqs.push(seq);
+                positions.push(position);
+                tokens.push(token.as_str());
+            }
+        }
+        let column = |text: fn(&AuditRecord) -> &str| entries.iter().map(text).collect::<Vec<&str>>();
+        let times: Vec<i64> = entries.iter().map(|entry| entry.time_ms).collect();
+        let counts = entries.iter().map(|entry| to_i64(entry.record_count)).collect::<Result<Vec<_>, _>>()?;
+        let prev_hashes: Vec<&[u8]> = entries.iter().map(|entry| &entry.prev_hash[..]).collect();
+        let hashes: Vec<&[u8]> = entries.iter().map(|entry| &entry.hash[..]).collect();
+        // One statement for every entry and every token they name.
         sqlx::query(
-            "INSERT INTO audit_entry_tokens (seq, position, token) \
-             SELECT $1, t.ordinality - 1, t.token FROM UNNEST($2::text[]) WITH ORDINALITY AS t (token, ordinality)",
+            "WITH entries AS (INSERT INTO audit_entries (seq, time, principal, tenant, operation, outcome, reason, \
+             job_id, purpose, record_count, request_id, prev_hash, hash) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bytea[], $13::bytea[])) \
+             INSERT INTO audit_entry_tokens (seq, position, token) \
+             SELECT * FROM UNNEST($14::bigint[], $15::bigint[], $16::text[])",
         )
-        .bind(seq)
-        .bind(&entry.tokens)
-        .execute(&mut *conn)
+        .bind(&seqs)
+        .bind(&times)
+        .bind(column(|entry| &entry.principal))
+        .bind(column(|entry| &entry.tenant))
+        .bind(column(|entry| &entry.operation))
+        .bind(column(|entry| &entry.outcome))
+        .bind(column(|entry| &entry.reason))
+        .bind(column(|entry| &entry.job_id))
+        .bind(column(|entry| &entry.purpose))
+        .bind(&counts)
+        .bind(column(|entry| &entry.request_id))
+        .bind(&prev_hashes)
+        .bind(&hashes)
+        .bind(&token_seqs)
+        .bind(&positions)
+        .bind(&tokens)
+        .execute(self.conn())
         .await
         .map_err(classify)?;
         Ok(())
@@ -773,6 +832,6 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.0.commit().await.map_err(classify)
+        self.conn.commit().await.map_err(classify)
     }
 }

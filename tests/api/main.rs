@@ -7,6 +7,7 @@ mod helpers;
 
 mod audit_log;
 mod backup;
+mod bench_smoke;
 mod config_check;
 mod crash;
 mod dev_mode;

@@ -250,6 +250,34 @@ on_both_backends! {
         assert_eq!(verified.entries, 3 + calls.len() as u64);
     }
 
+    async fn a_page_of_audit_entries_holds_a_bounded_number_of_tokens(backend) {
+        use mnvault_core::store::AUDIT_PAGE_TOKENS;
+        let (core, _dir) = fresh_core(&backend).await;
+        // Three entries of 0.6 of a page's tokens each, and one without tokens.
+        let per_entry = AUDIT_PAGE_TOKENS * 3 / 5;
+        let mut seqs = Vec::new();
+        for entry in 0..4 {
+            let tokens = if entry == 3 { Vec::new() } else { (0..per_entry).map(|_| mnvault_core::mint::draw_token(TokenFormat::Opaque)).collect() };
+            let draft = AuditDraft { tokens, ..AuditDraft::by(&alice(), Operation::ListPurposes, None) };
+            seqs.push(core.record(draft).await.unwrap());
+        }
+        let mut read = core.store().begin_read().await.unwrap();
+        let mut pages = Vec::new();
+        let mut after_seq = seqs[0] - 1;
+        while after_seq < seqs[3] {
+            let page = read.audit_entries(&AuditFilter { after_seq, limit: 100, ..Default::default() }).await.unwrap();
+            after_seq = page.last().expect("a page is never empty before the head").seq;
+            pages.push(page.iter().map(|entry| (entry.seq, entry.tokens.len())).collect::<Vec<_>>());
+        }
+        // The second entry brings the first page past the bound: the third starts the next page.
+        assert_eq!(
+            pages,
+            vec![vec![(seqs[0], per_entry), (seqs[1], per_entry)], vec![(seqs[2], per_entry), (seqs[3], 0)]],
+        );
+        drop(read);
+        assert!(core.verify_chain(&alice()).await.unwrap().is_ok(), "verification pages the same way");
+    }
+
     async fn concurrent_appends_form_one_chain_without_gap_or_fork(backend) {
         let (core, _dir) = fresh_core(&backend).await;
         let seqs = join_all((0..40).map(|_| {

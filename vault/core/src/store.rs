@@ -197,8 +197,49 @@ pub struct AuditFilter {
     pub request_id: Option<RequestId>,
     /// Only entries after this sequence number.
     pub after_seq: u64,
-    /// At most this many (at least one is asked for).
+    /// At most this many (at least one is asked for); fewer when their
+    /// tokens pass [`AUDIT_PAGE_TOKENS`].
     pub limit: u32,
+}
+
+/// Tokens one page of audit entries holds at most, unless its first entry
+/// alone has more: an entry names up to a whole job's tokens, so a page of
+/// [`AuditFilter::limit`] entries alone would not bound memory.
+pub const AUDIT_PAGE_TOKENS: usize = 100_000;
+
+/// The tokens of a page of audit entries, as a store reads them (in
+/// sequence and position order): cuts the page before the entry that
+/// would start past [`AUDIT_PAGE_TOKENS`], so every store bounds a page the
+/// same way. Callers page on by the last entry's sequence number, so a
+/// shorter page loses nothing.
+#[derive(Debug, Default)]
+pub struct PageTokens {
+    by_seq: std::collections::HashMap<u64, Vec<String>>,
+    loaded: usize,
+    cut: Option<u64>,
+}
+
+impl PageTokens {
+    /// Takes one token row; `false`: the page is full, stop reading.
+    pub fn push(&mut self, seq: u64, token: String) -> bool {
+        if self.loaded >= AUDIT_PAGE_TOKENS && !self.by_seq.contains_key(&seq) {
+            self.cut = Some(seq);
+            return false;
+        }
+        self.by_seq.entry(seq).or_default().push(token);
+        self.loaded += 1;
+        true
+    }
+
+    /// Gives each entry its tokens and drops the entries from the cut on.
+    pub fn attach(mut self, entries: &mut Vec<AuditRecord>) {
+        if let Some(cut) = self.cut {
+            entries.retain(|entry| entry.seq < cut);
+        }
+        for entry in entries {
+            entry.tokens = self.by_seq.remove(&entry.seq).unwrap_or_default();
+        }
+    }
 }
 
 /// A backend. Cheap to share; every method may be called concurrently.

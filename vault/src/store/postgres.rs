@@ -45,13 +45,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt as _;
 use mnvault_core::audit::AuditRecord;
 use mnvault_core::id::{JobId, Principal, TenantId, Token, TokenFormat};
 use mnvault_core::job::JobTerms;
 use mnvault_core::store::PoolUsage;
 use mnvault_core::store::{
-    AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, ReadTx, RecordRow, Store, StoreError, StoredTenant,
-    WriteTx,
+    AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, PageTokens, ReadTx, RecordRow, Store, StoreError,
+    StoredTenant, WriteTx,
 };
 use mnvault_keys::{BlindIndex, WrappedKey};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -569,19 +570,19 @@ where
         }
         // The tokens of exactly these entries, never of the gaps between them.
         let seqs = entries.iter().map(|entry| to_i64(entry.seq)).collect::<Result<Vec<_>, _>>()?;
-        let mut by_seq: HashMap<u64, Vec<String>> = HashMap::with_capacity(entries.len());
-        for row in sqlx::query("SELECT seq, token FROM audit_entry_tokens WHERE seq = ANY($1) ORDER BY seq, position")
-            .bind(&seqs)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(classify)?
-        {
-            let seq = get_u64(&row, "audit_entry_tokens.seq")?;
-            by_seq.entry(seq).or_default().push(get(&row, "audit_entry_tokens.token")?);
+        let mut tokens = PageTokens::default();
+        let mut rows =
+            sqlx::query("SELECT seq, token FROM audit_entry_tokens WHERE seq = ANY($1) ORDER BY seq, position")
+                .bind(&seqs)
+                .fetch(&mut *conn);
+        // Streamed, up to a page's worth.
+        while let Some(row) = rows.try_next().await.map_err(classify)? {
+            if !tokens.push(get_u64(&row, "audit_entry_tokens.seq")?, get(&row, "audit_entry_tokens.token")?) {
+                break;
+            }
         }
-        for entry in &mut entries {
-            entry.tokens = by_seq.remove(&entry.seq).unwrap_or_default();
-        }
+        drop(rows);
+        tokens.attach(&mut entries);
         Ok(entries)
     }
 }

@@ -15,13 +15,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt as _;
 use mnvault_core::audit::AuditRecord;
 use mnvault_core::id::{JobId, Principal, TenantId, Token, TokenFormat};
 use mnvault_core::job::JobTerms;
 use mnvault_core::store::PoolUsage;
 use mnvault_core::store::{
-    AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, ReadTx, RecordRow, Store, StoreError, StoredTenant,
-    WriteTx,
+    AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, PageTokens, ReadTx, RecordRow, Store, StoreError,
+    StoredTenant, WriteTx,
 };
 use mnvault_keys::{BlindIndex, WrappedKey};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -517,9 +518,10 @@ impl ReadTx for SqliteTx {
         let conn = self.conn();
         let rows = query.build().fetch_all(&mut *conn).await.map_err(classify)?;
         let mut entries = rows.iter().map(audit_record).collect::<Result<Vec<_>, _>>()?;
-        // The tokens of exactly these entries, never of the gaps between them.
-        let mut by_seq: HashMap<u64, Vec<String>> = HashMap::new();
-        for chunk in chunks(&entries) {
+        // The tokens of exactly these entries, never of the gaps between them,
+        // streamed, up to a page's worth.
+        let mut tokens = PageTokens::default();
+        'entries: for chunk in chunks(&entries) {
             let sql = format!(
                 "SELECT seq, token FROM audit_entry_tokens WHERE seq IN ({}) ORDER BY seq, position",
                 list(chunk.len())
@@ -528,13 +530,14 @@ impl ReadTx for SqliteTx {
             for entry in chunk {
                 query = query.bind(entry.seq as i64);
             }
-            for row in query.fetch_all(&mut *conn).await.map_err(classify)? {
-                by_seq.entry(row.get::<i64, _>("seq") as u64).or_default().push(row.get("token"));
+            let mut rows = query.fetch(&mut *conn);
+            while let Some(row) = rows.try_next().await.map_err(classify)? {
+                if !tokens.push(row.get::<i64, _>("seq") as u64, row.get("token")) {
+                    break 'entries;
+                }
             }
         }
-        for entry in &mut entries {
-            entry.tokens = by_seq.remove(&entry.seq).unwrap_or_default();
-        }
+        tokens.attach(&mut entries);
         Ok(entries)
     }
 }

@@ -188,6 +188,28 @@ enum Reading {
 /// common dash in Japanese. A symbol that decomposes into letters (™ into
 /// `TM`) still joins: a character stops a run only if it is itself a letter.
 fn read(character: char) -> Reading {
+    // Every call reads its tokens, identifiers and request id through here:
+    // ASCII, whose reading needs no table, goes first.
+    if character.is_ascii() {
+        return read_ascii(character);
+    }
+    read_by_tables(character)
+}
+
+/// [`read`] for ASCII, where compatibility decomposition changes nothing,
+/// the only numbers are `0`–`9` and the only letters `A`–`Z`, `a`–`z`.
+fn read_ascii(character: char) -> Reading {
+    if character.is_ascii_digit() {
+        Reading::Digits(1)
+    } else if character.is_ascii_alphabetic() {
+        Reading::Letter
+    } else {
+        Reading::Joiner
+    }
+}
+
+/// [`read`] by the Unicode tables.
+fn read_by_tables(character: char) -> Reading {
     let mut digits = 0;
     unicode_normalization::char::decompose_compatible(character, |part| {
         if part.general_category_group() == GeneralCategoryGroup::Number || KANJI_DIGITS.contains(&part) {
@@ -292,6 +314,13 @@ pub fn redact_numbers(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_reads_as_the_tables_read_it() {
+        for character in (0u8..=127).map(char::from) {
+            assert_eq!(read_ascii(character), read_by_tables(character), "U+{:04X}", u32::from(character));
+        }
+    }
 
     /// The table of `shared/domain.md`: number and check digit.
     const VECTORS: [(&str, u8); 6] = [

@@ -238,24 +238,14 @@ fn list(count: usize) -> String {
     vec!["?"; count].join(", ")
 }
 
-/// `(?4, ?5), (?6, ?7)`: `rows` groups of `width` numbered placeholders
-/// from `?first`, for a statement whose shared values are `?1` to
-/// `?first - 1` (SQLite numbers an unnumbered `?` after the largest so far,
-/// but explicit numbers leave no doubt).
-fn numbered(rows: usize, width: usize, first: usize) -> String {
-    let mut sql = String::with_capacity(rows * width * 7);
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..width {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('?');
-            sql.push_str(&(first + row * width + column).to_string());
-        }
-        sql.push(')');
-    }
-    sql
+/// `(?, ?), (?, ?)`: `rows` groups of `width` bare placeholders. Every
+/// value is bound in its row, even one all rows share: sqlx asks SQLite the
+/// name of every parameter it binds, SQLite finds a numbered one's name by
+/// scanning the list of names (thousands of `?NNN` cost a scan each), and
+/// sqlx counts bare ones from 1 whatever numbered ones came before.
+fn rows_of(rows: usize, width: usize) -> String {
+    let row = format!("({})", list(width));
+    vec![row; rows].join(", ")
 }
 
 fn to_u32(value: i64, what: &'static str) -> Result<u32, StoreError> {
@@ -619,21 +609,21 @@ impl WriteTx for SqliteTx {
     ) -> Result<(), StoreError> {
         let conn = self.conn();
         for chunk in chunks(records) {
-            // What every row shares is bound once. `WHERE true` tells SQLite's
-            // parser that ON CONFLICT belongs to the INSERT, not to a join.
             let sql = format!(
                 "INSERT INTO records (tenant, token, format, blind_index, key_version, sealed, created_at, tag) \
-                 SELECT ?1, column1, ?2, column2, column3, column4, ?3, column5 FROM (VALUES {}) WHERE true \
-                 ON CONFLICT DO NOTHING",
-                numbered(chunk.len(), 5, 4)
+                 VALUES {} ON CONFLICT DO NOTHING",
+                rows_of(chunk.len(), 8)
             );
-            let mut query = sqlx::query(&sql).bind(tenant.as_str()).bind(format.id()).bind(created_at);
+            let mut query = sqlx::query(&sql);
             for record in chunk {
                 query = query
+                    .bind(tenant.as_str())
                     .bind(record.token.as_str())
+                    .bind(format.id())
                     .bind(&record.blind_index.0[..])
                     .bind(i64::from(record.key_version))
                     .bind(&record.sealed[..])
+                    .bind(created_at)
                     .bind(&record.tag[..]);
             }
             query.execute(&mut *conn).await.map_err(classify)?;
@@ -664,13 +654,11 @@ impl WriteTx for SqliteTx {
         .map_err(classify)?;
         let mut position = 0i64;
         for chunk in chunks(&job.tokens) {
-            let sql = format!(
-                "INSERT INTO filing_job_tokens (job_id, position, token) SELECT ?1, column1, column2 FROM (VALUES {})",
-                numbered(chunk.len(), 2, 2)
-            );
-            let mut query = sqlx::query(&sql).bind(job_id.as_str());
+            let sql =
+                format!("INSERT INTO filing_job_tokens (job_id, position, token) VALUES {}", rows_of(chunk.len(), 3));
+            let mut query = sqlx::query(&sql);
             for token in chunk {
-                query = query.bind(position).bind(token.as_str());
+                query = query.bind(job_id.as_str()).bind(position).bind(token.as_str());
                 position += 1;
             }
             query.execute(&mut *conn).await.map_err(classify)?;
@@ -748,7 +736,7 @@ impl WriteTx for SqliteTx {
             let sql = format!(
                 "INSERT INTO audit_entries (seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, \
                  record_count, request_id, prev_hash, hash) VALUES {}",
-                numbered(chunk.len(), 13, 1)
+                rows_of(chunk.len(), 13)
             );
             let mut query = sqlx::query(&sql);
             for entry in chunk {
@@ -779,7 +767,7 @@ impl WriteTx for SqliteTx {
             .collect();
         for chunk in chunks(&rows) {
             let sql =
-                format!("INSERT INTO audit_entry_tokens (seq, position, token) VALUES {}", numbered(chunk.len(), 3, 1));
+                format!("INSERT INTO audit_entry_tokens (seq, position, token) VALUES {}", rows_of(chunk.len(), 3));
             let mut query = sqlx::query(&sql);
             for (seq, position, token) in chunk {
                 query = query.bind(*seq).bind(*position).bind(*token);

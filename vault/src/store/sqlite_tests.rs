@@ -92,7 +92,7 @@ fn batches_are_cut_into_a_few_fixed_sizes() {
     let again: Vec<usize> = super::chunks(&items).flatten().copied().collect();
     assert_eq!(again, items, "every item once, in order");
     assert_eq!(super::chunks::<u8>(&[]).count(), 0);
-    assert_eq!(super::numbered(2, 2, 3), "(?3, ?4), (?5, ?6)");
+    assert_eq!(super::rows_of(2, 3), "(?, ?, ?), (?, ?, ?)");
 }
 
 /// A database written by the schema before migration 0004 keeps every

@@ -68,7 +68,7 @@ on_both_backends! {
                 "TokenizeStream 200 fresh",
                 "fill to 500",
                 "TokenizeStream 200 at 500",
-                "Detokenize 50 in jobs",
+                "Detokenize 50 in jobs, 20 per call",
                 "rewrap",
             ]
         );

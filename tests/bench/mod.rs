@@ -94,7 +94,10 @@ impl Plan {
             fill_to: 1_000_000,
             fill_stream_records: 100_000,
             detokenize_tokens: 10_000,
-            detokenize_call_tokens: 1_000,
+            // A filing run releases a job's numbers in one call; each call
+            // reads and checks the whole job, so paging a large job in small
+            // calls costs more (`--detokenize-call-tokens 1000` shows how much).
+            detokenize_call_tokens: 10_000,
             job_tokens: mnvault::config::LimitSettings::default().max_job_tokens,
             progress: true,
         }

@@ -250,7 +250,8 @@ async fn stream(
 /// `job_tokens` tokens are created and approved first (not timed), then a
 /// filer detokenizes them `detokenize_call_tokens` tokens per call.
 async fn detokenize(plan: &Plan, vault: &VaultProcess, pairs: &Pairs) -> anyhow::Result<Row> {
-    let what = format!("Detokenize {} in jobs", group(pairs.len() as u64));
+    let per_call = plan.detokenize_call_tokens.clamp(1, plan.job_tokens.max(1)).min(pairs.len().max(1));
+    let what = format!("Detokenize {} in jobs, {} per call", group(pairs.len() as u64), group(per_call as u64));
     let (requester, approver, filer) =
         (vault.client("requester").await?, vault.client("approver").await?, vault.client("filer").await?);
     let mut jobs = Vec::new();

@@ -124,6 +124,18 @@ on_both_backends! {
         let row = tx.record(&demo(), &token(0)).await.unwrap().unwrap();
         assert_eq!((row.format.as_str(), row.key_version, row.created_at), ("opaque", 1, 7));
         assert_eq!((row.blind_index, row.tag), (vec![0; 32], Some(vec![0; 32])));
+        // Two records of one insert drew the same token for different numbers: one is
+        // written, and the other number has no holder (the core then draws again); neither
+        // index may answer with the other's row.
+        tx.insert_records(&demo(), TokenFormat::Opaque, &[record(4, 4), record(4, 5)], 8).await.unwrap();
+        let asked = [BlindIndex([4; 32]), BlindIndex([5; 32])];
+        let holders = tx.records_by_blind_index(&demo(), TokenFormat::Opaque, &asked).await.unwrap();
+        for (index, holder) in asked.iter().zip(&holders) {
+            if let Some(row) = holder {
+                assert_eq!((row.token.as_str(), &row.blind_index), (token(4).as_str(), &index.0.to_vec()));
+            }
+        }
+        assert_eq!(holders.iter().flatten().count(), 1, "one of the two was written");
         // The chain head moves only as told, and commits with the rest.
         let head = tx.lock_chain_head().await.unwrap();
         assert_eq!(head.seq, 1, "the tenant's creation is entry 1");

@@ -9,10 +9,12 @@
 //! before it lets the lock go. A call is answered only after the batch that
 //! holds it committed, so an acknowledged write is as durable as before.
 //!
-//! A leader's future may be dropped halfway (its client went away): the
-//! transaction then rolls back and the members' answer channels close
-//! unanswered. [`GroupCommit::submit`] reports that as `None`, and the
-//! member does its work again on its own.
+//! Callers should submit from a task of their own (the vault's handlers
+//! do), so that a client going away cannot drop a leader halfway. Should one
+//! be dropped anyway, its transaction rolls back and its members' answer
+//! channels close unanswered: [`GroupCommit::submit`] reports that as
+//! `None`, and each member does its work again on its own. Work whose
+//! caller was dropped while it waited is left out of the next batch.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -21,10 +23,13 @@ use std::sync::Mutex;
 use futures::channel::oneshot;
 use futures::future::{select, Either};
 
-/// Work that can be queued: how much it weighs against a batch's bound.
-pub(crate) trait Weighed {
-    /// The rows this work writes (at least 1).
+/// Work that can be queued.
+pub(crate) trait Queued {
+    /// The rows this work writes (at least 1), against a batch's bound.
     fn weight(&self) -> usize;
+    /// Whether nobody waits for its answer any more (the call was
+    /// dropped): such work is left out of the next batch, not written.
+    fn abandoned(&self) -> bool;
 }
 
 /// A queue of pending work `T` and the leader's lock.
@@ -34,7 +39,7 @@ pub(crate) struct GroupCommit<T> {
     max_weight: usize,
 }
 
-impl<T: Weighed> GroupCommit<T> {
+impl<T: Queued> GroupCommit<T> {
     /// A queue whose batches weigh at most `max_weight`, except that a batch
     /// always takes at least one item.
     pub(crate) fn new(max_weight: usize) -> Self {
@@ -75,9 +80,10 @@ impl<T: Weighed> GroupCommit<T> {
         }
     }
 
-    /// The oldest queued items, up to the weight bound.
+    /// The oldest queued items still awaited, up to the weight bound.
     fn take_batch(&self) -> Vec<T> {
         let mut pending = self.pending.lock().expect("group commit queue");
+        pending.retain(|item| !item.abandoned());
         let mut batch = Vec::new();
         let mut weight = 0;
         while let Some(next) = pending.front() {
@@ -121,9 +127,12 @@ mod tests {
         reply: oneshot::Sender<usize>,
     }
 
-    impl Weighed for Item {
+    impl Queued for Item {
         fn weight(&self) -> usize {
             self.weight
+        }
+        fn abandoned(&self) -> bool {
+            self.reply.is_canceled()
         }
     }
 
@@ -172,6 +181,21 @@ mod tests {
         })
         .collect();
         assert_eq!(batches, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn work_nobody_waits_for_is_left_out() {
+        let queue = GroupCommit::new(10);
+        let mut kept = Vec::new();
+        for id in 0..4 {
+            let (item, answer) = item(id, 1);
+            queue.pending.lock().unwrap().push_back(item);
+            if id % 2 == 0 {
+                kept.push(answer);
+            } // the others' callers went away
+        }
+        let batch: Vec<usize> = queue.take_batch().iter().map(|i| i.id).collect();
+        assert_eq!(batch, vec![0, 2]);
     }
 
     #[test]

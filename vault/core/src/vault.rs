@@ -20,7 +20,7 @@ use crate::audit::{AuditDraft, AuditRecord, ChainBreak, ChainVerifier, Operation
 use crate::authz::{Policy, Role};
 use crate::clock;
 use crate::error::VaultError;
-use crate::group_commit::{GroupCommit, Weighed};
+use crate::group_commit::{GroupCommit, Queued};
 use crate::id::{JobId, Principal, TenantId, Token, TokenFormat};
 use crate::integrity::{Integrity, CHANGED, JOB_STATE_CHANGES};
 use crate::job::{Job, JobRequest, JobState, Stamp};
@@ -343,6 +343,9 @@ impl VaultCore {
             }
             drafts.push(draft);
         }
+        // Groups in one order on every replica, so two batches never wait
+        // for each other's rows in opposite orders.
+        groups.sort_by(|a, b| (&a.tenant, a.format).cmp(&(&b.tenant, b.format)));
         for RecordGroup { tenant, format, records, slots } in &groups {
             if records.is_empty() {
                 continue;
@@ -783,9 +786,12 @@ enum GroupAnswer {
     WriteAlone,
 }
 
-impl Weighed for QueuedTokenize {
+impl Queued for QueuedTokenize {
     fn weight(&self) -> usize {
         self.work.drawn.len()
+    }
+    fn abandoned(&self) -> bool {
+        self.reply.is_canceled()
     }
 }
 

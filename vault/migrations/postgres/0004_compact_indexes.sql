@@ -17,18 +17,14 @@ DROP INDEX records_key_version;
 -- record is only ever written with its tenant's keys in hand, and an entry's
 -- tokens only in the statement that writes the entry, which its hash covers.
 -- Tenants and entries are never deleted, so the checks never had anything
--- to catch.
+-- to catch. Someone who can write the database can now add token rows for
+-- an entry not yet written; that entry then fails verification when it is
+-- (as any edit of the log does), and `audit verify` names it.
 ALTER TABLE records DROP CONSTRAINT records_tenant_fkey;
 ALTER TABLE audit_entry_tokens DROP CONSTRAINT audit_entry_tokens_seq_fkey;
 
--- An entry's tokens are found by seq. Entries are written in seq order and
--- an entry names up to thousands of tokens, so a plain index on seq keeps
--- one key per entry with a list of rows (B-tree deduplication): a few bytes
--- per token, where (seq, position) cost a full key each. Positions are
--- written once, in the statement that writes the entry, and the entry's
--- hash covers them in order, so their uniqueness needs no index.
-ALTER TABLE audit_entry_tokens DROP CONSTRAINT audit_entry_tokens_pkey;
-CREATE INDEX audit_entry_tokens_seq ON audit_entry_tokens (seq);
+-- The primary key (seq, position) stays: pages of entries read their tokens
+-- in that order straight from it, and stop reading once a page is full.
 
 -- A token's entries are found by equality only: a hash index keeps a 4-byte
 -- hash per row instead of the 30-character token, and its size does not

@@ -57,7 +57,15 @@ pub struct VaultContext {
     pub stopping: tokio_util::sync::CancellationToken,
     /// This vault's metrics.
     pub metrics: Arc<Metrics>,
+    /// Unary tokenize writes run in tasks of their own (a client that goes
+    /// away must not drop a group commit it leads); this bounds how many,
+    /// so resetting calls cannot pile up writes.
+    pub(crate) tokenize_tasks: Arc<tokio::sync::Semaphore>,
 }
+
+/// Unary tokenize writes in flight at most: the group commit's bound in
+/// records, so a full queue is one batch.
+const TOKENIZE_TASKS: usize = 4_096;
 
 /// Put in each request's extensions by the connection layer; a handler sets
 /// it when it runs, so the layer knows which refusals it must audit itself.
@@ -96,7 +104,8 @@ impl VaultContext {
     /// The context over `core` with `limits`.
     pub fn new(core: VaultCore, limits: LimitSettings) -> Self {
         let limits = arc_swap::ArcSwap::from_pointee(limits);
-        Self { core, limits, stopping: Default::default(), metrics: Arc::default() }
+        let tokenize_tasks = Arc::new(tokio::sync::Semaphore::new(TOKENIZE_TASKS));
+        Self { core, limits, stopping: Default::default(), metrics: Arc::default(), tokenize_tasks }
     }
 
     /// What one caller may cost, now: a call reads it once, at its start.

@@ -261,8 +261,19 @@ impl TokenService for TokenApi {
             draft.tenant = Some(tenant.clone());
             let format = token_format(request.format)?;
             let number = MyNumber::parse(&input)?;
-            let tokenized = self.ctx.core.tokenize(&caller, &tenant, format, std::slice::from_ref(&number), &draft);
-            tokenized.await?.into_iter().next().ok_or(VaultError::Internal)
+            // In a task of its own, which a reset or timed-out call cannot
+            // drop halfway through a group commit it leads.
+            let permit = self.ctx.tokenize_tasks.clone().acquire_owned().await.map_err(|_| VaultError::Internal)?;
+            let (ctx, caller, draft) = (self.ctx.clone(), caller.clone(), draft.clone());
+            let write = async move {
+                let _permit = permit;
+                ctx.core.tokenize(&caller, &tenant, format, std::slice::from_ref(&number), &draft).await
+            };
+            let tokenized = tokio::spawn(write.instrument(tracing::Span::current())).await.map_err(|error| {
+                tracing::error!(%error, "a tokenize task ended without an answer");
+                VaultError::Internal
+            })?;
+            tokenized?.into_iter().next().ok_or(VaultError::Internal)
         }
         .await;
         let tokenized = self.ctx.settled(draft, result).await?;

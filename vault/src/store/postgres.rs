@@ -648,7 +648,7 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
              SELECT $1, r.token, $2, r.blind_index, r.key_version, r.sealed, $3, r.tag \
              FROM UNNEST($4::text[], $5::bytea[], $6::bigint[], $7::bytea[], $8::bytea[]) \
              AS r (token, blind_index, key_version, sealed, tag) \
-             ON CONFLICT DO NOTHING RETURNING token",
+             ON CONFLICT DO NOTHING RETURNING token, blind_index",
         )
         .bind(tenant.as_str())
         .bind(format.id())
@@ -661,8 +661,17 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         .fetch_all(self.conn())
         .await
         .map_err(classify)?;
-        let written = written.iter().map(|row| get(row, "records.token")).collect::<Result<HashSet<String>, _>>()?;
-        for record in sorted.into_iter().filter(|record| written.contains(record.token.as_str())) {
+        // By token and blind index together: two records of one batch may
+        // draw the same token for different numbers, and only the first is
+        // written; the other must not be remembered as written.
+        let written = written
+            .iter()
+            .map(|row| Ok((get::<String>(row, "records.token")?, get::<Vec<u8>>(row, "records.blind_index")?)))
+            .collect::<Result<HashSet<(String, Vec<u8>)>, StoreError>>()?;
+        for record in sorted
+            .into_iter()
+            .filter(|record| written.contains(&(record.token.to_string(), record.blind_index.0.to_vec())))
+        {
             let row = RecordRow {
                 token: record.token.to_string(),
                 format: format.id().to_owned(),

@@ -52,6 +52,35 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    async fn a_listing_goes_on_past_an_entry_that_fills_a_page_with_tokens(backend) {
+        use mnvault_core::audit::{AuditDraft, Operation};
+        use mnvault_core::store::AUDIT_PAGE_TOKENS;
+        let app = spawn_app(&backend).await;
+        let by = mnvault_core::id::Principal::parse("requester").unwrap();
+        let draw = |count: usize| (0..count).map(|_| mnvault_core::mint::draw_token(mnvault_core::id::TokenFormat::Opaque)).collect();
+        // An entry of a page's worth of tokens, then small ones: the store cuts its page after the big one.
+        let big = app.core().record(AuditDraft { tokens: draw(AUDIT_PAGE_TOKENS), ..AuditDraft::by(&by, Operation::ListPurposes, None) }).await.unwrap();
+        let mut small = Vec::new();
+        for _ in 0..3 {
+            small.push(app.core().record(AuditDraft { tokens: draw(1), ..AuditDraft::by(&by, Operation::ListPurposes, None) }).await.unwrap());
+        }
+        let auditor = app.client("auditor").await;
+        let mut request = ListAuditEntriesRequest::default();
+        let mut listed = Vec::new();
+        loop {
+            let page = auditor.list_audit_entries(request.clone()).await.unwrap();
+            listed.extend(page.entries.iter().map(|entry| (entry.seq, entry.tokens.len())));
+            if page.next_after_seq == 0 {
+                break;
+            }
+            request.after_seq = page.next_after_seq;
+        }
+        assert!(listed.contains(&(big, AUDIT_PAGE_TOKENS)), "the big entry, whole");
+        for seq in small {
+            assert!(listed.contains(&(seq, 1)), "entry {seq} after it is listed too: {:?}", &listed[listed.len().saturating_sub(5)..]);
+        }
+    }
+
     async fn an_edited_audit_row_is_caught_by_verify_and_named(backend) {
         let app = spawn_app(&backend).await;
         tokenize_fresh(&app, 5).await;

@@ -288,6 +288,12 @@ impl TestApp {
         self.reloader.as_ref().expect("an in-process vault")
     }
 
+    /// The in-process vault's core, to write what no call can (an audit
+    /// entry of a given size).
+    pub fn core(&self) -> &mnvault_core::VaultCore {
+        &self.context.as_ref().expect("an in-process vault").core
+    }
+
     /// How many stored objects failed their integrity check in this vault.
     pub fn integrity_failures(&self) -> u64 {
         self.context.as_ref().expect("an in-process vault").core.integrity_failures()

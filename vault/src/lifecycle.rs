@@ -7,10 +7,13 @@
 //!   every connection is asked to close (HTTP/2 GOAWAY: no new call on it);
 //!   a `TokenizeStream` finishes the batch it holds, sends its tokens and
 //!   ends with `UNAVAILABLE`, naming the first record it did not read; other
-//!   calls run to their end. Whatever is still running
-//!   `server.shutdown_grace_ms` after the signal is dropped; nothing was
-//!   acknowledged that was not committed. Then the database is closed and
-//!   the process exits 0.
+//!   calls run to their end. Calls still running
+//!   `server.shutdown_grace_ms` after the signal are dropped; nothing was
+//!   acknowledged that was not committed. Then the database is closed: a
+//!   transaction under way (a unary `Tokenize`'s group commit runs in a task
+//!   of its own, past its call) finishes first, one not yet begun fails
+//!   unanswered, so shutdown may outlast the grace by one write timeout.
+//!   The process exits 0.
 //! - **SIGHUP** reloads what can change while the vault serves (TLS files,
 //!   principals, most limits, `[server]`); see [`crate::reload`].
 

@@ -231,6 +231,17 @@ impl PageTokens {
         true
     }
 
+    /// The last entry that got tokens, and how many it has so far.
+    pub fn last_entry(&self) -> Option<(u64, usize)> {
+        self.by_seq.keys().max().map(|seq| (*seq, self.by_seq[seq].len()))
+    }
+
+    /// Ends the page after entry `seq` (a store that read a page's worth of
+    /// rows at most, then the rest of `seq`'s own).
+    pub fn end_after(&mut self, seq: u64) {
+        self.cut = Some(self.cut.map_or(seq + 1, |cut| cut.min(seq + 1)));
+    }
+
     /// Gives each entry its tokens and drops the entries from the cut on.
     pub fn attach(mut self, entries: &mut Vec<AuditRecord>) {
         if let Some(cut) = self.cut {

@@ -264,7 +264,7 @@ impl VaultCore {
         numbers: &[MyNumber],
         draft: &AuditDraft,
     ) -> Result<Vec<Tokenized>, VaultError> {
-        self.policy().require(caller, &[Role::Tokenizer], Some(tenant))?;
+        self.authorize_tokenize(caller, tenant)?;
         let keys = self.keyring.tenant_keys(tenant).await?;
         // Every number gets a drawn record; the insert skips those whose
         // number is known, and the look-up after it names the holder. One
@@ -290,6 +290,12 @@ impl VaultCore {
         }
         tracing::error!(%tenant, "token draws kept colliding");
         Err(VaultError::Internal)
+    }
+
+    /// Whether `caller` may tokenize for `tenant`: checked by
+    /// [`VaultCore::tokenize`], and by the edge before it queues a call.
+    pub fn authorize_tokenize(&self, caller: &Principal, tenant: &TenantId) -> Result<(), VaultError> {
+        self.policy().require(caller, &[Role::Tokenizer], Some(tenant))
     }
 
     /// Leads one group commit and answers every member. A batch of one

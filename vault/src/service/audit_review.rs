@@ -2,7 +2,7 @@
 
 use mnvault_core::audit::{AuditDraft, AuditRecord, Operation};
 use mnvault_core::id::{JobId, RequestId, TenantId, Token};
-use mnvault_core::store::AuditFilter;
+use mnvault_core::store::{AuditFilter, AUDIT_PAGE_TOKENS};
 use mnvault_proto::v1 as pb;
 use pb::audit_service_server::AuditService;
 use prost::Message as _;
@@ -111,7 +111,10 @@ impl AuditApi {
         let more = 'pages: loop {
             filter.limit = fetch.min(u32::try_from(page - entries.len()).unwrap_or(u32::MAX));
             let fetched = self.ctx.core.audit_entries(caller, &filter).await?;
-            let exhausted = fetched.len() < filter.limit as usize;
+            // A short fetch is the end only if the store did not cut it at
+            // its page's worth of tokens.
+            let tokens: usize = fetched.iter().map(|entry| entry.tokens.len()).sum();
+            let exhausted = fetched.len() < filter.limit as usize && tokens < AUDIT_PAGE_TOKENS;
             for entry in fetched {
                 let entry = wire_entry(entry);
                 let size = entry.encoded_len() + 16; // field tag and length prefix

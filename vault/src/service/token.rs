@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use mnvault_core::audit::{AuditDraft, Operation, Outcome};
-use mnvault_core::authz::Role;
 use mnvault_core::id::{TenantId, Token, TokenFormat};
 use mnvault_core::number::MyNumber;
 use mnvault_proto::v1 as pb;
@@ -61,7 +60,7 @@ async fn answer_batch(
         let input = take_number(&mut request.number);
         // Authorised before anything is written, like a single Tokenize.
         let parsed = parse_record(&request, &input).and_then(|(tenant, format, number)| {
-            ctx.core.policy().require(&caller, &[Role::Tokenizer], Some(&tenant))?;
+            ctx.core.authorize_tokenize(&caller, &tenant)?;
             Ok((tenant, format, number))
         });
         match parsed {
@@ -256,27 +255,39 @@ impl TokenService for TokenApi {
         let mut draft = AuditDraft::new(Operation::Tokenize);
         let caller = self.ctx.authenticate(&request, &mut draft).await?;
         let request = request.into_inner();
-        let result = async {
+        let checked = async {
             let tenant = TenantId::parse(&request.tenant)?;
             draft.tenant = Some(tenant.clone());
             let format = token_format(request.format)?;
             let number = MyNumber::parse(&input)?;
-            // In a task of its own, which a reset or timed-out call cannot
-            // drop halfway through a group commit it leads.
-            let permit = self.ctx.tokenize_tasks.clone().acquire_owned().await.map_err(|_| VaultError::Internal)?;
-            let (ctx, caller, draft) = (self.ctx.clone(), caller.clone(), draft.clone());
-            let write = async move {
-                let _permit = permit;
-                ctx.core.tokenize(&caller, &tenant, format, std::slice::from_ref(&number), &draft).await
-            };
-            let tokenized = tokio::spawn(write.instrument(tracing::Span::current())).await.map_err(|error| {
-                tracing::error!(%error, "a tokenize task ended without an answer");
-                VaultError::Internal
+            self.ctx.core.authorize_tokenize(&caller, &tenant)?;
+            // Full house: refused at once, not queued behind other callers.
+            let permit = self.ctx.tokenize_tasks.clone().try_acquire_owned().map_err(|_| {
+                VaultError::Unavailable(
+                    "the vault has as many tokenize calls in flight as it takes; retry shortly".into(),
+                )
             })?;
-            tokenized?.into_iter().next().ok_or(VaultError::Internal)
+            Ok((tenant, format, number, permit))
         }
         .await;
-        let tokenized = self.ctx.settled(draft, result).await?;
+        let (tenant, format, number, permit) = self.ctx.settled(draft.clone(), checked).await?;
+        // The write runs in a task of its own, which a reset or timed-out call
+        // cannot drop halfway through a group commit it leads, and settles
+        // there, so a failure is audited even when the caller is gone.
+        let (ctx, task_draft) = (self.ctx.clone(), draft.clone());
+        let write = async move {
+            let _permit = permit;
+            let tokenized = ctx.core.tokenize(&caller, &tenant, format, std::slice::from_ref(&number), &task_draft);
+            let result = tokenized.await.and_then(|tokenized| tokenized.into_iter().next().ok_or(VaultError::Internal));
+            ctx.settled(task_draft, result).await
+        };
+        let tokenized = match tokio::spawn(write.instrument(tracing::Span::current())).await {
+            Ok(answer) => answer?,
+            Err(error) => {
+                tracing::error!(%error, "a tokenize task ended without an answer");
+                return Err(self.ctx.refuse(draft, VaultError::Internal).await);
+            }
+        };
         self.ctx.metrics.record_tokenized(Operation::Tokenize, tokenized.created);
         Ok(Response::new(pb::TokenizeResponse { token: tokenized.token.to_string(), created: tokenized.created }))
     }

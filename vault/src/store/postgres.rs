@@ -52,7 +52,7 @@ use mnvault_core::job::JobTerms;
 use mnvault_core::store::PoolUsage;
 use mnvault_core::store::{
     AuditFilter, ChainHead, JobRow, NewJob, NewRecord, NewTenant, PageTokens, ReadTx, RecordRow, Store, StoreError,
-    StoredTenant, WriteTx,
+    StoredTenant, WriteTx, AUDIT_PAGE_TOKENS,
 };
 use mnvault_keys::{BlindIndex, WrappedKey};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -570,18 +570,40 @@ where
         }
         // The tokens of exactly these entries, never of the gaps between them.
         let seqs = entries.iter().map(|entry| to_i64(entry.seq)).collect::<Result<Vec<_>, _>>()?;
+        // A page's worth of rows at most, so the server never sorts or sends
+        // more than that for a page; then the rest of the last entry alone,
+        // which comes back whole however many tokens it names.
+        let limit = AUDIT_PAGE_TOKENS as i64;
         let mut tokens = PageTokens::default();
-        let mut rows =
-            sqlx::query("SELECT seq, token FROM audit_entry_tokens WHERE seq = ANY($1) ORDER BY seq, position")
-                .bind(&seqs)
-                .fetch(&mut *conn);
-        // Streamed, up to a page's worth.
+        let mut read = 0i64;
+        let mut rows = sqlx::query(
+            "SELECT seq, token FROM audit_entry_tokens WHERE seq = ANY($1) ORDER BY seq, position LIMIT $2",
+        )
+        .bind(&seqs)
+        .bind(limit)
+        .fetch(&mut *conn);
         while let Some(row) = rows.try_next().await.map_err(classify)? {
+            read += 1;
             if !tokens.push(get_u64(&row, "audit_entry_tokens.seq")?, get(&row, "audit_entry_tokens.token")?) {
                 break;
             }
         }
         drop(rows);
+        if read == limit {
+            if let Some((seq, have)) = tokens.last_entry() {
+                let rest =
+                    sqlx::query("SELECT token FROM audit_entry_tokens WHERE seq = $1 ORDER BY position OFFSET $2")
+                        .bind(to_i64(seq)?)
+                        .bind(have as i64)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(classify)?;
+                for row in &rest {
+                    tokens.push(seq, get(row, "audit_entry_tokens.token")?);
+                }
+                tokens.end_after(seq);
+            }
+        }
         tokens.attach(&mut entries);
         Ok(entries)
     }

@@ -114,7 +114,11 @@ on_both_backends! {
                 }
             }
         }
-        assert!(vault.log().contains("configuration reloaded"), "{}", vault.log());
+        // The new principals take effect before the reload is logged as done.
+        while !vault.log().contains("configuration reloaded") {
+            assert!(tokio::time::Instant::now() < deadline, "no reload logged; the log:\n{}", vault.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         vault.send(Signal::TERM);
         let status = vault.exited().await;
         assert!(status.success(), "the vault exited with {status}; its log:\n{}", vault.log());

@@ -58,7 +58,6 @@ pub async fn run_all(plan: &Plan, target: &Target) -> anyhow::Result<BackendRepo
     let limits = LimitSettings::default();
     let numbers = NumberSource::new();
     let mut report = BackendReport { backend, ..BackendReport::default() };
-    let bytes_per_token = |bytes: u64, stored: u64| (bytes.saturating_sub(empty_bytes)) as f64 / stored.max(1) as f64;
 
     for &concurrency in &plan.unary_concurrency {
         let what = format!("Tokenize c={concurrency}");
@@ -78,10 +77,7 @@ pub async fn run_all(plan: &Plan, target: &Target) -> anyhow::Result<BackendRepo
     let (mut row, pairs) = stream(plan, &vault, &what, numbers.take(plan.stream_records), keep).await?;
     report.stored_tokens += row.distinct_tokens;
     row.ceiling = Some(ceiling_phase(plan, &ceiling, stream_commit, row.count).await?);
-    (row.rss, row.peak_rss) = memory(&vault)?;
-    row.bytes_per_token = Some(bytes_per_token(target.vault_database_bytes().await?, report.stored_tokens));
-    done(plan, &row);
-    report.rows.push(row);
+    close_write_row(plan, &vault, target, empty_bytes, &mut report, row).await?;
 
     if plan.fill_to > 0 {
         let mut fill =
@@ -103,19 +99,13 @@ pub async fn run_all(plan: &Plan, target: &Target) -> anyhow::Result<BackendRepo
         }
         fill.elapsed = Some(elapsed);
         fill.ceiling = Some(ceiling_elapsed);
-        (fill.rss, fill.peak_rss) = memory(&vault)?;
-        fill.bytes_per_token = Some(bytes_per_token(target.vault_database_bytes().await?, report.stored_tokens));
-        done(plan, &fill);
-        report.rows.push(fill);
+        close_write_row(plan, &vault, target, empty_bytes, &mut report, fill).await?;
 
         let what = format!("TokenizeStream {} at {}", group(plan.stream_records as u64), group(report.stored_tokens));
         let (mut row, _) = stream(plan, &vault, &what, numbers.take(plan.stream_records), 0).await?;
         report.stored_tokens += row.distinct_tokens;
         row.ceiling = Some(ceiling_phase(plan, &ceiling, stream_commit, row.count).await?);
-        (row.rss, row.peak_rss) = memory(&vault)?;
-        row.bytes_per_token = Some(bytes_per_token(target.vault_database_bytes().await?, report.stored_tokens));
-        done(plan, &row);
-        report.rows.push(row);
+        close_write_row(plan, &vault, target, empty_bytes, &mut report, row).await?;
     }
 
     let mut row = detokenize(plan, &vault, &pairs).await?;
@@ -132,7 +122,7 @@ pub async fn run_all(plan: &Plan, target: &Target) -> anyhow::Result<BackendRepo
 
     let since_last = vault.memory()?.peak;
     report.peak_rss = report.rows.iter().filter_map(|row| row.peak_rss).fold(since_last.max(started_peak), u64::max);
-    report.bytes_per_token = Some(bytes_per_token(target.vault_database_bytes().await?, report.stored_tokens));
+    report.bytes_per_token = Some(bytes_per_token(target, empty_bytes, report.stored_tokens).await?);
     ceiling.close().await;
     vault.stop().await?;
     Ok(report)
@@ -317,6 +307,30 @@ async fn ceiling_phase(plan: &Plan, store: &Arc<dyn Store>, commit: Commit, rows
 
 /// The vault's resident memory now and at most since the last reading,
 /// which starts the next phase's peak.
+/// Ends a write phase's row: the vault's memory after it, and its database
+/// bytes per stored token; then reports the row.
+async fn close_write_row(
+    plan: &Plan,
+    vault: &VaultProcess,
+    target: &Target,
+    empty_bytes: u64,
+    report: &mut BackendReport,
+    mut row: Row,
+) -> anyhow::Result<()> {
+    (row.rss, row.peak_rss) = memory(vault)?;
+    row.bytes_per_token = Some(bytes_per_token(target, empty_bytes, report.stored_tokens).await?);
+    done(plan, &row);
+    report.rows.push(row);
+    Ok(())
+}
+
+/// Database bytes the vault added since it was initialised (`empty_bytes`),
+/// per stored token.
+async fn bytes_per_token(target: &Target, empty_bytes: u64, stored: u64) -> anyhow::Result<f64> {
+    let added = target.vault_database_bytes().await?.saturating_sub(empty_bytes);
+    Ok(added as f64 / stored.max(1) as f64)
+}
+
 fn memory(vault: &VaultProcess) -> anyhow::Result<(Option<u64>, Option<u64>)> {
     let memory = vault.memory()?;
     vault.reset_peak();

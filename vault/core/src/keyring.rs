@@ -479,6 +479,11 @@ mod tests {
 
     struct FakeRead(HashMap<String, StoredTenant>);
 
+    impl crate::store::RotationReadTx for FakeRead {}
+    impl crate::store::RootRotationReadTx for FakeRead {}
+    impl crate::store::RetentionReadTx for FakeRead {}
+    impl crate::store::OffboardingReadTx for FakeRead {}
+
     #[async_trait]
     impl ReadTx for FakeRead {
         async fn system_key(&mut self, _: &str) -> Result<Option<WrappedKey>, StoreError> {

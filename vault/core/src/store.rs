@@ -28,6 +28,16 @@ use crate::audit::AuditRecord;
 use crate::id::{JobId, Principal, RequestId, TenantId, Token, TokenFormat};
 use crate::job::JobTerms;
 
+mod offboarding;
+mod retention;
+mod root_rotation;
+mod rotation;
+
+pub use offboarding::{OffboardingReadTx, OffboardingWriteTx};
+pub use retention::{RetentionReadTx, RetentionWriteTx};
+pub use root_rotation::{RootRotationReadTx, RootRotationWriteTx};
+pub use rotation::{RotationReadTx, RotationWriteTx};
+
 /// The cause of a store failure, as the backend reported it. Logged, never
 /// sent to a caller.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -290,7 +300,7 @@ pub struct PoolUsage {
 
 /// Steps that read. Available in read and write transactions.
 #[async_trait]
-pub trait ReadTx: Send {
+pub trait ReadTx: Send + RotationReadTx + RootRotationReadTx + RetentionReadTx + OffboardingReadTx {
     /// The wrapped system key `name`, if stored.
     async fn system_key(&mut self, name: &str) -> Result<Option<WrappedKey>, StoreError>;
     /// A tenant with its wrapped keys.
@@ -331,7 +341,7 @@ pub trait ReadTx: Send {
 
 /// Steps that write, inside one transaction.
 #[async_trait]
-pub trait WriteTx: ReadTx {
+pub trait WriteTx: ReadTx + RotationWriteTx + RootRotationWriteTx + RetentionWriteTx + OffboardingWriteTx {
     /// Stores a system key; `false` if `name` is already taken.
     async fn insert_system_key(&mut self, name: &str, key: &WrappedKey, created_at: i64) -> Result<bool, StoreError>;
     /// Creates a tenant with its first keys; `false` if it already exists.

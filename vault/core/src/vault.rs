@@ -30,6 +30,11 @@ use crate::number::MyNumber;
 use crate::store::{AuditFilter, ChainHead, NewJob, NewRecord, RecordRow, Store, StoreError, WriteTx};
 use crate::text::FreeText;
 
+mod offboarding;
+mod retention;
+mod root_rotation;
+mod rotation;
+
 /// A random token collides with an existing one about never; retrying a few
 /// times turns "about never" into "never".
 const TOKEN_DRAWS: usize = 4;

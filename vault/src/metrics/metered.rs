@@ -23,6 +23,11 @@ use mnvault_keys::{BlindIndex, KeyError, KeyMaterial, RootKeyProvider, WrapConte
 
 use super::Metrics;
 
+mod offboarding;
+mod retention;
+mod root_rotation;
+mod rotation;
+
 /// A store whose errors are counted.
 pub(super) struct MeteredStore {
     inner: Arc<dyn Store>,

@@ -60,6 +60,11 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row, Transa
 
 use super::OpenMode;
 
+mod offboarding;
+mod retention;
+mod root_rotation;
+mod rotation;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Connections per process: writes serialise on the chain head anyway, so

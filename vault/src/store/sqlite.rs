@@ -30,6 +30,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction}
 
 use super::OpenMode;
 
+mod offboarding;
+mod retention;
+mod root_rotation;
+mod rotation;
+
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "vault.db";
 

@@ -1,0 +1,1 @@
+//! [`super::VaultCore`] operations of root key rotation.

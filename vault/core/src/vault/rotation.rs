@@ -1,0 +1,1 @@
+//! [`super::VaultCore`] operations of tenant key rotation.

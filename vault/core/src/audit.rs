@@ -52,11 +52,36 @@ pub enum Operation {
     /// `[principals]`, recorded by the vault itself, naming who was added,
     /// removed or granted differently.
     ReloadPrincipals,
+    /// `KeyService.RotateTenantKey`; also the vault's own scheduled rotation.
+    RotateTenantKey,
+    /// `KeyService.RewrapTenantRecords`: one batch of records re-sealed.
+    RewrapTenantRecords,
+    /// `KeyService.GetKeyStatus`.
+    GetKeyStatus,
+    /// `KeyService.RetireKeyVersion`.
+    RetireKeyVersion,
+    /// Not a call: `mnvault keys rotate-root` re-wrapped stored keys under
+    /// a new root key.
+    RotateRootKey,
+    /// `RetentionService.SetRetention`: document classes, end date, legal hold.
+    SetRetention,
+    /// `RetentionService.PurgeExpired`: a purge asked for (or its dry run).
+    PurgeExpired,
+    /// Not a call: the deletion of sealed numbers past their retention date
+    /// (by a purge, asked for or in the background), naming the tokens.
+    DeleteRecords,
+    /// `RetentionService.IssueDeletionCertificate`.
+    IssueDeletionCertificate,
+    /// `AdminService.ExportTenant`: releases a tenant's numbers, encrypted
+    /// to a recipient, within an approved job.
+    ExportTenant,
+    /// `AdminService.ShredTenant`.
+    ShredTenant,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 24] = [
         Operation::Tokenize,
         Operation::TokenizeStream,
         Operation::DescribeToken,
@@ -70,6 +95,17 @@ impl Operation {
         Operation::ListAuditEntries,
         Operation::VerifyAuditChain,
         Operation::ReloadPrincipals,
+        Operation::RotateTenantKey,
+        Operation::RewrapTenantRecords,
+        Operation::GetKeyStatus,
+        Operation::RetireKeyVersion,
+        Operation::RotateRootKey,
+        Operation::SetRetention,
+        Operation::PurgeExpired,
+        Operation::DeleteRecords,
+        Operation::IssueDeletionCertificate,
+        Operation::ExportTenant,
+        Operation::ShredTenant,
     ];
 
     /// Stable identifier stored in entries.
@@ -88,6 +124,17 @@ impl Operation {
             Operation::ListAuditEntries => "audit.list",
             Operation::VerifyAuditChain => "audit.verify",
             Operation::ReloadPrincipals => "admin.reload-principals",
+            Operation::RotateTenantKey => "keys.rotate",
+            Operation::RewrapTenantRecords => "keys.rewrap",
+            Operation::GetKeyStatus => "keys.status",
+            Operation::RetireKeyVersion => "keys.retire",
+            Operation::RotateRootKey => "keys.rotate-root",
+            Operation::SetRetention => "retention.set",
+            Operation::PurgeExpired => "retention.purge",
+            Operation::DeleteRecords => "retention.delete",
+            Operation::IssueDeletionCertificate => "retention.certificate",
+            Operation::ExportTenant => "admin.export-tenant",
+            Operation::ShredTenant => "admin.shred-tenant",
         }
     }
 }

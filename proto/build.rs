@@ -8,6 +8,8 @@ const PROTOS: &[&str] = &[
     "mynumber/vault/v1/filing.proto",
     "mynumber/vault/v1/admin.proto",
     "mynumber/vault/v1/audit.proto",
+    "mynumber/vault/v1/retention.proto",
+    "mynumber/vault/v1/keys.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -19,6 +19,10 @@
 
 pub use mnvault_core::{number, purpose};
 
+pub mod keys;
+pub mod offboarding;
+pub mod retention;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +32,7 @@ use mnvault_proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 use pb::audit_service_client::AuditServiceClient;
 use pb::filing_service_client::FilingServiceClient;
+use pb::key_service_client::KeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
@@ -211,6 +216,8 @@ pub struct VaultClient {
     filing: FilingServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
     audit: AuditServiceClient<Channel>,
+    keys: KeyServiceClient<Channel>,
+    retention: pb::retention_service_client::RetentionServiceClient<Channel>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
 }
 
@@ -223,6 +230,8 @@ impl VaultClient {
             filing: FilingServiceClient::new(channel.clone()),
             admin: AdminServiceClient::new(channel.clone()),
             audit: AuditServiceClient::new(channel.clone()),
+            keys: KeyServiceClient::new(channel.clone()),
+            retention: pb::retention_service_client::RetentionServiceClient::new(channel.clone()),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
         })
     }

@@ -94,6 +94,60 @@ pub enum KeyError {
     #[error("encryption failed: the input exceeds the size limits of AES-256-GCM")]
     EncryptionFailed,
 
+    /// A passphrase-sealed root key file is not in its format, or names
+    /// Argon2 parameters outside the accepted range.
+    #[error(
+        "sealed root key file {} is not a mnvault passphrase-sealed root key ({why}); check that the path points at the right file",
+        .path.display()
+    )]
+    SealedKeyFileMalformed {
+        /// The path of the file.
+        path: PathBuf,
+        /// What is wrong, in a fixed sentence.
+        why: &'static str,
+    },
+
+    /// The passphrase does not open a sealed root key file (or the file was modified).
+    #[error(
+        "the passphrase does not open the sealed root key file {} (a wrong passphrase, or the file was modified); check root_key.passphrase_file or root_key.passphrase_credential",
+        .path.display()
+    )]
+    WrongPassphrase {
+        /// The path of the file.
+        path: PathBuf,
+    },
+
+    /// A passphrase is unusable (empty, or longer than the vault reads).
+    #[error("the root key passphrase {0}")]
+    UnusablePassphrase(&'static str),
+
+    /// A passphrase or PIN could not be had from where the configuration says.
+    #[error("{what}: {reason}")]
+    SecretUnavailable {
+        /// Which secret and where from, e.g. "the root key passphrase (root_key.passphrase_file /etc/x)".
+        what: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
+    /// The PKCS#11 provider is set up wrongly: module, token, PIN or key.
+    #[error("the root key provider ({provider}): {reason}")]
+    Pkcs11 {
+        /// The provider, as [`RootKeyProvider::describe`](crate::RootKeyProvider::describe) names it.
+        provider: String,
+        /// What is wrong and what to do (never a PIN or key bytes).
+        reason: String,
+    },
+
+    /// `create` found a key with the configured label already on the token.
+    #[error(
+        "the root key provider ({provider}) already holds a key with that label; refusing to create another (replacing the root key makes every key wrapped by it unreadable)"
+    )]
+    Pkcs11KeyExists {
+        /// The provider.
+        provider: String,
+    },
+
     /// The root key provider (a device, a service) does not answer now.
     #[error("the root key provider ({provider}) does not answer; check that it is up and reachable from the vault")]
     ProviderUnreachable {

@@ -36,12 +36,16 @@ pub enum WrapContext<'a> {
     },
     /// The vault-wide audit-chain key.
     AuditChainKey,
+    /// The vault-wide Ed25519 signing key's seed (`crate::VaultSigningKey`).
+    SigningKey,
 }
 
 impl WrapContext<'_> {
     const KIND_TENANT_INDEX_KEY: u8 = 1;
     const KIND_TENANT_RECORD_KEY: u8 = 2;
     const KIND_AUDIT_CHAIN_KEY: u8 = 3;
+    /// Far from the others, so kinds added meanwhile in order do not meet it.
+    const KIND_SIGNING_KEY: u8 = 0x10;
 
     /// The AAD of the wrap: `labels::WRAP ‖ kind byte ‖ fields`, where a
     /// string field is its u32 big-endian byte length followed by its bytes and
@@ -60,6 +64,7 @@ impl WrapContext<'_> {
                 aad.extend_from_slice(&version.to_be_bytes());
             }
             WrapContext::AuditChainKey => aad.push(Self::KIND_AUDIT_CHAIN_KEY),
+            WrapContext::SigningKey => aad.push(Self::KIND_SIGNING_KEY),
         }
         aad
     }
@@ -99,9 +104,12 @@ impl fmt::Debug for WrappedKey {
 
 /// Where the root key lives.
 ///
-/// Today a key file ([`RootKeyFile`]); later an HSM over PKCS#11, where the
-/// root key's bytes never enter the vault's memory — so the trait only wraps
-/// and unwraps, it never hands out the root key.
+/// A key file ([`RootKeyFile`]), a passphrase-sealed key file
+/// ([`crate::PassphraseKeyFile`]) or an HSM over PKCS#11
+/// ([`crate::Pkcs11RootKey`]), where the root key's bytes never enter the
+/// vault's memory — so the trait only wraps and unwraps, it never hands out
+/// the root key. [`crate::RootKeyRing`] puts several together for a root key
+/// rotation.
 pub trait RootKeyProvider: Send + Sync {
     /// For logs and errors, e.g. "key file /var/lib/mnvault/root.key"; never key bytes.
     fn describe(&self) -> String;
@@ -145,10 +153,58 @@ const FILE_MAX_LEN: usize = 256;
 /// `Debug` shows the path only.
 pub struct RootKeyFile {
     path: PathBuf,
+    wrapping: SoftwareWrap,
+}
+
+/// A root key held in the vault's memory as its wrapping subkey only: what
+/// a key file and a passphrase-sealed key file both load.
+pub(crate) struct SoftwareWrap {
     /// AES-256-GCM under HKDF(root key, `labels::WRAP`). Its AES round keys
     /// are zeroized on drop (the `aes` crate's `zeroize` feature), its GHASH
     /// key is not (see "Secret hygiene" in the crate documentation).
     wrap_cipher: Aes256Gcm,
+}
+
+impl SoftwareWrap {
+    pub(crate) fn new(root: &KeyMaterial) -> Self {
+        let wrap_key = hkdf_derive(root.expose_secret(), &[labels::WRAP]);
+        Self { wrap_cipher: aes256gcm(&wrap_key) }
+    }
+
+    pub(crate) fn wrap(&self, key: &KeyMaterial, context: &WrapContext<'_>) -> Result<WrappedKey, KeyError> {
+        let nonce = random_nonce();
+        let mut out = Zeroizing::new(Vec::with_capacity(WRAPPED_LEN));
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(key.expose_secret());
+        let tag = self
+            .wrap_cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &context.associated_data(), &mut out[1 + NONCE_LEN..])
+            .map_err(|_| KeyError::EncryptionFailed)?;
+        out.extend_from_slice(&tag);
+        // Only ciphertext is left in the buffer now; take it out of Zeroizing.
+        Ok(WrappedKey(std::mem::take(&mut *out)))
+    }
+
+    pub(crate) fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<KeyMaterial, KeyError> {
+        let bytes = wrapped.as_bytes();
+        if bytes.len() != WRAPPED_LEN || bytes[0] != FORMAT_V1 {
+            return Err(KeyError::UnwrapFailed);
+        }
+        let (nonce, rest) = bytes[1..].split_at(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(KEY_LEN);
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key.copy_from_slice(ciphertext);
+        self.wrap_cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(nonce),
+                &context.associated_data(),
+                &mut key[..],
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| KeyError::UnwrapFailed)?;
+        Ok(KeyMaterial::from_bytes(*key))
+    }
 }
 
 impl RootKeyFile {
@@ -159,31 +215,13 @@ impl RootKeyFile {
     /// synced together with its directory entry.
     pub fn create(path: &Path) -> Result<Self, KeyError> {
         let key = KeyMaterial::generate();
-        let io_err = |source| KeyError::KeyFileIo { path: path.to_owned(), source };
-
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
-            match source.kind() {
-                io::ErrorKind::AlreadyExists => KeyError::KeyFileExists { path: path.to_owned() },
-                _ => io_err(source),
-            }
-        })?;
-
         let mut contents = Zeroizing::new(Vec::with_capacity(FILE_HEADER.len() + FILE_B64_LEN + 1));
         contents.extend_from_slice(FILE_HEADER);
         let mut b64 = Zeroizing::new([0u8; FILE_B64_LEN]);
         BASE64.encode_mut(key.expose_secret(), &mut b64[..]);
         contents.extend_from_slice(&b64[..]);
         contents.push(b'\n');
-
-        let written = file.write_all(&contents).and_then(|()| file.sync_all()).and_then(|()| sync_parent_dir(path));
-        if let Err(source) = written {
-            // A half-written file would block the next `create` with
-            // KeyFileExists and then fail `open`; remove it so a retry works.
-            drop(file);
-            let _ = std::fs::remove_file(path);
-            return Err(io_err(source));
-        }
-
+        write_new_private_file(path, &contents)?;
         Ok(Self::from_material(path, &key))
     }
 
@@ -193,26 +231,8 @@ impl RootKeyFile {
     /// others any permission bit, like ssh does with private keys, and
     /// ([`KeyError::KeyFileMalformed`]) one that is not in the format.
     pub fn open(path: &Path) -> Result<Self, KeyError> {
-        let io_err = |source| KeyError::KeyFileIo { path: path.to_owned(), source };
         let malformed = || KeyError::KeyFileMalformed { path: path.to_owned() };
-
-        let file = File::open(path).map_err(io_err)?;
-        // Check the opened handle, not the path, so the file cannot be swapped
-        // between the check and the read.
-        let metadata = file.metadata().map_err(io_err)?;
-        if !metadata.is_file() {
-            return Err(malformed());
-        }
-        let mode = metadata.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::KeyFilePermissions { path: path.to_owned(), mode });
-        }
-
-        // Capacity reserved up front so reading never reallocates and leaves
-        // an unzeroized copy of the key behind.
-        let mut contents = Zeroizing::new(Vec::with_capacity(FILE_MAX_LEN + 1));
-        file.take(FILE_MAX_LEN as u64 + 1).read_to_end(&mut contents).map_err(io_err)?;
-
+        let contents = read_private_file(path, FILE_MAX_LEN)?.ok_or_else(malformed)?;
         let key = parse_key_file(&contents).ok_or_else(malformed)?;
         Ok(Self::from_material(path, &key))
     }
@@ -223,9 +243,55 @@ impl RootKeyFile {
     }
 
     fn from_material(path: &Path, root: &KeyMaterial) -> Self {
-        let wrap_key = hkdf_derive(root.expose_secret(), &[labels::WRAP]);
-        Self { path: path.to_owned(), wrap_cipher: aes256gcm(&wrap_key) }
+        Self { path: path.to_owned(), wrapping: SoftwareWrap::new(root) }
     }
+}
+
+/// Reads a file holding a secret: at most `max_len` bytes, into a buffer
+/// wiped on drop. Refuses ([`KeyError::KeyFilePermissions`]) a file that
+/// grants group or others any permission bit, like ssh does with private
+/// keys. `None`: not a regular file.
+pub(crate) fn read_private_file(path: &Path, max_len: usize) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
+    let io_err = |source| KeyError::KeyFileIo { path: path.to_owned(), source };
+    let file = File::open(path).map_err(io_err)?;
+    // Check the opened handle, not the path, so the file cannot be swapped
+    // between the check and the read.
+    let metadata = file.metadata().map_err(io_err)?;
+    if !metadata.is_file() {
+        return Ok(None);
+    }
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::KeyFilePermissions { path: path.to_owned(), mode });
+    }
+    // Capacity reserved up front so reading never reallocates and leaves
+    // an unzeroized copy of the secret behind.
+    let mut contents = Zeroizing::new(Vec::with_capacity(max_len + 1));
+    file.take(max_len as u64 + 1).read_to_end(&mut contents).map_err(io_err)?;
+    Ok(Some(contents))
+}
+
+/// Creates `path` with mode 0600 (refusing an existing file with
+/// [`KeyError::KeyFileExists`]), writes `contents` and syncs the file and
+/// its directory entry. A file left half-written is removed.
+pub(crate) fn write_new_private_file(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
+    let io_err = |source| KeyError::KeyFileIo { path: path.to_owned(), source };
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
+            match source.kind() {
+                io::ErrorKind::AlreadyExists => KeyError::KeyFileExists { path: path.to_owned() },
+                _ => io_err(source),
+            }
+        })?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all()).and_then(|()| sync_parent_dir(path));
+    if let Err(source) = written {
+        // A half-written file would block the next `create` with
+        // KeyFileExists and then fail `open`; remove it so a retry works.
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(io_err(source));
+    }
+    Ok(())
 }
 
 /// Parses `header ‖ base64 ‖ "\n"`. The final newline may be missing (some
@@ -265,38 +331,11 @@ impl RootKeyProvider for RootKeyFile {
     }
 
     fn wrap(&self, key: &KeyMaterial, context: &WrapContext<'_>) -> Result<WrappedKey, KeyError> {
-        let nonce = random_nonce();
-        let mut out = Zeroizing::new(Vec::with_capacity(WRAPPED_LEN));
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(key.expose_secret());
-        let tag = self
-            .wrap_cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &context.associated_data(), &mut out[1 + NONCE_LEN..])
-            .map_err(|_| KeyError::EncryptionFailed)?;
-        out.extend_from_slice(&tag);
-        // Only ciphertext is left in the buffer now; take it out of Zeroizing.
-        Ok(WrappedKey(std::mem::take(&mut *out)))
+        self.wrapping.wrap(key, context)
     }
 
     fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<KeyMaterial, KeyError> {
-        let bytes = wrapped.as_bytes();
-        if bytes.len() != WRAPPED_LEN || bytes[0] != FORMAT_V1 {
-            return Err(KeyError::UnwrapFailed);
-        }
-        let (nonce, rest) = bytes[1..].split_at(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at(KEY_LEN);
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        key.copy_from_slice(ciphertext);
-        self.wrap_cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(nonce),
-                &context.associated_data(),
-                &mut key[..],
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| KeyError::UnwrapFailed)?;
-        Ok(KeyMaterial::from_bytes(*key))
+        self.wrapping.unwrap(wrapped, context)
     }
 }
 

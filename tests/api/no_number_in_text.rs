@@ -34,7 +34,14 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use crate::helpers::{approved_job, filing_job, tokenize_fresh, valid_number, Backend, TestApp};
 
 /// Every text field of every RPC, as `Method.field`.
-const FIELDS: [&str; 22] = [
+const FIELDS: [&str; 38] = [
+    "SetRetention.tenant",
+    "SetRetention.tokens",
+    "SetRetention.classes",
+    "SetRetention.end_date",
+    "SetRetention.delete_after",
+    "PurgeExpired.tenant",
+    "IssueDeletionCertificate.tenant",
     "CreateTenant.tenant",
     "CreateTenant.display_name",
     "Tokenize.tenant",
@@ -57,6 +64,15 @@ const FIELDS: [&str; 22] = [
     "ListAuditEntries.job_id",
     "ListAuditEntries.operation",
     "ListAuditEntries.request_id",
+    "RotateTenantKey.tenant",
+    "RewrapTenantRecords.tenant",
+    "RewrapTenantRecords.cursor",
+    "GetKeyStatus.tenant",
+    "GetKeyStatus.after_tenant",
+    "RetireKeyVersion.tenant",
+    "ExportTenant.job_id",
+    "ExportTenant.recipient",
+    "ShredTenant.tenant",
 ];
 
 /// Sent through every field too; it must appear nowhere (a refusal never
@@ -437,6 +453,43 @@ impl Vault {
             }
             "ListAuditEntries.request_id" => {
                 answer(auditor.list_audit_entries(ListAuditEntriesRequest { request_id: text, ..audit() }).await)
+            }
+            "RotateTenantKey.tenant" => answer(admin.rotate_tenant_key(&text).await),
+            "RewrapTenantRecords.tenant" => answer(admin.rewrap_tenant_records(&text, 0, "").await),
+            "RewrapTenantRecords.cursor" => answer(admin.rewrap_tenant_records("demo", 0, &text).await),
+            "GetKeyStatus.tenant" => answer(admin.key_status(Some(&text), "", 0).await),
+            "GetKeyStatus.after_tenant" => answer(admin.key_status(None, &text, 0).await),
+            "RetireKeyVersion.tenant" => answer(admin.retire_key_version(&text, 1).await),
+            "ExportTenant.job_id" => {
+                let recipient = age::x25519::Identity::generate().to_public().to_string();
+                answer(filer.export_tenant(&text, &recipient).await.map(|_| ()))
+            }
+            "ExportTenant.recipient" => answer(filer.export_tenant(&self.job_id, &text).await.map(|_| ())),
+            "ShredTenant.tenant" => answer(admin.shred_tenant(&text).await),
+            "SetRetention.tenant"
+            | "SetRetention.tokens"
+            | "SetRetention.classes"
+            | "SetRetention.end_date"
+            | "SetRetention.delete_after" => {
+                let mut request = mnvault_client::retention::SetRetentionRequest {
+                    tenant: "demo".into(),
+                    tokens: vec![self.token.clone()],
+                    delete_after: "2099-01-01".into(),
+                    ..Default::default()
+                };
+                match field {
+                    "SetRetention.tenant" => request.tenant = text,
+                    "SetRetention.tokens" => request.tokens.push(text),
+                    "SetRetention.classes" => request.classes = vec![text],
+                    "SetRetention.end_date" => request.end_date = text,
+                    _ => request.delete_after = text,
+                }
+                answer(admin.set_retention(request).await)
+            }
+            "PurgeExpired.tenant" => answer(admin.purge_expired(&text, true).await),
+            "IssueDeletionCertificate.tenant" => {
+                let since = time::OffsetDateTime::UNIX_EPOCH;
+                answer(auditor.issue_deletion_certificate(&text, since, time::OffsetDateTime::now_utc()).await)
             }
             other => panic!("no way to send field {other}"),
         }

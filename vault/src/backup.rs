@@ -61,7 +61,7 @@ use mnvault_core::keyring::{load_system_keys, AuditKeyError, SystemKeys, AUDIT_C
 use mnvault_core::store::{AuditFilter, ChainHead, Store, StoreError};
 use mnvault_core::vault::{verify_chain, verify_state};
 use mnvault_core::VaultCore;
-use mnvault_keys::{RootKeyFile, RootKeyProvider, StateKey};
+use mnvault_keys::{RootKeyProvider, StateKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -989,7 +989,7 @@ fn accept_head(watermark: &FileWatermark, head: &ChainHead, settings: &Settings)
 }
 
 fn root_key(settings: &Settings) -> Result<Arc<dyn RootKeyProvider>, BackupError> {
-    Ok(Arc::new(RootKeyFile::open(&settings.resolve(&settings.root_key.file))?))
+    Ok(crate::root_key::open(settings)?)
 }
 
 /// The vault's id: SHA-256 of its wrapped system key.

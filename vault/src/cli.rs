@@ -24,6 +24,14 @@ use crate::lifecycle::Signals;
 use crate::startup::{self, Application};
 use crate::store::OpenMode;
 
+mod keys;
+
+mod root_key;
+
+mod retention;
+
+pub mod offboarding;
+
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "mnvault-data";
 
@@ -72,6 +80,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The root key: create it, rotate the stored keys onto it, see which
+    /// root key opens them (working on the database of --data-dir).
+    RootKey {
+        #[command(subcommand)]
+        command: root_key::RootKeyCommand,
+    },
     /// Tenant lifecycle.
     Tenant {
         #[command(subcommand)]
@@ -114,6 +128,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Tenant record keys: rotate, rewrap, status, retire (as a principal
+    /// with the admin role).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Ask the vault's health service: prints SERVING or NOT_SERVING and
     /// exits non-zero unless SERVING (a liveness or readiness probe that
     /// speaks mutual TLS). Any certificate the vault accepts will do.
@@ -132,6 +152,22 @@ pub enum Command {
         /// The backup file to write; it must not exist yet.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+    /// Retention of tokens: document classes, end of employment, deletion
+    /// date, legal hold.
+    Retention {
+        #[command(subcommand)]
+        command: retention::RetentionCommand,
+    },
+    /// Delete the numbers past their deletion date and not on legal hold
+    /// (as an admin), keeping a tombstone and an audit entry of each.
+    Purge(retention::PurgeArgs),
+    /// Issue a signed deletion certificate (廃棄証明書), or `verify` one offline.
+    DeletionCertificate(retention::CertificateArgs),
+    /// The vault's signing key.
+    SigningKey {
+        #[command(subcommand)]
+        command: retention::SigningKeyCommand,
     },
     /// Restore the database from a backup (vault stopped), or adopt one
     /// restored by other means; either way verify it and move this host's
@@ -165,6 +201,13 @@ pub enum TenantCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Export a tenant's tokens and numbers, encrypted in the vault to the
+    /// client's age key (as a filer, under an approved job of purpose
+    /// tenant-export).
+    Export(offboarding::ExportArgs),
+    /// Shred a tenant: destroy its keys and sealed numbers, irreversibly (as
+    /// an admin). Asks for the tenant's name unless --yes.
+    Shred(offboarding::ShredArgs),
 }
 
 /// Filing-job commands.
@@ -332,6 +375,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Config { command: ConfigCommand::Check { no_files } } => {
             config_check(&data_dir, config.as_deref(), database_url, no_files, out)
         }
+        Command::RootKey { command } => root_key::run(command, &data_dir, config.as_deref(), database_url, out).await,
+        Command::Tenant { command: TenantCommand::Export(args) } => offboarding::export(args, &data_dir, out).await,
+        Command::Tenant { command: TenantCommand::Shred(args) } => {
+            let mut stdin = std::io::BufReader::new(std::io::stdin());
+            offboarding::shred(args, &data_dir, &mut stdin, out).await
+        }
         Command::Tenant { command: TenantCommand::Create { tenant, display_name, connection } } => {
             let client = connection.connect(&data_dir).await?;
             let created = client.create_tenant(&tenant, &display_name).await?;
@@ -354,6 +403,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             tokenize(&client, &tenant, format, numbers, show_progress, out).await
         }
         Command::Job { command } => job(command, &data_dir, out).await,
+        Command::Keys { command } => keys::run(command, &data_dir, out).await,
         Command::Detokenize { job, tokens, connection } => {
             let client = connection.connect(&data_dir).await?;
             for released in client.detokenize(&job, tokens).await? {
@@ -391,6 +441,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 bail!("{what} is not serving ({})", status.as_str_name());
             }
             Ok(())
+        }
+        Command::Retention { command } => retention::retention(command, &data_dir, out).await,
+        Command::Purge(args) => retention::purge(args, &data_dir, out).await,
+        Command::DeletionCertificate(args) => retention::certificate(args, &data_dir, out).await,
+        Command::SigningKey { command } => {
+            retention::signing_key(command, &data_dir, config.as_deref(), database_url, out).await
         }
         Command::Audit { command } => match command {
             AuditCommand::Verify => audit_verify(&data_dir, config.as_deref(), database_url, out).await,
@@ -613,7 +669,7 @@ async fn job(command: JobCommand, data_dir: &Path, out: &mut (dyn Write + Send))
             if let Some(path) = tokens_file {
                 tokens.extend(read_lines(&path)?.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).map(str::to_owned));
             }
-            if tokens.is_empty() {
+            if tokens.is_empty() && purpose != Purpose::TenantExport.id() {
                 bail!("no tokens given: pass them as arguments or with --tokens-file");
             }
             let client = connection.connect(data_dir).await?;

@@ -62,17 +62,172 @@ pub struct Settings {
     /// The cache of unwrapped tenant keys; see [`KeySettings`].
     #[serde(default)]
     pub keys: KeySettings,
+    /// The background purge; see [`crate::purge::RetentionSettings`].
+    #[serde(default, skip_serializing_if = "crate::purge::RetentionSettings::is_unset")]
+    pub retention: crate::purge::RetentionSettings,
     /// The data directory this was loaded from (not part of the file).
     #[serde(skip)]
     pub data_dir: PathBuf,
 }
 
-/// The root key provider.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[root_key]`: where the root key lives (`crate::root_key`). Secrets
+/// (passphrase, PIN) come from a file or a systemd credential, never from
+/// the configuration or the command line. Changed only by a restart.
+///
+/// | key | for | what |
+/// |---|---|---|
+/// | `provider` | all | `"file"` (default), `"passphrase"` or `"pkcs11"` |
+/// | `file` | file, passphrase | the key file (mode 0600); for `passphrase`, the sealed key file |
+/// | `passphrase_file` | passphrase | a file (0600) holding the passphrase |
+/// | `passphrase_credential` | passphrase | a systemd credential holding it (`$CREDENTIALS_DIRECTORY/<name>`); with neither, asked on the terminal |
+/// | `module` | pkcs11 | the PKCS#11 library, e.g. `/usr/lib/softhsm/libsofthsm2.so` |
+/// | `token_label` | pkcs11 | the token's label |
+/// | `key_label` | pkcs11 | the root key object's label (`mnvault root-key init` creates it) |
+/// | `pin_file` | pkcs11 | a file (0600) holding the user PIN |
+/// | `pin_credential` | pkcs11 | a systemd credential holding it |
+/// | `[[root_key.previous]]` | all | root keys being rotated away from, same keys as above: they unwrap, never wrap (`mnvault root-key rotate`) |
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RootKeySettings {
-    /// Path of the root key file (mode 0600, outside the database).
+    /// Which provider holds the root key.
+    #[serde(default)]
+    pub provider: RootKeyProviderKind,
+    /// Path of the root key file (mode 0600, outside the database); for
+    /// `passphrase`, of the sealed key file.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub file: PathBuf,
+    /// A file holding the passphrase (`passphrase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
+    /// A systemd credential holding the passphrase (`passphrase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_credential: Option<String>,
+    /// The PKCS#11 library (`pkcs11`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<PathBuf>,
+    /// The token's label (`pkcs11`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_label: Option<String>,
+    /// The root key object's label (`pkcs11`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_label: Option<String>,
+    /// A file holding the user PIN (`pkcs11`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
+    /// A systemd credential holding the user PIN (`pkcs11`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_credential: Option<String>,
+    /// Root keys being rotated away from: they unwrap, never wrap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<RootKeySettings>,
+}
+
+/// `root_key.provider`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootKeyProviderKind {
+    /// A key file ([`mnvault_keys::RootKeyFile`]).
+    #[default]
+    File,
+    /// A passphrase-sealed key file ([`mnvault_keys::PassphraseKeyFile`]).
+    Passphrase,
+    /// An HSM over PKCS#11 ([`mnvault_keys::Pkcs11RootKey`]).
+    Pkcs11,
+}
+
+fn path_is_empty(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+impl RootKeySettings {
+    /// A plain key file at `path`.
+    pub fn file(path: PathBuf) -> Self {
+        Self { file: path, ..Self::default() }
+    }
+
+    /// Every problem of `[root_key]` and its previous entries, as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = self.problems_at("root_key");
+        for (i, previous) in self.previous.iter().enumerate() {
+            let at = format!("root_key.previous[{i}]");
+            problems.extend(previous.problems_at(&at));
+            if !previous.previous.is_empty() {
+                problems.push((format!("{at}.previous"), "a previous root key has no previous ones of its own".into()));
+            }
+        }
+        problems
+    }
+
+    fn problems_at(&self, at: &str) -> Vec<(String, String)> {
+        use RootKeyProviderKind::{File, Passphrase, Pkcs11};
+        let mut problems = Vec::new();
+        let provider = match self.provider {
+            File => "file",
+            Passphrase => "passphrase",
+            Pkcs11 => "pkcs11",
+        };
+        let mut only_for = |key: &str, set: bool, kinds: &[RootKeyProviderKind], names: &str| {
+            if set && !kinds.contains(&self.provider) {
+                problems.push((format!("{at}.{key}"), format!("is for provider {names}, not \"{provider}\"")));
+            }
+        };
+        only_for("file", !path_is_empty(&self.file), &[File, Passphrase], "\"file\" or \"passphrase\"");
+        only_for("passphrase_file", self.passphrase_file.is_some(), &[Passphrase], "\"passphrase\"");
+        only_for("passphrase_credential", self.passphrase_credential.is_some(), &[Passphrase], "\"passphrase\"");
+        for (key, set) in [
+            ("module", self.module.is_some()),
+            ("token_label", self.token_label.is_some()),
+            ("key_label", self.key_label.is_some()),
+            ("pin_file", self.pin_file.is_some()),
+            ("pin_credential", self.pin_credential.is_some()),
+        ] {
+            only_for(key, set, &[Pkcs11], "\"pkcs11\"");
+        }
+        let mut missing = |key: &str, absent: bool| {
+            if absent {
+                problems.push((format!("{at}.{key}"), format!("is needed by provider \"{provider}\"")));
+            }
+        };
+        match self.provider {
+            File | Passphrase => missing("file", path_is_empty(&self.file)),
+            Pkcs11 => {
+                missing("module", self.module.is_none());
+                missing("token_label", self.token_label.as_deref().is_none_or(str::is_empty));
+                missing("key_label", self.key_label.as_deref().is_none_or(str::is_empty));
+                missing("pin_file", self.pin_file.is_none() && self.pin_credential.is_none());
+            }
+        }
+        let pairs = [
+            (
+                "passphrase_file",
+                self.passphrase_file.is_some(),
+                "passphrase_credential",
+                self.passphrase_credential.is_some(),
+            ),
+            ("pin_file", self.pin_file.is_some(), "pin_credential", self.pin_credential.is_some()),
+        ];
+        for (file, file_set, credential, credential_set) in pairs {
+            if file_set && credential_set {
+                problems.push((format!("{at}.{credential}"), format!("give either {file} or {credential}, not both")));
+            }
+        }
+        for (key, name) in
+            [("passphrase_credential", &self.passphrase_credential), ("pin_credential", &self.pin_credential)]
+        {
+            if let Some(name) = name {
+                let valid = !name.is_empty()
+                    && name.len() <= 255
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                    && !name.starts_with('.');
+                if !valid {
+                    let reason =
+                        "is a systemd credential's name: letters, digits, '-', '_' and '.', not starting with '.'";
+                    problems.push((format!("{at}.{key}"), reason.into()));
+                }
+            }
+        }
+        problems
+    }
 }
 
 /// `[keys]`: how long and for how many tenants unwrapped tenant keys stay
@@ -83,6 +238,8 @@ pub struct RootKeySettings {
 /// |---|---|---|
 /// | `cache_ttl_ms` | 900000 | milliseconds a tenant's keys are served from memory after they were read; also how long a replica may miss a record-key version added elsewhere (at most 86400000, a day) |
 /// | `cache_tenants` | 10000 | tenants whose keys are kept; one more evicts the least recently used |
+/// | `rotate_every_days` | 0 (off) | days after which `serve` adds a tenant's next record-key version by itself (at most 36500) |
+/// | `rotation_check_interval_ms` | 3600000 | milliseconds between two looks for tenants due a rotation (100 to 86400000) |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
@@ -90,6 +247,11 @@ pub struct KeySettings {
     pub cache_ttl_ms: u64,
     /// Tenants whose unwrapped keys are kept at most.
     pub cache_tenants: usize,
+    /// Days after which a tenant's primary record key is rotated by the
+    /// vault's schedule; 0 turns the schedule off.
+    pub rotate_every_days: u32,
+    /// Milliseconds between two checks of the schedule.
+    pub rotation_check_interval_ms: u64,
 }
 
 /// The longest `keys.cache_ttl_ms`: a cached key set does not see a
@@ -99,7 +261,12 @@ pub const MAX_KEY_CACHE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 impl Default for KeySettings {
     fn default() -> Self {
         let limits = mnvault_core::keyring::KeyCacheLimits::default();
-        Self { cache_ttl_ms: limits.ttl.as_millis() as u64, cache_tenants: limits.tenants }
+        Self {
+            cache_ttl_ms: limits.ttl.as_millis() as u64,
+            cache_tenants: limits.tenants,
+            rotate_every_days: 0,
+            rotation_check_interval_ms: crate::key_schedule::DEFAULT_CHECK_INTERVAL_MS,
+        }
     }
 }
 
@@ -120,6 +287,7 @@ impl KeySettings {
         if self.cache_tenants == 0 {
             problems.push(("keys.cache_tenants".into(), "must be greater than 0".into()));
         }
+        problems.extend(crate::key_schedule::problems(self.rotate_every_days, self.rotation_check_interval_ms));
         problems
     }
 
@@ -1062,7 +1230,7 @@ client_ca = "tls/ca.pem"
         let keys = KeySettings { cache_ttl_ms: MAX_KEY_CACHE_TTL_MS + 1, ..Default::default() };
         let found: Vec<String> = keys.problems().into_iter().map(|(key, _)| key).collect();
         assert_eq!(found, ["keys.cache_ttl_ms"]);
-        let keys = KeySettings { cache_ttl_ms: 60_000, cache_tenants: 3 };
+        let keys = KeySettings { cache_ttl_ms: 60_000, cache_tenants: 3, ..Default::default() };
         assert_eq!(keys.cache_limits().ttl, Duration::from_secs(60));
         assert_eq!(keys.cache_limits().tenants, 3);
     }

@@ -32,7 +32,7 @@ use mnvault_core::id::{Principal, TenantId};
 use mnvault_core::keyring::{create_audit_key, AuditKeyError};
 use mnvault_core::text::FreeText;
 use mnvault_core::VaultCore;
-use mnvault_keys::{RootKeyFile, RootKeyProvider};
+use mnvault_keys::RootKeyProvider;
 
 use crate::config::{
     ConfigError, DatabaseSettings, PrincipalSettings, RootKeySettings, Settings, TlsSettings, CONFIG_FILE,
@@ -186,7 +186,7 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
     Settings {
         listen: DEV_LISTEN.parse().expect("valid address"),
         dev: true,
-        root_key: RootKeySettings { file: PathBuf::from(ROOT_KEY_FILE) },
+        root_key: RootKeySettings::file(PathBuf::from(ROOT_KEY_FILE)),
         database: DatabaseSettings::default(),
         tls: TlsSettings {
             cert: pki.join(dev_pki::SERVER_CERT_FILE),
@@ -199,6 +199,7 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
         log: Default::default(),
         metrics: Default::default(),
         keys: Default::default(),
+        retention: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }
@@ -208,7 +209,7 @@ pub fn production_settings(data_dir: &Path) -> Settings {
     Settings {
         listen: "0.0.0.0:50051".parse().expect("valid address"),
         dev: false,
-        root_key: RootKeySettings { file: PathBuf::from(ROOT_KEY_FILE) },
+        root_key: RootKeySettings::file(PathBuf::from(ROOT_KEY_FILE)),
         database: DatabaseSettings::default(),
         tls: TlsSettings {
             cert: PathBuf::from("tls/server.crt"),
@@ -221,6 +222,7 @@ pub fn production_settings(data_dir: &Path) -> Settings {
         log: Default::default(),
         metrics: Default::default(),
         keys: Default::default(),
+        retention: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }
@@ -238,7 +240,9 @@ pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
     }
     // A root key without a configuration is a vault whose mnvault.toml went
     // missing, not an empty directory: never mark it dev, never overwrite it.
-    if settings.resolve(&settings.root_key.file).exists() {
+    // (A key in an HSM has no file; `root_key::create` refuses to replace it.)
+    let file = &settings.root_key.file;
+    if !file.as_os_str().is_empty() && settings.resolve(file).exists() {
         return Err(InitError::AlreadyInitialised(data_dir.clone()));
     }
     std::fs::DirBuilder::new()
@@ -253,7 +257,7 @@ pub async fn initialise(settings: &Settings) -> Result<(), InitError> {
         // First, so that whatever else this leaves behind is known as dev.
         mark_dev(data_dir).map_err(|source| InitError::Io { path: data_dir.join(DEV_MARKER_FILE), source })?;
     }
-    let provider: Arc<dyn RootKeyProvider> = Arc::new(RootKeyFile::create(&settings.resolve(&settings.root_key.file))?);
+    let provider: Arc<dyn RootKeyProvider> = crate::root_key::create_initial(settings)?;
     let location = settings.database();
     let store = crate::store::open(&location, OpenMode::Initialise, settings.database.write_timeout()).await?;
     let now = mnvault_core::clock::now_ms();

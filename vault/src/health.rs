@@ -39,12 +39,13 @@ use crate::reload::LiveSettings;
 use crate::service::Context;
 
 /// The names the health service reports: the whole vault, then each service.
-pub const REPORTED_SERVICES: [&str; 5] = [
+pub const REPORTED_SERVICES: [&str; 6] = [
     "",
     pb::token_service_server::SERVICE_NAME,
     pb::filing_service_server::SERVICE_NAME,
     pb::admin_service_server::SERVICE_NAME,
     pb::audit_service_server::SERVICE_NAME,
+    pb::key_service_server::SERVICE_NAME,
 ];
 
 /// The health of one run of the vault: its statuses and their monitor.

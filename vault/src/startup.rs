@@ -10,10 +10,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mnvault_keys::{RootKeyFile, RootKeyProvider};
+use mnvault_keys::RootKeyProvider;
 use mnvault_proto::v1::admin_service_server::AdminServiceServer;
 use mnvault_proto::v1::audit_service_server::AuditServiceServer;
 use mnvault_proto::v1::filing_service_server::FilingServiceServer;
+use mnvault_proto::v1::key_service_server::KeyServiceServer;
 use mnvault_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -57,7 +58,7 @@ pub enum StartupError {
     /// The database file does not exist.
     #[error("no database at {0}; initialise the data directory with `mnvault init` (or `mnvault serve --dev`)")]
     NoDatabase(String),
-    /// The root key file could not be opened.
+    /// The root key provider could not be opened, or does not answer.
     #[error(transparent)]
     RootKey(#[from] mnvault_keys::KeyError),
     /// The database could not be opened.
@@ -87,9 +88,11 @@ pub enum StartupError {
     },
 }
 
-/// The root key provider the settings name.
+/// The root key provider the settings name ([`crate::root_key::open`]):
+/// `[root_key]` and any previous root keys, each opened now, so a provider
+/// that does not answer stops the start, named.
 pub fn root_key_provider(settings: &Settings) -> Result<Arc<dyn RootKeyProvider>, StartupError> {
-    Ok(Arc::new(RootKeyFile::open(&settings.resolve(&settings.root_key.file))?))
+    Ok(crate::root_key::open(settings)?)
 }
 
 /// Opens the store the settings name.
@@ -125,6 +128,15 @@ pub struct Application {
 impl Application {
     /// Opens everything the settings name and binds the listener.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        Self::build_with_root_key(settings, root_key_provider).await
+    }
+
+    /// [`Application::build`] with the root key provider `provider` makes
+    /// from the settings (tests wrap the configured one, to unplug it).
+    pub async fn build_with_root_key(
+        settings: &Settings,
+        provider: impl FnOnce(&Settings) -> Result<Arc<dyn RootKeyProvider>, StartupError>,
+    ) -> Result<Self, StartupError> {
         if settings.dev && !settings.listen.ip().is_loopback() {
             return Err(StartupError::DevNotLoopback(settings.listen));
         }
@@ -143,7 +155,7 @@ impl Application {
         watermark.read()?;
         // The core gets a store and a key provider that count their failures.
         let metrics = Arc::new(Metrics::new());
-        let provider = metrics.metered_keys(root_key_provider(settings)?);
+        let provider = metrics.metered_keys(provider(settings)?);
         let store = metrics.metered_store(open_store(settings, OpenMode::Serve).await?);
         let core = VaultCore::open(store, provider, Policy::new(&settings.principals)).await?;
         let core = core.with_key_cache(settings.keys.cache_limits()).with_watermark(Arc::new(watermark)).await?;
@@ -218,9 +230,26 @@ impl Application {
                     .max_decoding_message_size(message)
                     .max_encoding_message_size(message),
             )
+            .add_service(
+                KeyServiceServer::new(crate::service::KeyApi::new(ctx.clone()))
+                    .max_decoding_message_size(message)
+                    .max_encoding_message_size(message),
+            )
+            .add_service(
+                mnvault_proto::v1::retention_service_server::RetentionServiceServer::new(
+                    crate::service::RetentionApi::new(ctx.clone()),
+                )
+                .max_decoding_message_size(message)
+                .max_encoding_message_size(message),
+            )
             .prepare();
         // Served until this returns; dropping it stops the metrics listener.
         let _metrics = self.metrics.map(|listener| listener.spawn(self.context.clone()));
+        // Runs until the vault is stopping; dropping it stops it too.
+        let keys = &self.settings.keys;
+        let _key_schedule =
+            crate::key_schedule::spawn(self.context.clone(), keys.rotate_every_days, keys.rotation_check_interval_ms);
+        let _purge = crate::purge::spawn(self.context.clone(), &self.settings.retention);
         let shutdown = health.stop_after(shutdown);
         crate::serve::serve(self.listener, self.live.tls.clone(), routes, self.context, shutdown).await;
         health.stopped().await;

@@ -52,8 +52,8 @@ mod kind {
 
 /// Operations whose allowed entries change a job's state; the rollback check
 /// looks for the last of them.
-pub const JOB_STATE_CHANGES: [Operation; 3] =
-    [Operation::ApproveFilingJob, Operation::CancelFilingJob, Operation::Detokenize];
+pub const JOB_STATE_CHANGES: [Operation; 4] =
+    [Operation::ApproveFilingJob, Operation::CancelFilingJob, Operation::Detokenize, Operation::ExportTenant];
 
 /// The outcome of an entry that changed a job's state.
 pub const CHANGED: Outcome = Outcome::Ok;
@@ -97,6 +97,12 @@ impl Integrity {
     /// How many stored objects failed their check since the vault started.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// A tag of `kind` over `fields`, for state rows whose rules live in
+    /// their own module (retention rows, tombstones: `crate::vault::retention`).
+    pub(crate) fn tag_of<'a>(&self, kind: &[u8], fields: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+        self.key.tag(kind, fields)
     }
 
     /// The tag of a record row.

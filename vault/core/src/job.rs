@@ -103,7 +103,16 @@ impl JobRequest {
     pub fn terms(&self, job_id: JobId, created_by: &Principal, now: i64) -> Result<(JobTerms, Vec<Token>), VaultError> {
         let mut seen = HashSet::new();
         let tokens: Vec<Token> = self.tokens.iter().filter(|t| seen.insert(*t)).cloned().collect();
-        if tokens.is_empty() {
+        // A tenant export covers every record of the tenant up to its creation, once.
+        let whole_tenant = self.purpose == Purpose::TenantExport;
+        if whole_tenant && (!tokens.is_empty() || self.max_releases_per_token > 1) {
+            return Err(VaultError::InvalidArgument(
+                "a tenant-export job lists no tokens and releases once: it covers every token of the tenant as of \
+                 its creation"
+                    .into(),
+            ));
+        }
+        if tokens.is_empty() && !whole_tenant {
             return Err(VaultError::InvalidArgument("a filing job must list at least one token".into()));
         }
         if tokens.len() > MAX_JOB_TOKENS {
@@ -250,6 +259,12 @@ impl Job {
     /// names a token by its position, never by its text.
     pub fn check_release(&self, tokens: &[Token], now: i64) -> Result<(), VaultError> {
         let job_id = &self.terms.job_id;
+        if self.terms.purpose == Purpose::TenantExport {
+            return Err(VaultError::FailedPrecondition(format!(
+                "filing job {job_id} is a tenant export: it releases only as an encrypted export (`mnvault tenant \
+                 export`), never through Detokenize"
+            )));
+        }
         match self.state(now) {
             JobState::Approved => {}
             JobState::PendingApproval => {

@@ -20,10 +20,14 @@
 //!   least recently used.
 //! - **Rotation** (adding a record-key version, issue 7). A cached entry
 //!   does not see a version added after its read, so for up to `ttl` a
-//!   vault may keep sealing under the previous primary version and fail to
-//!   open records sealed under the new one ([`KeyError::UnknownKeyVersion`]).
-//!   [`Keyring::forget`] drops the entry on the vault that rotates; every
-//!   other replica learns of the new version within `ttl`.
+//!   vault may keep sealing under the previous primary version (which is
+//!   why a version is retired only once its successor is older than `ttl`).
+//!   [`Keyring::forget`] drops the entry on the vault that rotates; a vault
+//!   asked to open a record under a version its entry lacks (sealed or
+//!   rewrapped on another replica) reads the tenant's keys again once
+//!   ([`Keyring::tenant_keys_with`]) instead of failing with
+//!   [`KeyError::UnknownKeyVersion`]; every other entry learns of the new
+//!   version within `ttl`.
 //!
 //! Concurrent misses for one tenant are single-flight: one call reads and
 //! unwraps, the others wait for it and take its entry. If it fails (tenant
@@ -53,11 +57,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mnvault_keys::{AuditChainKey, KeyMaterial, RootKeyProvider, StateKey, TenantKeys, WrapContext};
+use mnvault_keys::{AuditChainKey, KeyError, KeyMaterial, RootKeyProvider, StateKey, TenantKeys, WrapContext};
 
 use crate::error::VaultError;
 use crate::id::TenantId;
 use crate::store::{NewTenant, Store, StoreError};
+
+/// What a caller reads when the root key provider does not answer.
+pub const ROOT_KEY_UNAVAILABLE: &str = "the vault's root key provider does not answer, so the tenant's keys cannot be \
+     opened; nothing was done; retry later (the vault's health reports NOT_SERVING until the provider is back), or \
+     tell the vault's operator";
 
 /// Name of the audit-chain key in the `system_keys` table.
 pub const AUDIT_CHAIN_KEY_NAME: &str = "audit-chain";
@@ -157,6 +166,40 @@ impl Keyring {
         self.cache.lock().expect("keyring cache").remove(tenant);
     }
 
+    /// The keys of `tenant`, holding every one of `versions` if the
+    /// database does: keys cached before a version was added (by a rotation
+    /// on another replica) are read and unwrapped again, once. Records
+    /// rewrapped elsewhere then open at once instead of after the cache's
+    /// `ttl`. The answer may still lack a version the database lacks too;
+    /// opening a record under it then fails as it would have.
+    pub async fn tenant_keys_with(
+        &self,
+        tenant: &TenantId,
+        versions: impl IntoIterator<Item = u32>,
+    ) -> Result<Arc<TenantKeys>, VaultError> {
+        let keys = self.tenant_keys(tenant).await?;
+        self.keys_holding(tenant, keys, versions).await
+    }
+
+    /// `keys` (taken from this keyring earlier) if they hold every one of
+    /// `versions`, else the tenant's keys read again once, as
+    /// [`Keyring::tenant_keys_with`] does.
+    pub async fn keys_holding(
+        &self,
+        tenant: &TenantId,
+        keys: Arc<TenantKeys>,
+        versions: impl IntoIterator<Item = u32>,
+    ) -> Result<Arc<TenantKeys>, VaultError> {
+        let held = keys.versions();
+        if versions.into_iter().all(|version| held.contains(&version)) {
+            return Ok(keys);
+        }
+        // Only the entry that lacked it: concurrent callers that saw the same
+        // stale entry reload once between them, and a fresh one is kept.
+        self.cache.lock().expect("keyring cache").remove_if(tenant, &keys);
+        self.tenant_keys(tenant).await
+    }
+
     /// The cached keys of `tenant`, if fresh; drops every expired entry first.
     fn cached(&self, tenant: &TenantId) -> Option<Arc<TenantKeys>> {
         self.cache.lock().expect("keyring cache").get(tenant, (self.clock)())
@@ -164,16 +207,24 @@ impl Keyring {
 
     /// Reads the tenant's wrapped keys and unwraps them.
     async fn load(&self, tenant: &TenantId) -> Result<TenantKeys, VaultError> {
-        let stored = self
-            .store
-            .begin_read()
-            .await?
+        let mut read = self.store.begin_read().await?;
+        let stored = read
             .tenant(tenant)
             .await?
             .ok_or_else(|| VaultError::NotFound(format!("tenant \"{tenant}\" does not exist")))?;
+        // A shredded tenant has no keys left: say so, and since when.
+        if stored.record_keys.is_empty() {
+            if let Some(at) = read.tenant_shredded_at(tenant).await? {
+                return Err(crate::offboarding::shredded(tenant, at));
+            }
+        }
+        drop(read);
         let unwrap_failed = |error| {
             tracing::error!(%tenant, %error, provider = %self.provider.describe(), "cannot unwrap tenant key");
-            VaultError::Internal
+            match error {
+                KeyError::ProviderUnreachable { .. } => VaultError::Unavailable(ROOT_KEY_UNAVAILABLE.into()),
+                _ => VaultError::Internal,
+            }
         };
         let name = tenant.as_str();
         let index_key = self
@@ -270,6 +321,13 @@ impl Cache {
         self.by_use.insert(stamp, tenant.clone());
         self.by_age.insert((read_at, stamp), tenant.clone());
         self.entries.insert(tenant.clone(), Entry { keys, read_at, stamp, used: stamp });
+    }
+
+    /// Drops `tenant`'s entry if it still holds `keys`.
+    fn remove_if(&mut self, tenant: &TenantId, keys: &Arc<TenantKeys>) {
+        if self.entries.get(tenant).is_some_and(|entry| Arc::ptr_eq(&entry.keys, keys)) {
+            self.remove(tenant);
+        }
     }
 
     /// Drops `tenant`'s entry, and with it the cache's `Arc` of its keys.
@@ -397,6 +455,37 @@ pub async fn load_system_keys(store: &dyn Store, provider: &dyn RootKeyProvider)
     Ok(SystemKeys { audit_chain: AuditChainKey::new(&material), state: StateKey::new(&material) })
 }
 
+/// Name of the vault's Ed25519 signing key (its 32-byte seed) in the
+/// `system_keys` table.
+pub const SIGNING_KEY_NAME: &str = "signing";
+
+/// The vault's signing key, created (and stored wrapped) on the first start
+/// that finds none. Two replicas starting at once both draw one; the first
+/// insert wins and the other reads it back.
+pub async fn load_or_create_signing_key(
+    store: &dyn Store,
+    provider: &dyn RootKeyProvider,
+    now: i64,
+) -> Result<mnvault_keys::VaultSigningKey, AuditKeyError> {
+    let unwrap_failed = |_| AuditKeyError::Unwrap { provider: provider.describe() };
+    let mut wrapped = store.begin_read().await?.system_key(SIGNING_KEY_NAME).await?;
+    if wrapped.is_none() {
+        let fresh = provider.wrap(&KeyMaterial::generate(), &WrapContext::SigningKey).map_err(unwrap_failed)?;
+        let mut tx = store.begin_write().await?;
+        if tx.insert_system_key(SIGNING_KEY_NAME, &fresh, now).await? {
+            tx.commit().await?;
+            tracing::info!("created the vault's signing key");
+            wrapped = Some(fresh);
+        } else {
+            drop(tx);
+            wrapped = store.begin_read().await?.system_key(SIGNING_KEY_NAME).await?;
+        }
+    }
+    let wrapped = wrapped.ok_or(AuditKeyError::Missing)?;
+    let material = provider.unwrap(&wrapped, &WrapContext::SigningKey).map_err(unwrap_failed)?;
+    Ok(mnvault_keys::VaultSigningKey::new(&material))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -479,10 +568,90 @@ mod tests {
 
     struct FakeRead(HashMap<String, StoredTenant>);
 
-    impl crate::store::RotationReadTx for FakeRead {}
-    impl crate::store::RootRotationReadTx for FakeRead {}
-    impl crate::store::RetentionReadTx for FakeRead {}
-    impl crate::store::OffboardingReadTx for FakeRead {}
+    #[async_trait]
+    impl crate::store::RotationReadTx for FakeRead {
+        async fn record_key_versions(&mut self, _: &TenantId) -> Result<Vec<crate::store::KeyVersionRow>, StoreError> {
+            unreachable!()
+        }
+        async fn records_per_key_version(&mut self, _: &TenantId) -> Result<Vec<(u32, u64)>, StoreError> {
+            unreachable!()
+        }
+        async fn any_record_under_version(&mut self, _: &TenantId, _: u32) -> Result<bool, StoreError> {
+            unreachable!()
+        }
+        async fn tenant_ids(&mut self, _: &str, _: u32) -> Result<Vec<String>, StoreError> {
+            unreachable!()
+        }
+        async fn records_to_rewrap(
+            &mut self,
+            _: &TenantId,
+            _: Option<&Token>,
+            _: u32,
+            _: u32,
+            _: u32,
+        ) -> Result<crate::store::RewrapScan, StoreError> {
+            unreachable!()
+        }
+    }
+    #[async_trait]
+    impl crate::store::RootRotationReadTx for FakeRead {
+        async fn wrapped_keys(
+            &mut self,
+            _: Option<&crate::store::WrappedKeySlot>,
+            _: u32,
+        ) -> Result<Vec<crate::store::StoredWrappedKey>, StoreError> {
+            unreachable!()
+        }
+    }
+    #[async_trait]
+    impl crate::store::RetentionReadTx for FakeRead {
+        async fn due_retention(
+            &mut self,
+            _: Option<&TenantId>,
+            _: Option<(&str, &str)>,
+            _: i64,
+            _: u32,
+        ) -> Result<Vec<crate::store::RetentionRow>, StoreError> {
+            unreachable!()
+        }
+        async fn tombstones(
+            &mut self,
+            _: &TenantId,
+            _: &[Token],
+        ) -> Result<Vec<crate::store::TombstoneRow>, StoreError> {
+            unreachable!()
+        }
+        async fn tombstones_between(
+            &mut self,
+            _: &TenantId,
+            _: i64,
+            _: i64,
+            _: u32,
+        ) -> Result<Vec<crate::store::TombstoneRow>, StoreError> {
+            unreachable!()
+        }
+    }
+    #[async_trait]
+    impl crate::store::OffboardingReadTx for FakeRead {
+        async fn tenant_shredded_at(&mut self, _: &TenantId) -> Result<Option<i64>, StoreError> {
+            unreachable!()
+        }
+        async fn count_tenant_records(&mut self, _: &TenantId, _: i64) -> Result<u64, StoreError> {
+            unreachable!()
+        }
+        async fn tenant_records_page(
+            &mut self,
+            _: &TenantId,
+            _: Option<&Token>,
+            _: i64,
+            _: u32,
+        ) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError> {
+            unreachable!()
+        }
+        async fn tenant_job_ids(&mut self, _: &TenantId, _: &str, _: u32) -> Result<Vec<String>, StoreError> {
+            unreachable!()
+        }
+    }
 
     #[async_trait]
     impl ReadTx for FakeRead {
@@ -678,6 +847,51 @@ mod tests {
         f.keyring.forget(&TenantId::parse("acme").unwrap());
         assert_eq!(Arc::strong_count(&before), 1);
         assert!(!Arc::ptr_eq(&before, &f.keys("acme").unwrap()));
+        assert_eq!(f.reads(), 2);
+    }
+
+    #[test]
+    fn a_version_added_elsewhere_is_read_once_when_a_record_names_it() {
+        let f = Fixture::new(600, 10);
+        f.store.add("acme");
+        let acme = TenantId::parse("acme").unwrap();
+        let before = f.keys("acme").unwrap();
+        // Versions the entry holds: served from memory.
+        let same = block_on(f.keyring.tenant_keys_with(&acme, [1, 2])).unwrap();
+        assert!(Arc::ptr_eq(&before, &same));
+        assert_eq!(f.reads(), 1);
+
+        // Another replica adds version 3: the first record naming it reloads.
+        f.store.tenants.lock().unwrap().get_mut("acme").unwrap().record_keys.push((3, WrappedKey::from_bytes(vec![4])));
+        let after = block_on(f.keyring.tenant_keys_with(&acme, [3])).unwrap();
+        assert_eq!(after.versions(), vec![1, 2, 3]);
+        assert_eq!(f.reads(), 2);
+        // ...and the next call finds it cached.
+        assert!(Arc::ptr_eq(&after, &block_on(f.keyring.tenant_keys_with(&acme, [3])).unwrap()));
+        assert_eq!(f.reads(), 2);
+    }
+
+    #[test]
+    fn a_version_nobody_has_reloads_once_per_call_and_still_lacks_it() {
+        let f = Fixture::new(600, 10);
+        f.store.add("acme");
+        let acme = TenantId::parse("acme").unwrap();
+        f.keys("acme").unwrap();
+        let keys = block_on(f.keyring.tenant_keys_with(&acme, [9])).unwrap();
+        assert_eq!(keys.versions(), vec![1, 2]);
+        assert_eq!(f.reads(), 2, "one reload, not a loop");
+    }
+
+    #[test]
+    fn a_stale_entry_seen_by_a_caller_does_not_drop_a_fresher_one() {
+        let f = Fixture::new(600, 10);
+        f.store.add("acme");
+        let acme = TenantId::parse("acme").unwrap();
+        let stale = f.keys("acme").unwrap();
+        f.keyring.forget(&acme);
+        let fresh = f.keys("acme").unwrap();
+        f.keyring.cache.lock().unwrap().remove_if(&acme, &stale);
+        assert!(Arc::ptr_eq(&fresh, &f.keys("acme").unwrap()));
         assert_eq!(f.reads(), 2);
     }
 

@@ -27,11 +27,20 @@ pub enum Purpose {
     EmploymentInsuranceQualification,
     /// 育児・介護休業給付等の申請.
     EmploymentInsuranceBenefit,
+    /// テナント移管: the client company's own records handed back when it
+    /// leaves (`AdminService.ExportTenant`, never `Detokenize`). The vault's
+    /// operator holds the numbers as the client's contractor (委託先); giving
+    /// them back to the client (委託元), or to the contractor it moves to, is
+    /// the provision 番号法 第19条 allows for 委託 and 事業の承継 (the item's
+    /// number moved with amendments: 第5号 before 2023, 第6号 since; check the
+    /// text in force). A job of this purpose lists no tokens: it covers every
+    /// record of its tenant created up to the job's creation, exported once.
+    TenantExport,
 }
 
 impl Purpose {
     /// Every purpose, in the order `mnvault job purposes` lists them.
-    pub const ALL: [Purpose; 9] = [
+    pub const ALL: [Purpose; 10] = [
         Purpose::WithholdingSlip,
         Purpose::SalaryPaymentReport,
         Purpose::RetirementIncomeSlip,
@@ -41,6 +50,7 @@ impl Purpose {
         Purpose::SocialInsuranceDependentChange,
         Purpose::EmploymentInsuranceQualification,
         Purpose::EmploymentInsuranceBenefit,
+        Purpose::TenantExport,
     ];
 
     /// Stable kebab-case identifier.
@@ -55,6 +65,7 @@ impl Purpose {
             Purpose::SocialInsuranceDependentChange => "social-insurance-dependent-change",
             Purpose::EmploymentInsuranceQualification => "employment-insurance-qualification",
             Purpose::EmploymentInsuranceBenefit => "employment-insurance-benefit",
+            Purpose::TenantExport => "tenant-export",
         }
     }
 
@@ -70,6 +81,7 @@ impl Purpose {
             Purpose::SocialInsuranceDependentChange => "健康保険 被扶養者(異動)届",
             Purpose::EmploymentInsuranceQualification => "雇用保険 被保険者資格取得届・喪失届",
             Purpose::EmploymentInsuranceBenefit => "育児・介護休業給付等の申請",
+            Purpose::TenantExport => "テナント移管(委託元への返還・移管先への引継ぎ)",
         }
     }
 
@@ -82,6 +94,7 @@ impl Purpose {
             Purpose::DependentDeductionDeclaration => "事業者保管",
             Purpose::SocialInsuranceQualification | Purpose::SocialInsuranceDependentChange => "日本年金機構, 健保組合",
             Purpose::EmploymentInsuranceQualification | Purpose::EmploymentInsuranceBenefit => "ハローワーク",
+            Purpose::TenantExport => "委託元(移管先)",
         }
     }
 }

@@ -34,9 +34,9 @@ mod root_rotation;
 mod rotation;
 
 pub use offboarding::{OffboardingReadTx, OffboardingWriteTx};
-pub use retention::{RetentionReadTx, RetentionWriteTx};
-pub use root_rotation::{RootRotationReadTx, RootRotationWriteTx};
-pub use rotation::{RotationReadTx, RotationWriteTx};
+pub use retention::{RetentionReadTx, RetentionRow, RetentionWriteTx, TombstoneRow};
+pub use root_rotation::{RootRotationReadTx, RootRotationWriteTx, StoredWrappedKey, WrappedKeySlot};
+pub use rotation::{KeyVersionRow, RewrapScan, RewrappedRecord, RotationReadTx, RotationWriteTx};
 
 /// The cause of a store failure, as the backend reported it. Logged, never
 /// sent to a caller.

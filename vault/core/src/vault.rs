@@ -35,6 +35,16 @@ mod retention;
 mod root_rotation;
 mod rotation;
 
+pub use offboarding::{ExportChunk, Shredded, TenantExport, EXPORT_PAGE};
+pub use retention::{IssuedCertificate, PurgeItem, PurgeReport, PURGE_PRINCIPAL};
+pub use root_rotation::{
+    count_wrapped_keys, root_key_census, slot_context, RootKeyCensus, RootRotation, ROOT_ROTATION_PAGE,
+};
+pub use rotation::{
+    KeyStatusPage, KeyVersionStatus, RewrapBatch, RotatedKey, TenantKeyStatus, DEFAULT_REWRAP_BATCH,
+    DEFAULT_STATUS_PAGE, MAX_REWRAP_BATCH, MAX_STATUS_PAGE,
+};
+
 /// A random token collides with an existing one about never; retrying a few
 /// times turns "about never" into "never".
 const TOKEN_DRAWS: usize = 4;
@@ -102,6 +112,8 @@ pub struct VaultCore {
     /// Swapped whole by [`VaultCore::set_policy`]: each check sees one policy.
     policy: arc_swap::ArcSwap<Policy>,
     audit_key: Arc<AuditChainKey>,
+    /// The vault's Ed25519 key: deletion certificates (see `retention`).
+    signing: Arc<mnvault_keys::VaultSigningKey>,
     integrity: Integrity,
     watch: futures::lock::Mutex<ChainWatch>,
     watermark: Option<Arc<dyn Watermark>>,
@@ -128,6 +140,8 @@ impl VaultCore {
         policy: Policy,
     ) -> Result<Self, AuditKeyError> {
         let keys = load_system_keys(store.as_ref(), provider.as_ref()).await?;
+        let signing =
+            crate::keyring::load_or_create_signing_key(store.as_ref(), provider.as_ref(), clock::now_ms()).await?;
         let keyring = Keyring::new(provider, store.clone());
         // Walk the chain once now, without holding any lock, so the first
         // decision only has to verify what was appended since.
@@ -144,6 +158,7 @@ impl VaultCore {
             keyring,
             policy: arc_swap::ArcSwap::from_pointee(policy),
             audit_key: Arc::new(keys.audit_chain),
+            signing: Arc::new(signing),
             integrity: Integrity::new(keys.state),
             watch: futures::lock::Mutex::new(watch),
             watermark: None,
@@ -361,6 +376,7 @@ impl VaultCore {
             if records.is_empty() {
                 continue;
             }
+            offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
             tx.insert_records(tenant, *format, records, now).await?;
             // Who holds each index now: our row, an earlier one, or a
             // concurrent writer's.
@@ -436,6 +452,9 @@ impl VaultCore {
         self.keyring.tenant_keys(tenant).await?;
         let existing = self.store.begin_read().await?.existing_tokens(tenant, &tokens).await?;
         draft.tokens = tokens.iter().filter(|t| existing.contains(t.as_str())).cloned().collect();
+        let mut read = self.store.begin_read().await?;
+        self.refuse_purged(read.as_mut(), tenant, &request.tokens, |t| !existing.contains(t.as_str()), "request")
+            .await?;
         if let Some(first) = tokens.iter().find(|t| !existing.contains(t.as_str())) {
             let position = request.tokens.iter().position(|t| t == first).map_or(0, |p| p + 1);
             return Err(VaultError::NotFound(format!(
@@ -455,6 +474,7 @@ impl VaultCore {
         };
         let state_tag = self.integrity.state_tag(&job, &terms_tag);
         let mut tx = self.store.begin_write().await?;
+        offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
         tx.insert_job(&NewJob { terms: job.terms.clone(), tokens, terms_tag, state_tag }).await?;
         append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
         commit_audited(tx).await?;
@@ -570,6 +590,7 @@ impl VaultCore {
         let mut tx = self.store.begin_write().await?;
         let (mut job, terms_tag, now) = self.lock_job(tx.as_mut(), job_id).await?;
         job.check_release(&tokens, now)?;
+        offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
         let counted = tx.count_releases(job_id, &tokens, job.terms.max_releases_per_token).await?;
         if counted != tokens.len() as u64 {
             // The job row is locked, so only a store that breaks its contract gets here.
@@ -582,6 +603,10 @@ impl VaultCore {
             .into_iter()
             .map(|(row, sealed)| (row.token.clone(), (row, sealed)))
             .collect();
+        // Records sealed or rewrapped on another replica may name a version added after our keys were cached.
+        let versions = sealed.values().filter_map(|(_, record)| mnvault_keys::sealed_key_version(record).ok());
+        let keys = self.keyring.keys_holding(tenant, keys, versions.collect::<Vec<_>>()).await?;
+        self.refuse_purged(tx.as_mut(), tenant, &tokens, |t| !sealed.contains_key(t.as_str()), "release").await?;
         let mut released = Vec::with_capacity(tokens.len());
         // A listed token may be named, but also by position: a legacy token is
         // twelve digits, which redaction hides.
@@ -1060,6 +1085,8 @@ struct ChainWatch {
     broken: Option<String>,
     /// Job id → sequence number of its last allowed change.
     last_change: std::collections::HashMap<String, u64>,
+    /// Each token's last `SetRetention`, from the same verified entries.
+    retention: retention::RetentionWatch,
 }
 
 impl ChainWatch {
@@ -1098,6 +1125,7 @@ impl ChainWatch {
                 {
                     self.last_change.insert(entry.job_id.clone(), entry.seq);
                 }
+                self.retention.note(entry);
                 (self.seq, self.hash) = (entry.seq, entry.hash);
             }
         }

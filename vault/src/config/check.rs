@@ -69,6 +69,8 @@ pub fn check(
 pub(super) fn values(settings: &Settings) -> Vec<(String, String)> {
     let mut problems = settings.limits.problems();
     problems.extend(settings.keys.problems());
+    problems.extend(settings.retention.problems());
+    problems.extend(settings.root_key.problems());
     if settings.dev && !settings.listen.ip().is_loopback() {
         let reason = format!("a dev vault listens only on loopback; {} is not a loopback address", settings.listen);
         problems.push(("listen".into(), reason));
@@ -157,7 +159,7 @@ fn file_problems(loaded: &Loaded) -> Vec<Problem> {
         }
     }
     if let Err(error) = crate::startup::root_key_provider(settings) {
-        problems.push(loaded.problem(Some("root_key.file"), &error.to_string()));
+        problems.push(loaded.problem(Some(crate::root_key::problem_key(settings)), &error.to_string()));
     }
     if let Err(error) = crate::startup::server_tls(settings) {
         problems.push(loaded.problem(Some("tls"), &error.to_string()));

@@ -1,14 +1,21 @@
-//! `AdminService`: tenant lifecycle.
+//! `AdminService`: tenant lifecycle, from creation to offboarding (export
+//! and shred). The rules are in `mnvault_core::offboarding`.
 
 use mnvault_core::audit::{AuditDraft, Operation};
-use mnvault_core::id::TenantId;
+use mnvault_core::id::{JobId, TenantId};
+use mnvault_core::offboarding::ExportRecipient;
 use mnvault_core::text::FreeText;
 use mnvault_proto::v1 as pb;
 use pb::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use super::wire::timestamp;
-use super::Context;
+use super::{Context, Feed, FeedStopped, ResponseStream};
+
+/// Chunks of an export queued ahead of the client (each a page of records,
+/// a few tens of KiB of ciphertext).
+const EXPORT_BUFFER: usize = 4;
 
 /// The admin service.
 pub struct AdminApi {
@@ -42,5 +49,83 @@ impl AdminService for AdminApi {
         }
         .await;
         Ok(Response::new(self.ctx.settled(draft, result).await?))
+    }
+
+    type ExportTenantStream = ResponseStream<pb::ExportTenantChunk>;
+
+    async fn export_tenant(
+        &self,
+        request: Request<pb::ExportTenantRequest>,
+    ) -> Result<Response<Self::ExportTenantStream>, Status> {
+        let mut draft = AuditDraft::new(Operation::ExportTenant);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = async {
+            let job_id = JobId::parse(&request.get_ref().job_id)?;
+            draft.job_id = Some(job_id.clone());
+            let recipient = ExportRecipient::parse(&request.get_ref().recipient)?;
+            let mut export = self.ctx.core.start_export(&caller, &job_id, &recipient, &mut draft).await?;
+            // The first page decides (already exported, not approved,
+            // shredded): a refusal is the call's answer, not a cut stream.
+            let first = self.ctx.core.export_next(&mut export).await?;
+            Ok((export, first))
+        }
+        .await;
+        let (mut export, mut next) = self.ctx.settled(draft, result).await?;
+        // Each page was audited and counted before its chunk exists; a
+        // client that stops reading is cut after the send timeout, and the
+        // pages not yet exported are never read.
+        let ctx = self.ctx.clone();
+        let (feed, responses) = Feed::new(EXPORT_BUFFER, ctx.limits().stream_send_timeout());
+        tokio::spawn(
+            async move {
+                let mut sent = 0;
+                while let Some(chunk) = next.take() {
+                    ctx.metrics.numbers_released(usize::try_from(chunk.records - sent).unwrap_or(usize::MAX));
+                    sent = chunk.records;
+                    let message =
+                        pb::ExportTenantChunk { chunk: chunk.bytes, records: chunk.records, total: chunk.total };
+                    if let Err(stopped) = feed.send(Ok(message)).await {
+                        if stopped == FeedStopped::Stalled {
+                            let (job_id, tenant) = (export.job_id(), export.tenant());
+                            tracing::warn!(%job_id, %tenant, sent, "export stream dropped: the client stopped reading");
+                        }
+                        return;
+                    }
+                    next = match ctx.core.export_next(&mut export).await {
+                        Ok(next) => next,
+                        Err(error) => {
+                            let status = ctx.refuse(export.draft().clone(), error).await;
+                            if feed.send(Err(status)).await.is_ok() {
+                                feed.finish();
+                            }
+                            return;
+                        }
+                    };
+                }
+                feed.finish();
+            }
+            .instrument(tracing::Span::current()),
+        );
+        Ok(Response::new(responses))
+    }
+
+    async fn shred_tenant(
+        &self,
+        request: Request<pb::ShredTenantRequest>,
+    ) -> Result<Response<pb::ShredTenantResponse>, Status> {
+        let mut draft = AuditDraft::new(Operation::ShredTenant);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = async {
+            let tenant = TenantId::parse(&request.get_ref().tenant)?;
+            draft.tenant = Some(tenant.clone());
+            self.ctx.core.shred_tenant(&caller, &tenant, &draft).await
+        }
+        .await;
+        let shredded = self.ctx.settled(draft, result).await?;
+        Ok(Response::new(pb::ShredTenantResponse {
+            tenant: shredded.tenant.to_string(),
+            shredded_at: Some(timestamp(shredded.shredded_at)),
+            records_deleted: shredded.records_deleted,
+        }))
     }
 }

@@ -12,12 +12,16 @@
 mod admin;
 mod audit_review;
 mod filing;
+mod keys;
+mod retention;
 mod token;
 mod wire;
 
 pub use admin::AdminApi;
 pub use audit_review::AuditApi;
 pub use filing::FilingApi;
+pub use keys::KeyApi;
+pub use retention::RetentionApi;
 pub use token::TokenApi;
 
 use std::pin::Pin;
@@ -93,8 +97,17 @@ pub fn operation_of_path(path: &str) -> Option<Operation> {
         (pb::filing_service_server::SERVICE_NAME, "CancelFilingJob") => Operation::CancelFilingJob,
         (pb::filing_service_server::SERVICE_NAME, "ListPurposes") => Operation::ListPurposes,
         (pb::admin_service_server::SERVICE_NAME, "CreateTenant") => Operation::CreateTenant,
+        (pb::admin_service_server::SERVICE_NAME, "ExportTenant") => Operation::ExportTenant,
+        (pb::admin_service_server::SERVICE_NAME, "ShredTenant") => Operation::ShredTenant,
         (pb::audit_service_server::SERVICE_NAME, "ListAuditEntries") => Operation::ListAuditEntries,
         (pb::audit_service_server::SERVICE_NAME, "VerifyAuditChain") => Operation::VerifyAuditChain,
+        (pb::retention_service_server::SERVICE_NAME, "SetRetention") => Operation::SetRetention,
+        (pb::retention_service_server::SERVICE_NAME, "PurgeExpired") => Operation::PurgeExpired,
+        (pb::retention_service_server::SERVICE_NAME, "IssueDeletionCertificate") => Operation::IssueDeletionCertificate,
+        (pb::key_service_server::SERVICE_NAME, "RotateTenantKey") => Operation::RotateTenantKey,
+        (pb::key_service_server::SERVICE_NAME, "RewrapTenantRecords") => Operation::RewrapTenantRecords,
+        (pb::key_service_server::SERVICE_NAME, "GetKeyStatus") => Operation::GetKeyStatus,
+        (pb::key_service_server::SERVICE_NAME, "RetireKeyVersion") => Operation::RetireKeyVersion,
         _ => return None,
     };
     Some(operation)

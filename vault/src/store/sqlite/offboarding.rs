@@ -1,9 +1,118 @@
 //! SQLite steps of tenant offboarding.
+//!
+//! A shred's statements run with `secure_delete` on, so SQLite overwrites
+//! the bytes it frees (the wrapped keys, the sealed numbers) with zeros
+//! instead of leaving them in free pages; the WAL holds the zeroed pages
+//! until its next checkpoint.
 
-use mnvault_core::store::{OffboardingReadTx, OffboardingWriteTx};
+use async_trait::async_trait;
+use mnvault_core::id::{TenantId, Token};
+use mnvault_core::store::{OffboardingReadTx, OffboardingWriteTx, RecordRow, StoreError};
 
-use super::SqliteTx;
+use super::{classify, column, record_row, SqliteTx, RECORD_COLUMNS};
 
-impl OffboardingReadTx for SqliteTx {}
+#[async_trait]
+impl OffboardingReadTx for SqliteTx {
+    async fn tenant_shredded_at(&mut self, tenant: &TenantId) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT shredded_at FROM tenants WHERE tenant = ?")
+            .bind(tenant.as_str())
+            .fetch_optional(self.conn())
+            .await
+            .map_err(classify)?;
+        row.map(|row| column(&row, "shredded_at", "tenants.shredded_at")).transpose().map(Option::flatten)
+    }
 
-impl OffboardingWriteTx for SqliteTx {}
+    async fn count_tenant_records(&mut self, tenant: &TenantId, created_until: i64) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS count FROM records WHERE tenant = ? AND created_at <= ?")
+            .bind(tenant.as_str())
+            .bind(created_until)
+            .fetch_one(self.conn())
+            .await
+            .map_err(classify)?;
+        let count: i64 = column(&row, "count", "records.count")?;
+        u64::try_from(count).map_err(|_| StoreError::Corrupt { what: "records.count" })
+    }
+
+    async fn tenant_records_page(
+        &mut self,
+        tenant: &TenantId,
+        after: Option<&Token>,
+        created_until: i64,
+        limit: u32,
+    ) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS}, sealed FROM records WHERE tenant = ? AND token > ? AND created_at <= ? \
+             ORDER BY token LIMIT ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(after.map_or("", Token::as_str))
+        .bind(created_until)
+        .bind(i64::from(limit))
+        .fetch_all(self.conn())
+        .await
+        .map_err(classify)?;
+        rows.iter().map(|row| Ok((record_row(row)?, column(row, "sealed", "records.sealed")?))).collect()
+    }
+
+    async fn tenant_job_ids(&mut self, tenant: &TenantId, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT job_id FROM filing_jobs WHERE tenant = ? AND job_id > ? ORDER BY job_id LIMIT ?")
+                .bind(tenant.as_str())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.conn())
+                .await
+                .map_err(classify)?;
+        rows.iter().map(|row| column(row, "job_id", "filing_jobs.job_id")).collect()
+    }
+}
+
+/// Turns SQLite's `secure_delete` on or off for the connection (the writer
+/// connection is shared: it is on only for a shred's statements).
+async fn secure_delete(tx: &mut SqliteTx, on: bool) -> Result<(), StoreError> {
+    let pragma = if on { "PRAGMA secure_delete = ON" } else { "PRAGMA secure_delete = OFF" };
+    sqlx::query(pragma).execute(tx.conn()).await.map(|_| ()).map_err(classify)
+}
+
+#[async_trait]
+impl OffboardingWriteTx for SqliteTx {
+    async fn shred_tenant_keys(&mut self, tenant: &TenantId, at: i64) -> Result<bool, StoreError> {
+        secure_delete(self, true).await?;
+        let shredded = async {
+            let marked = sqlx::query(
+                "UPDATE tenants SET shredded_at = ?, index_key_wrapped = x'' WHERE tenant = ? AND shredded_at IS NULL",
+            )
+            .bind(at)
+            .bind(tenant.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+            if marked.rows_affected() == 0 {
+                return Ok(false);
+            }
+            sqlx::query("DELETE FROM tenant_record_keys WHERE tenant = ?")
+                .bind(tenant.as_str())
+                .execute(self.conn())
+                .await
+                .map_err(classify)?;
+            Ok(true)
+        }
+        .await;
+        secure_delete(self, false).await?;
+        shredded
+    }
+
+    async fn delete_tenant_records(&mut self, tenant: &TenantId, limit: u32) -> Result<u64, StoreError> {
+        secure_delete(self, true).await?;
+        let deleted =
+            sqlx::query("DELETE FROM records WHERE rowid IN (SELECT rowid FROM records WHERE tenant = ? LIMIT ?)")
+                .bind(tenant.as_str())
+                .bind(i64::from(limit))
+                .execute(self.conn())
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(classify);
+        secure_delete(self, false).await?;
+        deleted
+    }
+}

@@ -1,9 +1,172 @@
 //! SQLite steps of tenant key rotation.
 
-use mnvault_core::store::{RotationReadTx, RotationWriteTx};
+use async_trait::async_trait;
+use mnvault_core::id::{TenantId, Token};
+use mnvault_core::store::{KeyVersionRow, RewrapScan, RewrappedRecord, RotationReadTx, RotationWriteTx, StoreError};
+use mnvault_keys::WrappedKey;
+use sqlx::Row;
 
-use super::SqliteTx;
+use super::{classify, column, record_row, to_u32, SqliteTx, RECORD_COLUMNS};
 
-impl RotationReadTx for SqliteTx {}
+fn key_version_row(row: &sqlx::sqlite::SqliteRow) -> Result<KeyVersionRow, StoreError> {
+    Ok(KeyVersionRow {
+        version: to_u32(column(row, "version", "tenant_record_keys.version")?, "tenant_record_keys.version")?,
+        created_at: column(row, "created_at", "tenant_record_keys.created_at")?,
+    })
+}
 
-impl RotationWriteTx for SqliteTx {}
+#[async_trait]
+impl RotationReadTx for SqliteTx {
+    async fn record_key_versions(&mut self, tenant: &TenantId) -> Result<Vec<KeyVersionRow>, StoreError> {
+        let rows = sqlx::query("SELECT version, created_at FROM tenant_record_keys WHERE tenant = ? ORDER BY version")
+            .bind(tenant.as_str())
+            .fetch_all(self.conn())
+            .await
+            .map_err(classify)?;
+        rows.iter().map(key_version_row).collect()
+    }
+
+    async fn records_per_key_version(&mut self, tenant: &TenantId) -> Result<Vec<(u32, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_version, count(*) AS records FROM records WHERE tenant = ? GROUP BY key_version \
+             ORDER BY key_version",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(self.conn())
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let version = to_u32(column(row, "key_version", "records.key_version")?, "records.key_version")?;
+                let count: i64 = column(row, "records", "records.key_version")?;
+                Ok((version, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    async fn any_record_under_version(&mut self, tenant: &TenantId, version: u32) -> Result<bool, StoreError> {
+        // Byte 0 is the format, bytes 1 to 4 the version (substr counts from 1).
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM records WHERE tenant = ? AND (key_version = ? OR substr(sealed, 2, 4) = ?)) \
+             AS used",
+        )
+        .bind(tenant.as_str())
+        .bind(i64::from(version))
+        .bind(&version.to_be_bytes()[..])
+        .fetch_one(self.conn())
+        .await
+        .map_err(classify)?;
+        Ok(row.get::<i64, _>("used") != 0)
+    }
+
+    async fn tenant_ids(&mut self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT tenant FROM tenants WHERE tenant > ? ORDER BY tenant LIMIT ?")
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(self.conn())
+            .await
+            .map_err(classify)?;
+        rows.iter().map(|row| column(row, "tenant", "tenants.tenant")).collect()
+    }
+
+    async fn records_to_rewrap(
+        &mut self,
+        tenant: &TenantId,
+        after: Option<&Token>,
+        below: u32,
+        window: u32,
+        limit: u32,
+    ) -> Result<RewrapScan, StoreError> {
+        let after = after.map_or("", Token::as_str);
+        let conn = self.conn();
+        // The window walks the primary key (tenant, token); no index on key_version is needed.
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS}, sealed FROM (SELECT {RECORD_COLUMNS}, sealed FROM records \
+             WHERE tenant = ? AND token > ? ORDER BY token LIMIT ?) WHERE key_version < ? ORDER BY token LIMIT ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(after)
+        .bind(i64::from(window))
+        .bind(i64::from(below))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(classify)?;
+        let records = rows
+            .iter()
+            .map(|row| Ok((record_row(row)?, column(row, "sealed", "records.sealed")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let end =
+            sqlx::query("SELECT token FROM records WHERE tenant = ? AND token > ? ORDER BY token LIMIT 1 OFFSET ?")
+                .bind(tenant.as_str())
+                .bind(after)
+                .bind(i64::from(window.max(1)) - 1)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(classify)?;
+        let window_end = end.map(|row| column(&row, "token", "records.token")).transpose()?;
+        Ok(RewrapScan { records, window_end })
+    }
+}
+
+#[async_trait]
+impl RotationWriteTx for SqliteTx {
+    async fn lock_record_key_versions(&mut self, tenant: &TenantId) -> Result<Vec<KeyVersionRow>, StoreError> {
+        // BEGIN IMMEDIATE already holds the database's write lock.
+        self.record_key_versions(tenant).await
+    }
+
+    async fn insert_record_key(
+        &mut self,
+        tenant: &TenantId,
+        version: u32,
+        key: &WrappedKey,
+        created_at: i64,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO tenant_record_keys (tenant, version, wrapped_key, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .bind(i64::from(version))
+        .bind(key.as_bytes())
+        .bind(created_at)
+        .execute(self.conn())
+        .await
+        .map_err(classify)?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn delete_record_key(&mut self, tenant: &TenantId, version: u32) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM tenant_record_keys WHERE tenant = ? AND version = ?")
+            .bind(tenant.as_str())
+            .bind(i64::from(version))
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn rewrap_records(&mut self, tenant: &TenantId, records: &[RewrappedRecord]) -> Result<u64, StoreError> {
+        let conn = self.conn();
+        let mut written = 0;
+        for record in records {
+            written += sqlx::query(
+                "UPDATE records SET key_version = ?, sealed = ?, tag = ? \
+                 WHERE tenant = ? AND token = ? AND key_version = ? AND tag = ?",
+            )
+            .bind(i64::from(record.key_version))
+            .bind(&record.sealed[..])
+            .bind(&record.tag[..])
+            .bind(tenant.as_str())
+            .bind(record.token.as_str())
+            .bind(i64::from(record.old_version))
+            .bind(&record.old_tag[..])
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        }
+        Ok(written)
+    }
+}

@@ -27,7 +27,8 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -47,6 +48,11 @@ use crate::{
 const FORMAT_PKCS11_GCM: u8 = 0x02;
 /// Length of such a wrapped key.
 const WRAPPED_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
+/// How long a call waits for the session while another call uses it. A
+/// call stuck in a device that stopped answering (a network HSM cut off)
+/// cannot be interrupted; the others say [`KeyError::ProviderUnreachable`]
+/// after this instead of each blocking a thread for as long.
+const SESSION_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the root key is: the module, the token, the user PIN and the key.
 #[derive(Clone)]
@@ -184,6 +190,25 @@ impl Pkcs11RootKey {
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// [`Self::lock`], waiting at most [`SESSION_WAIT`] for a call in progress.
+    fn lock_in_time(&self) -> Result<MutexGuard<'_, Option<Connection>>, KeyError> {
+        let deadline = Instant::now() + SESSION_WAIT;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match self.connection.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(TryLockError::Poisoned(poisoned)) => return Ok(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.unreachable());
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
     /// The attributes that find the root key.
     fn key_template(&self) -> Vec<Attribute> {
         vec![
@@ -289,7 +314,7 @@ impl Pkcs11RootKey {
         operation: impl Fn(&Connection) -> Result<T, CkError>,
         classify: impl Fn(CkError) -> Failure,
     ) -> Result<T, KeyError> {
-        let mut connection = self.lock();
+        let mut connection = self.lock_in_time()?;
         for _ in 0..2 {
             if connection.is_none() {
                 *connection = Some(self.connect()?);
@@ -543,6 +568,20 @@ mod tests {
         let no_module = Pkcs11Config { module: "/nonexistent/libpkcs11.so".into(), ..config };
         let error = Pkcs11RootKey::open(no_module).unwrap_err();
         assert!(error.to_string().contains("cannot load the PKCS#11 module"), "{error}");
+    }
+
+    #[test]
+    fn a_call_stuck_in_the_device_makes_the_others_unreachable_not_hang() {
+        let Some(config) = softhsm_token() else { return };
+        let provider = std::sync::Arc::new(Pkcs11RootKey::create(config).unwrap());
+        // A call stuck in the device (a network HSM that stopped answering) holds the session.
+        let stuck = provider.lock();
+        let (sent, answer) = std::sync::mpsc::channel();
+        let other = provider.clone();
+        std::thread::spawn(move || sent.send(other.check()));
+        let answered = answer.recv_timeout(std::time::Duration::from_secs(30));
+        drop(stuck);
+        assert!(matches!(answered, Ok(Err(KeyError::ProviderUnreachable { .. }))), "{answered:?}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ mod reload;
 mod replicas;
 mod request_ids;
 mod retention;
+mod review_offboarding;
+mod review_keys;
 mod root_keys;
 mod shutdown;
 mod store_conformance;

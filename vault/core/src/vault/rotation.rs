@@ -317,12 +317,19 @@ impl VaultCore {
             Some(tenant) => vec![tenant.to_string()],
             None => read.tenant_ids(after.map_or("", TenantId::as_str), page).await?,
         };
+        let listed = tenant.is_none();
         let mut tenants = Vec::with_capacity(names.len());
         for name in &names {
             let Ok(tenant) = TenantId::parse(name) else { continue };
             let versions = read.record_key_versions(&tenant).await?;
             if versions.is_empty() {
-                return Err(tenant_not_found(&tenant));
+                // A shredded tenant keeps its row but has no keys: left out of a
+                // listing (which must go on past it), named when asked for alone.
+                match (listed, read.tenant_shredded_at(&tenant).await?) {
+                    (true, _) => continue,
+                    (false, Some(at)) => return Err(crate::offboarding::shredded(&tenant, at)),
+                    (false, None) => return Err(tenant_not_found(&tenant)),
+                }
             }
             let counts = read.records_per_key_version(&tenant).await?;
             tenants.push(TenantKeyStatus { tenant, versions: key_version_status(&versions, &counts) });

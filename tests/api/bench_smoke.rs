@@ -32,6 +32,8 @@ const UNARY_CALLS: usize = 20;
 const STREAM: usize = 200;
 const FILL_TO: usize = 500;
 const RELEASES: usize = 50;
+/// Records per rewrap call: several calls walk the tenant with the cursor.
+const REWRAP_BATCH: u32 = 100;
 
 on_both_backends! {
     async fn the_benchmark_runs_every_phase_and_every_answer_is_right(backend) {
@@ -53,6 +55,8 @@ on_both_backends! {
             detokenize_tokens: RELEASES,
             detokenize_call_tokens: 20,
             job_tokens: 30,
+            rewrap_batch: REWRAP_BATCH,
+            rewrap_rounds: 2,
             progress: false,
             ..Plan::small(kind)
         };
@@ -69,7 +73,8 @@ on_both_backends! {
                 "fill to 500",
                 "TokenizeStream 200 at 500",
                 "Detokenize 50 in jobs, 20 per call",
-                "rewrap",
+                "rewrap to v2, 100 per call",
+                "rewrap to v3, 100 per call",
             ]
         );
         for row in report.rows.iter().filter(|row| row.note.is_none()) {
@@ -94,7 +99,14 @@ on_both_backends! {
         assert_eq!(report.stored_tokens, (2 * UNARY_CALLS + FILL_TO - 2 * UNARY_CALLS + STREAM) as u64);
         assert!(report.peak_rss > 0);
         assert!(report.bytes_per_token.is_some_and(|bytes| bytes > 0.0));
-        assert_eq!(report.rows[6].note.as_deref(), Some("not measured: no rotation yet (issue 7)"));
+        for rewrap in &report.rows[6..] {
+            let what = &rewrap.what;
+            assert_eq!((rewrap.count, rewrap.answered_ok), (report.stored_tokens, report.stored_tokens), "{what}");
+            let least_calls = report.stored_tokens.div_ceil(u64::from(REWRAP_BATCH));
+            assert!(rewrap.calls.is_some_and(|calls| calls >= least_calls), "{what}: walked with the cursor");
+            assert_eq!(rewrap.left_on_old_versions, Some(0), "{what}: nothing left under an older version");
+            assert_eq!(rewrap.checked_releases, Some((RELEASES as u64, RELEASES as u64)), "{what}");
+        }
 
         let table = report.table();
         assert!(table.lines().any(|line| line.starts_with("TokenizeStream 200 fresh")), "{table}");

@@ -24,6 +24,7 @@ mod reload;
 mod replicas;
 mod request_ids;
 mod retention;
+mod review_retention;
 mod review_offboarding;
 mod review_keys;
 mod root_keys;

@@ -91,7 +91,9 @@ on_both_backends! {
         // Numbers gone too (as a writer may delete rows): nothing "left" but the keys.
         db.exec("DELETE FROM records WHERE tenant = 'demo'").await;
         db.exec("UPDATE tenants SET shredded_at = 1 WHERE tenant = 'demo'").await;
-        let _ = app.client("admin").await.shred_tenant("demo").await;
+        let shredded = app.client("admin").await.shred_tenant("demo").await.unwrap();
+        assert_eq!(shredded.records_deleted, 0);
+        assert_eq!(app.integrity_failures(), 1, "a mark with keys still stored is tampering");
         assert_eq!(db.text("SELECT CAST(COUNT(*) AS TEXT) FROM tenant_record_keys WHERE tenant = 'demo'").await, "0");
         assert_eq!(db.text("SELECT CAST(length(index_key_wrapped) AS TEXT) FROM tenants WHERE tenant = 'demo'").await, "0");
     }
@@ -128,12 +130,12 @@ on_both_backends! {
 
         // The job's state row saved before its export and put back after.
         let job = approved_export_job(&app).await;
-        let hex_of = |column: &str| match &db {
-            Db::Sqlite(_) => format!("hex({column})"),
-            Db::Postgres(_) => format!("encode({column}, 'hex')"),
+        let hex_tag = match &db {
+            Db::Sqlite(_) => "hex(state_tag)",
+            Db::Postgres(_) => "encode(state_tag, 'hex')",
         };
         let saved_seq = db.text(&format!("SELECT CAST(state_seq AS TEXT) FROM filing_jobs WHERE job_id = '{job}'")).await;
-        let saved_tag = db.text(&format!("SELECT {} FROM filing_jobs WHERE job_id = '{job}'", hex_of("state_tag"))).await;
+        let saved_tag = db.text(&format!("SELECT {} FROM filing_jobs WHERE job_id = '{job}'", hex_tag)).await;
         let file: Vec<u8> = export(&filer, &job, &recipient).await.unwrap().into_iter().flat_map(|c| c.chunk).collect();
         assert_eq!(decrypt(&identity, &file), mine, "exactly demo's records as of the job");
         let set_back = match &db {
@@ -225,6 +227,33 @@ on_both_backends! {
         let fresh = tokenize_all(&app.client("payroll").await, "demo", valid_numbers(1)).await;
         assert_eq!(fresh.len(), 1);
         drop(stream);
+    }
+
+    /// A client that drops an export before its end leaves an entry that
+    /// says the export is incomplete (its pages' entries alone read as a
+    /// whole export).
+    async fn a_cut_export_is_audited_as_incomplete(backend) {
+        let app = spawn_app(&backend).await;
+        tokenize_all(&app.client("payroll").await, "demo", valid_numbers(12_000)).await;
+        let job = approved_export_job(&app).await;
+        let identity = age::x25519::Identity::generate();
+        let filer = app.client("filer").await;
+        let mut stream = Box::pin(filer.export_tenant(&job, &identity.to_public().to_string()).await.unwrap());
+        stream.next().await.unwrap().unwrap();
+        drop(stream);
+        drop(filer);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let entries = app.audit_entries().await;
+            let cut = entries.iter().find(|e| e.operation == "admin.export-tenant" && e.outcome == "failed");
+            if let Some(cut) = cut {
+                assert!(cut.reason.contains("the export is incomplete"), "{cut:?}");
+                assert_eq!((cut.job_id.as_str(), cut.principal.as_str()), (job.as_str(), "filer"));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no entry says the export was cut");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

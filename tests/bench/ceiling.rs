@@ -25,16 +25,29 @@
 //! hash here is random bytes); and the core's two reads of the blind indexes
 //! (the look-up before the write transaction, the read-back of the holders
 //! inside it).
+//!
+//! A rewrap's ceiling ([`rewrap`]) walks the store's records as the vault's
+//! rewrap does, through the same store steps: the scan of a window outside
+//! any transaction (`records_to_rewrap`), then in one transaction the
+//! conditional updates (`rewrap_records`, each row written only if its
+//! version and tag are still those read), one audit entry naming the count,
+//! `commit`. It leaves out the keyring, each record's integrity check,
+//! opening and sealing (the new sealed bytes and tag are random bytes of
+//! the real sizes), the audit chain's HMAC, and gRPC.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mnvault_core::audit::{AuditRecord, Operation, Outcome};
-use mnvault_core::id::{TenantId, TokenFormat};
+use mnvault_core::id::{TenantId, Token, TokenFormat};
 use mnvault_core::mint::{draw_request_id, draw_token};
-use mnvault_core::store::{ChainHead, NewRecord, Store};
+use mnvault_core::store::{ChainHead, NewRecord, RewrappedRecord, Store, WriteTx};
 use mnvault_keys::BlindIndex;
 use rand::RngCore as _;
+
+/// Records a rewrap call looks at per record it may seal (the vault's
+/// `REWRAP_WINDOW_PER_RECORD`, private to its core).
+const REWRAP_WINDOW_PER_RECORD: u32 = 10;
 
 /// A sealed record of a twelve-digit number: format byte, key version (u32),
 /// nonce (12), ciphertext (12), GCM tag (16); see `TenantKeys::seal`.
@@ -91,6 +104,107 @@ fn draw_commit(count: usize, records_per_call: usize) -> (Vec<NewRecord>, Vec<[u
         .collect();
     let hashes = (0..count.div_ceil(records_per_call)).map(|_| random32()).collect();
     (records, hashes)
+}
+
+/// What a rewrap's ceiling took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RewrapCeiling {
+    /// The whole walk.
+    pub elapsed: Duration,
+    /// Of which the scans, outside the transactions.
+    pub reading: Duration,
+    /// Transactions (calls) made.
+    pub calls: u64,
+    /// Rows written.
+    pub written: u64,
+}
+
+/// Walks the `demo` tenant's records under a version below `version`,
+/// `batch` per transaction, and writes each again as if sealed under
+/// `version` (see the module's documentation).
+pub async fn rewrap(store: &Arc<dyn Store>, batch: u32, version: u32) -> anyhow::Result<RewrapCeiling> {
+    let tenant = TenantId::parse("demo").expect("a tenant id");
+    let batch = batch.max(1);
+    let mut outcome = RewrapCeiling::default();
+    let mut after: Option<Token> = None;
+    let started = Instant::now();
+    loop {
+        let scanned = Instant::now();
+        let mut read = store.begin_read().await?;
+        let scan =
+            read.records_to_rewrap(&tenant, after.as_ref(), version, batch * REWRAP_WINDOW_PER_RECORD, batch).await?;
+        drop(read);
+        outcome.reading += scanned.elapsed();
+        let next = if scan.records.len() >= batch as usize {
+            scan.records.last().map(|(row, _)| row.token.clone())
+        } else {
+            scan.window_end.clone()
+        };
+        let records = scan
+            .records
+            .iter()
+            .map(|(row, _)| {
+                let mut sealed = vec![0u8; SEALED_LEN];
+                rand::thread_rng().fill_bytes(&mut sealed);
+                let mut tag = [0u8; 32];
+                rand::thread_rng().fill_bytes(&mut tag);
+                Ok(RewrappedRecord {
+                    token: Token::parse(&row.token)?,
+                    old_version: row.key_version,
+                    old_tag: row.tag.clone().unwrap_or_default(),
+                    key_version: version,
+                    sealed,
+                    tag,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let now = mnvault_core::clock::now_ms();
+        let mut tx = store.begin_write().await?;
+        let written = if records.is_empty() { 0 } else { tx.rewrap_records(&tenant, &records).await? };
+        append_entry(tx.as_mut(), &tenant, Operation::RewrapTenantRecords, Vec::new(), written, now).await?;
+        tx.commit().await?;
+        outcome.calls += 1;
+        outcome.written += written;
+        match next {
+            Some(token) => after = Some(Token::parse(&token)?),
+            None => break,
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    Ok(outcome)
+}
+
+/// One audit entry of the vault's shape, with a random hash.
+async fn append_entry(
+    tx: &mut dyn WriteTx,
+    tenant: &TenantId,
+    operation: Operation,
+    tokens: Vec<String>,
+    record_count: u64,
+    now: i64,
+) -> anyhow::Result<()> {
+    let mut hash = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut hash);
+    let head = tx.lock_chain_head().await?;
+    let entry = AuditRecord {
+        seq: head.seq + 1,
+        time_ms: now,
+        principal: "admin".into(),
+        tenant: tenant.to_string(),
+        operation: operation.id().into(),
+        outcome: Outcome::Ok.id().into(),
+        reason: String::new(),
+        job_id: String::new(),
+        purpose: String::new(),
+        tokens,
+        record_count,
+        request_id: draw_request_id().to_string(),
+        prev_hash: head.hash,
+        hash,
+    };
+    tx.insert_audit_entries(std::slice::from_ref(&entry)).await?;
+    tx.set_chain_head(&ChainHead { seq: entry.seq, hash }).await?;
+    Ok(())
 }
 
 async fn write_commit(store: &dyn Store, tenant: &TenantId, commit: Commit, count: usize) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@
 pub mod ceiling;
 pub mod numbers;
 pub mod report;
+pub mod rewrap;
 pub mod scenarios;
 pub mod server;
 pub mod target;
@@ -78,6 +79,12 @@ pub struct Plan {
     pub detokenize_call_tokens: usize,
     /// Tokens per filing job (the vault's `limits.max_job_tokens` by default).
     pub job_tokens: usize,
+    /// Records per `RewrapTenantRecords` call; 0 skips the rewrap.
+    pub rewrap_batch: u32,
+    /// Rotations of the tenant's key, each followed by a rewrap of every record.
+    pub rewrap_rounds: usize,
+    /// Tokens of phase 2 released after each rewrap, to check it.
+    pub rewrap_check_tokens: usize,
     /// Progress bars and phase lines on standard error.
     pub progress: bool,
 }
@@ -99,6 +106,10 @@ impl Plan {
             // calls costs more (`--detokenize-call-tokens 1000` shows how much).
             detokenize_call_tokens: 10_000,
             job_tokens: mnvault::config::LimitSettings::default().max_job_tokens,
+            // The largest call: a rewrap is a background walk, not a caller waiting.
+            rewrap_batch: mnvault_core::vault::MAX_REWRAP_BATCH,
+            rewrap_rounds: 1,
+            rewrap_check_tokens: 1_000,
             progress: true,
         }
     }

@@ -57,6 +57,13 @@ pub struct Row {
     pub distinct_tokens: u64,
     /// Numbers released that matched the number sent for their token.
     pub released_matching: u64,
+    /// Calls made, when the rate counts records of several calls (rewrap).
+    pub calls: Option<u64>,
+    /// Records still under an older key version after a rewrap, as the vault counts them.
+    pub left_on_old_versions: Option<u64>,
+    /// Tokens released after the phase to check it, and how many of their
+    /// numbers were the ones sent.
+    pub checked_releases: Option<(u64, u64)>,
 }
 
 impl Row {
@@ -113,6 +120,16 @@ impl BackendReport {
                     "{what}: {} of {} released numbers were the ones sent for their tokens",
                     row.released_matching, row.distinct_numbers
                 ));
+            }
+            if let Some(left) = row.left_on_old_versions.filter(|&left| left > 0) {
+                problems.push(format!("{what}: {left} records still under an older key version"));
+            }
+            if let Some((checked, matching)) = row.checked_releases {
+                if checked == 0 || matching != checked {
+                    problems.push(format!(
+                        "{what}: {matching} of {checked} numbers released afterwards were the ones sent"
+                    ));
+                }
             }
         }
         problems
@@ -197,6 +214,10 @@ impl BackendReport {
                     "rss_bytes": row.rss,
                     "peak_rss_bytes": row.peak_rss,
                     "bytes_per_token": row.bytes_per_token,
+                    "calls": row.calls,
+                    "left_on_old_versions": row.left_on_old_versions,
+                    "checked_releases": row.checked_releases.map(|(checked, _)| checked),
+                    "checked_releases_matching": row.checked_releases.map(|(_, matching)| matching),
                     "note": row.note,
                 })
             })

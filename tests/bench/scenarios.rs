@@ -6,7 +6,8 @@
 //! 3. streams of fresh numbers until the vault holds `fill_to` tokens;
 //! 4. one more `TokenizeStream` of fresh numbers, on the full database;
 //! 5. `Detokenize` of tokens from phase 2, in approved filing jobs;
-//! 6. rewrap, once key rotation exists.
+//! 6. rotation of the tenant's key and a rewrap of every record
+//!    ([`super::rewrap`]), `rewrap_rounds` times.
 //!
 //! After each write phase the ceiling store takes the same rows
 //! ([`super::ceiling`]), so it holds as many as the vault's at every phase.
@@ -47,6 +48,7 @@ pub async fn run_all(plan: &Plan, target: &Target) -> anyhow::Result<BackendRepo
     let vault =
         VaultProcess::start(&plan.child, &target.vault_dir(), target.vault_database.as_deref(), &target.vault_log())
             .await?;
+    say(plan, format_args!("{backend}: vault process {} (for a profiler)", vault.pid()));
     // The initialised vault's own rows (keys, tenant, audit entries of its
     // start) are not the tokens'.
     let empty_bytes = target.vault_database_bytes().await?;
@@ -113,12 +115,32 @@ pub async fn run_all(plan: &Plan, target: &Target) -> anyhow::Result<BackendRepo
     done(plan, &row);
     report.rows.push(row);
 
-    // No RPC re-seals records under a new key version yet.
-    report.rows.push(Row {
-        what: "rewrap".into(),
-        note: Some("not measured: no rotation yet (issue 7)".into()),
-        ..Row::default()
-    });
+    if plan.rewrap_batch > 0 {
+        for _ in 0..plan.rewrap_rounds {
+            let walk = super::rewrap::rotate_and_rewrap(plan, &vault, report.stored_tokens).await?;
+            let mut row = walk.row;
+            (row.rss, row.peak_rss) = memory(&vault)?;
+            row.bytes_per_token = Some(bytes_per_token(target, empty_bytes, report.stored_tokens).await?);
+            let ceiling = ceiling_rewrap(plan, &ceiling, walk.primary, row.count).await?;
+            row.ceiling = Some(ceiling.elapsed);
+            let check = &pairs[..plan.rewrap_check_tokens.min(pairs.len())];
+            let released = detokenize(plan, &vault, check).await?;
+            row.checked_releases = Some((released.count, released.released_matching));
+            // The check's own peak is not the rewrap's.
+            vault.reset_peak();
+            done(plan, &row);
+            say(
+                plan,
+                format_args!(
+                    "{backend}: {} calls; ceiling {} calls, of which {:.1} s scanning outside the transactions",
+                    row.calls.unwrap_or(0),
+                    ceiling.calls,
+                    ceiling.reading.as_secs_f64()
+                ),
+            );
+            report.rows.push(row);
+        }
+    }
 
     let since_last = vault.memory()?.peak;
     report.peak_rss = report.rows.iter().filter_map(|row| row.peak_rss).fold(since_last.max(started_peak), u64::max);
@@ -239,7 +261,7 @@ async fn stream(
 /// Releases the numbers of `pairs`' tokens: filing jobs of up to
 /// `job_tokens` tokens are created and approved first (not timed), then a
 /// filer detokenizes them `detokenize_call_tokens` tokens per call.
-async fn detokenize(plan: &Plan, vault: &VaultProcess, pairs: &Pairs) -> anyhow::Result<Row> {
+async fn detokenize(plan: &Plan, vault: &VaultProcess, pairs: &[(String, String)]) -> anyhow::Result<Row> {
     let per_call = plan.detokenize_call_tokens.clamp(1, plan.job_tokens.max(1)).min(pairs.len().max(1));
     let what = format!("Detokenize {} in jobs, {} per call", group(pairs.len() as u64), group(per_call as u64));
     let (requester, approver, filer) =
@@ -305,6 +327,24 @@ async fn ceiling_phase(plan: &Plan, store: &Arc<dyn Store>, commit: Commit, rows
     Ok(elapsed)
 }
 
+/// The ceiling's counterpart of a rewrap walk to `version` over `rows` records.
+async fn ceiling_rewrap(
+    plan: &Plan,
+    store: &Arc<dyn Store>,
+    version: u32,
+    rows: u64,
+) -> anyhow::Result<super::ceiling::RewrapCeiling> {
+    let bar = if plan.progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    bar.set_message(format!("{}: ceiling: rewrap of {} rows straight in the store", plan.backend.name(), group(rows)));
+    bar.enable_steady_tick(Duration::from_millis(250));
+    let outcome = super::ceiling::rewrap(store, plan.rewrap_batch, version).await?;
+    bar.finish_and_clear();
+    if outcome.written != rows {
+        bail!("the ceiling rewrapped {} rows of {rows}", outcome.written);
+    }
+    Ok(outcome)
+}
+
 /// The vault's resident memory now and at most since the last reading,
 /// which starts the next phase's peak.
 /// Ends a write phase's row: the vault's memory after it, and its database
@@ -337,7 +377,7 @@ fn memory(vault: &VaultProcess) -> anyhow::Result<(Option<u64>, Option<u64>)> {
     Ok((Some(memory.rss), Some(memory.peak)))
 }
 
-fn progress(plan: &Plan, what: &str, length: u64) -> ProgressBar {
+pub(super) fn progress(plan: &Plan, what: &str, length: u64) -> ProgressBar {
     if !plan.progress {
         return ProgressBar::hidden();
     }

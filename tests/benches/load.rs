@@ -4,6 +4,7 @@
 //! `bench::server`) on each backend, drives it over gRPC with mutual TLS, and
 //! prints a table per backend: rates, p50/p99, the storage ceiling beside
 //! each write rate, the vault's resident memory and database bytes per token.
+//! Last, the tenant's key is rotated and every record rewrapped.
 //! The phases and what each column means are in `tests/bench/`; the README
 //! shows the command and figures.
 
@@ -29,7 +30,7 @@ enum Scale {
     /// About a tenth of the full run: a quick look.
     Small,
     /// Issue 11's sizes: 100,000-record streams, a fill to 1,000,000 tokens,
-    /// 10,000 releases.
+    /// 10,000 releases, a rewrap of every token.
     Full,
 }
 
@@ -70,6 +71,12 @@ struct Args {
     /// Tokens per `Detokenize` call.
     #[arg(long)]
     detokenize_call_tokens: Option<usize>,
+    /// Records per `RewrapTenantRecords` call (0: no rotation, no rewrap).
+    #[arg(long)]
+    rewrap_batch: Option<u32>,
+    /// Rotations, each followed by a rewrap of every record (to see the spread).
+    #[arg(long)]
+    rewrap_rounds: Option<usize>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -143,6 +150,8 @@ fn plan(args: &Args, backend: BackendKind) -> Plan {
     set(&mut plan.fill_to, args.fill_to);
     set(&mut plan.detokenize_tokens, args.detokenize_tokens);
     set(&mut plan.detokenize_call_tokens, args.detokenize_call_tokens);
+    set(&mut plan.rewrap_rounds, args.rewrap_rounds);
+    plan.rewrap_batch = args.rewrap_batch.unwrap_or(plan.rewrap_batch);
     plan.progress = !args.quiet;
     plan
 }

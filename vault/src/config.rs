@@ -256,7 +256,7 @@ pub struct KeySettings {
 
 /// The longest `keys.cache_ttl_ms`: a cached key set does not see a
 /// record-key version added after its read, so it must not live for long.
-pub const MAX_KEY_CACHE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+pub const MAX_KEY_CACHE_TTL_MS: u64 = mnvault_core::keyring::MAX_KEY_CACHE_TTL.as_millis() as u64;
 
 impl Default for KeySettings {
     fn default() -> Self {

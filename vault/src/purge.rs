@@ -71,9 +71,9 @@ pub(crate) fn spawn(ctx: Context, settings: &RetentionSettings) -> Option<Purge>
                 outcome = purge => outcome,
             };
             match outcome {
-                Ok(report) if report.items.is_empty() && report.tampered == 0 => {}
+                Ok(report) if report.deleted_tokens == 0 && report.tampered == 0 => {}
                 Ok(report) => tracing::info!(
-                    deleted = report.items.len(),
+                    deleted = report.deleted_tokens,
                     held = report.held,
                     tampered = report.tampered,
                     "background purge done"

@@ -74,6 +74,12 @@ pub const AUDIT_CHAIN_KEY_NAME: &str = "audit-chain";
 /// How long a tenant's unwrapped keys are served from memory by default.
 pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// The longest any vault may serve a tenant's keys from memory (the most
+/// `keys.cache_ttl_ms` allows): a cached key set does not see a record-key
+/// version added after its read, so retiring a version waits this long after
+/// its successor was added, whatever this vault's own setting.
+pub const MAX_KEY_CACHE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How many tenants' unwrapped keys are kept by default.
 pub const DEFAULT_KEY_CACHE_TENANTS: usize = 10_000;
 
@@ -612,6 +618,9 @@ mod tests {
             _: i64,
             _: u32,
         ) -> Result<Vec<crate::store::RetentionRow>, StoreError> {
+            unreachable!()
+        }
+        async fn count_held_due(&mut self, _: Option<&TenantId>, _: i64) -> Result<u64, StoreError> {
             unreachable!()
         }
         async fn tombstones(

@@ -109,7 +109,11 @@ impl std::io::Write for Sink {
 
 /// An age file being written: records go in as plaintext lines, ciphertext
 /// comes out as it is produced. age's STREAM format seals every 64 KiB
-/// chunk and marks the last one, so a file cut short does not decrypt.
+/// chunk and marks the last one, so a file cut short fails to decrypt at
+/// its end (a streaming reader may have handed out the whole chunks before).
+/// age gathers the lines of a chunk in a buffer of its own, which it does
+/// not wipe: up to 64 KiB of `token<TAB>number` lines stay in freed memory
+/// after an export, as they would in any process that decrypts the file.
 pub(crate) struct ExportCipher {
     writer: age::stream::StreamWriter<Sink>,
     sink: Sink,

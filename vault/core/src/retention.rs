@@ -57,9 +57,13 @@ pub const PURGE_BATCH: u32 = 500;
 pub const PURGE_BATCHES_PER_CALL: u32 = 20;
 
 /// Deletions one certificate lists at most: a range holding more is
-/// refused, to be split (by month, say). Bounds the certificate (about 300
-/// bytes a deletion) well under the message limit.
-pub const MAX_CERTIFICATE_DELETIONS: usize = 10_000;
+/// refused, to be split. A deletion takes up to about 1.3 KB of the
+/// certificate (its legal bases, four classes at most), so this keeps the
+/// largest certificate under 4 MiB, the default message limit of a gRPC
+/// client (the vault's own is 8 MiB); a unit test checks it. At least a
+/// purge batch ([`PURGE_BATCH`], deleted at one instant), so that a period
+/// can always be split.
+pub const MAX_CERTIFICATE_DELETIONS: usize = 2_000;
 
 /// Earliest and latest year a retention date may name: My Numbers exist
 /// since 2015; anything far outside is a typing mistake.
@@ -610,6 +614,33 @@ mod tests {
         ));
         let added = json.replacen("\"tenant\"", "\"extra\": 1, \"tenant\"", 1);
         assert!(matches!(DeletionCertificate::verify(&added, &key.public_key()), Err(CertificateError::Malformed(_))));
+    }
+
+    /// Review finding: 10,000 deletions made a certificate of about 12 MB,
+    /// more than any gRPC message limit on the way; the call was audited as
+    /// issued and the certificate never arrived.
+    #[test]
+    fn a_certificate_of_the_most_deletions_fits_a_clients_default_message_limit() {
+        let key = VaultSigningKey::new(&KeyMaterial::generate());
+        let mut body = body(&key);
+        let retention = request(&DocumentClass::ALL, Some(date!(2016 - 03 - 31)), None).decide().unwrap();
+        let widest = CertifiedDeletion {
+            token: format!("mnt_{}", "a".repeat(26)),
+            deleted_at: "2026-11-24T00:00:00.123Z".into(),
+            classes: DocumentClass::ALL.iter().map(|c| c.id().to_owned()).collect(),
+            end_date: Some("2016-03-31".into()),
+            delete_on: date_text(retention.delete_on),
+            legal_basis: retention.legal_basis(),
+            audit_seq: u64::MAX,
+        };
+        body.tenant = "t".repeat(128);
+        body.issued_by = "p".repeat(128);
+        body.deletions = vec![widest; MAX_CERTIFICATE_DELETIONS];
+        body.count = MAX_CERTIFICATE_DELETIONS as u64;
+        let json = DeletionCertificate::sign(body, &key).to_json();
+        // The response also carries the key and counts: keep a margin.
+        assert!(json.len() < 4 * 1024 * 1024 - 64 * 1024, "{} bytes", json.len());
+        assert!(MAX_CERTIFICATE_DELETIONS >= PURGE_BATCH as usize, "a period must always split");
     }
 
     #[test]

@@ -278,6 +278,13 @@ pub trait Store: Send + Sync + 'static {
     /// connection of the check's own: the health check calls it every
     /// `server.health_check_interval_ms`. Changes nothing.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// After a shred: folds what it overwrote into the database's own files
+    /// where the backend keeps older copies of pages beside them (SQLite:
+    /// a TRUNCATE checkpoint of the WAL). `Ok(false)` if readers kept it from
+    /// completing. A backend without such files has nothing to do.
+    async fn settle_deletions(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// How full each of the store's connection pools is now, for the
     /// metrics; a store without pools has none.
     fn pools(&self) -> Vec<PoolUsage> {

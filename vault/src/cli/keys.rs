@@ -47,7 +47,8 @@ pub enum KeysCommand {
         connection: Connection,
     },
     /// Delete a record-key version no record uses, that is not the primary,
-    /// and whose successor has been primary for longer than keys.cache_ttl_ms.
+    /// and whose successor has been primary for more than a day (the longest
+    /// keys.cache_ttl_ms a replica may have).
     Retire {
         /// The tenant.
         #[arg(long)]

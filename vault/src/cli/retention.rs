@@ -167,8 +167,10 @@ pub async fn purge(args: PurgeArgs, data_dir: &Path, out: &mut (dyn Write + Send
         held += report.held;
         tampered += report.tampered;
         spinner.set_position(tokens);
-        // A dry run lists one call's worth: listing more would repeat it.
-        if !report.more || report.dry_run {
+        // A dry run lists one call's worth: listing more would repeat it. A
+        // call that deleted nothing would be repeated the same way (rows it
+        // cannot act on fill its batches): the next purge retries them.
+        if !report.more || report.dry_run || report.tokens.is_empty() {
             break;
         }
     }

@@ -78,6 +78,10 @@ impl Store for MeteredStore {
         self.metrics.counted(self.inner.ping().await)
     }
 
+    async fn settle_deletions(&self) -> Result<bool, StoreError> {
+        self.metrics.counted(self.inner.settle_deletions().await)
+    }
+
     fn pools(&self) -> Vec<PoolUsage> {
         self.inner.pools()
     }

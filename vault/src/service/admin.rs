@@ -2,6 +2,7 @@
 //! and shred). The rules are in `mnvault_core::offboarding`.
 
 use mnvault_core::audit::{AuditDraft, Operation};
+use mnvault_core::error::VaultError;
 use mnvault_core::id::{JobId, TenantId};
 use mnvault_core::offboarding::ExportRecipient;
 use mnvault_core::text::FreeText;
@@ -79,9 +80,11 @@ impl AdminService for AdminApi {
         tokio::spawn(
             async move {
                 let mut sent = 0;
+                let mut total;
                 while let Some(chunk) = next.take() {
                     ctx.metrics.numbers_released(usize::try_from(chunk.records - sent).unwrap_or(usize::MAX));
                     sent = chunk.records;
+                    total = chunk.total;
                     let message =
                         pb::ExportTenantChunk { chunk: chunk.bytes, records: chunk.records, total: chunk.total };
                     if let Err(stopped) = feed.send(Ok(message)).await {
@@ -89,6 +92,13 @@ impl AdminService for AdminApi {
                             let (job_id, tenant) = (export.job_id(), export.tenant());
                             tracing::warn!(%job_id, %tenant, sent, "export stream dropped: the client stopped reading");
                         }
+                        // Its pages are audited as exported and its job is spent: say
+                        // that the client never had the whole file.
+                        let cut = VaultError::Unavailable(format!(
+                            "the client stopped reading the export before its end ({sent} of {total} record(s) \
+                             encrypted); the export is incomplete and its job has exported"
+                        ));
+                        ctx.refuse(export.draft().clone(), cut).await;
                         return;
                     }
                     next = match ctx.core.export_next(&mut export).await {

@@ -170,6 +170,14 @@ impl Store for SqliteStore {
         vec![pool_usage("sqlite-writer", &self.writer), pool_usage("sqlite-reader", &self.reader)]
     }
 
+    async fn settle_deletions(&self) -> Result<bool, StoreError> {
+        // On the writer, so no write slips in between; the busy timeout lets readers finish.
+        let mut writer = self.writer.acquire().await.map_err(classify)?;
+        let (busy, _, _): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *writer).await.map_err(classify)?;
+        Ok(busy == 0)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         use sqlx::{ConnectOptions as _, Connection as _};
         let probe = &self.probe;

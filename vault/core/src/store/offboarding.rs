@@ -33,9 +33,10 @@ pub trait OffboardingReadTx: Send {
 pub trait OffboardingWriteTx: Send {
     /// Destroys the tenant's keys: its wrapped blind-index key is
     /// overwritten with nothing and every wrapped record-key version is
-    /// deleted, and the tenant is marked shredded at `at`. `false` (and
-    /// nothing done) if it was already marked. A backend that can should
-    /// overwrite the freed bytes too (SQLite's `secure_delete`).
+    /// deleted, and the tenant is marked shredded at `at` unless it was
+    /// already. The keys are destroyed either way (the mark is under no tag);
+    /// `false` if it was already marked. A backend that can should overwrite
+    /// the freed bytes too (SQLite's `secure_delete`).
     async fn shred_tenant_keys(&mut self, tenant: &TenantId, at: i64) -> Result<bool, StoreError>;
     /// Deletes up to `limit` of the tenant's records (sealed numbers, blind
     /// indexes, tokens); returns how many.

@@ -59,8 +59,10 @@ pub struct TombstoneRow {
 #[async_trait]
 pub trait RetentionReadTx: Send {
     /// Up to `limit` retention rows whose `delete_on` is at most
-    /// `delete_on_max`, held or not, of `tenant` (every tenant when `None`),
-    /// after (`tenant`, `token`) `after`, in (tenant, token) order.
+    /// `delete_on_max` and that are not on legal hold, of `tenant` (every
+    /// tenant when `None`), after (`tenant`, `token`) `after`, in (tenant,
+    /// token) order. Held rows are left out so that they cannot fill a
+    /// purge's batches and keep it from the rows it may delete.
     async fn due_retention(
         &mut self,
         tenant: Option<&TenantId>,
@@ -68,6 +70,9 @@ pub trait RetentionReadTx: Send {
         delete_on_max: i64,
         limit: u32,
     ) -> Result<Vec<RetentionRow>, StoreError>;
+    /// How many retention rows whose `delete_on` is at most `delete_on_max`
+    /// are on legal hold, of `tenant` (every tenant when `None`).
+    async fn count_held_due(&mut self, tenant: Option<&TenantId>, delete_on_max: i64) -> Result<u64, StoreError>;
     /// The tombstones of those of `tokens` that have one in the tenant.
     async fn tombstones(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<Vec<TombstoneRow>, StoreError>;
     /// Up to `limit` tombstones of the tenant deleted in [`since_ms`,

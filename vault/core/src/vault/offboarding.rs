@@ -181,6 +181,11 @@ impl VaultCore {
         }
         let page = tx.tenant_records_page(&tenant, export.after.as_ref(), export.created_until, EXPORT_PAGE).await?;
         let last_page = page.len() < EXPORT_PAGE as usize;
+        // Records rotated or rewrapped since the keys were taken (on this
+        // replica or another) name a version they lack: read them again once.
+        let versions: Vec<u32> =
+            page.iter().filter_map(|(_, sealed)| mnvault_keys::sealed_key_version(sealed).ok()).collect();
+        export.keys = self.keyring.keys_holding(&tenant, export.keys.clone(), versions).await?;
         let mut opened: Vec<(Token, Zeroizing<String>)> = Vec::with_capacity(page.len());
         for (row, sealed) in &page {
             let record = self.integrity.check_record(&tenant, row, None)?;
@@ -260,19 +265,31 @@ impl VaultCore {
         self.policy().require(caller, &[Role::Admin], Some(tenant))?;
         let mut tx = self.store.begin_write().await?;
         let now = clock::now_ms();
-        if tx.tenant(tenant).await?.is_none() {
+        let Some(stored) = tx.tenant(tenant).await? else {
             return Err(VaultError::NotFound(format!("tenant \"{tenant}\" does not exist")));
-        }
+        };
+        let keys_left = !stored.record_keys.is_empty() || !stored.index_key.as_bytes().is_empty();
+        drop(stored);
         let left = tx.count_tenant_records(tenant, i64::MAX).await?;
+        // `shredded_at` is under no tag: a database writer may set it. It
+        // decides nothing here but the refusal of a shred with nothing left
+        // to destroy; keys still stored are destroyed whatever it says.
         let shredded_at = match tx.tenant_shredded_at(tenant).await? {
-            Some(at) if left == 0 => {
+            Some(at) if left == 0 && !keys_left => {
                 return Err(VaultError::FailedPrecondition(format!(
                     "tenant \"{tenant}\" was already shredded at {}; nothing of it is left to destroy",
                     clock::rfc3339(at)
                 )))
             }
-            // An earlier shred was cut short after destroying the keys.
-            Some(at) => at,
+            // An earlier shred was cut short after destroying the keys (or
+            // the database was marked by someone else: counted as tampering).
+            Some(at) => {
+                if keys_left {
+                    drop(self.integrity.tampered(format!("the shredded mark of tenant \"{tenant}\"")));
+                    tx.shred_tenant_keys(tenant, at).await?;
+                }
+                at
+            }
             None => {
                 self.refuse_open_jobs(tx.as_mut(), tenant, now).await?;
                 if !tx.shred_tenant_keys(tenant, now).await? {
@@ -296,6 +313,15 @@ impl VaultCore {
             if count < u64::from(SHRED_PAGE) {
                 break;
             }
+        }
+        // Until then the database file itself still holds the pages as they
+        // were before the shred (SQLite: beside the WAL that holds them zeroed).
+        match self.store.settle_deletions().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(%tenant, "readers kept the shred's pages from being folded into the database \
+                file; the next checkpoint does it"),
+            Err(error) => tracing::warn!(%tenant, %error, "could not fold the shred's pages into the database file; \
+                the next checkpoint does it"),
         }
         Ok(Shredded { tenant: tenant.clone(), shredded_at, records_deleted: deleted })
     }

@@ -77,12 +77,16 @@ pub struct PurgeItem {
 pub struct PurgeReport {
     /// Nothing was deleted: `items` is what would have been.
     pub dry_run: bool,
-    /// Tokens deleted (or due, in a dry run).
+    /// Tokens deleted (or due, in a dry run), for a call that answers them;
+    /// the background purge keeps none (it may delete millions in a run).
     pub items: Vec<PurgeItem>,
+    /// How many tokens were deleted (or are due, in a dry run).
+    pub deleted_tokens: u64,
     /// Records actually deleted (a token whose record was already gone
     /// gets a tombstone but no count).
     pub deleted_records: u64,
-    /// Tokens past their date but on legal hold.
+    /// Tokens past their date but on legal hold, as the database counts
+    /// them (a number for people; no decision rests on it).
     pub held: u64,
     /// Rows that failed their check and were left alone.
     pub tampered: u64,
@@ -105,7 +109,7 @@ impl PurgeReport {
         let verb = if self.dry_run { "due (dry run, nothing deleted)" } else { "deleted" };
         format!(
             "{} token(s) {verb}; {} held; {} failed their integrity check{}",
-            self.items.len(),
+            self.deleted_tokens,
             self.held,
             self.tampered,
             if self.more { "; more may be due" } else { "" }
@@ -278,8 +282,8 @@ impl VaultCore {
             self.keyring.tenant_keys(tenant).await?;
         }
         let batches = crate::retention::PURGE_BATCHES_PER_CALL;
-        let report = self.purge(caller, tenant, dry_run, draft.request_id.clone(), batches).await?;
-        draft.record_count = report.items.len() as u64;
+        let report = self.purge(caller, tenant, dry_run, draft.request_id.clone(), batches, true).await?;
+        draft.record_count = report.deleted_tokens;
         draft.reason = report.summary();
         Ok(report)
     }
@@ -288,7 +292,7 @@ impl VaultCore {
     /// [`PURGE_PRINCIPAL`].
     pub async fn purge_in_background(&self) -> Result<PurgeReport, VaultError> {
         let by = Principal::parse(PURGE_PRINCIPAL).map_err(|_| VaultError::Internal)?;
-        self.purge(&by, None, false, None, u32::MAX).await
+        self.purge(&by, None, false, None, u32::MAX, false).await
     }
 
     async fn purge(
@@ -298,14 +302,18 @@ impl VaultCore {
         dry_run: bool,
         request_id: Option<RequestId>,
         batches: u32,
+        keep_items: bool,
     ) -> Result<PurgeReport, VaultError> {
         let mut report = PurgeReport { dry_run, ..PurgeReport::default() };
         let mut after: Option<(String, String)> = None;
-        for _ in 0..batches {
+        for batch in 0..batches {
             let mut tx = self.store.begin_write().await?;
             let (head, watch) = self.lock_watch(tx.as_mut()).await?;
             let now = clock::now_ms();
             let today = date_in_japan(now);
+            if batch == 0 {
+                report.held = tx.count_held_due(tenant, date_number(today)).await?;
+            }
             let cursor = after.as_ref().map(|(tenant, token)| (tenant.as_str(), token.as_str()));
             let rows = tx
                 .due_retention(tenant, cursor, date_number(today), PURGE_BATCH)
@@ -335,7 +343,10 @@ impl VaultCore {
                 })
             });
             if dry_run || due.is_empty() {
-                report.items.extend(items);
+                report.deleted_tokens += due.values().map(|items| items.len() as u64).sum::<u64>();
+                if keep_items {
+                    report.items.extend(items);
+                }
                 drop(tx);
                 if !full {
                     return Ok(report);
@@ -373,7 +384,10 @@ impl VaultCore {
             tx.insert_tombstones(&tombstones).await?;
             commit_audited(tx).await?;
             self.witness_deletions(&head, &last, &items).await;
-            report.items.extend(items);
+            report.deleted_tokens += items.len() as u64;
+            if keep_items {
+                report.items.extend(items);
+            }
             if !full {
                 return Ok(report);
             }
@@ -400,10 +414,13 @@ impl VaultCore {
         let limit = MAX_CERTIFICATE_DELETIONS as u32 + 1;
         let rows = self.store.begin_read().await?.tombstones_between(tenant, since_ms, until_ms, limit).await;
         let rows = rows.map_err(self.unreadable(|| format!("a tombstone of tenant \"{tenant}\"")))?;
-        if rows.len() > MAX_CERTIFICATE_DELETIONS {
+        if let Some(first_left_out) = rows.get(MAX_CERTIFICATE_DELETIONS) {
+            // A purge deletes a whole batch at one instant, so a month may not
+            // split in whole days: name where the first certificate can end.
             return Err(VaultError::FailedPrecondition(format!(
-                "more than {MAX_CERTIFICATE_DELETIONS} deletions fall in the period; ask for shorter periods (a month \
-                 each, say)"
+                "more than {MAX_CERTIFICATE_DELETIONS} deletions fall in the period; ask for shorter periods: the \
+                 first {MAX_CERTIFICATE_DELETIONS} end before {}, so ask until then, then from then on",
+                clock::rfc3339(first_left_out.deleted_at)
             )));
         }
         let mut deletions = Vec::with_capacity(rows.len());

@@ -16,14 +16,17 @@
 //!   batch returns; an interrupted walk just starts again from the first
 //!   record, and finds only what is left.
 //! - **Retire** deletes a version no record uses, that is not primary, and
-//!   whose successor has been primary for longer than the key cache's `ttl`
-//!   (a replica whose cache predates the rotation may seal under it until then).
+//!   whose successor has been primary for longer than a day, the longest
+//!   key cache any replica may keep ([`MAX_KEY_CACHE_TTL`]): a replica whose
+//!   cache predates the rotation may seal under it until then, whatever this
+//!   vault's own `keys.cache_ttl_ms` says.
 
 use std::time::Duration;
 
 use mnvault_keys::{sealed_key_version, KeyMaterial, WrapContext};
 
 use super::{append, commit_audited, VaultCore};
+use crate::keyring::MAX_KEY_CACHE_TTL;
 use crate::audit::{AuditDraft, Operation};
 use crate::authz::Role;
 use crate::clock;
@@ -343,7 +346,7 @@ impl VaultCore {
 
     /// Deletes record-key version `version` of `tenant`: refused while it is
     /// primary, while a record uses it, or until its successor has been
-    /// primary for longer than the key cache's `ttl`. Returns the versions left.
+    /// primary for longer than [`MAX_KEY_CACHE_TTL`]. Returns the versions left.
     pub async fn retire_key_version(
         &self,
         caller: &Principal,
@@ -362,7 +365,8 @@ impl VaultCore {
             )));
         }
         let now = clock::now_ms();
-        let ttl_ms = i64::try_from(self.keyring.limits().ttl.as_millis()).unwrap_or(i64::MAX);
+        // Not this vault's own ttl: a replica may be configured with a longer one.
+        let ttl_ms = i64::try_from(MAX_KEY_CACHE_TTL.as_millis()).unwrap_or(i64::MAX);
         check_successor_age(tenant, &versions, version, now, ttl_ms)?;
         if !tx.delete_record_key(tenant, version).await? {
             return Err(VaultError::Internal);
@@ -467,8 +471,8 @@ fn check_successor_age(
         let wait_s = (ttl_ms - primary_for) / 1_000 + 1;
         return Err(VaultError::FailedPrecondition(format!(
             "record-key version {} replaced version {version} of tenant \"{tenant}\" {} ms ago, not longer than \
-             keys.cache_ttl_ms ({ttl_ms} ms): replicas with keys cached before may still seal under version \
-             {version}; retry in {wait_s} s",
+             {ttl_ms} ms, the longest keys.cache_ttl_ms a replica may have: replicas with keys cached before may \
+             still seal under version {version}; retry in {wait_s} s",
             successor.version, primary_for
         )));
     }

@@ -19,6 +19,11 @@ impl<T: ReadTx + ?Sized> RetentionReadTx for MeteredTx<T> {
         self.metrics.counted(result)
     }
 
+    async fn count_held_due(&mut self, tenant: Option<&TenantId>, delete_on_max: i64) -> Result<u64, StoreError> {
+        let result = self.inner.count_held_due(tenant, delete_on_max).await;
+        self.metrics.counted(result)
+    }
+
     async fn tombstones(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<Vec<TombstoneRow>, StoreError> {
         let result = self.inner.tombstones(tenant, tokens).await;
         self.metrics.counted(result)

@@ -75,24 +75,23 @@ where
 #[async_trait]
 impl OffboardingWriteTx for PgTx<Transaction<'static, Postgres>> {
     async fn shred_tenant_keys(&mut self, tenant: &TenantId, at: i64) -> Result<bool, StoreError> {
-        let marked = sqlx::query(
-            "UPDATE tenants SET shredded_at = $1, index_key_wrapped = ''::bytea \
-             WHERE tenant = $2 AND shredded_at IS NULL",
-        )
-        .bind(at)
-        .bind(tenant.as_str())
-        .execute(self.conn())
-        .await
-        .map_err(classify)?;
-        if marked.rows_affected() == 0 {
-            return Ok(false);
-        }
+        let marked = sqlx::query("UPDATE tenants SET shredded_at = $1 WHERE tenant = $2 AND shredded_at IS NULL")
+            .bind(at)
+            .bind(tenant.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        sqlx::query("UPDATE tenants SET index_key_wrapped = ''::bytea WHERE tenant = $1")
+            .bind(tenant.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
         sqlx::query("DELETE FROM tenant_record_keys WHERE tenant = $1")
             .bind(tenant.as_str())
             .execute(self.conn())
             .await
             .map_err(classify)?;
-        Ok(true)
+        Ok(marked.rows_affected() > 0)
     }
 
     async fn delete_tenant_records(&mut self, tenant: &TenantId, limit: u32) -> Result<u64, StoreError> {

@@ -54,8 +54,8 @@ where
     ) -> Result<Vec<RetentionRow>, StoreError> {
         let (after_tenant, after_token) = after.unwrap_or(("", ""));
         let sql = format!(
-            "SELECT {RETENTION_COLUMNS} FROM retention WHERE delete_on <= $1 AND ($2::text IS NULL OR tenant = $2) \
-             AND (tenant, token) > ($3, $4) ORDER BY tenant, token LIMIT $5"
+            "SELECT {RETENTION_COLUMNS} FROM retention WHERE delete_on <= $1 AND NOT legal_hold \
+             AND ($2::text IS NULL OR tenant = $2) AND (tenant, token) > ($3, $4) ORDER BY tenant, token LIMIT $5"
         );
         let rows = sqlx::query(&sql)
             .bind(delete_on_max)
@@ -67,6 +67,18 @@ where
             .await
             .map_err(classify)?;
         rows.iter().map(retention_row).collect()
+    }
+
+    async fn count_held_due(&mut self, tenant: Option<&TenantId>, delete_on_max: i64) -> Result<u64, StoreError> {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM retention WHERE delete_on <= $1 AND legal_hold AND ($2::text IS NULL OR tenant = $2)",
+        )
+        .bind(delete_on_max)
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_one(self.conn())
+        .await
+        .map_err(classify)?;
+        Ok(u64::try_from(held).unwrap_or(0))
     }
 
     async fn tombstones(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<Vec<TombstoneRow>, StoreError> {

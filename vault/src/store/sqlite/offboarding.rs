@@ -1,9 +1,15 @@
 //! SQLite steps of tenant offboarding.
 //!
-//! A shred's statements run with `secure_delete` on, so SQLite overwrites
-//! the bytes it frees (the wrapped keys, the sealed numbers) with zeros
-//! instead of leaving them in free pages; the WAL holds the zeroed pages
-//! until its next checkpoint.
+//! A shred's statements run with `secure_delete` on, so the pages SQLite
+//! writes for them hold zeros where the wrapped keys and sealed numbers
+//! were. In WAL mode those pages go to the WAL while the database file
+//! keeps the old ones until a checkpoint: the shred ends with a TRUNCATE
+//! checkpoint (`Store::settle_deletions`), which copies them over and
+//! empties the WAL. Copies an earlier page split, update or rewrap left in
+//! free space (written with `secure_delete` off) are not found this way,
+//! nor are blocks the file system keeps: as for PostgreSQL and for backups,
+//! only rotating the root key and destroying the old one makes every copy
+//! of the wrapped keys unreadable.
 
 use async_trait::async_trait;
 use mnvault_core::id::{TenantId, Token};
@@ -79,23 +85,23 @@ impl OffboardingWriteTx for SqliteTx {
     async fn shred_tenant_keys(&mut self, tenant: &TenantId, at: i64) -> Result<bool, StoreError> {
         secure_delete(self, true).await?;
         let shredded = async {
-            let marked = sqlx::query(
-                "UPDATE tenants SET shredded_at = ?, index_key_wrapped = x'' WHERE tenant = ? AND shredded_at IS NULL",
-            )
-            .bind(at)
-            .bind(tenant.as_str())
-            .execute(self.conn())
-            .await
-            .map_err(classify)?;
-            if marked.rows_affected() == 0 {
-                return Ok(false);
-            }
+            let marked = sqlx::query("UPDATE tenants SET shredded_at = ? WHERE tenant = ? AND shredded_at IS NULL")
+                .bind(at)
+                .bind(tenant.as_str())
+                .execute(self.conn())
+                .await
+                .map_err(classify)?;
+            sqlx::query("UPDATE tenants SET index_key_wrapped = x'' WHERE tenant = ?")
+                .bind(tenant.as_str())
+                .execute(self.conn())
+                .await
+                .map_err(classify)?;
             sqlx::query("DELETE FROM tenant_record_keys WHERE tenant = ?")
                 .bind(tenant.as_str())
                 .execute(self.conn())
                 .await
                 .map_err(classify)?;
-            Ok(true)
+            Ok(marked.rows_affected() > 0)
         }
         .await;
         secure_delete(self, false).await?;

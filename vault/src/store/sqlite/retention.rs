@@ -47,8 +47,8 @@ impl RetentionReadTx for SqliteTx {
     ) -> Result<Vec<RetentionRow>, StoreError> {
         let (after_tenant, after_token) = after.unwrap_or(("", ""));
         let sql = format!(
-            "SELECT {RETENTION_COLUMNS} FROM retention WHERE delete_on <= ? AND (? IS NULL OR tenant = ?) \
-             AND (tenant, token) > (?, ?) ORDER BY tenant, token LIMIT ?"
+            "SELECT {RETENTION_COLUMNS} FROM retention WHERE delete_on <= ? AND legal_hold = 0 \
+             AND (? IS NULL OR tenant = ?) AND (tenant, token) > (?, ?) ORDER BY tenant, token LIMIT ?"
         );
         let tenant = tenant.map(TenantId::as_str);
         let rows = sqlx::query(&sql)
@@ -62,6 +62,20 @@ impl RetentionReadTx for SqliteTx {
             .await
             .map_err(classify)?;
         rows.iter().map(retention_row).collect()
+    }
+
+    async fn count_held_due(&mut self, tenant: Option<&TenantId>, delete_on_max: i64) -> Result<u64, StoreError> {
+        let tenant = tenant.map(TenantId::as_str);
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM retention WHERE delete_on <= ? AND legal_hold <> 0 AND (? IS NULL OR tenant = ?)",
+        )
+        .bind(delete_on_max)
+        .bind(tenant)
+        .bind(tenant)
+        .fetch_one(self.conn())
+        .await
+        .map_err(classify)?;
+        Ok(u64::try_from(held).unwrap_or(0))
     }
 
     async fn tombstones(&mut self, tenant: &TenantId, tokens: &[Token]) -> Result<Vec<TombstoneRow>, StoreError> {

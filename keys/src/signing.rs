@@ -103,11 +103,17 @@ impl PublicKey {
         Some(Self(bytes.try_into().ok()?))
     }
 
-    /// A short name of the key: `ed25519:` and the first 16 hex digits of
-    /// SHA-256 of its bytes. Names it, does not authenticate it.
+    /// A short name of the key: `ed25519:` and the first 8 bytes of SHA-256
+    /// of its bytes, a letter a nibble (`a` = 0 … `p` = 15). Letters, not hex
+    /// digits: after the prefix's `25519`, six hex digits in a row (one key
+    /// in sixteen) would read as a number to the vault's own check
+    /// (`mnvault_core::number::contains_number`) and be redacted from
+    /// every message. Names the key, does not authenticate it.
     pub fn key_id(&self) -> String {
         let digest = Sha256::digest(self.0);
-        format!("{PUBLIC_KEY_PREFIX}{}", data_encoding::HEXLOWER.encode(&digest[..8]))
+        let letters =
+            digest[..8].iter().flat_map(|byte| [byte >> 4, byte & 0x0f]).map(|nibble| char::from(b'a' + nibble));
+        format!("{PUBLIC_KEY_PREFIX}{}", letters.collect::<String>())
     }
 
     /// Whether `signature` is this key's signature of `body` for `domain`
@@ -162,6 +168,16 @@ mod tests {
         assert_eq!(a.public_key(), b.public_key());
         assert!(a.public_key().key_id().starts_with("ed25519:"));
         assert_eq!(a.public_key().key_id().len(), "ed25519:".len() + 16);
+    }
+
+    /// Review finding: a hex key id read as a number for one key in sixteen.
+    #[test]
+    fn a_key_id_is_letters_after_its_prefix() {
+        for seed in 0..=255u8 {
+            let id = VaultSigningKey::new(&KeyMaterial::from_bytes([seed; KEY_LEN])).public_key().key_id();
+            let body = id.strip_prefix("ed25519:").unwrap();
+            assert!(body.len() == 16 && body.bytes().all(|b| (b'a'..=b'p').contains(&b)), "{id}");
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ async fn make_due(app: &TestApp, tokens: &[String], hold: bool) {
     let admin = app.client("admin").await;
     let set =
         admin.set_retention(request(tokens, &["health-pension-insurance"], "2016-03-31", "", hold)).await.unwrap();
-    assert_eq!(set.delete_on, "2018-04-01");
+    assert_eq!(set.delete_on, "2018-05-01");
 }
 
 async fn purge(app: &TestApp, dry_run: bool) -> mnvault_client::retention::PurgeExpiredResponse {
@@ -57,7 +57,7 @@ on_both_backends! {
         assert_eq!((set.tokens, set.delete_on.as_str()), (2, "2034-01-11"));
         let insured = ["employment-insurance-insured", "health-pension-insurance"];
         let set = admin.set_retention(request(&tokens[..1], &insured, "2026-03-31", "", false)).await.unwrap();
-        assert_eq!(set.delete_on, "2030-04-01");
+        assert_eq!(set.delete_on, "2030-05-01");
         // A direct date later than the classes' wins; alone it is the date.
         let set = admin.set_retention(request(&tokens[..1], &insured, "2026-03-31", "2031-05-01", false)).await;
         assert_eq!(set.unwrap().delete_on, "2031-05-01");
@@ -134,12 +134,12 @@ on_both_backends! {
         let job = approved_job(&app, &tokens, 1).await;
         make_due(&app, &tokens[1..], false).await;
         let out = app.cli(&["purge", "--tenant", "demo", "--as", "admin"]).await.unwrap();
-        assert!(out.starts_with(&format!("deleted\tdemo\t{}\t2018-04-01\thealth-pension-insurance", tokens[1])), "{out}");
+        assert!(out.starts_with(&format!("deleted\tdemo\t{}\t2018-05-01\thealth-pension-insurance", tokens[1])), "{out}");
 
         // Releasing it: NOT_FOUND, saying when and why; nothing is released.
         let (code, message) = refusal(app.client("filer").await.detokenize(&job, vec![]).await);
         assert_eq!(code, Code::NotFound, "{message}");
-        for expected in ["token #2 of the release", tokens[1].as_str(), "deleted at", "retention ended", "health-pension-insurance", "deletion from 2018-04-01"] {
+        for expected in ["token #2 of the release", tokens[1].as_str(), "deleted at", "retention ended", "health-pension-insurance", "deletion from 2018-05-01"] {
             assert!(message.contains(expected), "{expected} missing: {message}");
         }
         let released = app.client("filer").await.detokenize(&job, vec![tokens[0].clone()]).await.unwrap();

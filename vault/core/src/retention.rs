@@ -19,12 +19,18 @@
 //! are counted where domain.md is silent, each choice the later of the
 //! plausible readings, so the vault never deletes early:
 //!
-//! - **From when.** The periods of insured-person documents run from the
-//!   completion of the matter, which for a leaver is the end date of
-//!   employment (退職日) the caller gives. The last tax 申告書 a leaver hands
-//!   in is the one of the year they leave, so "the filing deadline year" is
-//!   the calendar year of the end date, and the period starts on 10 January
-//!   of the next year.
+//! - **From when.** The periods of 雇用保険 and 健康保険・厚生年金保険
+//!   documents run from the completion of the matter, which for a leaver
+//!   comes after the end date of employment (退職日) the caller gives: the
+//!   資格喪失届 is due within 5 days (健康保険・厚生年金保険) or by the 10th
+//!   day after the day following it (雇用保険), and the matter completes
+//!   once it is processed. The vault counts from one month after the end
+//!   date, which covers both deadlines and their processing. The last tax
+//!   申告書 a leaver hands in is the one of the year they leave, or of the
+//!   next year when they leave after offices have begun collecting next
+//!   year's 扶養控除等申告書 at the autumn 年末調整: so "the filing deadline
+//!   year" is the end date's year, or the next one for an end date from
+//!   1 October on, and the period starts on 10 January after it.
 //! - **Counting.** The first day is not counted and a period in years ends on
 //!   the day before the anniversary of its start day's successor, that is on
 //!   the anniversary of the start day itself; with no such day (29 February)
@@ -132,13 +138,27 @@ impl DocumentClass {
     /// [module documentation](self) on how it is counted).
     pub fn delete_on(self, end: Date) -> Date {
         let (start, years) = match self {
-            // 10 January after the filing deadline year (the year of the end date).
-            DocumentClass::TaxDeclaration => (jan_10(end.year() + 1), 7),
-            DocumentClass::EmploymentInsuranceInsured => (end, 4),
-            DocumentClass::EmploymentInsuranceOther | DocumentClass::HealthPensionInsurance => (end, 2),
+            // 10 January after the filing deadline year: the end date's, or the
+            // next one's when next year's 申告書 may already have been collected.
+            DocumentClass::TaxDeclaration => {
+                let deadline_year = if end.month() >= Month::October { end.year() + 1 } else { end.year() };
+                (jan_10(deadline_year + 1), 7)
+            }
+            DocumentClass::EmploymentInsuranceInsured => (completion(end), 4),
+            DocumentClass::EmploymentInsuranceOther | DocumentClass::HealthPensionInsurance => (completion(end), 2),
         };
         add_years(start, years).next_day().unwrap_or(Date::MAX)
     }
+}
+
+/// When a leaver's insurance matter is taken as completed: one month after
+/// the end date (the 資格喪失届's deadlines and processing; module docs).
+fn completion(end: Date) -> Date {
+    let (year, month) = match end.month() {
+        Month::December => (end.year() + 1, Month::January),
+        month => (end.year(), month.next()),
+    };
+    Date::from_calendar_date(year, month, end.day().min(month.length(year))).unwrap_or(Date::MAX)
 }
 
 fn jan_10(year: i32) -> Date {
@@ -386,7 +406,7 @@ pub struct CertificateBody {
     pub issued_at: String,
     /// Who asked for it.
     pub issued_by: String,
-    /// The signing key's id (`ed25519:` and 16 hex digits).
+    /// The signing key's id (`ed25519:` and 16 letters, see `PublicKey::key_id`).
     pub key_id: String,
     /// How many deletions it lists.
     pub count: u64,
@@ -494,16 +514,24 @@ mod tests {
         let end = date!(2026 - 03 - 31);
         // Tax: 10 January after the filing deadline year (2027), 7 years, deletable the day after.
         assert_eq!(DocumentClass::TaxDeclaration.delete_on(end), date!(2034 - 01 - 11));
-        assert_eq!(DocumentClass::TaxDeclaration.delete_on(date!(2026 - 12 - 31)), date!(2034 - 01 - 11));
-        assert_eq!(DocumentClass::EmploymentInsuranceInsured.delete_on(end), date!(2030 - 04 - 01));
-        assert_eq!(DocumentClass::EmploymentInsuranceOther.delete_on(end), date!(2028 - 04 - 01));
-        assert_eq!(DocumentClass::HealthPensionInsurance.delete_on(end), date!(2028 - 04 - 01));
+        assert_eq!(DocumentClass::TaxDeclaration.delete_on(date!(2026 - 09 - 30)), date!(2034 - 01 - 11));
+        // From October, next year's 申告書 may have been collected: its deadline year counts.
+        assert_eq!(DocumentClass::TaxDeclaration.delete_on(date!(2026 - 10 - 01)), date!(2035 - 01 - 11));
+        assert_eq!(DocumentClass::TaxDeclaration.delete_on(date!(2026 - 12 - 31)), date!(2035 - 01 - 11));
+        // Insurance: from completion, a month after the end date (30 April), kept through its anniversary.
+        assert_eq!(DocumentClass::EmploymentInsuranceInsured.delete_on(end), date!(2030 - 05 - 01));
+        assert_eq!(DocumentClass::EmploymentInsuranceOther.delete_on(end), date!(2028 - 05 - 01));
+        assert_eq!(DocumentClass::HealthPensionInsurance.delete_on(end), date!(2028 - 05 - 01));
+        assert_eq!(DocumentClass::HealthPensionInsurance.delete_on(date!(2026 - 12 - 15)), date!(2029 - 01 - 16));
     }
 
     #[test]
     fn a_leap_day_ends_on_the_months_last_day() {
-        assert_eq!(DocumentClass::HealthPensionInsurance.delete_on(date!(2028 - 02 - 29)), date!(2030 - 03 - 01));
-        assert_eq!(DocumentClass::EmploymentInsuranceInsured.delete_on(date!(2028 - 02 - 29)), date!(2032 - 03 - 01));
+        // Completion on 29 February 2028 (a month after 29 January).
+        assert_eq!(DocumentClass::HealthPensionInsurance.delete_on(date!(2028 - 01 - 29)), date!(2030 - 03 - 01));
+        assert_eq!(DocumentClass::EmploymentInsuranceInsured.delete_on(date!(2028 - 01 - 29)), date!(2032 - 03 - 01));
+        // A month after 31 January is the month's last day.
+        assert_eq!(DocumentClass::HealthPensionInsurance.delete_on(date!(2027 - 01 - 31)), date!(2029 - 03 - 01));
     }
 
     #[test]
@@ -512,12 +540,12 @@ mod tests {
         let all = request(&DocumentClass::ALL, Some(end), None).decide().unwrap();
         assert_eq!(all.delete_on, date!(2034 - 01 - 11));
         let insured = [DocumentClass::EmploymentInsuranceInsured, DocumentClass::HealthPensionInsurance];
-        assert_eq!(request(&insured, Some(end), None).decide().unwrap().delete_on, date!(2030 - 04 - 01));
+        assert_eq!(request(&insured, Some(end), None).decide().unwrap().delete_on, date!(2030 - 05 - 01));
         // A direct date later than the classes' wins; an earlier one does not shorten them.
         let later = request(&insured, Some(end), Some(date!(2031 - 01 - 01))).decide().unwrap();
         assert_eq!(later.delete_on, date!(2031 - 01 - 01));
         let earlier = request(&insured, Some(end), Some(date!(2027 - 01 - 01))).decide().unwrap();
-        assert_eq!(earlier.delete_on, date!(2030 - 04 - 01));
+        assert_eq!(earlier.delete_on, date!(2030 - 05 - 01));
         let direct = request(&[], None, Some(date!(2027 - 01 - 01))).decide().unwrap();
         assert_eq!(direct.delete_on, date!(2027 - 01 - 01));
     }
@@ -641,6 +669,16 @@ mod tests {
         // The response also carries the key and counts: keep a margin.
         assert!(json.len() < 4 * 1024 * 1024 - 64 * 1024, "{} bytes", json.len());
         assert!(MAX_CERTIFICATE_DELETIONS >= PURGE_BATCH as usize, "a period must always split");
+    }
+
+    /// Review finding: with a hex key id, one vault in sixteen signed every
+    /// certificate under an id that reads as a number (`ed25519:797890…`).
+    #[test]
+    fn no_key_id_reads_as_a_number() {
+        for seed in 0..=255u8 {
+            let id = VaultSigningKey::new(&KeyMaterial::from_bytes([seed; 32])).public_key().key_id();
+            assert!(!crate::number::contains_number(&id), "{id}");
+        }
     }
 
     #[test]

@@ -344,3 +344,36 @@ on_both_backends! {
         }
     }
 }
+
+on_both_backends! {
+    /// The key version rows are not tagged: deleting the newest one right
+    /// after a rotation must not make vaults seal under the previous key
+    /// again. The audit chain says a version was added; a vault that knows it
+    /// (the one that rotated, and any that verifies the chain at start)
+    /// refuses keys that end below it, and adds no version again.
+    async fn a_newest_version_deleted_from_the_database_is_refused_not_sealed_under(backend) {
+        let app = spawn_app_with(&backend, |settings| settings.keys.cache_ttl_ms = 1).await;
+        let admin = app.client("admin").await;
+        admin.rotate_tenant_key("demo").await.unwrap();
+        let mut db = app.database().await;
+        db.exec("DELETE FROM tenant_record_keys WHERE tenant = 'demo' AND version = 2").await;
+        let records = || async { app.database().await.text("SELECT CAST(count(*) AS TEXT) FROM records WHERE tenant = 'demo'").await };
+
+        // Past this vault's 1 ms key cache: the next call reads the keys again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let payroll = app.client("payroll").await;
+        let (code, message) = refusal(payroll.tokenize("demo", &valid_numbers(1)[0], TokenFormat::Opaque).await);
+        assert_eq!(code, Code::DataLoss, "{message}");
+        assert!(message.contains("version 1") && message.contains("version 2"), "{message}");
+        assert_eq!(records().await, "0", "nothing was sealed under version 1");
+
+        // A vault started now learns it from the chain it verifies at start.
+        let replica = spawn_replica(&app).await;
+        let payroll = replica.client("payroll").await;
+        let (code, _) = refusal(payroll.tokenize("demo", &valid_numbers(1)[0], TokenFormat::Opaque).await);
+        assert_eq!(code, Code::DataLoss);
+        let (code, message) = refusal(replica.client("admin").await.rotate_tenant_key("demo").await);
+        assert_eq!(code, Code::DataLoss, "version 2 is not added again as if new: {message}");
+        assert_eq!(records().await, "0");
+    }
+}

@@ -113,6 +113,7 @@ pub struct Keyring {
     cache: Mutex<Cache>,
     flights: Flights,
     clock: Clock,
+    floor: Arc<PrimaryFloor>,
 }
 
 impl Keyring {
@@ -133,7 +134,20 @@ impl Keyring {
         limits: KeyCacheLimits,
         clock: Clock,
     ) -> Self {
-        Self { provider, store, cache: Mutex::new(Cache::new(limits)), flights: Mutex::default(), clock }
+        let floor = Arc::default();
+        Self { provider, store, cache: Mutex::new(Cache::new(limits)), flights: Mutex::default(), clock, floor }
+    }
+
+    /// Refuses keys whose primary version is below `floor` says (shared
+    /// with the core's chain watch, which raises it).
+    pub fn with_primary_floor(mut self, floor: Arc<PrimaryFloor>) -> Self {
+        self.floor = floor;
+        self
+    }
+
+    /// The lowest primary version each tenant's keys may have.
+    pub fn primary_floor(&self) -> &Arc<PrimaryFloor> {
+        &self.floor
     }
 
     /// The provider keys are unwrapped with.
@@ -225,6 +239,7 @@ impl Keyring {
             }
         }
         drop(read);
+        self.floor.check(tenant, stored.record_keys.iter().map(|(version, _)| *version).max().unwrap_or(0))?;
         let unwrap_failed = |error| {
             tracing::error!(%tenant, %error, provider = %self.provider.describe(), "cannot unwrap tenant key");
             match error {
@@ -251,6 +266,58 @@ impl Keyring {
     /// Fresh random keys for a new tenant, wrapped by the root key.
     pub fn new_tenant(&self, tenant: &TenantId, display_name: &str, created_at: i64) -> Result<NewTenant, VaultError> {
         new_tenant(self.provider.as_ref(), tenant, display_name, created_at)
+    }
+}
+
+/// Per tenant, the lowest its primary record-key version may be. Versions
+/// are added one at a time (rotation, each an `ok` `keys.rotate` entry) and
+/// the primary is never retired, so a tenant's primary is at least one more
+/// than the rotations this process has seen in the chain it verified, and
+/// at least any version it added itself. Stored key rows are not tagged: a
+/// database writer who deletes the newest version's row would otherwise
+/// have new numbers sealed under the previous (perhaps leaked) key again.
+#[derive(Debug, Default)]
+pub struct PrimaryFloor(Mutex<HashMap<String, Floor>>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Floor {
+    /// Successful rotations in the verified chain.
+    rotations: u32,
+    /// The highest version this process added itself.
+    added: u32,
+}
+
+impl PrimaryFloor {
+    /// Takes an entry of the verified chain into account.
+    pub(crate) fn note(&self, entry: &crate::audit::AuditRecord) {
+        use crate::audit::{Operation, Outcome};
+        if entry.operation == Operation::RotateTenantKey.id() && entry.outcome == Outcome::Ok.id() {
+            let mut floors = self.0.lock().expect("primary floor");
+            let floor = floors.entry(entry.tenant.clone()).or_default();
+            floor.rotations = floor.rotations.saturating_add(1);
+        }
+    }
+
+    /// This process added `version` to `tenant`.
+    pub(crate) fn added(&self, tenant: &TenantId, version: u32) {
+        let mut floors = self.0.lock().expect("primary floor");
+        let floor = floors.entry(tenant.to_string()).or_default();
+        floor.added = floor.added.max(version);
+    }
+
+    /// Refuses a `primary` below the floor: the database lost versions.
+    pub fn check(&self, tenant: &TenantId, primary: u32) -> Result<(), VaultError> {
+        let floor = self.0.lock().expect("primary floor").get(tenant.as_str()).copied().unwrap_or_default();
+        let lowest = floor.rotations.saturating_add(1).max(floor.added);
+        if primary >= lowest {
+            return Ok(());
+        }
+        tracing::error!(%tenant, primary, lowest, "the stored record-key versions of a tenant end below one the audit log records");
+        Err(VaultError::DataLoss(format!(
+            "the stored keys of tenant \"{tenant}\" end at record-key version {primary}, but the audit log records \
+             version {lowest} being added: the database was changed; nothing was sealed or opened; tell the vault's \
+             operator"
+        )))
     }
 }
 

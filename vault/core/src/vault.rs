@@ -142,10 +142,10 @@ impl VaultCore {
         let keys = load_system_keys(store.as_ref(), provider.as_ref()).await?;
         let signing =
             crate::keyring::load_or_create_signing_key(store.as_ref(), provider.as_ref(), clock::now_ms()).await?;
-        let keyring = Keyring::new(provider, store.clone());
         // Walk the chain once now, without holding any lock, so the first
         // decision only has to verify what was appended since.
         let mut watch = ChainWatch::default();
+        let keyring = Keyring::new(provider, store.clone()).with_primary_floor(watch.primary_floor.clone());
         let mut read = store.begin_read().await?;
         let head = read.audit_head().await?;
         watch.catch_up(read.as_mut(), &keys.audit_chain, &head).await?;
@@ -198,7 +198,9 @@ impl VaultCore {
 
     /// Bounds the cache of unwrapped tenant keys; call right after `open`.
     pub fn with_key_cache(mut self, limits: KeyCacheLimits) -> Self {
-        self.keyring = Keyring::with_limits(self.keyring.provider().clone(), self.store.clone(), limits);
+        let floor = self.keyring.primary_floor().clone();
+        self.keyring =
+            Keyring::with_limits(self.keyring.provider().clone(), self.store.clone(), limits).with_primary_floor(floor);
         self
     }
 
@@ -1087,6 +1089,8 @@ struct ChainWatch {
     last_change: std::collections::HashMap<String, u64>,
     /// Each token's last `SetRetention`, from the same verified entries.
     retention: retention::RetentionWatch,
+    /// Each tenant's rotations, from the same verified entries; shared with the keyring.
+    primary_floor: Arc<crate::keyring::PrimaryFloor>,
 }
 
 impl ChainWatch {
@@ -1126,6 +1130,7 @@ impl ChainWatch {
                     self.last_change.insert(entry.job_id.clone(), entry.seq);
                 }
                 self.retention.note(entry);
+                self.primary_floor.note(entry);
                 (self.seq, self.hash) = (entry.seq, entry.hash);
             }
         }

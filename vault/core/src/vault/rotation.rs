@@ -26,12 +26,12 @@ use std::time::Duration;
 use mnvault_keys::{sealed_key_version, KeyMaterial, WrapContext};
 
 use super::{append, commit_audited, VaultCore};
-use crate::keyring::MAX_KEY_CACHE_TTL;
 use crate::audit::{AuditDraft, Operation};
 use crate::authz::Role;
 use crate::clock;
 use crate::error::VaultError;
 use crate::id::{Principal, TenantId, Token};
+use crate::keyring::MAX_KEY_CACHE_TTL;
 use crate::store::{KeyVersionRow, RewrapScan, RewrappedRecord};
 
 /// Records one rewrap call seals again when the caller names no size.
@@ -204,12 +204,15 @@ impl VaultCore {
             }
         }
         let current = primary_of(&locked).ok_or_else(|| tenant_not_found(tenant))?;
+        // A version deleted from the database must not be added again as if new.
+        self.keyring.primary_floor().check(tenant, current)?;
         if current != previous || !tx.insert_record_key(tenant, version, &wrapped, now).await? {
             return Ok(Added::Raced(current.max(version)));
         }
         let draft = AuditDraft { reason: format!("record-key version {version} added"), ..draft.clone() };
         append(tx.as_mut(), &self.audit_key, draft, now).await?;
         commit_audited(tx).await?;
+        self.keyring.primary_floor().added(tenant, version);
         self.keyring.forget(tenant);
         Ok(Added::Rotated(RotatedKey { tenant: tenant.clone(), version, previous, created_at: now }))
     }

@@ -357,3 +357,30 @@ async fn backup_tenant_keys(backup: &Path, scratch: &Path) -> (Vec<u8>, Vec<(u32
         .collect();
     (index_key, record_keys)
 }
+
+on_both_backends! {
+    /// A shred takes the tenant's retention rows with its records: no later
+    /// purge "deletes" what the shred destroyed, nor lists it in a certificate.
+    async fn a_shred_takes_the_tenants_retention_rows_with_it(backend) {
+        let app = spawn_app(&backend).await;
+        let tokens = tokenize_fresh(&app, 3).await;
+        let admin = app.client("admin").await;
+        let request = mnvault_client::retention::SetRetentionRequest {
+            tenant: "demo".into(),
+            tokens,
+            delete_after: "2020-01-01".into(),
+            ..Default::default()
+        };
+        admin.set_retention(request).await.unwrap();
+        let count = |table: &'static str| {
+            let app = &app;
+            async move { app.database().await.text(&format!("SELECT CAST(count(*) AS TEXT) FROM {table}")).await }
+        };
+        assert_eq!(count("retention").await, "3");
+        app.cli(&["tenant", "shred", "--tenant", "demo", "--yes", "--as", "admin"]).await.unwrap();
+        assert_eq!((count("retention").await, count("records").await), ("0".to_owned(), "0".to_owned()));
+        app.cli(&["purge", "--as", "admin"]).await.unwrap();
+        assert_eq!(count("tombstones").await, "0");
+        assert!(app.audit_entries().await.iter().all(|e| e.operation != "retention.delete"));
+    }
+}

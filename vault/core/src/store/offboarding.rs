@@ -39,6 +39,7 @@ pub trait OffboardingWriteTx: Send {
     /// the freed bytes too (SQLite's `secure_delete`).
     async fn shred_tenant_keys(&mut self, tenant: &TenantId, at: i64) -> Result<bool, StoreError>;
     /// Deletes up to `limit` of the tenant's records (sealed numbers, blind
-    /// indexes, tokens); returns how many.
+    /// indexes, tokens) with their retention rows (nothing is left to keep,
+    /// so no later purge deletes or certifies them again); returns how many.
     async fn delete_tenant_records(&mut self, tenant: &TenantId, limit: u32) -> Result<u64, StoreError>;
 }

@@ -95,9 +95,19 @@ impl OffboardingWriteTx for PgTx<Transaction<'static, Postgres>> {
     }
 
     async fn delete_tenant_records(&mut self, tenant: &TenantId, limit: u32) -> Result<u64, StoreError> {
+        // The same first `limit` records, by key, in both statements.
+        sqlx::query(
+            "DELETE FROM retention WHERE tenant = $1 AND token IN \
+             (SELECT token FROM records WHERE tenant = $1 ORDER BY token LIMIT $2)",
+        )
+        .bind(tenant.as_str())
+        .bind(i64::from(limit))
+        .execute(self.conn())
+        .await
+        .map_err(classify)?;
         let deleted = sqlx::query(
             "DELETE FROM records WHERE tenant = $1 AND token IN \
-             (SELECT token FROM records WHERE tenant = $1 LIMIT $2)",
+             (SELECT token FROM records WHERE tenant = $1 ORDER BY token LIMIT $2)",
         )
         .bind(tenant.as_str())
         .bind(i64::from(limit))

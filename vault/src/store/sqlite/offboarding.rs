@@ -110,14 +110,31 @@ impl OffboardingWriteTx for SqliteTx {
 
     async fn delete_tenant_records(&mut self, tenant: &TenantId, limit: u32) -> Result<u64, StoreError> {
         secure_delete(self, true).await?;
-        let deleted =
-            sqlx::query("DELETE FROM records WHERE rowid IN (SELECT rowid FROM records WHERE tenant = ? LIMIT ?)")
-                .bind(tenant.as_str())
-                .bind(i64::from(limit))
-                .execute(self.conn())
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(classify);
+        // The same first `limit` records, by key, in both statements.
+        let retention = sqlx::query(
+            "DELETE FROM retention WHERE tenant = ? AND token IN \
+             (SELECT token FROM records WHERE tenant = ? ORDER BY token LIMIT ?)",
+        )
+        .bind(tenant.as_str())
+        .bind(tenant.as_str())
+        .bind(i64::from(limit))
+        .execute(self.conn())
+        .await
+        .map_err(classify);
+        let deleted = match retention {
+            Err(error) => Err(error),
+            Ok(_) => sqlx::query(
+                "DELETE FROM records WHERE tenant = ? AND token IN \
+                 (SELECT token FROM records WHERE tenant = ? ORDER BY token LIMIT ?)",
+            )
+            .bind(tenant.as_str())
+            .bind(tenant.as_str())
+            .bind(i64::from(limit))
+            .execute(self.conn())
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(classify),
+        };
         secure_delete(self, false).await?;
         deleted
     }

@@ -478,6 +478,9 @@ pub enum AuditKeyError {
     /// The database has no audit key: it was not initialised.
     #[error("the database holds no audit-chain key; initialise it with `mnvault init` (or `mnvault serve --dev`)")]
     Missing,
+    /// The database has no signing key yet: no vault has started on it.
+    #[error("the database holds no signing key yet; a vault creates it on its first start")]
+    SigningKeyMissing,
     /// The database already has one: it was initialised before.
     #[error("the database already holds a vault (it has an audit-chain key); use it, or choose another database")]
     AlreadyInitialised,
@@ -556,6 +559,20 @@ pub async fn load_or_create_signing_key(
     }
     let wrapped = wrapped.ok_or(AuditKeyError::Missing)?;
     let material = provider.unwrap(&wrapped, &WrapContext::SigningKey).map_err(unwrap_failed)?;
+    Ok(mnvault_keys::VaultSigningKey::new(&material))
+}
+
+/// The vault's signing key as stored, never creating one (for commands
+/// that only read, such as exporting its public half).
+pub async fn load_signing_key(
+    store: &dyn Store,
+    provider: &dyn RootKeyProvider,
+) -> Result<mnvault_keys::VaultSigningKey, AuditKeyError> {
+    let wrapped =
+        store.begin_read().await?.system_key(SIGNING_KEY_NAME).await?.ok_or(AuditKeyError::SigningKeyMissing)?;
+    let material = provider
+        .unwrap(&wrapped, &WrapContext::SigningKey)
+        .map_err(|_| AuditKeyError::Unwrap { provider: provider.describe() })?;
     Ok(mnvault_keys::VaultSigningKey::new(&material))
 }
 

@@ -259,14 +259,11 @@ pub async fn signing_key(
     let SigningKeyCommand::Export = command;
     let settings = super::load_settings(data_dir, config, database_url)?;
     let provider = startup::root_key_provider(&settings)?;
-    let store = startup::open_store(&settings, OpenMode::Serve).await?;
-    let key = mnvault_core::keyring::load_or_create_signing_key(
-        store.as_ref(),
-        provider.as_ref(),
-        mnvault_core::clock::now_ms(),
-    )
-    .await;
+    // Reads only: a missing key is the vault's to create, at its start.
+    let store = startup::open_store(&settings, OpenMode::Review).await?;
+    let key = mnvault_core::keyring::load_signing_key(store.as_ref(), provider.as_ref()).await;
     store.close().await;
-    writeln!(out, "{}", key?.public_key())?;
+    let key = key.context("cannot read the vault's signing key")?;
+    writeln!(out, "{}", key.public_key())?;
     Ok(())
 }

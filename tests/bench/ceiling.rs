@@ -111,8 +111,14 @@ fn draw_commit(count: usize, records_per_call: usize) -> (Vec<NewRecord>, Vec<[u
 pub struct RewrapCeiling {
     /// The whole walk.
     pub elapsed: Duration,
-    /// Of which the scans, outside the transactions.
+    /// Of which the scans, outside the transactions (`records_to_rewrap`).
     pub reading: Duration,
+    /// The conditional updates (`begin_write`, `rewrap_records`).
+    pub updating: Duration,
+    /// The audit entries (`lock_chain_head`, `insert_audit_entries`, `set_chain_head`).
+    pub auditing: Duration,
+    /// The commits.
+    pub committing: Duration,
     /// Transactions (calls) made.
     pub calls: u64,
     /// Rows written.
@@ -159,10 +165,14 @@ pub async fn rewrap(store: &Arc<dyn Store>, batch: u32, version: u32) -> anyhow:
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let now = mnvault_core::clock::now_ms();
+        let step = Instant::now();
         let mut tx = store.begin_write().await?;
         let written = if records.is_empty() { 0 } else { tx.rewrap_records(&tenant, &records).await? };
+        let step = lap(&mut outcome.updating, step);
         append_entry(tx.as_mut(), &tenant, Operation::RewrapTenantRecords, Vec::new(), written, now).await?;
+        let step = lap(&mut outcome.auditing, step);
         tx.commit().await?;
+        lap(&mut outcome.committing, step);
         outcome.calls += 1;
         outcome.written += written;
         match next {
@@ -172,6 +182,13 @@ pub async fn rewrap(store: &Arc<dyn Store>, batch: u32, version: u32) -> anyhow:
     }
     outcome.elapsed = started.elapsed();
     Ok(outcome)
+}
+
+/// Adds the time since `since` to `total`; returns now.
+fn lap(total: &mut Duration, since: Instant) -> Instant {
+    let now = Instant::now();
+    *total += now - since;
+    now
 }
 
 /// One audit entry of the vault's shape, with a random hash.

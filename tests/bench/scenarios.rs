@@ -132,10 +132,15 @@ pub async fn run_all(plan: &Plan, target: &Target) -> anyhow::Result<BackendRepo
             say(
                 plan,
                 format_args!(
-                    "{backend}: {} calls; ceiling {} calls, of which {:.1} s scanning outside the transactions",
+                    "{backend}: {} calls; ceiling {} calls in {:.2} s: scans {:.2} s, updates {:.2} s, audit \
+                     {:.2} s, commits {:.2} s",
                     row.calls.unwrap_or(0),
                     ceiling.calls,
-                    ceiling.reading.as_secs_f64()
+                    ceiling.elapsed.as_secs_f64(),
+                    ceiling.reading.as_secs_f64(),
+                    ceiling.updating.as_secs_f64(),
+                    ceiling.auditing.as_secs_f64(),
+                    ceiling.committing.as_secs_f64(),
                 ),
             );
             report.rows.push(row);

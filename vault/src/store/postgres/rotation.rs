@@ -85,23 +85,8 @@ where
         limit: u32,
     ) -> Result<RewrapScan, StoreError> {
         let after = after.map_or("", Token::as_str);
-        // The window walks the primary key (tenant, token); no index on key_version is needed.
-        let rows = sqlx::query(&format!(
-            "SELECT {RECORD_COLUMNS}, sealed FROM (SELECT {RECORD_COLUMNS}, sealed FROM records \
-             WHERE tenant = $1 AND token > $2 ORDER BY token LIMIT $3) w WHERE key_version < $4 ORDER BY token LIMIT $5"
-        ))
-        .bind(tenant.as_str())
-        .bind(after)
-        .bind(i64::from(window))
-        .bind(i64::from(below))
-        .bind(i64::from(limit))
-        .fetch_all(self.conn())
-        .await
-        .map_err(classify)?;
-        let records = rows
-            .iter()
-            .map(|row| Ok((record_row(row)?, get::<Vec<u8>>(row, "records.sealed")?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        // The window's end first, then one range scan of the primary key up
+        // to it: no index on key_version is needed, nothing is sorted.
         let end =
             sqlx::query("SELECT token FROM records WHERE tenant = $1 AND token > $2 ORDER BY token LIMIT 1 OFFSET $3")
                 .bind(tenant.as_str())
@@ -110,7 +95,30 @@ where
                 .fetch_optional(self.conn())
                 .await
                 .map_err(classify)?;
-        let window_end = end.map(|row| get(&row, "records.token")).transpose()?;
+        let window_end: Option<String> = end.map(|row| get(&row, "records.token")).transpose()?;
+        // Two statements, not `$n IS NULL OR`: the bound must be the index
+        // scan's own, or a window with nothing to rewrap would read on to the
+        // tenant's last record.
+        let sql = match window_end {
+            Some(_) => format!(
+                "SELECT {RECORD_COLUMNS}, sealed FROM records WHERE tenant = $1 AND token > $2 AND token <= $5 \
+                 AND key_version < $3 ORDER BY token LIMIT $4"
+            ),
+            None => format!(
+                "SELECT {RECORD_COLUMNS}, sealed FROM records WHERE tenant = $1 AND token > $2 \
+                 AND key_version < $3 ORDER BY token LIMIT $4"
+            ),
+        };
+        let mut query =
+            sqlx::query(&sql).bind(tenant.as_str()).bind(after).bind(i64::from(below)).bind(i64::from(limit));
+        if let Some(end) = &window_end {
+            query = query.bind(end.as_str());
+        }
+        let rows = query.fetch_all(self.conn()).await.map_err(classify)?;
+        let records = rows
+            .iter()
+            .map(|row| Ok((record_row(row)?, get::<Vec<u8>>(row, "records.sealed")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(RewrapScan { records, window_end })
     }
 }

@@ -79,23 +79,10 @@ impl RotationReadTx for SqliteTx {
     ) -> Result<RewrapScan, StoreError> {
         let after = after.map_or("", Token::as_str);
         let conn = self.conn();
-        // The window walks the primary key (tenant, token); no index on key_version is needed.
-        let rows = sqlx::query(&format!(
-            "SELECT {RECORD_COLUMNS}, sealed FROM (SELECT {RECORD_COLUMNS}, sealed FROM records \
-             WHERE tenant = ? AND token > ? ORDER BY token LIMIT ?) WHERE key_version < ? ORDER BY token LIMIT ?"
-        ))
-        .bind(tenant.as_str())
-        .bind(after)
-        .bind(i64::from(window))
-        .bind(i64::from(below))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(classify)?;
-        let records = rows
-            .iter()
-            .map(|row| Ok((record_row(row)?, column(row, "sealed", "records.sealed")?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        // The window's end first (the primary key's index alone), then one
+        // range search of that index up to it: no index on key_version is
+        // needed, and nothing is copied or sorted (a subquery with its own
+        // LIMIT was: every row of the window, sealed bytes and all).
         let end =
             sqlx::query("SELECT token FROM records WHERE tenant = ? AND token > ? ORDER BY token LIMIT 1 OFFSET ?")
                 .bind(tenant.as_str())
@@ -104,7 +91,21 @@ impl RotationReadTx for SqliteTx {
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(classify)?;
-        let window_end = end.map(|row| column(&row, "token", "records.token")).transpose()?;
+        let window_end: Option<String> = end.map(|row| column(&row, "token", "records.token")).transpose()?;
+        let upto = if window_end.is_some() { "AND token <= ?" } else { "" };
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS}, sealed FROM records WHERE tenant = ? AND token > ? {upto} AND key_version < ? \
+             ORDER BY token LIMIT ?"
+        );
+        let mut query = sqlx::query(&sql).bind(tenant.as_str()).bind(after);
+        if let Some(end) = &window_end {
+            query = query.bind(end.as_str());
+        }
+        let rows = query.bind(i64::from(below)).bind(i64::from(limit)).fetch_all(&mut *conn).await.map_err(classify)?;
+        let records = rows
+            .iter()
+            .map(|row| Ok((record_row(row)?, column(row, "sealed", "records.sealed")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(RewrapScan { records, window_end })
     }
 }

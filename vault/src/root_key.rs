@@ -137,7 +137,12 @@ fn passphrase(
 
 /// A systemd credential's content.
 fn credential(name: &str, what: &str) -> Result<SecretString, KeyError> {
-    let Some(directory) = std::env::var_os(CREDENTIALS_DIRECTORY) else {
+    credential_in(std::env::var_os(CREDENTIALS_DIRECTORY), name, what)
+}
+
+/// `name`'s content in the credentials directory systemd gave, if it gave one.
+fn credential_in(directory: Option<std::ffi::OsString>, name: &str, what: &str) -> Result<SecretString, KeyError> {
+    let Some(directory) = directory else {
         return Err(KeyError::SecretUnavailable {
             what: what.to_owned(),
             reason: format!(
@@ -166,4 +171,34 @@ fn pkcs11_config(settings: &Settings, entry: &RootKeySettings) -> Result<Pkcs11C
         key_label: entry.key_label.clone().ok_or_else(|| missing("key_label"))?,
         pin,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_credential_is_read_from_the_directory_systemd_gives_and_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.path().join("mnvault-passphrase"))
+            .unwrap();
+        file.write_all(b"correct horse battery staple\n").unwrap();
+        drop(file);
+
+        let read = credential_in(Some(dir.path().into()), "mnvault-passphrase", "the passphrase").unwrap();
+        assert_eq!(read.expose_secret(), "correct horse battery staple");
+
+        // Not running under systemd with a credential: say so, naming it.
+        let error = credential_in(None, "mnvault-passphrase", "the passphrase").unwrap_err().to_string();
+        assert!(error.contains("CREDENTIALS_DIRECTORY") && error.contains("mnvault-passphrase"), "{error}");
+        // A name systemd was not given is not found there.
+        assert!(credential_in(Some(dir.path().into()), "other", "the passphrase").is_err());
+    }
 }

@@ -343,3 +343,56 @@ on_both_backends! {
         assert_eq!(approvals.iter().filter(|a| a.is_ok()).count(), 1, "{approvals:?}");
     }
 }
+
+on_both_backends! {
+    /// `rewrap_records` writes a record only where its row still has the
+    /// version and tag it was read with, however many share a statement.
+    async fn a_rewrap_writes_only_rows_still_as_read(backend) {
+        use mnvault_core::store::RewrappedRecord;
+        let (core, _dir) = fresh_core(&backend).await;
+        // 75 records: statements of 64, 8 and 1 records on SQLite.
+        let tokens = tokenize(&core, &valid_numbers(75)).await;
+        let rows = core.store().begin_read().await.unwrap().sealed_records(&demo(), &tokens).await.unwrap();
+        assert_eq!(rows.len(), 75);
+        let (stale_tag, stale_version) = (rows[3].0.token.clone(), rows[70].0.token.clone());
+        let rewrapped: Vec<RewrappedRecord> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (row, _))| {
+                let mut old_tag = row.tag.clone().unwrap();
+                let mut old_version = row.key_version;
+                if row.token == stale_tag {
+                    old_tag[0] ^= 1;
+                }
+                if row.token == stale_version {
+                    old_version += 1;
+                }
+                RewrappedRecord {
+                    token: Token::parse(&row.token).unwrap(),
+                    old_version,
+                    old_tag,
+                    key_version: 7,
+                    sealed: format!("sealed-{i}").into_bytes(),
+                    tag: [i as u8; 32],
+                }
+            })
+            .collect();
+        let mut tx = core.store().begin_write().await.unwrap();
+        assert_eq!(tx.rewrap_records(&demo(), &rewrapped).await.unwrap(), 73);
+        tx.commit().await.unwrap();
+
+        let after = core.store().begin_read().await.unwrap().sealed_records(&demo(), &tokens).await.unwrap();
+        let before: std::collections::HashMap<_, _> = rows.iter().map(|(row, sealed)| (row.token.clone(), (row, sealed))).collect();
+        for (row, sealed) in &after {
+            let i = rows.iter().position(|(r, _)| r.token == row.token).unwrap();
+            if row.token == stale_tag || row.token == stale_version {
+                let (old_row, old_sealed) = before[&row.token];
+                assert_eq!((row.key_version, &row.tag, sealed), (old_row.key_version, &old_row.tag, old_sealed), "left as it was");
+            } else {
+                assert_eq!(row.key_version, 7);
+                assert_eq!(sealed, &format!("sealed-{i}").into_bytes());
+                assert_eq!(row.tag.as_deref(), Some(&[i as u8; 32][..]));
+            }
+        }
+    }
+}

@@ -8,6 +8,25 @@ use sqlx::Row;
 
 use super::{classify, column, record_row, to_u32, SqliteTx, RECORD_COLUMNS};
 
+/// Records one rewrap statement writes: a statement per record cost a
+/// round trip to sqlx's worker each, most of a rewrap's time.
+const REWRAP_CHUNKS: [usize; 3] = [64, 8, 1];
+
+/// One `UPDATE` of `size` records, each written only where its row still has
+/// the version and tag it was read with: the new values and the conditions
+/// are picked per row by token (`CASE token WHEN ? THEN ? … END`), the rows
+/// found through the primary key (`token IN (…)`). Bare placeholders, bound
+/// in order of appearance (see `rows_of`).
+fn rewrap_statement(size: usize) -> String {
+    let case = vec!["WHEN ? THEN ?"; size].join(" ");
+    format!(
+        "UPDATE records SET key_version = CASE token {case} END, sealed = CASE token {case} END, \
+         tag = CASE token {case} END WHERE tenant = ? AND token IN ({}) \
+         AND key_version = CASE token {case} END AND tag = CASE token {case} END",
+        super::list(size)
+    )
+}
+
 fn key_version_row(row: &sqlx::sqlite::SqliteRow) -> Result<KeyVersionRow, StoreError> {
     Ok(KeyVersionRow {
         version: to_u32(column(row, "version", "tenant_record_keys.version")?, "tenant_record_keys.version")?,
@@ -151,22 +170,34 @@ impl RotationWriteTx for SqliteTx {
     async fn rewrap_records(&mut self, tenant: &TenantId, records: &[RewrappedRecord]) -> Result<u64, StoreError> {
         let conn = self.conn();
         let mut written = 0;
-        for record in records {
-            written += sqlx::query(
-                "UPDATE records SET key_version = ?, sealed = ?, tag = ? \
-                 WHERE tenant = ? AND token = ? AND key_version = ? AND tag = ?",
-            )
-            .bind(i64::from(record.key_version))
-            .bind(&record.sealed[..])
-            .bind(&record.tag[..])
-            .bind(tenant.as_str())
-            .bind(record.token.as_str())
-            .bind(i64::from(record.old_version))
-            .bind(&record.old_tag[..])
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?
-            .rows_affected();
+        let mut rest = records;
+        while !rest.is_empty() {
+            // Statements of a few fixed shapes, so each is prepared once.
+            let size = REWRAP_CHUNKS.into_iter().find(|&size| size <= rest.len()).unwrap_or(1);
+            let (chunk, after) = rest.split_at(size);
+            rest = after;
+            let sql = rewrap_statement(size);
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                query = query.bind(record.token.as_str()).bind(i64::from(record.key_version));
+            }
+            for record in chunk {
+                query = query.bind(record.token.as_str()).bind(&record.sealed[..]);
+            }
+            for record in chunk {
+                query = query.bind(record.token.as_str()).bind(&record.tag[..]);
+            }
+            query = query.bind(tenant.as_str());
+            for record in chunk {
+                query = query.bind(record.token.as_str());
+            }
+            for record in chunk {
+                query = query.bind(record.token.as_str()).bind(i64::from(record.old_version));
+            }
+            for record in chunk {
+                query = query.bind(record.token.as_str()).bind(&record.old_tag[..]);
+            }
+            written += query.execute(&mut *conn).await.map_err(classify)?.rows_affected();
         }
         Ok(written)
     }

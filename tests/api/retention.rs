@@ -13,7 +13,7 @@ use mnvault_client::{Code, ListAuditEntriesRequest, TokenFormat};
 use mnvault_core::number::contains_number;
 
 use crate::helpers::{
-    approved_job, filing_job, refusal, spawn_app, spawn_app_with, tokenize_fresh, valid_numbers, TestApp,
+    approved_job, filing_job, refusal, spawn_app, spawn_app_with, spawn_replica, tokenize_fresh, valid_numbers, TestApp,
 };
 
 fn request(tokens: &[String], classes: &[&str], end_date: &str, delete_after: &str, hold: bool) -> SetRetentionRequest {
@@ -284,5 +284,32 @@ on_both_backends! {
         assert_eq!(entries.len(), 1, "{entries:?}");
         assert_eq!(entries[0].principal, mnvault_core::vault::PURGE_PRINCIPAL);
         assert_eq!(entries[0].tokens, vec![tokens[0].clone()]);
+    }
+}
+
+on_both_backends! {
+    /// The signing key's row deleted from the database: before any
+    /// certificate the next start makes a new key; once certificates were
+    /// signed it refuses to start, so they are never silently orphaned.
+    async fn a_deleted_signing_key_is_replaced_only_if_it_never_signed(backend) {
+        use mnvault::config::Settings;
+        use mnvault::startup::Application;
+        let mut app = spawn_app(&backend).await;
+        let first = app.cli(&["signing-key", "export"]).await.unwrap();
+        app.database().await.exec("DELETE FROM system_keys WHERE name = 'signing'").await;
+        let replica = spawn_replica(&app).await;
+        let second = app.cli(&["signing-key", "export"]).await.unwrap();
+        assert_ne!(first, second, "a new key, as nothing was signed");
+
+        let file = app.path().join("certificate.json");
+        let file = file.to_str().unwrap();
+        let period = ["--tenant", "demo", "--since", "2020-01-01", "--until", "2100-01-01", "--out", file, "--as", "auditor"];
+        let issued = replica.cli(&[&["deletion-certificate"][..], &period[..]].concat()).await.unwrap();
+        assert!(issued.contains(second.trim()), "signed by the new key: {issued}");
+        app.stop().await;
+        app.database().await.exec("DELETE FROM system_keys WHERE name = 'signing'").await;
+        let error = Application::build(&Settings::load(app.path()).unwrap()).await.err().expect("refused");
+        let message = format!("{error:#}");
+        assert!(message.contains("no signing key") && message.contains("restore"), "{message}");
     }
 }

@@ -478,6 +478,14 @@ pub enum AuditKeyError {
     /// The database has no audit key: it was not initialised.
     #[error("the database holds no audit-chain key; initialise it with `mnvault init` (or `mnvault serve --dev`)")]
     Missing,
+    /// The database has no signing key, yet the audit log records
+    /// certificates signed by one: it was deleted.
+    #[error(
+        "the database holds no signing key, but the audit log records deletion certificates signed by one: it was \
+         deleted; restore the `signing` row of system_keys from a backup (a new key would leave those certificates \
+         without a key that vouches for them)"
+    )]
+    SigningKeyLost,
     /// The database has no signing key yet: no vault has started on it.
     #[error("the database holds no signing key yet; a vault creates it on its first start")]
     SigningKeyMissing,

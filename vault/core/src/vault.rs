@@ -140,12 +140,9 @@ impl VaultCore {
         policy: Policy,
     ) -> Result<Self, AuditKeyError> {
         let keys = load_system_keys(store.as_ref(), provider.as_ref()).await?;
-        let signing =
-            crate::keyring::load_or_create_signing_key(store.as_ref(), provider.as_ref(), clock::now_ms()).await?;
         // Walk the chain once now, without holding any lock, so the first
         // decision only has to verify what was appended since.
         let mut watch = ChainWatch::default();
-        let keyring = Keyring::new(provider, store.clone()).with_primary_floor(watch.primary_floor.clone());
         let mut read = store.begin_read().await?;
         let head = read.audit_head().await?;
         watch.catch_up(read.as_mut(), &keys.audit_chain, &head).await?;
@@ -153,6 +150,18 @@ impl VaultCore {
             tracing::error!(%broken, "the audit chain does not verify; releases, approvals and cancellations are refused");
         }
         drop(read);
+        // Once a certificate was signed, a missing key was deleted, not never
+        // made: a new one would leave those certificates with no key that
+        // vouches for them, and nobody the wiser.
+        let signing = if watch.certified {
+            crate::keyring::load_signing_key(store.as_ref(), provider.as_ref()).await.map_err(|error| match error {
+                AuditKeyError::SigningKeyMissing => AuditKeyError::SigningKeyLost,
+                other => other,
+            })?
+        } else {
+            crate::keyring::load_or_create_signing_key(store.as_ref(), provider.as_ref(), clock::now_ms()).await?
+        };
+        let keyring = Keyring::new(provider, store.clone()).with_primary_floor(watch.primary_floor.clone());
         Ok(Self {
             store,
             keyring,
@@ -1091,6 +1100,8 @@ struct ChainWatch {
     retention: retention::RetentionWatch,
     /// Each tenant's rotations, from the same verified entries; shared with the keyring.
     primary_floor: Arc<crate::keyring::PrimaryFloor>,
+    /// Whether a verified entry records a deletion certificate issued.
+    certified: bool,
 }
 
 impl ChainWatch {
@@ -1131,6 +1142,8 @@ impl ChainWatch {
                 }
                 self.retention.note(entry);
                 self.primary_floor.note(entry);
+                self.certified |= entry.operation == Operation::IssueDeletionCertificate.id()
+                    && entry.outcome == crate::audit::Outcome::Ok.id();
                 (self.seq, self.hash) = (entry.seq, entry.hash);
             }
         }

@@ -237,9 +237,14 @@ fn classify(error: sqlx::Error) -> StoreError {
 }
 
 /// `items` cut greedily into chunks of the sizes in [`CHUNKS`].
-fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    chunks_of(items, &CHUNKS)
+}
+
+/// `items` in chunks of the first of `sizes` (descending, ending in 1) that fits.
+fn chunks_of<'a, T>(mut items: &'a [T], sizes: &'static [usize]) -> impl Iterator<Item = &'a [T]> {
     std::iter::from_fn(move || {
-        let size = CHUNKS.into_iter().find(|&size| size <= items.len())?;
+        let size = sizes.iter().copied().find(|&size| size <= items.len())?;
         let (chunk, rest) = items.split_at(size);
         items = rest;
         Some(chunk)

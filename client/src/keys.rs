@@ -5,12 +5,18 @@ use mnvault_proto::v1 as pb;
 
 pub use mnvault_proto::v1::{
     GetKeyStatusResponse, KeyVersionStatus, RetireKeyVersionResponse, RewrapTenantRecordsResponse,
-    RotateTenantKeyResponse, TenantKeyStatus,
+    RotateSigningKeyResponse, RotateTenantKeyResponse, TenantKeyStatus,
 };
 
 use crate::{ClientError, VaultClient};
 
 impl VaultClient {
+    /// Replaces the vault's Ed25519 signing key (admin of every tenant);
+    /// the answer names the old and the new public key.
+    pub async fn rotate_signing_key(&self) -> Result<RotateSigningKeyResponse, ClientError> {
+        Ok(self.keys.clone().rotate_signing_key(pb::RotateSigningKeyRequest {}).await?.into_inner())
+    }
+
     /// Adds a record-key version to `tenant`; it seals new records from now on.
     pub async fn rotate_tenant_key(&self, tenant: &str) -> Result<RotateTenantKeyResponse, ClientError> {
         let request = pb::RotateTenantKeyRequest { tenant: tenant.to_owned() };

@@ -350,6 +350,12 @@ impl VaultClient {
         Ok(self.audit.clone().list_audit_entries(request).await?.into_inner())
     }
 
+    /// Asks the vault to sign its audit chain head now (auditor of every
+    /// tenant); the answer is the checkpoint as one JSON line.
+    pub async fn sign_checkpoint(&self) -> Result<String, ClientError> {
+        Ok(self.audit.clone().sign_checkpoint(pb::SignCheckpointRequest {}).await?.into_inner().checkpoint_json)
+    }
+
     /// Asks the vault to walk the audit chain.
     pub async fn verify_audit_chain(&self) -> Result<VerifyAuditChainResponse, ClientError> {
         Ok(self.audit.clone().verify_audit_chain(pb::VerifyAuditChainRequest {}).await?.into_inner())

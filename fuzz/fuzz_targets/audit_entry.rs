@@ -45,6 +45,7 @@ struct RawEntry {
     prev_hash: [u8; 32],
     hash: [u8; 32],
     request_id: String,
+    mac: Option<[u8; 32]>,
 }
 
 impl RawEntry {
@@ -64,6 +65,7 @@ impl RawEntry {
             request_id: self.request_id,
             prev_hash: self.prev_hash,
             hash: self.hash,
+            mac: self.mac,
         }
     }
 }

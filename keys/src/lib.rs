@@ -110,7 +110,7 @@ mod state;
 mod tenant;
 mod wrap;
 
-pub use audit::{AuditChainKey, GENESIS_HASH};
+pub use audit::{entry_digest, entry_hash, AuditChainKey, GENESIS_HASH};
 pub use error::KeyError;
 pub use material::{KeyMaterial, KEY_LEN};
 pub use passphrase::{read_secret_file, Argon2Params, PassphraseKeyFile, MAX_PASSPHRASE_LEN};
@@ -133,6 +133,11 @@ pub mod labels {
     pub const RECORD_SEAL: &[u8] = b"mnvault/v1/record-seal";
     /// HKDF info of the audit-chain HMAC key.
     pub const AUDIT_CHAIN: &[u8] = b"mnvault/v1/audit-chain";
+    /// Prefix of what an audit entry's public hash covers (previous hash,
+    /// then the digest of the entry's fields).
+    pub const AUDIT_ENTRY: &[u8] = b"mnvault/v2/audit-entry";
+    /// Prefix of what an audit entry's MAC covers (the entry's public hash).
+    pub const AUDIT_MAC: &[u8] = b"mnvault/v2/audit-mac";
     /// HKDF info of the state-tag HMAC key (records' bindings, filing jobs).
     pub const STATE_TAG: &[u8] = b"mnvault/v1/state-tag";
     /// HKDF info of the key-wrapping subkey of a root key, and prefix of the wrap AAD.

@@ -30,16 +30,23 @@ pub const SIGNATURE_LEN: usize = 64;
 pub enum SignatureDomain {
     /// A deletion certificate (廃棄証明書).
     DeletionCertificate,
+    /// A signed head of the audit chain (a checkpoint).
+    AuditCheckpoint,
+    /// One signing key handing over to the next (signed by both).
+    SigningKeySuccession,
 }
 
 impl SignatureDomain {
     /// Every domain (for the prefix-freedom test).
-    pub const ALL: [SignatureDomain; 1] = [SignatureDomain::DeletionCertificate];
+    pub const ALL: [SignatureDomain; 3] =
+        [SignatureDomain::DeletionCertificate, SignatureDomain::AuditCheckpoint, SignatureDomain::SigningKeySuccession];
 
     /// The bytes put before the body: `mnvault/v1/<kind>`.
     pub fn label(self) -> &'static [u8] {
         match self {
             SignatureDomain::DeletionCertificate => b"mnvault/v1/deletion-certificate",
+            SignatureDomain::AuditCheckpoint => b"mnvault/v1/audit-checkpoint",
+            SignatureDomain::SigningKeySuccession => b"mnvault/v1/signing-key-succession",
         }
     }
 }
@@ -79,7 +86,7 @@ impl fmt::Debug for VaultSigningKey {
 
 /// An Ed25519 public key of the vault. Its text form is
 /// `ed25519:<standard base64 of the 32 bytes>`.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PublicKey([u8; PUBLIC_KEY_LEN]);
 
 /// Prefix of a public key's text form.

@@ -5,7 +5,10 @@
 #[macro_use]
 mod helpers;
 
+mod alarms;
 mod audit_log;
+mod audit_search;
+mod audit_sinks;
 mod backup;
 mod bench_smoke;
 mod config_check;
@@ -13,6 +16,7 @@ mod crash;
 mod dev_mode;
 mod filing_rules;
 mod health;
+mod incident_report;
 mod integrity;
 mod key_rotation;
 mod limits;
@@ -29,6 +33,7 @@ mod review_offboarding;
 mod review_retention;
 mod root_keys;
 mod shutdown;
+mod signed_audit;
 mod store_conformance;
 mod tampering;
 mod tokens;

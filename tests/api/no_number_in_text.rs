@@ -34,7 +34,7 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use crate::helpers::{approved_job, filing_job, tokenize_fresh, valid_number, Backend, TestApp};
 
 /// Every text field of every RPC, as `Method.field`.
-const FIELDS: [&str; 38] = [
+const FIELDS: [&str; 40] = [
     "SetRetention.tenant",
     "SetRetention.tokens",
     "SetRetention.classes",
@@ -64,6 +64,8 @@ const FIELDS: [&str; 38] = [
     "ListAuditEntries.job_id",
     "ListAuditEntries.operation",
     "ListAuditEntries.request_id",
+    "ListAuditEntries.principal",
+    "ListAuditEntries.outcome",
     "RotateTenantKey.tenant",
     "RewrapTenantRecords.tenant",
     "RewrapTenantRecords.cursor",
@@ -453,6 +455,12 @@ impl Vault {
             }
             "ListAuditEntries.request_id" => {
                 answer(auditor.list_audit_entries(ListAuditEntriesRequest { request_id: text, ..audit() }).await)
+            }
+            "ListAuditEntries.principal" => {
+                answer(auditor.list_audit_entries(ListAuditEntriesRequest { principal: text, ..audit() }).await)
+            }
+            "ListAuditEntries.outcome" => {
+                answer(auditor.list_audit_entries(ListAuditEntriesRequest { outcome: text, ..audit() }).await)
             }
             "RotateTenantKey.tenant" => answer(admin.rotate_tenant_key(&text).await),
             "RewrapTenantRecords.tenant" => answer(admin.rewrap_tenant_records(&text, 0, "").await),

@@ -218,6 +218,7 @@ async fn append_entry(
         request_id: draw_request_id().to_string(),
         prev_hash: head.hash,
         hash,
+        mac: Some(hash),
     };
     tx.insert_audit_entries(std::slice::from_ref(&entry)).await?;
     tx.set_chain_head(&ChainHead { seq: entry.seq, hash }).await?;
@@ -247,6 +248,7 @@ async fn write_commit(store: &dyn Store, tenant: &TenantId, commit: Commit, coun
             request_id: draw_request_id().to_string(),
             prev_hash: head.hash,
             hash,
+            mac: Some(hash),
         };
         head = ChainHead { seq: entry.seq, hash };
         entries.push(entry);

@@ -21,9 +21,12 @@ use time::OffsetDateTime;
 use crate::config::Settings;
 use crate::datadir::{self, DEV_PKI_DIR};
 use crate::lifecycle::Signals;
-use crate::startup::{self, Application};
-use crate::store::OpenMode;
+use crate::startup::Application;
 
+mod alerts;
+mod audit_report;
+mod audit_review;
+mod audit_verify;
 mod keys;
 
 mod root_key;
@@ -267,9 +270,31 @@ pub enum JobCommand {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process; size does not matter
 pub enum AuditCommand {
-    /// Walk the hash chain in the database of --data-dir (vault running or
-    /// stopped); exits non-zero naming the first bad entry.
-    Verify,
+    /// Check the log with the public key only: every link and hash, every
+    /// signed checkpoint, and a saved checkpoint if given; in the database
+    /// of --data-dir (vault running or stopped) or in an export (--from).
+    /// With the root key at hand, also every entry's MAC and the stored
+    /// records' and jobs' tags. Exits non-zero naming the first bad entry.
+    Verify(audit_verify::VerifyArgs),
+    /// Ask the running vault to sign its chain head now and save it to a
+    /// file (as an auditor of every tenant).
+    Checkpoint(audit_verify::CheckpointArgs),
+    /// Search the log in the database of --data-dir (vault running or
+    /// stopped, no root key): a table or JSON lines, streamed.
+    Search(audit_review::SearchArgs),
+    /// Export the log, or the entries matching filters, as JSON lines that
+    /// verify on their own (`audit verify --from FILE`).
+    Export(audit_review::ExportArgs),
+    /// List the alerts the vault's alarms raised (`audit.alert` entries)
+    /// from a running vault, as an auditor: seq, time, rule, principal,
+    /// tenant, job, reason.
+    Alerts(alerts::AlertsArgs),
+    /// The incident report of a window of time, from the database of
+    /// --data-dir (vault running or stopped, no root key): distinct persons
+    /// whose numbers were released (by tenant, principal, purpose and job)
+    /// and their tokens, refused attempts, alerts, changes of keys and
+    /// principals, and the log's evidence; laid out along a leak report.
+    Report(audit_report::ReportArgs),
     /// List entries from a running vault, one per line (as an auditor).
     List {
         /// Only this tenant.
@@ -449,7 +474,20 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             retention::signing_key(command, &data_dir, config.as_deref(), database_url, out).await
         }
         Command::Audit { command } => match command {
-            AuditCommand::Verify => audit_verify(&data_dir, config.as_deref(), database_url, out).await,
+            AuditCommand::Verify(args) => {
+                audit_verify::verify(args, &data_dir, config.as_deref(), database_url, out).await
+            }
+            AuditCommand::Checkpoint(args) => audit_verify::checkpoint(args, &data_dir, out).await,
+            AuditCommand::Search(args) => {
+                audit_review::search(args, &data_dir, config.as_deref(), database_url, out).await
+            }
+            AuditCommand::Export(args) => {
+                audit_review::export(args, &data_dir, config.as_deref(), database_url, out).await
+            }
+            AuditCommand::Alerts(args) => alerts::run(args, &data_dir, out).await,
+            AuditCommand::Report(args) => {
+                audit_report::report(args, &data_dir, config.as_deref(), database_url, out).await
+            }
             AuditCommand::List { tenant, token, job, operation, request_id, connection } => {
                 let client = connection.connect(&data_dir).await?;
                 let mut request = ListAuditEntriesRequest {
@@ -608,6 +646,17 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(lines)
 }
 
+/// A new file only the vault's user reads; refused when the path exists.
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))
+}
+
 fn progress_bar(length: u64, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
@@ -742,22 +791,19 @@ fn write_job(job: &FilingJob, out: &mut (dyn Write + Send)) -> std::io::Result<(
     Ok(())
 }
 
-async fn audit_verify(
-    data_dir: &Path,
-    config: Option<&Path>,
-    database_url: Option<String>,
+/// What only the root key lets `audit verify` check: every entry's MAC
+/// (the keyed chain), and the tags of stored records and jobs.
+async fn audit_verify_keyed(
+    store: &dyn mnvault_core::store::Store,
+    provider: &dyn mnvault_keys::RootKeyProvider,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let settings = load_settings(data_dir, config, database_url)?;
-    let provider = startup::root_key_provider(&settings)?;
-    let store = startup::open_store(&settings, OpenMode::Review).await?;
     let verdict = async {
-        let keys = mnvault_core::keyring::load_system_keys(store.as_ref(), provider.as_ref()).await?;
+        let keys = mnvault_core::keyring::load_system_keys(store, provider).await?;
         let head = store.begin_read().await?.audit_head().await?;
         let bar = progress_bar(head.seq, head.seq > 10_000);
         let chain =
-            mnvault_core::vault::verify_chain(store.as_ref(), &keys.audit_chain, |checked| bar.set_position(checked))
-                .await;
+            mnvault_core::vault::verify_chain(store, &keys.audit_chain, |checked| bar.set_position(checked)).await;
         bar.finish_and_clear();
         let chain = chain.map_err(anyhow::Error::from);
         // Then every record and job: edited state is named, not just refused when used.
@@ -767,7 +813,7 @@ async fn audit_verify(
             ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} stored objects checked")
                 .expect("valid template"),
         );
-        let state = mnvault_core::vault::verify_state(store.as_ref(), &keys.audit_chain, &integrity, |checked| {
+        let state = mnvault_core::vault::verify_state(store, &keys.audit_chain, &integrity, |checked| {
             bar.set_position(checked)
         })
         .await;
@@ -775,16 +821,15 @@ async fn audit_verify(
         anyhow::Ok((chain, state))
     }
     .await;
-    store.close().await;
     // The chain's verdict is printed whatever the state walk says.
     let (chain, state) = verdict?;
     let chain = match chain? {
         Ok(chain) => {
-            writeln!(out, "audit chain intact: {} entries, head {}", chain.entries, hex::encode(chain.head_hash))?;
+            writeln!(out, "chain MACs intact: {} entries checked with the chain key", chain.entries)?;
             Ok(())
         }
         Err(broken) => {
-            writeln!(out, "audit chain BROKEN at {broken}")?;
+            writeln!(out, "audit chain BROKEN at {broken} (found with the chain key)")?;
             Err(format!("audit chain broken at {broken}"))
         }
     };

@@ -65,6 +65,13 @@ pub struct Settings {
     /// The background purge; see [`crate::purge::RetentionSettings`].
     #[serde(default, skip_serializing_if = "crate::purge::RetentionSettings::is_unset")]
     pub retention: crate::purge::RetentionSettings,
+    /// Signed checkpoints, the pinned public key and the audit sinks; see
+    /// [`crate::checkpointer::AuditSettings`].
+    #[serde(default, skip_serializing_if = "crate::checkpointer::AuditSettings::is_unset")]
+    pub audit: crate::checkpointer::AuditSettings,
+    /// Release patterns that raise an alert; see [`crate::alarms::AlarmSettings`].
+    #[serde(default, skip_serializing_if = "crate::alarms::AlarmSettings::is_unset")]
+    pub alarms: crate::alarms::AlarmSettings,
     /// The data directory this was loaded from (not part of the file).
     #[serde(skip)]
     pub data_dir: PathBuf,

@@ -200,6 +200,8 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
         metrics: Default::default(),
         keys: Default::default(),
         retention: Default::default(),
+        audit: Default::default(),
+        alarms: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }
@@ -223,6 +225,8 @@ pub fn production_settings(data_dir: &Path) -> Settings {
         metrics: Default::default(),
         keys: Default::default(),
         retention: Default::default(),
+        audit: Default::default(),
+        alarms: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }

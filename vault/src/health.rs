@@ -13,6 +13,10 @@
 //!   interval. A key file is read once at start and held in memory, so it
 //!   cannot become unreachable; an HSM (PKCS#11) provider asks its device.
 //!
+//! A required audit sink that fails or lags (`[[audit.sinks]]`,
+//! [`crate::audit_sink`]) makes them NOT_SERVING too, since calls are
+//! refused meanwhile.
+//!
 //! Readiness: the vault starts accepting connections only once migrations
 //! ran, the audit key was unwrapped and a first check passed; until then
 //! (and while checks fail) every status is NOT_SERVING. A change is logged
@@ -62,6 +66,7 @@ pub(crate) async fn watch(reporter: HealthReporter, ctx: &Context, live: &LiveSe
     let health = Arc::new(Health::new(reporter).await);
     let (store, provider) = (ctx.core.store().clone(), ctx.core.root_key_provider().clone());
     let monitor = Monitor::new(health.clone(), store, provider, live.server.clone());
+    let monitor = Monitor { audit_sinks: ctx.audit_sinks.clone(), ..monitor };
     monitor.check_now().await;
     let monitor = tokio::spawn(monitor.run(ctx.stopping.clone()));
     HealthWatch { health, stopping: ctx.stopping.clone(), server: live.server.clone(), monitor }
@@ -166,6 +171,9 @@ pub(crate) struct Monitor {
     server: Arc<ArcSwap<ServerSettings>>,
     /// A provider check still running (it blocks a thread): no second one is started.
     provider_busy: Arc<AtomicBool>,
+    /// A required audit sink that fails or lags is reported too
+    /// ([`crate::audit_sink`]): calls are refused meanwhile.
+    audit_sinks: crate::audit_sink::SinkGate,
 }
 
 impl Monitor {
@@ -176,7 +184,8 @@ impl Monitor {
         provider: Arc<dyn RootKeyProvider>,
         server: Arc<ArcSwap<ServerSettings>>,
     ) -> Self {
-        Self { health, store, provider, server, provider_busy: Arc::new(AtomicBool::new(false)) }
+        let (provider_busy, audit_sinks) = (Arc::new(AtomicBool::new(false)), Default::default());
+        Self { health, store, provider, server, provider_busy, audit_sinks }
     }
 
     /// Checks once and reports the outcome.
@@ -187,6 +196,7 @@ impl Monitor {
             (Err(store), Err(keys)) => Err(format!("{store}; {keys}")),
             (Err(reason), Ok(())) | (Ok(()), Err(reason)) => Err(reason),
         };
+        let outcome = outcome.and_then(|()| self.audit_sinks.check().map_err(|refusal| refusal.detail));
         self.health.publish(outcome).await;
     }
 

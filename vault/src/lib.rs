@@ -15,7 +15,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alarms;
+pub mod audit_sink;
 pub mod backup;
+pub mod checkpointer;
 pub mod cli;
 pub mod config;
 pub mod datadir;

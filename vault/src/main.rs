@@ -12,6 +12,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use mnvault::cli::{self, Cli, Command};
 
+/// How long, once a command is done, blocking threads still running are
+/// waited for before the process exits anyway.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> ExitCode {
     // Before the runtime starts threads and before any file is created.
     let hardened = hardening::at_start();
@@ -29,7 +33,12 @@ fn main() -> ExitCode {
         }
     };
     let mut out = std::io::stdout();
-    match runtime.block_on(cli::run(cli, &mut out)) {
+    let result = runtime.block_on(cli::run(cli, &mut out));
+    // A blocking thread stuck for good (an audit sink's write to a pipe or
+    // socket nobody reads) must not keep the process from exiting: dropping
+    // the runtime would wait for it forever.
+    runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line a person can act on; causes joined with ": ".

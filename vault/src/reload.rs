@@ -12,6 +12,8 @@
 //! - `[limits]`, except the four below: calls and connections that start
 //!   afterwards;
 //! - `[server]`: the next shutdown's grace period, the next health check.
+//! - `[alarms]`: the releases and jobs that follow (what the rules counted
+//!   is kept while their windows stay the same).
 //!
 //! What only a restart changes: `listen`, `dev`, `root_key`, `database`,
 //! `limits.max_connections` and `limits.max_large_calls` (the sizes of the
@@ -51,7 +53,7 @@ pub const RESTART_ONLY_LIMITS: [&str; 4] =
     ["max_connections", "max_large_calls", "max_message_bytes", "max_record_message_bytes"];
 
 /// Sections a reload applies; a change anywhere else needs a restart.
-const RELOADED_SECTIONS: [&str; 4] = ["tls", "principals", "limits", "server"];
+const RELOADED_SECTIONS: [&str; 5] = ["tls", "principals", "limits", "server", "alarms"];
 
 /// Principals named in an audit entry before the rest is only counted.
 const NAMED_PRINCIPALS: usize = 20;
@@ -167,6 +169,7 @@ impl Reloader {
         // Everything is checked before anything changes.
         new.limits.validate().map_err(ReloadError::Invalid)?;
         new.server.validate().map_err(ReloadError::Invalid)?;
+        new.alarms.rules().map_err(|(key, reason)| ReloadError::Invalid(format!("{key}: {reason}")))?;
         let mut limits = new.limits.clone();
         keep_restart_only(&mut limits, &running.limits);
         limits.validate().map_err(|problem| {
@@ -207,6 +210,9 @@ impl Reloader {
         shared.live.tls.store(Arc::new(tls));
         shared.live.server.store(Arc::new(new.server.clone()));
         shared.ctx.set_limits(limits.clone());
+        if running.alarms != new.alarms {
+            shared.ctx.set_alarms(&new.alarms);
+        }
         if !report.principals.is_empty() {
             shared.ctx.core.set_policy(policy);
             self.record_principal_changes(&report.principals).await;
@@ -215,6 +221,7 @@ impl Reloader {
         running.principals = new.principals;
         running.limits = limits;
         running.server = new.server;
+        running.alarms = new.alarms;
         Ok(report)
     }
 

@@ -160,7 +160,8 @@ impl Application {
         let core = VaultCore::open(store, provider, Policy::new(&settings.principals)).await?;
         let core = core.with_key_cache(settings.keys.cache_limits()).with_watermark(Arc::new(watermark)).await?;
         let store = core.store().clone();
-        let context = Arc::new(VaultContext::new(core, settings.limits.clone()).with_metrics(metrics));
+        let context = VaultContext::new(core, settings.limits.clone()).with_metrics(metrics);
+        let context = Arc::new(context.with_alarms(&settings.alarms));
         let live = Arc::new(crate::reload::LiveSettings::new(server_tls(settings)?, settings.server.clone()));
         let transport =
             |e: std::io::Error| StartupError::Transport { address: settings.listen.to_string(), source: e.into() };
@@ -250,9 +251,13 @@ impl Application {
         let _key_schedule =
             crate::key_schedule::spawn(self.context.clone(), keys.rotate_every_days, keys.rotation_check_interval_ms);
         let _purge = crate::purge::spawn(self.context.clone(), &self.settings.retention);
+        let _checkpointer = crate::checkpointer::spawn(self.context.clone(), &self.settings.audit);
+        // The audit sinks' tailers: they write what is left once calls have ended.
+        let audit_sinks = crate::audit_sink::spawn(self.context.clone(), &self.settings);
         let shutdown = health.stop_after(shutdown);
         crate::serve::serve(self.listener, self.live.tls.clone(), routes, self.context, shutdown).await;
         health.stopped().await;
+        audit_sinks.finish().await;
         self.store.close().await;
         Ok(())
     }

@@ -1,25 +1,39 @@
 //! The tamper-evident audit log: what an entry holds, how it is chained, and
 //! how the chain is verified.
 //!
-//! Every entry carries the hash of the entry before it and its own hash, an
-//! HMAC-SHA-256 (see [`mnvault_keys::AuditChainKey`]) over the previous hash
-//! and a canonical encoding of every field. The MAC key is wrapped by the root
-//! key, which lives outside the database, so someone who can write the
-//! database can neither edit an entry nor recompute the chain after it.
+//! Every entry carries the hash of the entry before it and its own hash:
+//! SHA-256 over the previous hash and the digest of a canonical encoding of
+//! every field ([`mnvault_keys::entry_hash`]). Anyone can recompute that with
+//! no secret; what makes the chain evidence is the vault's Ed25519 signature
+//! over its head ([`checkpoint`]), made on every release, periodically and on
+//! demand, and kept outside the server as checkpoint files and in the audit
+//! sinks. Whoever verifies needs only the public key.
+//!
+//! Each entry also carries a MAC of its hash under the chain key, which is
+//! wrapped by the root key: the vault checks it before it trusts an entry for
+//! a decision of its own, so a database writer cannot append an entry the
+//! vault believes, even after the last checkpoint.
+//!
 //! Entries never hold a number: only tokens, names and reasons.
 //!
-//! An entry written by a call names the call's request id, which the MAC
-//! covers too. Entries without one (written before request ids existed, or
-//! by `mnvault init`) keep the first encoding, so they still verify; see
-//! [`AuditRecord::canonical_bytes`].
+//! Entries written before signed checkpoints have no MAC column: their hash
+//! is itself an HMAC, which only the vault can check (encodings 1 and 2; see
+//! [`AuditRecord::canonical_bytes`]). A public verifier checks only their
+//! links, and says how many it could not check.
 
 use std::fmt;
 
-use mnvault_keys::{AuditChainKey, GENESIS_HASH};
+use mnvault_keys::{entry_digest, entry_hash, AuditChainKey, GENESIS_HASH};
 
 use crate::id::{JobId, Principal, RequestId, TenantId, Token};
 use crate::number::redact_numbers;
 use crate::purpose::Purpose;
+
+pub mod alarm;
+pub mod checkpoint;
+pub mod export;
+pub mod line;
+pub mod report;
 
 /// What a call did. The identifiers are stored; never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,11 +91,18 @@ pub enum Operation {
     ExportTenant,
     /// `AdminService.ShredTenant`.
     ShredTenant,
+    /// Not a call: a release pattern that does not fit a filing job (see
+    /// `audit::alarm`), recorded by the vault itself.
+    RaiseAlert,
+    /// `AuditService.SignCheckpoint`: the chain head signed on demand.
+    SignCheckpoint,
+    /// `KeyService.RotateSigningKey`: a new vault signing key.
+    RotateSigningKey,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 24] = [
+    pub const ALL: [Operation; 27] = [
         Operation::Tokenize,
         Operation::TokenizeStream,
         Operation::DescribeToken,
@@ -106,6 +127,9 @@ impl Operation {
         Operation::IssueDeletionCertificate,
         Operation::ExportTenant,
         Operation::ShredTenant,
+        Operation::RaiseAlert,
+        Operation::SignCheckpoint,
+        Operation::RotateSigningKey,
     ];
 
     /// Stable identifier stored in entries.
@@ -135,6 +159,9 @@ impl Operation {
             Operation::IssueDeletionCertificate => "retention.certificate",
             Operation::ExportTenant => "admin.export-tenant",
             Operation::ShredTenant => "admin.shred-tenant",
+            Operation::RaiseAlert => "audit.alert",
+            Operation::SignCheckpoint => "audit.checkpoint",
+            Operation::RotateSigningKey => "keys.rotate-signing",
         }
     }
 }
@@ -252,6 +279,9 @@ pub struct AuditRecord {
     pub prev_hash: [u8; 32],
     /// This entry's hash.
     pub hash: [u8; 32],
+    /// The vault's MAC of `hash`; `None` for an entry written before signed
+    /// checkpoints, whose `hash` is itself an HMAC.
+    pub mac: Option<[u8; 32]>,
 }
 
 impl AuditRecord {
@@ -276,22 +306,40 @@ impl AuditRecord {
             request_id: text(draft.request_id.as_ref().map(RequestId::as_str)),
             prev_hash,
             hash: [0; 32],
+            mac: Some([0; 32]),
         };
-        record.hash = key.link(&prev_hash, &record.canonical_bytes());
+        record.hash = entry_hash(&prev_hash, &record.digest());
+        record.mac = Some(key.mac(&record.hash));
         record
+    }
+
+    /// SHA-256 of [`Self::canonical_bytes`]: what a stub of this entry
+    /// carries in an export.
+    pub fn digest(&self) -> [u8; 32] {
+        entry_digest(&self.canonical_bytes())
+    }
+
+    /// Whether this entry has the current form (public hash and a MAC).
+    pub fn is_signed_form(&self) -> bool {
+        self.mac.is_some()
     }
 
     /// The bytes the hash covers: every field but the hashes, each length-prefixed
     /// so that no two different entries encode alike.
     ///
-    /// Versioned by whether the entry names a request id: without one it is
-    /// encoding 1, byte for byte what the vault wrote before request ids
-    /// existed; with one it is encoding 2, the same fields and then the
-    /// request id. The version byte tells the two apart, so adding, removing
-    /// or changing a request id in the database breaks the chain.
+    /// Versioned: entries of the current form (with a MAC) are encoding 3,
+    /// the fields and then the request id (empty or not). Older entries:
+    /// without a request id, encoding 1, byte for byte what the vault wrote
+    /// before request ids existed; with one, encoding 2. The version byte
+    /// tells them apart, so adding, removing or changing a request id or a
+    /// MAC in the database breaks the chain.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.tokens.len() * 32);
-        let version = if self.request_id.is_empty() { 1 } else { 2 };
+        let version = match (self.mac.is_some(), self.request_id.is_empty()) {
+            (true, _) => 3,
+            (false, true) => 1,
+            (false, false) => 2,
+        };
         out.push(version);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.time_ms.to_be_bytes());
@@ -305,7 +353,7 @@ impl AuditRecord {
         for token in &self.tokens {
             put_field(&mut out, token.as_bytes());
         }
-        if version == 2 {
+        if version != 1 {
             put_field(&mut out, self.request_id.as_bytes());
         }
         out
@@ -333,53 +381,178 @@ impl fmt::Display for ChainBreak {
 }
 
 /// Walks a chain page by page; feed entries in sequence order.
+///
+/// With the chain key (the vault, or `audit verify` run with the root key)
+/// it checks every link, hash and MAC. Without ([`ChainVerifier::public`])
+/// it checks every link and every public hash; the signatures over heads
+/// are checked by [`checkpoint::CheckpointVerifier`] beside it.
 pub struct ChainVerifier<'k> {
-    key: &'k AuditChainKey,
+    key: Option<&'k AuditChainKey>,
     last_seq: u64,
     last_hash: [u8; 32],
+    /// Whether an entry of the current form was seen: no older one may follow.
+    signed_form: bool,
+    /// Entries of the older form checked by their links only (no key).
+    unchecked_legacy: u64,
+    /// The last entry of the older form met (0: none).
+    last_legacy: u64,
 }
 
 impl<'k> ChainVerifier<'k> {
-    /// A verifier at the start of the chain.
+    /// A verifier at the start of the chain, holding the chain key.
     pub fn new(key: &'k AuditChainKey) -> Self {
         Self::resume(key, 0, GENESIS_HASH)
+    }
+
+    /// A verifier at the start of the chain for someone who holds no secret.
+    pub fn public() -> Self {
+        Self {
+            key: None,
+            last_seq: 0,
+            last_hash: GENESIS_HASH,
+            signed_form: false,
+            unchecked_legacy: 0,
+            last_legacy: 0,
+        }
+    }
+
+    /// [`Self::public`], continuing after entry `seq` whose hash `hash` a
+    /// trusted signature vouched for.
+    pub fn public_after(seq: u64, hash: [u8; 32]) -> Self {
+        Self { last_seq: seq, last_hash: hash, ..Self::public() }
     }
 
     /// A verifier that continues after entry `seq`, whose hash was `hash`,
     /// both verified before.
     pub fn resume(key: &'k AuditChainKey, seq: u64, hash: [u8; 32]) -> Self {
-        Self { key, last_seq: seq, last_hash: hash }
+        Self { key: Some(key), last_seq: seq, last_hash: hash, signed_form: false, unchecked_legacy: 0, last_legacy: 0 }
     }
 
-    /// Checks the next entry: its position, its link to the one before, its MAC.
+    /// Checks the next entry: its position, its link to the one before, its
+    /// hash, and (holding the key) its MAC.
     pub fn check(&mut self, entry: &AuditRecord) -> Result<(), ChainBreak> {
-        let expected_seq = self.last_seq + 1;
-        if entry.seq != expected_seq {
+        self.check_position(entry.seq, &entry.prev_hash)?;
+        match entry.mac {
+            Some(mac) => {
+                if entry_hash(&entry.prev_hash, &entry.digest()) != entry.hash {
+                    return Err(ChainBreak {
+                        seq: entry.seq,
+                        problem: "content does not match its hash (edited)".into(),
+                    });
+                }
+                if let Some(key) = self.key {
+                    if !key.verify_mac(&entry.hash, &mac) {
+                        return Err(ChainBreak {
+                            seq: entry.seq,
+                            problem: "its MAC does not verify (written by someone without the vault's chain key)"
+                                .into(),
+                        });
+                    }
+                }
+                self.signed_form = true;
+            }
+            None => self.check_legacy(entry)?,
+        }
+        self.advance(entry.seq, entry.hash);
+        Ok(())
+    }
+
+    /// Checks an entry an export left out, from its position, link and
+    /// digest: its hash is recomputed, so it links as the entry itself would.
+    pub fn check_stub(&mut self, seq: u64, prev_hash: &[u8; 32], digest: &[u8; 32]) -> Result<[u8; 32], ChainBreak> {
+        self.check_position(seq, prev_hash)?;
+        let hash = entry_hash(prev_hash, digest);
+        self.signed_form = true;
+        self.advance(seq, hash);
+        Ok(hash)
+    }
+
+    /// Checks an entry of the older form an export left out: its hash is
+    /// an HMAC, so only its link can be checked.
+    pub fn check_legacy_stub(&mut self, seq: u64, prev_hash: &[u8; 32], hash: &[u8; 32]) -> Result<(), ChainBreak> {
+        self.check_position(seq, prev_hash)?;
+        if self.signed_form {
             return Err(ChainBreak {
-                seq: expected_seq,
-                problem: format!("missing: the next entry present is #{}", entry.seq),
+                seq,
+                problem: "an entry of the older form after entries of the current form (inserted)".into(),
             });
         }
-        if entry.prev_hash != self.last_hash {
-            return Err(ChainBreak { seq: entry.seq, problem: "does not link to the entry before it".into() });
-        }
-        if !self.key.verify(&entry.prev_hash, &entry.canonical_bytes(), &entry.hash) {
-            return Err(ChainBreak { seq: entry.seq, problem: "content does not match its hash (edited)".into() });
-        }
-        self.last_seq = entry.seq;
-        self.last_hash = entry.hash;
+        self.unchecked_legacy += 1;
+        self.last_legacy = seq;
+        self.advance(seq, *hash);
         Ok(())
+    }
+
+    fn check_legacy(&mut self, entry: &AuditRecord) -> Result<(), ChainBreak> {
+        if self.signed_form {
+            return Err(ChainBreak {
+                seq: entry.seq,
+                problem: "an entry of the older form after entries of the current form (inserted)".into(),
+            });
+        }
+        self.last_legacy = entry.seq;
+        match self.key {
+            Some(key) if !key.verify(&entry.prev_hash, &entry.canonical_bytes(), &entry.hash) => {
+                Err(ChainBreak { seq: entry.seq, problem: "content does not match its hash (edited)".into() })
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.unchecked_legacy += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn check_position(&self, seq: u64, prev_hash: &[u8; 32]) -> Result<(), ChainBreak> {
+        let Some(expected_seq) = self.last_seq.checked_add(1) else {
+            return Err(ChainBreak { seq, problem: "past the last position a log can have".into() });
+        };
+        if seq != expected_seq {
+            let problem = if seq > expected_seq {
+                format!("missing (removed): the next entry present is #{seq}")
+            } else {
+                format!("out of order: #{seq} comes again after #{} (inserted or reordered)", self.last_seq)
+            };
+            return Err(ChainBreak { seq: expected_seq, problem });
+        }
+        if prev_hash != &self.last_hash {
+            return Err(ChainBreak {
+                seq,
+                problem: "does not link to the entry before it (inserted, reordered or the one before edited)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, seq: u64, hash: [u8; 32]) {
+        self.last_seq = seq;
+        self.last_hash = hash;
+    }
+
+    /// The last entry of the older form met (0: none).
+    pub fn last_legacy(&self) -> u64 {
+        self.last_legacy
+    }
+
+    /// The last entry checked: its position and hash.
+    pub fn position(&self) -> (u64, [u8; 32]) {
+        (self.last_seq, self.last_hash)
     }
 
     /// Checks that the chain ends where the recorded head says it does.
     pub fn finish(&self, head_seq: u64, head_hash: &[u8; 32]) -> Result<VerifiedChain, ChainBreak> {
         if head_seq != self.last_seq || head_hash != &self.last_hash {
             return Err(ChainBreak {
-                seq: self.last_seq + 1,
+                seq: self.last_seq.saturating_add(1),
                 problem: format!("the chain head records {head_seq} entries but {} verify", self.last_seq),
             });
         }
-        Ok(VerifiedChain { entries: self.last_seq, head_hash: self.last_hash })
+        Ok(self.verified())
+    }
+
+    /// What was checked so far, as a verified chain.
+    pub fn verified(&self) -> VerifiedChain {
+        VerifiedChain { entries: self.last_seq, head_hash: self.last_hash, unchecked_legacy: self.unchecked_legacy }
     }
 }
 
@@ -390,6 +563,10 @@ pub struct VerifiedChain {
     pub entries: u64,
     /// Hash of the last entry.
     pub head_hash: [u8; 32],
+    /// Entries of the older form (before signed checkpoints) whose content
+    /// could be checked only with the chain key, which this verifier did
+    /// not hold: their links were checked, their content was not.
+    pub unchecked_legacy: u64,
 }
 
 #[cfg(test)]
@@ -481,6 +658,7 @@ mod tests {
             request_id: String::new(),
             prev_hash: GENESIS_HASH,
             hash: [0; 32],
+            mac: None,
         };
         let written = data_encoding::HEXLOWER
             .decode(b"eb4568009a0c95cb38f7e271866dd6327ded4b7434ab83f79a16db2ae2806147")
@@ -520,5 +698,95 @@ mod tests {
         let forged = chain(&forger, 2);
         let mut verifier = ChainVerifier::new(&key);
         assert_eq!(verifier.check(&forged[0]).unwrap_err().seq, 1);
+    }
+
+    #[test]
+    fn a_public_verifier_catches_edits_without_any_key() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let entries = chain(&key, 4);
+        let mut verifier = ChainVerifier::public();
+        entries.iter().for_each(|e| verifier.check(e).unwrap());
+        assert_eq!(verifier.finish(4, &entries[3].hash).unwrap().unchecked_legacy, 0);
+
+        let mut edited = entries.clone();
+        edited[1].principal = "someone-else".into();
+        let mut verifier = ChainVerifier::public();
+        let broken = edited.iter().try_for_each(|e| verifier.check(e)).unwrap_err();
+        assert_eq!((broken.seq, broken.problem.contains("edited")), (2, true), "{broken}");
+
+        // Swapped entries: the first out of place is named.
+        let mut swapped = entries.clone();
+        swapped.swap(1, 2);
+        let mut verifier = ChainVerifier::public();
+        assert_eq!(swapped.iter().try_for_each(|e| verifier.check(e)).unwrap_err().seq, 2);
+    }
+
+    /// Without the chain key anyone can recompute public hashes after an
+    /// edit: the vault's MAC is what tells its own entries from such a rewrite.
+    #[test]
+    fn a_rewrite_with_recomputed_hashes_fails_only_the_mac() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let forger = AuditChainKey::new(&KeyMaterial::generate());
+        let mut entries = chain(&key, 3);
+        let mut forged = entries[1].clone();
+        forged.principal = "someone-else".into();
+        forged = AuditRecord::seal(
+            AuditDraft::by(&principal("someone-else"), Operation::Tokenize, Some(&tenant("demo"))),
+            2,
+            forged.time_ms,
+            entries[0].hash,
+            &forger,
+        );
+        entries.truncate(1);
+        entries.push(forged);
+        let mut public = ChainVerifier::public();
+        entries.iter().for_each(|e| public.check(e).unwrap());
+        let mut keyed = ChainVerifier::new(&key);
+        let broken = entries.iter().try_for_each(|e| keyed.check(e)).unwrap_err();
+        assert_eq!((broken.seq, broken.problem.contains("MAC")), (2, true), "{broken}");
+    }
+
+    #[test]
+    fn stubs_link_like_the_entries_they_stand_for() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let entries = chain(&key, 3);
+        let mut verifier = ChainVerifier::public();
+        verifier.check(&entries[0]).unwrap();
+        let hash = verifier.check_stub(2, &entries[1].prev_hash, &entries[1].digest()).unwrap();
+        assert_eq!(hash, entries[1].hash);
+        verifier.check(&entries[2]).unwrap();
+        // A stub whose digest was changed breaks the next link.
+        let mut verifier = ChainVerifier::public();
+        verifier.check(&entries[0]).unwrap();
+        verifier.check_stub(2, &entries[1].prev_hash, &[1; 32]).unwrap();
+        assert_eq!(verifier.check(&entries[2]).unwrap_err().seq, 3);
+    }
+
+    #[test]
+    fn older_entries_are_checked_by_link_only_without_the_key_and_never_after_newer_ones() {
+        let key = AuditChainKey::new(&KeyMaterial::generate());
+        let legacy_entry = |seq: u64, prev: [u8; 32]| {
+            let mut entry = AuditRecord::seal(AuditDraft::new(Operation::ListPurposes), seq, 0, prev, &key);
+            entry.mac = None;
+            entry.hash = key.link(&prev, &entry.canonical_bytes());
+            entry
+        };
+        let first = legacy_entry(1, GENESIS_HASH);
+        let second = AuditRecord::seal(AuditDraft::new(Operation::ListPurposes), 2, 0, first.hash, &key);
+        let mut keyed = ChainVerifier::new(&key);
+        keyed.check(&first).unwrap();
+        keyed.check(&second).unwrap();
+        let mut public = ChainVerifier::public();
+        public.check(&first).unwrap();
+        public.check(&second).unwrap();
+        assert_eq!(public.verified().unchecked_legacy, 1);
+        // An entry of the older form after one of the newer is an insertion.
+        let third = legacy_entry(3, second.hash);
+        for mut verifier in [ChainVerifier::new(&key), ChainVerifier::public()] {
+            verifier.check(&first).unwrap();
+            verifier.check(&second).unwrap();
+            let broken = verifier.check(&third).unwrap_err();
+            assert!(broken.problem.contains("older form"), "{broken}");
+        }
     }
 }

@@ -732,6 +732,75 @@ mod tests {
             unreachable!()
         }
     }
+
+    #[async_trait]
+    impl crate::store::CheckpointReadTx for FakeRead {
+        async fn audit_checkpoints(
+            &mut self,
+            _: u64,
+            _: u32,
+        ) -> Result<Vec<crate::audit::checkpoint::SignedCheckpoint>, StoreError> {
+            unreachable!()
+        }
+        async fn latest_audit_checkpoint(
+            &mut self,
+        ) -> Result<Option<crate::audit::checkpoint::SignedCheckpoint>, StoreError> {
+            unreachable!()
+        }
+        async fn audit_checkpoint_at_or_before(
+            &mut self,
+            _: u64,
+        ) -> Result<Option<crate::audit::checkpoint::SignedCheckpoint>, StoreError> {
+            unreachable!()
+        }
+        async fn audit_checkpoint_signed_before(
+            &mut self,
+            _: i64,
+        ) -> Result<Option<crate::audit::checkpoint::SignedCheckpoint>, StoreError> {
+            unreachable!()
+        }
+        async fn signing_keys(
+            &mut self,
+            _: u32,
+        ) -> Result<Vec<crate::audit::checkpoint::SigningKeyRecord>, StoreError> {
+            unreachable!()
+        }
+    }
+
+    #[async_trait]
+    impl crate::store::ReportReadTx for FakeRead {
+        async fn report_token_groups(
+            &mut self,
+            _: &crate::audit::report::ReportFilter,
+            _: crate::audit::report::Grouping,
+            _: u32,
+        ) -> Result<Vec<crate::audit::report::ReportGroup>, StoreError> {
+            unreachable!()
+        }
+        async fn report_entry_groups(
+            &mut self,
+            _: &crate::audit::report::ReportFilter,
+            _: crate::audit::report::Grouping,
+            _: u32,
+        ) -> Result<Vec<crate::audit::report::ReportGroup>, StoreError> {
+            unreachable!()
+        }
+        async fn report_entries(
+            &mut self,
+            _: &crate::audit::report::ReportFilter,
+            _: u32,
+        ) -> Result<Vec<crate::audit::report::ReportEntry>, StoreError> {
+            unreachable!()
+        }
+        async fn report_tokens(
+            &mut self,
+            _: &crate::audit::report::ReportFilter,
+            _: &mut (dyn FnMut(crate::audit::report::ReleasedToken) -> bool + Send),
+        ) -> Result<u64, StoreError> {
+            unreachable!()
+        }
+    }
+
     #[async_trait]
     impl crate::store::OffboardingReadTx for FakeRead {
         async fn tenant_shredded_at(&mut self, _: &TenantId) -> Result<Option<i64>, StoreError> {

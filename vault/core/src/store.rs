@@ -28,12 +28,16 @@ use crate::audit::AuditRecord;
 use crate::id::{JobId, Principal, RequestId, TenantId, Token, TokenFormat};
 use crate::job::JobTerms;
 
+mod checkpoint;
 mod offboarding;
+mod report;
 mod retention;
 mod root_rotation;
 mod rotation;
 
+pub use checkpoint::{CheckpointReadTx, CheckpointWriteTx};
 pub use offboarding::{OffboardingReadTx, OffboardingWriteTx};
+pub use report::ReportReadTx;
 pub use retention::{RetentionReadTx, RetentionRow, RetentionWriteTx, TombstoneRow};
 pub use root_rotation::{RootRotationReadTx, RootRotationWriteTx, StoredWrappedKey, WrappedKeySlot};
 pub use rotation::{KeyVersionRow, RewrapScan, RewrappedRecord, RotationReadTx, RotationWriteTx};
@@ -205,6 +209,10 @@ pub struct AuditFilter {
     pub operation: Option<&'static str>,
     /// Only the entries of this call.
     pub request_id: Option<RequestId>,
+    /// Only entries by this principal.
+    pub principal: Option<Principal>,
+    /// Only this outcome identifier ([`crate::audit::Outcome::id`]).
+    pub outcome: Option<&'static str>,
     /// Only entries after this sequence number.
     pub after_seq: u64,
     /// At most this many (at least one is asked for); fewer when their
@@ -307,7 +315,9 @@ pub struct PoolUsage {
 
 /// Steps that read. Available in read and write transactions.
 #[async_trait]
-pub trait ReadTx: Send + RotationReadTx + RootRotationReadTx + RetentionReadTx + OffboardingReadTx {
+pub trait ReadTx:
+    Send + RotationReadTx + RootRotationReadTx + RetentionReadTx + OffboardingReadTx + CheckpointReadTx + ReportReadTx
+{
     /// The wrapped system key `name`, if stored.
     async fn system_key(&mut self, name: &str) -> Result<Option<WrappedKey>, StoreError>;
     /// A tenant with its wrapped keys.
@@ -348,7 +358,9 @@ pub trait ReadTx: Send + RotationReadTx + RootRotationReadTx + RetentionReadTx +
 
 /// Steps that write, inside one transaction.
 #[async_trait]
-pub trait WriteTx: ReadTx + RotationWriteTx + RootRotationWriteTx + RetentionWriteTx + OffboardingWriteTx {
+pub trait WriteTx:
+    ReadTx + RotationWriteTx + RootRotationWriteTx + RetentionWriteTx + OffboardingWriteTx + CheckpointWriteTx
+{
     /// Stores a system key; `false` if `name` is already taken.
     async fn insert_system_key(&mut self, name: &str, key: &WrappedKey, created_at: i64) -> Result<bool, StoreError>;
     /// Creates a tenant with its first keys; `false` if it already exists.

@@ -30,6 +30,7 @@ use crate::number::MyNumber;
 use crate::store::{AuditFilter, ChainHead, NewJob, NewRecord, RecordRow, Store, StoreError, WriteTx};
 use crate::text::FreeText;
 
+pub mod checkpoint;
 mod offboarding;
 mod retention;
 mod root_rotation;
@@ -112,8 +113,12 @@ pub struct VaultCore {
     /// Swapped whole by [`VaultCore::set_policy`]: each check sees one policy.
     policy: arc_swap::ArcSwap<Policy>,
     audit_key: Arc<AuditChainKey>,
-    /// The vault's Ed25519 key: deletion certificates (see `retention`).
-    signing: Arc<mnvault_keys::VaultSigningKey>,
+    /// The vault's Ed25519 key: signed checkpoints (see `checkpoint`) and
+    /// deletion certificates (see `retention`). Swapped whole by a rotation.
+    signing: arc_swap::ArcSwap<mnvault_keys::VaultSigningKey>,
+    /// The signing-key rotations the chain recorded when `signing` was
+    /// loaded: one more in the chain means another replica rotated it.
+    signing_rotations: std::sync::atomic::AtomicU64,
     integrity: Integrity,
     watch: futures::lock::Mutex<ChainWatch>,
     watermark: Option<Arc<dyn Watermark>>,
@@ -149,11 +154,18 @@ impl VaultCore {
         if let Some(broken) = &watch.broken {
             tracing::error!(%broken, "the audit chain does not verify; releases, approvals and cancellations are refused");
         }
+        // Every entry this binary appends has a MAC: from the next one on, if none has yet.
+        if watch.first_signed_form.is_none() {
+            watch.first_signed_form = Some(watch.seq + 1);
+        }
+        let signing_rotations = watch.signing_rotations;
         drop(read);
         // Once a certificate was signed, a missing key was deleted, not never
         // made: a new one would leave those certificates with no key that
         // vouches for them, and nobody the wiser.
-        let signing = if watch.certified {
+        // Checkpoints, too, are signed by it: a log that has some was signed before.
+        let signed = watch.certified || store.begin_read().await?.latest_audit_checkpoint().await?.is_some();
+        let signing = if signed {
             crate::keyring::load_signing_key(store.as_ref(), provider.as_ref()).await.map_err(|error| match error {
                 AuditKeyError::SigningKeyMissing => AuditKeyError::SigningKeyLost,
                 other => other,
@@ -161,13 +173,15 @@ impl VaultCore {
         } else {
             crate::keyring::load_or_create_signing_key(store.as_ref(), provider.as_ref(), clock::now_ms()).await?
         };
+        checkpoint::record_first_signing_key(store.as_ref(), &signing).await?;
         let keyring = Keyring::new(provider, store.clone()).with_primary_floor(watch.primary_floor.clone());
         Ok(Self {
             store,
             keyring,
             policy: arc_swap::ArcSwap::from_pointee(policy),
             audit_key: Arc::new(keys.audit_chain),
-            signing: Arc::new(signing),
+            signing: arc_swap::ArcSwap::from_pointee(signing),
+            signing_rotations: std::sync::atomic::AtomicU64::new(signing_rotations),
             integrity: Integrity::new(keys.state),
             watch: futures::lock::Mutex::new(watch),
             watermark: None,
@@ -717,6 +731,9 @@ impl VaultCore {
     ) -> Result<(), VaultError> {
         let job_id = job.terms.job_id.clone();
         let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        // Every change of a job (creation aside), releases first, is signed
+        // before it commits: lock_job verified the chain up to here.
+        self.sign_head(tx.as_mut(), &entry, now).await?;
         job.state_seq = entry.seq;
         tx.set_job_state(&job_id, job.state_seq, &self.integrity.state_tag(job, terms_tag)).await?;
         commit_audited(tx).await?;
@@ -1102,6 +1119,10 @@ struct ChainWatch {
     primary_floor: Arc<crate::keyring::PrimaryFloor>,
     /// Whether a verified entry records a deletion certificate issued.
     certified: bool,
+    /// The first verified entry of the current form (with a MAC).
+    first_signed_form: Option<u64>,
+    /// Signing-key rotations the verified entries record.
+    signing_rotations: u64,
 }
 
 impl ChainWatch {
@@ -1144,6 +1165,12 @@ impl ChainWatch {
                 self.primary_floor.note(entry);
                 self.certified |= entry.operation == Operation::IssueDeletionCertificate.id()
                     && entry.outcome == crate::audit::Outcome::Ok.id();
+                if entry.mac.is_some() && self.first_signed_form.is_none() {
+                    self.first_signed_form = Some(entry.seq);
+                }
+                if entry.operation == Operation::RotateSigningKey.id() && entry.outcome == CHANGED.id() {
+                    self.signing_rotations += 1;
+                }
                 (self.seq, self.hash) = (entry.seq, entry.hash);
             }
         }

@@ -10,7 +10,7 @@ use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use mnvault_client::purpose::Purpose;
 
-use super::{rfc3339, Connection};
+use super::{create_private, rfc3339, Connection};
 
 /// `mnvault tenant export`.
 #[derive(Debug, Args)]
@@ -99,17 +99,6 @@ pub async fn export(args: ExportArgs, data_dir: &Path, out: &mut (dyn Write + Se
     };
     writeln!(out, "exported {records} record(s) of tenant {} to {}", args.tenant, args.out.display())?;
     Ok(())
-}
-
-/// A new file only the vault's user reads.
-fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))
 }
 
 /// Shreds the tenant once the operator typed its name on `input` (or said

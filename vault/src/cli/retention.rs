@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use mnvault_client::retention::SetRetentionRequest;
 use mnvault_core::retention::DeletionCertificate;
-use mnvault_keys::PublicKey;
 use time::OffsetDateTime;
 
 use super::Connection;
@@ -106,8 +105,16 @@ pub enum CertificateCommand {
 pub enum SigningKeyCommand {
     /// Print the vault's public signing key (`ed25519:<base64>`), read from
     /// the database of --data-dir with the root key; give it to whoever
-    /// verifies certificates.
+    /// verifies certificates and checkpoints, and pin it in `[audit]
+    /// public_key`.
     Export,
+    /// Replace the vault's signing key on the running vault (as an admin
+    /// of every tenant). The old and the new key both sign the handover, so
+    /// old checkpoints and certificates still verify; pin the new key.
+    Rotate {
+        #[command(flatten)]
+        connection: super::Connection,
+    },
 }
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -222,14 +229,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 fn verify(file: &Path, public_key: &str, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let key = match PublicKey::parse(public_key) {
-        Some(key) => key,
-        None => {
-            let text = std::fs::read_to_string(public_key)
-                .with_context(|| "the public key is neither `ed25519:<base64>` nor a readable file".to_owned())?;
-            PublicKey::parse(&text).context("the public key file does not hold `ed25519:<base64>`")?
-        }
-    };
+    let key = super::audit_verify::read_public_key(public_key)?;
     let mut json = String::new();
     std::fs::File::open(file)
         .with_context(|| format!("cannot open {}", file.display()))?
@@ -256,7 +256,13 @@ pub async fn signing_key(
     database_url: Option<String>,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let SigningKeyCommand::Export = command;
+    if let SigningKeyCommand::Rotate { connection } = command {
+        let client = connection.connect(data_dir).await?;
+        let rotated = client.rotate_signing_key().await?;
+        writeln!(out, "previous\t{}", rotated.previous_public_key)?;
+        writeln!(out, "new\t{}", rotated.public_key)?;
+        return Ok(());
+    }
     let settings = super::load_settings(data_dir, config, database_url)?;
     let provider = startup::root_key_provider(&settings)?;
     // Reads only: a missing key is the vault's to create, at its start.

@@ -70,6 +70,8 @@ pub(super) fn values(settings: &Settings) -> Vec<(String, String)> {
     let mut problems = settings.limits.problems();
     problems.extend(settings.keys.problems());
     problems.extend(settings.retention.problems());
+    problems.extend(settings.audit.problems());
+    problems.extend(settings.alarms.problems());
     problems.extend(settings.root_key.problems());
     if settings.dev && !settings.listen.ip().is_loopback() {
         let reason = format!("a dev vault listens only on loopback; {} is not a loopback address", settings.listen);

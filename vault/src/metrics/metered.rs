@@ -23,7 +23,9 @@ use mnvault_keys::{BlindIndex, KeyError, KeyMaterial, RootKeyProvider, WrapConte
 
 use super::Metrics;
 
+mod checkpoint;
 mod offboarding;
+mod report;
 mod retention;
 mod root_rotation;
 mod rotation;

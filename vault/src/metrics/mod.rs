@@ -111,6 +111,12 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// An alarm rule (`mnvault_core::audit::alarm::Rule`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: &'static str,
+}
+
 /// A connection pool and the state of its connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
@@ -241,6 +247,7 @@ pub struct Metrics {
     key_provider_errors: Family<KeyOperationLabels, Counter>,
     connections_open: Gauge,
     transport_refusals: Family<ReasonLabels, Counter>,
+    alerts: Family<RuleLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -314,6 +321,15 @@ impl Metrics {
             "Connections the transport refused or dropped, by reason",
             transport_refusals.clone(),
         );
+        let alerts = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alerts the alarms raised (each also an audit.alert entry), by rule",
+            alerts.clone(),
+        );
+        for rule in mnvault_core::audit::alarm::Rule::ALL {
+            alerts.get_or_create(&RuleLabels { rule: rule.id() }).get();
+        }
         for kind in STORE_ERROR_KINDS {
             store_errors.get_or_create(&KindLabels { kind }).get();
             audit_write_failures.get_or_create(&KindLabels { kind }).get();
@@ -336,6 +352,7 @@ impl Metrics {
             key_provider_errors,
             connections_open,
             transport_refusals,
+            alerts,
         }
     }
 
@@ -366,6 +383,11 @@ impl Metrics {
     /// `count` numbers released (their release committed and audited).
     pub fn numbers_released(&self, count: usize) {
         self.numbers_released.inc_by(count as u64);
+    }
+
+    /// An alert raised by `rule`.
+    pub fn alert_raised(&self, rule: mnvault_core::audit::alarm::Rule) {
+        self.alerts.get_or_create(&RuleLabels { rule: rule.id() }).inc();
     }
 
     /// Counts a connection open until the returned guard is dropped.
@@ -408,7 +430,7 @@ impl Metrics {
         let mut observed = Registry::with_prefix(PREFIX);
         observed.register(
             "integrity_failures",
-            "Stored objects that failed their integrity check since start (the vault's one alert so far)",
+            "Stored objects that failed their integrity check since start",
             ConstCounter::new(core.integrity_failures()),
         );
         let connections = Family::<PoolLabels, Gauge>::default();

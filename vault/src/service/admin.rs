@@ -83,6 +83,7 @@ impl AdminService for AdminApi {
                 let mut total;
                 while let Some(chunk) = next.take() {
                     ctx.metrics.numbers_released(usize::try_from(chunk.records - sent).unwrap_or(usize::MAX));
+                    ctx.observe_release(export.draft(), chunk.records - sent).await;
                     sent = chunk.records;
                     total = chunk.total;
                     let message =
@@ -99,6 +100,20 @@ impl AdminService for AdminApi {
                              encrypted); the export is incomplete and its job has exported"
                         ));
                         ctx.refuse(export.draft().clone(), cut).await;
+                        return;
+                    }
+                    // A required audit sink that fails or lags: no page more.
+                    if let Err(refusal) = ctx.audit_sinks.check() {
+                        tracing::debug!(reason = %refusal.detail, "export cut: a required audit sink is down");
+                        let cut = VaultError::Unavailable(format!(
+                            "{} ({sent} of {total} record(s) were exported before; the export is incomplete and its \
+                             job has exported)",
+                            refusal.message
+                        ));
+                        let status = ctx.refuse(export.draft().clone(), cut).await;
+                        if feed.send(Err(status)).await.is_ok() {
+                            feed.finish();
+                        }
                         return;
                     }
                     next = match ctx.core.export_next(&mut export).await {

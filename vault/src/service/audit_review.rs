@@ -79,6 +79,15 @@ fn audit_filter(request: &pb::ListAuditEntriesRequest, limits: &LimitSettings) -
         job_id: optional(&request.job_id, JobId::parse)?,
         operation: optional(&request.operation, operation_filter)?,
         request_id: optional(&request.request_id, RequestId::parse)?,
+        principal: optional(&request.principal, mnvault_core::id::Principal::parse)?,
+        outcome: optional(&request.outcome, |text| {
+            mnvault_core::audit::export::outcome_id(text).ok_or_else(|| {
+                VaultError::InvalidArgument(format!(
+                    "the outcome is not one the audit log records: name one of {}",
+                    mnvault_core::audit::export::outcome_ids()
+                ))
+            })
+        })?,
         after_seq: request.after_seq,
         limit,
     })
@@ -190,5 +199,21 @@ impl AuditService for AuditApi {
         }
         .await;
         Ok(Response::new(self.ctx.audited(draft, result).await?))
+    }
+
+    async fn sign_checkpoint(
+        &self,
+        request: Request<pb::SignCheckpointRequest>,
+    ) -> Result<Response<pb::SignCheckpointResponse>, Status> {
+        let mut draft = AuditDraft::new(Operation::SignCheckpoint);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = async {
+            let checkpoint = self.ctx.core.sign_checkpoint(&caller, &draft).await?;
+            Ok(pb::SignCheckpointResponse {
+                checkpoint_json: mnvault_core::audit::line::AuditLine::Checkpoint(checkpoint).to_json(),
+            })
+        }
+        .await;
+        Ok(Response::new(self.ctx.settled(draft, result).await?))
     }
 }

@@ -104,6 +104,9 @@ impl FilingService for FilingApi {
             self.ctx.core.create_job(&caller, &job, &mut draft).await
         }
         .await;
+        if result.is_ok() {
+            self.ctx.observe_job_created(&draft).await;
+        }
         let job = self.ctx.settled(draft, result).await?;
         Ok(Response::new(wire_job(&job, clock::now_ms())))
     }
@@ -141,6 +144,9 @@ impl FilingService for FilingApi {
             Ok((job_id, released))
         }
         .await;
+        if let Ok((_, released)) = &result {
+            self.ctx.observe_release(&draft, released.len() as u64).await;
+        }
         let (job_id, released) = self.ctx.settled(draft, result).await?;
         self.ctx.metrics.numbers_released(released.len());
         // The audit entry is committed; only now do numbers leave. A client

@@ -164,6 +164,23 @@ impl KeyService for KeyApi {
         .await;
         Ok(Response::new(self.ctx.settled(draft, result).await?))
     }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let mut draft = AuditDraft::new(Operation::RotateSigningKey);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = async {
+            let rotated = self.ctx.core.rotate_signing_key(&caller, &draft).await?;
+            Ok(pb::RotateSigningKeyResponse {
+                previous_public_key: rotated.previous.to_string(),
+                public_key: rotated.public_key.to_string(),
+            })
+        }
+        .await;
+        Ok(Response::new(self.ctx.settled(draft, result).await?))
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,11 @@ pub struct VaultContext {
     /// away must not drop a group commit it leads); this bounds how many,
     /// so resetting calls cannot pile up writes.
     pub(crate) tokenize_tasks: Arc<tokio::sync::Semaphore>,
+    /// What the alarm rules counted in this process (`crate::alarms`).
+    pub(crate) alarms: std::sync::Mutex<mnvault_core::audit::alarm::Alarms>,
+    /// The audit sinks' gate: a required sink that fails or lags refuses
+    /// calls ([`VaultContext::authenticate`]); appends wake the tailers.
+    pub audit_sinks: crate::audit_sink::SinkGate,
 }
 
 /// Unary tokenize writes in flight at most: the group commit's bound in
@@ -101,6 +106,8 @@ pub fn operation_of_path(path: &str) -> Option<Operation> {
         (pb::admin_service_server::SERVICE_NAME, "ShredTenant") => Operation::ShredTenant,
         (pb::audit_service_server::SERVICE_NAME, "ListAuditEntries") => Operation::ListAuditEntries,
         (pb::audit_service_server::SERVICE_NAME, "VerifyAuditChain") => Operation::VerifyAuditChain,
+        (pb::audit_service_server::SERVICE_NAME, "SignCheckpoint") => Operation::SignCheckpoint,
+        (pb::key_service_server::SERVICE_NAME, "RotateSigningKey") => Operation::RotateSigningKey,
         (pb::retention_service_server::SERVICE_NAME, "SetRetention") => Operation::SetRetention,
         (pb::retention_service_server::SERVICE_NAME, "PurgeExpired") => Operation::PurgeExpired,
         (pb::retention_service_server::SERVICE_NAME, "IssueDeletionCertificate") => Operation::IssueDeletionCertificate,
@@ -118,7 +125,9 @@ impl VaultContext {
     pub fn new(core: VaultCore, limits: LimitSettings) -> Self {
         let limits = arc_swap::ArcSwap::from_pointee(limits);
         let tokenize_tasks = Arc::new(tokio::sync::Semaphore::new(TOKENIZE_TASKS));
-        Self { core, limits, stopping: Default::default(), metrics: Arc::default(), tokenize_tasks }
+        let alarms = crate::alarms::default_alarms();
+        let (stopping, metrics, audit_sinks) = Default::default();
+        Self { core, limits, stopping, metrics, tokenize_tasks, alarms, audit_sinks }
     }
 
     /// What one caller may cost, now: a call reads it once, at its start.
@@ -154,6 +163,11 @@ impl VaultContext {
         match self.caller(request) {
             Ok(caller) => {
                 draft.principal = Some(caller.clone());
+                // A required audit sink that fails or lags: no call until it is back.
+                if let Err(refusal) = self.audit_sinks.check() {
+                    tracing::debug!(reason = %refusal.detail, "call refused: a required audit sink is down");
+                    return Err(self.refuse(draft.clone(), VaultError::Unavailable(refusal.message)).await);
+                }
                 Ok(caller)
             }
             Err(error) => Err(self.refuse(draft.clone(), error).await),
@@ -191,6 +205,7 @@ impl VaultContext {
         if let Err(audit_error) = self.core.record(draft).await {
             tracing::error!(operation, %audit_error, "could not audit a refused call");
         }
+        self.audit_sinks.appended();
         tracing::info!(operation, code = ?status.code(), reason = status.message(), "call refused");
     }
 
@@ -257,7 +272,10 @@ impl VaultContext {
     pub async fn audited<T>(&self, draft: AuditDraft, result: Result<T, VaultError>) -> Result<T, Status> {
         match result {
             Ok(value) => match self.core.record(draft).await {
-                Ok(_) => Ok(value),
+                Ok(_) => {
+                    self.audit_sinks.appended();
+                    Ok(value)
+                }
                 Err(error) => Err(status(&error)),
             },
             Err(error) => Err(self.refuse(draft, error).await),
@@ -268,7 +286,10 @@ impl VaultContext {
     /// refusal is appended here.
     pub async fn settled<T>(&self, draft: AuditDraft, result: Result<T, VaultError>) -> Result<T, Status> {
         match result {
-            Ok(value) => Ok(value),
+            Ok(value) => {
+                self.audit_sinks.appended();
+                Ok(value)
+            }
             Err(error) => Err(self.refuse(draft, error).await),
         }
     }
@@ -368,7 +389,8 @@ mod tests {
         }
         mapped.sort_unstable();
         // The vault's own entries, not calls.
-        let own = [Operation::ReloadPrincipals, Operation::RotateRootKey, Operation::DeleteRecords];
+        let own =
+            [Operation::ReloadPrincipals, Operation::RotateRootKey, Operation::DeleteRecords, Operation::RaiseAlert];
         let calls = Operation::ALL.iter().filter(|o| !own.contains(o));
         let mut all: Vec<_> = calls.map(|o| o.id()).collect();
         all.sort_unstable();

@@ -171,6 +171,18 @@ async fn run_stream(
                 }
             }
         }
+        // A required audit sink that fails or lags: this batch and the rest are not read.
+        if let Err(refusal) = ctx.audit_sinks.check() {
+            tracing::debug!(reason = %refusal.detail, "tokenize stream cut: a required audit sink is down");
+            for mut unread in requests {
+                drop(take_number(&mut unread.number));
+            }
+            break Some(Ok(VaultError::Unavailable(format!(
+                "{}; records before index {next_index} were answered, records from index {next_index} on were not \
+                 read: send them again once it is back",
+                refusal.message
+            ))));
+        }
         // Records past the stream's limit are not answered, and their numbers are wiped.
         let room = usize::try_from(limits.max_stream_records.saturating_sub(next_index)).unwrap_or(usize::MAX);
         let over = requests.len() > room;

@@ -7,6 +7,8 @@
 //! backend has its own migrations (`vault/migrations/<backend>/`).
 
 mod postgres;
+mod report_sql;
+mod rows;
 mod sqlite;
 
 use std::path::Path;

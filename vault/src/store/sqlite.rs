@@ -30,7 +30,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction}
 
 use super::OpenMode;
 
+mod checkpoint;
 mod offboarding;
+mod report;
 mod retention;
 mod root_rotation;
 mod rotation;
@@ -492,7 +494,7 @@ impl ReadTx for SqliteTx {
     async fn audit_entries(&mut self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let mut query = QueryBuilder::<Sqlite>::new(
             "SELECT seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, record_count, \
-             request_id, prev_hash, hash FROM audit_entries WHERE seq > ",
+             request_id, prev_hash, hash, mac FROM audit_entries WHERE seq > ",
         );
         query.push_bind(filter.after_seq as i64);
         if let Some(tenant) = &filter.tenant {
@@ -512,6 +514,16 @@ impl ReadTx for SqliteTx {
         }
         if let Some(request_id) = &filter.request_id {
             query.push(" AND request_id = ").push_bind(request_id.as_str());
+        }
+        if let Some(principal) = &filter.principal {
+            query.push(" AND principal = ").push_bind(principal.as_str());
+        }
+        if let Some(outcome) = filter.outcome {
+            query.push(" AND outcome = ").push_bind(outcome);
+            if outcome != mnvault_core::audit::Outcome::Ok.id() {
+                // Word for word the predicate of the index of refused calls (migration 0008), so it serves.
+                query.push(" AND outcome <> 'ok'");
+            }
         }
         if let Some(token) = &filter.token {
             // The index holds the token's last eight characters (migration 0004).
@@ -574,6 +586,7 @@ fn audit_record(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, StoreError
         request_id: row.get("request_id"),
         prev_hash: hash_column(row.get("prev_hash"), "audit_entries.prev_hash")?,
         hash: hash_column(row.get("hash"), "audit_entries.hash")?,
+        mac: row.get::<Option<Vec<u8>>, _>("mac").map(|mac| hash_column(mac, "audit_entries.mac")).transpose()?,
     })
 }
 
@@ -753,8 +766,8 @@ impl WriteTx for SqliteTx {
         for chunk in chunks(entries) {
             let sql = format!(
                 "INSERT INTO audit_entries (seq, time, principal, tenant, operation, outcome, reason, job_id, purpose, \
-                 record_count, request_id, prev_hash, hash) VALUES {}",
-                rows_of(chunk.len(), 13)
+                 record_count, request_id, prev_hash, hash, mac) VALUES {}",
+                rows_of(chunk.len(), 14)
             );
             let mut query = sqlx::query(&sql);
             for entry in chunk {
@@ -771,7 +784,8 @@ impl WriteTx for SqliteTx {
                     .bind(entry.record_count as i64)
                     .bind(&entry.request_id)
                     .bind(&entry.prev_hash[..])
-                    .bind(&entry.hash[..]);
+                    .bind(&entry.hash[..])
+                    .bind(entry.mac.as_ref().map(|mac| &mac[..]));
             }
             query.execute(&mut *conn).await.map_err(classify)?;
         }

@@ -78,6 +78,7 @@ async fn tokenize_batch(store: &SqliteStore, records: &[NewRecord], now: i64) {
         request_id: String::new(),
         prev_hash: head.hash,
         hash: random(),
+        mac: Some(random()),
     };
     tx.insert_audit_entry(&entry).await.unwrap();
     tx.set_chain_head(&mnvault_core::store::ChainHead { seq: entry.seq, hash: entry.hash }).await.unwrap();

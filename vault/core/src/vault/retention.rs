@@ -198,7 +198,7 @@ fn stored_matches(expected: &[u8; 32], stored: Option<&[u8]>) -> bool {
 impl VaultCore {
     /// The vault's public signing key (deletion certificates).
     pub fn signing_public_key(&self) -> PublicKey {
-        self.signing.public_key()
+        self.signing.load().public_key()
     }
 
     /// Sets the retention of `tokens` of `tenant` (admins only: it decides
@@ -438,7 +438,8 @@ impl VaultCore {
             });
             tokens.push(stone.token);
         }
-        let public_key = self.signing.public_key();
+        let signing = self.signing.load_full();
+        let public_key = signing.public_key();
         let body = CertificateBody {
             format: CERTIFICATE_FORMAT.to_owned(),
             tenant: tenant.to_string(),
@@ -453,7 +454,7 @@ impl VaultCore {
         draft.record_count = tokens.len() as u64;
         draft.reason = format!("deletion certificate of {} deletion(s)", tokens.len());
         draft.tokens = tokens;
-        Ok(IssuedCertificate { certificate: DeletionCertificate::sign(body, &self.signing), public_key })
+        Ok(IssuedCertificate { certificate: DeletionCertificate::sign(body, &signing), public_key })
     }
 
     /// Refuses, as `NOT_FOUND` saying when and why, when one of `tokens`

@@ -1,0 +1,79 @@
+//! Rows both stores read alike, decoded once for either backend: a value of
+//! the wrong type or length (a database writer's edit) is `Corrupt`, never
+//! a panic.
+
+use mnvault_core::audit::checkpoint::{SignedCheckpoint, SigningKeyRecord};
+use mnvault_core::store::StoreError;
+use mnvault_keys::PublicKey;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+/// Column `column` of `row`, or `Corrupt` naming `what`.
+fn column<'r, R, T>(row: &'r R, column: &str, what: &'static str) -> Result<T, StoreError>
+where
+    R: Row,
+    T: Decode<'r, R::Database> + Type<R::Database>,
+    for<'c> &'c str: ColumnIndex<R>,
+{
+    row.try_get(column).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn fixed<const N: usize>(bytes: Vec<u8>, what: &'static str) -> Result<[u8; N], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt { what })
+}
+
+fn position(value: i64, what: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt { what })
+}
+
+/// A row of `audit_checkpoints`.
+pub(crate) fn checkpoint<'r, R>(row: &'r R) -> Result<SignedCheckpoint, StoreError>
+where
+    R: Row,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'c> &'c str: ColumnIndex<R>,
+{
+    Ok(SignedCheckpoint {
+        seq: position(column(row, "seq", "audit_checkpoints.seq")?, "audit_checkpoints.seq")?,
+        hash: fixed(column(row, "hash", "audit_checkpoints.hash")?, "audit_checkpoints.hash")?,
+        time_ms: column(row, "time", "audit_checkpoints.time")?,
+        signed_form_from: position(
+            column(row, "signed_form_from", "audit_checkpoints.signed_form_from")?,
+            "audit_checkpoints.signed_form_from",
+        )?,
+        signer: PublicKey::from_bytes(fixed(
+            column(row, "signer", "audit_checkpoints.signer")?,
+            "audit_checkpoints.signer",
+        )?),
+        signature: fixed(column(row, "signature", "audit_checkpoints.signature")?, "audit_checkpoints.signature")?,
+    })
+}
+
+/// A row of `signing_keys`.
+pub(crate) fn signing_key<'r, R>(row: &'r R) -> Result<SigningKeyRecord, StoreError>
+where
+    R: Row,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'c> &'c str: ColumnIndex<R>,
+{
+    let optional = |name: &str, what: &'static str| -> Result<Option<Vec<u8>>, StoreError> { column(row, name, what) };
+    Ok(SigningKeyRecord {
+        public_key: PublicKey::from_bytes(fixed(
+            column(row, "public_key", "signing_keys.public_key")?,
+            "signing_keys.public_key",
+        )?),
+        created_at_ms: column(row, "created_at", "signing_keys.created_at")?,
+        from_seq: position(column(row, "from_seq", "signing_keys.from_seq")?, "signing_keys.from_seq")?,
+        previous: optional("previous", "signing_keys.previous")?
+            .map(|bytes| fixed(bytes, "signing_keys.previous").map(PublicKey::from_bytes))
+            .transpose()?,
+        signed_by_previous: optional("signed_by_previous", "signing_keys.signed_by_previous")?
+            .map(|bytes| fixed(bytes, "signing_keys.signed_by_previous"))
+            .transpose()?,
+        signed_by_self: optional("signed_by_self", "signing_keys.signed_by_self")?
+            .map(|bytes| fixed(bytes, "signing_keys.signed_by_self"))
+            .transpose()?,
+    })
+}

@@ -9,6 +9,8 @@ use mnvault_core::audit::report::{
 use mnvault_core::store::StoreError;
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
+use super::rows::{column, position};
+
 /// The columns a report can group by, in the order they are grouped and sorted.
 const GROUP_COLUMNS: [(&str, &str); 6] = [
     ("tenant", "e.tenant"),
@@ -93,23 +95,13 @@ where
     }
 }
 
-/// Column `name` of `row`, or `Corrupt` naming `what`.
-fn column<'r, R, T>(row: &'r R, name: &str, what: &'static str) -> Result<T, StoreError>
-where
-    R: Row,
-    T: Decode<'r, R::Database> + Type<R::Database>,
-    for<'c> &'c str: ColumnIndex<R>,
-{
-    row.try_get(name).map_err(|_| StoreError::Corrupt { what })
-}
-
 fn count<'r, R>(row: &'r R, name: &str, what: &'static str) -> Result<u64, StoreError>
 where
     R: Row,
     i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'c> &'c str: ColumnIndex<R>,
 {
-    u64::try_from(column::<R, i64>(row, name, what)?).map_err(|_| StoreError::Corrupt { what })
+    position(column(row, name, what)?, what)
 }
 
 /// A row of a grouping step.

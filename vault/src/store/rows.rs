@@ -8,7 +8,7 @@ use mnvault_keys::PublicKey;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 /// Column `column` of `row`, or `Corrupt` naming `what`.
-fn column<'r, R, T>(row: &'r R, column: &str, what: &'static str) -> Result<T, StoreError>
+pub(super) fn column<'r, R, T>(row: &'r R, column: &str, what: &'static str) -> Result<T, StoreError>
 where
     R: Row,
     T: Decode<'r, R::Database> + Type<R::Database>,
@@ -21,7 +21,8 @@ fn fixed<const N: usize>(bytes: Vec<u8>, what: &'static str) -> Result<[u8; N], 
     bytes.try_into().map_err(|_| StoreError::Corrupt { what })
 }
 
-fn position(value: i64, what: &'static str) -> Result<u64, StoreError> {
+/// A count or position read as `i64`, or `Corrupt` naming `what` when negative.
+pub(super) fn position(value: i64, what: &'static str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt { what })
 }
 

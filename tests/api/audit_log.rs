@@ -2,7 +2,7 @@
 
 use mnvault_client::{ListAuditEntriesRequest, TokenFormat};
 
-use crate::helpers::{refusal, spawn_app, tokenize_fresh, valid_numbers};
+use crate::helpers::{refusal, spawn_app, tokenize_fresh, valid_numbers, Backend};
 
 on_both_backends! {
     async fn every_call_allowed_or_denied_is_recorded_without_the_number(backend) {
@@ -107,6 +107,64 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    async fn a_public_verification_reads_on_past_an_entry_that_fills_a_page_with_tokens(backend) {
+        use mnvault_core::audit::{AuditDraft, Operation};
+        use mnvault_core::store::AUDIT_PAGE_TOKENS;
+        let app = spawn_app(&backend).await;
+        let by = mnvault_core::id::Principal::parse("requester").unwrap();
+        let draw = |count: usize| (0..count).map(|_| mnvault_core::mint::draw_token(mnvault_core::id::TokenFormat::Opaque)).collect();
+        // Two entries of 0.6 of a page's tokens: the walk's run of entries is
+        // cut after the first, and must read on for the rest of it.
+        for tokens in [1, AUDIT_PAGE_TOKENS * 3 / 5, AUDIT_PAGE_TOKENS * 3 / 5, 1, 1] {
+            app.core().record(AuditDraft { tokens: draw(tokens), ..AuditDraft::by(&by, Operation::ListPurposes, None) }).await.unwrap();
+        }
+        let head = app.core().store().begin_read().await.unwrap().audit_head().await.unwrap();
+        let intact = app.cli(&["audit", "verify"]).await.unwrap();
+        assert!(intact.starts_with(&format!("audit chain intact: {} entries", head.seq)), "{intact}");
+    }
+
+    async fn tokens_run_together_into_one_row_are_caught_by_verify(backend) {
+        use mnvault_core::audit::{AuditDraft, Operation};
+        let app = spawn_app(&backend).await;
+        tokenize_fresh(&app, 2).await;
+        let by = mnvault_core::id::Principal::parse("requester").unwrap();
+        let tokens: Vec<mnvault_core::id::Token> = (0..2).map(|_| mnvault_core::mint::draw_token(mnvault_core::id::TokenFormat::Opaque)).collect();
+        let seq = app.core().record(AuditDraft { tokens: tokens.clone(), ..AuditDraft::by(&by, Operation::ListPurposes, None) }).await.unwrap();
+        tokenize_fresh(&app, 2).await;
+        assert!(app.cli(&["audit", "verify"]).await.unwrap().starts_with("audit chain intact"));
+        // Someone with database access folds the second token into the
+        // first's row, separated as a store might join them to read faster,
+        // so that a search for the second finds nothing.
+        let mut db = app.database().await;
+        db.exec(&format!("DELETE FROM audit_entry_tokens WHERE seq = {seq} AND position = 1")).await;
+        db.exec(&format!(
+            "UPDATE audit_entry_tokens SET token = '{} {}' WHERE seq = {seq} AND position = 0",
+            tokens[0].as_str(),
+            tokens[1].as_str()
+        ))
+        .await;
+        let error = app.cli(&["audit", "verify"]).await.unwrap_err().to_string();
+        assert!(error.contains(&format!("entry #{seq}")), "{error}");
+    }
+
+    async fn a_head_moved_far_ahead_is_reported_not_walked_to(backend) {
+        let app = spawn_app(&backend).await;
+        tokenize_fresh(&app, 3).await;
+        // Someone with database access empties the log and moves the head
+        // so that it would seem to run on for 10^18 positions: a walk that
+        // read every run of positions up to it would never end.
+        let mut db = app.database().await;
+        db.exec("DELETE FROM audit_entry_tokens").await;
+        db.exec("DELETE FROM audit_entries").await;
+        db.exec("UPDATE audit_chain_head SET seq = 1000000000000000000").await;
+        // A guard against a hang, not a measure of speed.
+        let verified = tokio::time::timeout(std::time::Duration::from_secs(120), app.cli(&["audit", "verify"]))
+            .await
+            .expect("the walk ends where the rows end instead of reading empty runs up to the head");
+        let error = verified.unwrap_err().to_string();
+        assert!(error.contains("entry #1"), "{error}");
+    }
+
     async fn a_deleted_audit_row_is_caught_by_verify(backend) {
         let app = spawn_app(&backend).await;
         tokenize_fresh(&app, 3).await;
@@ -144,4 +202,24 @@ on_both_backends! {
         let entries: u64 = report.split_whitespace().nth(3).unwrap().parse().unwrap();
         assert!(entries >= 1_401 + verified, "{report}");
     }
+}
+
+/// SQLite keeps whatever type a row is given: a token turned into a BLOB
+/// reads back as the same text when joined, yet no longer matches a search
+/// for it. The walk must not take the joined tokens then.
+#[tokio::test]
+async fn a_token_stored_as_a_blob_is_caught_by_verify() {
+    use mnvault_core::audit::{AuditDraft, Operation};
+    let app = spawn_app(&Backend::Sqlite).await;
+    let by = mnvault_core::id::Principal::parse("requester").unwrap();
+    let tokens: Vec<mnvault_core::id::Token> =
+        (0..2).map(|_| mnvault_core::mint::draw_token(mnvault_core::id::TokenFormat::Opaque)).collect();
+    let seq =
+        app.core().record(AuditDraft { tokens, ..AuditDraft::by(&by, Operation::ListPurposes, None) }).await.unwrap();
+    assert!(app.cli(&["audit", "verify"]).await.unwrap().starts_with("audit chain intact"));
+    let mut db = app.database().await;
+    db.exec(&format!("UPDATE audit_entry_tokens SET token = CAST(token AS BLOB) WHERE seq = {seq} AND position = 1"))
+        .await;
+    let verified = app.cli(&["audit", "verify"]).await;
+    assert!(verified.is_err(), "{verified:?}");
 }

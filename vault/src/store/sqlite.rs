@@ -28,6 +28,7 @@ use mnvault_keys::{BlindIndex, WrappedKey};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
+use super::rows::{column, position};
 use super::OpenMode;
 
 mod checkpoint;
@@ -65,6 +66,11 @@ const READER_CACHE_KIB: i64 = 4 * 1024;
 
 /// Reader connections.
 const READERS: u32 = 4;
+
+/// Rows a reader connection runs ahead of the task reading them: a long
+/// read (a verification, a report) then wakes that task once per batch of
+/// rows rather than once per row.
+const READER_ROW_BUFFER: usize = 1024;
 
 /// WAL frames after which a commit folds the WAL back into the database
 /// (SQLite's default is 1,000). A batch on a large vault writes thousands of
@@ -136,7 +142,9 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(write_timeout)
-            .connect_with(options.clone().pragma("cache_size", format!("-{READER_CACHE_KIB}")))
+            .connect_with(
+                options.clone().pragma("cache_size", format!("-{READER_CACHE_KIB}")).row_buffer_size(READER_ROW_BUFFER),
+            )
             .await
             .map_err(classify)?;
         let opened = std::fs::metadata(path).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
@@ -298,15 +306,6 @@ async fn records_by_token(
 
 /// Columns of a [`RecordRow`], in the order [`record_row`] reads them.
 const RECORD_COLUMNS: &str = "token, format, blind_index, key_version, created_at, tag";
-
-/// A column's value; a value of the wrong type (a file edited outside the
-/// vault) is corrupt, never a panic.
-fn column<'r, T>(row: &'r sqlx::sqlite::SqliteRow, name: &str, what: &'static str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(name).map_err(|_| StoreError::Corrupt { what })
-}
 
 fn record_row(row: &sqlx::sqlite::SqliteRow) -> Result<RecordRow, StoreError> {
     Ok(RecordRow {
@@ -541,6 +540,53 @@ impl ReadTx for SqliteTx {
         // The tokens of exactly these entries, never of the gaps between them,
         // streamed, up to a page's worth.
         let mut tokens = PageTokens::default();
+        // A run of consecutive entries (a page of the whole log, as a
+        // verification reads it): one range scan, a row per entry rather
+        // than per token, the tokens joined with spaces and split again.
+        // Only when SQLite vouches that the joining can be undone: every
+        // token text, none holding a space, and as many pieces as rows. A
+        // token that is not (the vault never writes one) sends the page
+        // the long way, token by token, where it fails to decode.
+        let run = entries
+            .first()
+            .zip(entries.last())
+            .filter(|(first, last)| last.seq - first.seq + 1 == entries.len() as u64);
+        if let Some((first, last)) = run {
+            let mut rows = sqlx::query(
+                "SELECT seq, COUNT(*) AS count, \
+                 SUM(typeof(token) <> 'text' OR instr(token, ' ') > 0) AS unjoinable, \
+                 group_concat(token, ' ' ORDER BY position) AS tokens \
+                 FROM audit_entry_tokens WHERE seq >= ? AND seq <= ? GROUP BY seq ORDER BY seq",
+            )
+            .bind(first.seq as i64)
+            .bind(last.seq as i64)
+            .fetch(&mut *conn);
+            let mut joined_tokens = PageTokens::default();
+            let mut split_cleanly = true;
+            'rows: while let Some(row) = rows.try_next().await.map_err(classify)? {
+                const WHAT: &str = "audit_entry_tokens";
+                let joined: Option<String> = match column::<_, i64>(&row, "unjoinable", WHAT)? {
+                    0 => column(&row, "tokens", WHAT)?,
+                    _ => None,
+                };
+                let count = position(column(&row, "count", WHAT)?, WHAT)?;
+                let Some(joined) = joined.filter(|joined| joined.split(' ').count() as u64 == count) else {
+                    split_cleanly = false;
+                    break;
+                };
+                let seq = position(column(&row, "seq", "audit_entry_tokens.seq")?, "audit_entry_tokens.seq")?;
+                for token in joined.split(' ') {
+                    if !joined_tokens.push(seq, token.to_owned()) {
+                        break 'rows;
+                    }
+                }
+            }
+            drop(rows);
+            if split_cleanly {
+                joined_tokens.attach(&mut entries);
+                return Ok(entries);
+            }
+        }
         'entries: for chunk in chunks(&entries) {
             let sql = format!(
                 "SELECT seq, token FROM audit_entry_tokens WHERE seq IN ({}) ORDER BY seq, position",
@@ -552,7 +598,8 @@ impl ReadTx for SqliteTx {
             }
             let mut rows = query.fetch(&mut *conn);
             while let Some(row) = rows.try_next().await.map_err(classify)? {
-                if !tokens.push(row.get::<i64, _>("seq") as u64, row.get("token")) {
+                let seq = position(column(&row, "seq", "audit_entry_tokens.seq")?, "audit_entry_tokens.seq")?;
+                if !tokens.push(seq, column(&row, "token", "audit_entry_tokens.token")?) {
                     break 'entries;
                 }
             }
@@ -571,22 +618,25 @@ fn chain_head(row: &sqlx::sqlite::SqliteRow) -> Result<ChainHead, StoreError> {
 }
 
 fn audit_record(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, StoreError> {
+    const WHAT: &str = "audit_entries";
     Ok(AuditRecord {
-        seq: row.get::<i64, _>("seq") as u64,
-        time_ms: row.get("time"),
-        principal: row.get("principal"),
-        tenant: row.get("tenant"),
-        operation: row.get("operation"),
-        outcome: row.get("outcome"),
-        reason: row.get("reason"),
-        job_id: row.get("job_id"),
-        purpose: row.get("purpose"),
+        seq: position(column(row, "seq", "audit_entries.seq")?, "audit_entries.seq")?,
+        time_ms: column(row, "time", WHAT)?,
+        principal: column(row, "principal", WHAT)?,
+        tenant: column(row, "tenant", WHAT)?,
+        operation: column(row, "operation", WHAT)?,
+        outcome: column(row, "outcome", WHAT)?,
+        reason: column(row, "reason", WHAT)?,
+        job_id: column(row, "job_id", WHAT)?,
+        purpose: column(row, "purpose", WHAT)?,
         tokens: Vec::new(),
-        record_count: row.get::<i64, _>("record_count") as u64,
-        request_id: row.get("request_id"),
-        prev_hash: hash_column(row.get("prev_hash"), "audit_entries.prev_hash")?,
-        hash: hash_column(row.get("hash"), "audit_entries.hash")?,
-        mac: row.get::<Option<Vec<u8>>, _>("mac").map(|mac| hash_column(mac, "audit_entries.mac")).transpose()?,
+        record_count: position(column(row, "record_count", WHAT)?, "audit_entries.record_count")?,
+        request_id: column(row, "request_id", WHAT)?,
+        prev_hash: hash_column(column(row, "prev_hash", WHAT)?, "audit_entries.prev_hash")?,
+        hash: hash_column(column(row, "hash", WHAT)?, "audit_entries.hash")?,
+        mac: column::<_, Option<Vec<u8>>>(row, "mac", WHAT)?
+            .map(|mac| hash_column(mac, "audit_entries.mac"))
+            .transpose()?,
     })
 }
 

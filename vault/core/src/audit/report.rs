@@ -30,6 +30,7 @@
 
 use std::io::Write;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
@@ -61,6 +62,10 @@ pub const CHANGE_OPERATIONS: [(Operation, &str); 10] = [
 /// Rows a breakdown (by job, by principal, refused attempts…) holds at
 /// most; a longer one is cut and says so.
 pub const MAX_GROUPS: u32 = 50_000;
+
+/// Breakdowns of releases asked for at once: each sorts the window's
+/// released tokens on its own read connection (SQLite's pool has four).
+const CONCURRENT_BREAKDOWNS: usize = 2;
 
 /// Entries listed at most (alerts, changes); the rest are counted.
 pub const MAX_LISTED: u32 = 1_000;
@@ -464,8 +469,7 @@ fn screen(text: &mut String) {
 
 impl IncidentReport {
     /// Asks the store what the log says about `query`, up to the entry the
-    /// verification read: a few aggregate statements in one read
-    /// transaction.
+    /// verification read: a few aggregate statements.
     pub async fn gather(
         store: &dyn Store,
         query: ReportQuery,
@@ -474,19 +478,32 @@ impl IncidentReport {
     ) -> Result<Self, StoreError> {
         let up_to = verification.up_to_seq;
         let limit = MAX_GROUPS + 1;
-        let mut tx = store.begin_read().await?;
 
+        // The four breakdowns of releases each sort every released token of
+        // the window: two at a time, each on its own read connection (what
+        // they count lies below `up_to`, which no later write changes).
         let released = query.filter(up_to, release_ids(), OutcomeFilter::Ok);
         let by = |g: Grouping| Grouping { tenant: true, ..g };
-        let by_tenant = breakdown(tx.report_token_groups(&released, by(Grouping::default()), limit).await?);
-        let by_principal = breakdown(
-            tx.report_token_groups(&released, by(Grouping { principal: true, ..Grouping::default() }), limit).await?,
-        );
-        let by_purpose = breakdown(
-            tx.report_token_groups(&released, by(Grouping { purpose: true, ..Grouping::default() }), limit).await?,
-        );
-        let job = Grouping { job: true, purpose: true, principal: true, ..Grouping::default() };
-        let by_job = breakdown(tx.report_token_groups(&released, by(job), limit).await?);
+        let groupings = [
+            by(Grouping::default()),
+            by(Grouping { principal: true, ..Grouping::default() }),
+            by(Grouping { purpose: true, ..Grouping::default() }),
+            by(Grouping { job: true, purpose: true, principal: true, ..Grouping::default() }),
+        ];
+        let released_ref = &released;
+        let mut breakdowns: Vec<Breakdown> = futures::stream::iter(groupings)
+            .map(|grouping| async move {
+                let rows = store.begin_read().await?.report_token_groups(released_ref, grouping, limit).await?;
+                Ok::<_, StoreError>(breakdown(rows))
+            })
+            .buffered(CONCURRENT_BREAKDOWNS)
+            .try_collect()
+            .await?;
+        let by_job = breakdowns.pop().unwrap_or_default();
+        let by_purpose = breakdowns.pop().unwrap_or_default();
+        let by_principal = breakdowns.pop().unwrap_or_default();
+        let by_tenant = breakdowns.pop().unwrap_or_default();
+        let mut tx = store.begin_read().await?;
         // A person is a token of a tenant: the tenants' counts add up, if
         // none was cut off; else one count over all (tokens are drawn at
         // random, so one token in two tenants is not to be expected).

@@ -13,7 +13,7 @@ use crate::audit::checkpoint::{
     ChainEvidence, CheckpointVerifier, SignedCheckpoint, SigningKeyRecord, TrustedKeys, MAX_SIGNING_KEYS,
 };
 use crate::audit::line::AuditLine;
-use crate::audit::{AuditDraft, ChainBreak, ChainVerifier};
+use crate::audit::{AuditDraft, AuditRecord, ChainBreak, ChainVerifier};
 use crate::authz::Role;
 use crate::clock;
 use crate::error::VaultError;
@@ -490,6 +490,44 @@ pub async fn verify_log(
     verify_log_range(store, walk, LogRange::default(), progress).await
 }
 
+/// Pages a walk reads ahead of the one it checks: each on its own read
+/// connection, so the database reads (SQLite's worker threads, PostgreSQL's
+/// backends) run while this task hashes.
+const READ_AHEAD: usize = 2;
+
+/// Entries a walk checks between giving the pages read ahead a turn.
+const ENTRIES_PER_TURN: usize = 512;
+
+/// The entries after `after_seq` up to `to_seq`: one store page (so cut
+/// short when their tokens pass the store's bound; the caller reads on from
+/// the last). Where rows are missing it runs on past `to_seq` (up to
+/// `head`), so that the walk meets the gap and breaks there, rather than
+/// reading run after empty run up to a head a database writer moved far
+/// ahead.
+async fn read_run(store: &dyn Store, after_seq: u64, to_seq: u64, head: u64) -> Result<Vec<AuditRecord>, StoreError> {
+    let limit = u32::try_from(to_seq.saturating_sub(after_seq)).unwrap_or(VERIFY_PAGE).min(VERIFY_PAGE);
+    let filter = AuditFilter { limit, after_seq, ..AuditFilter::default() };
+    let mut page = store.begin_read().await?.audit_entries(&filter).await?;
+    // Written after the walk began: not part of it.
+    page.retain(|entry| entry.seq <= head);
+    Ok(page)
+}
+
+/// Gives the other futures of this task a turn (the core has no runtime of
+/// its own to ask).
+async fn yield_turn() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// [`verify_log`] over part of the log (an incident report's window).
 pub async fn verify_log_range(
     store: &dyn Store,
@@ -497,6 +535,7 @@ pub async fn verify_log_range(
     range: LogRange,
     mut progress: impl FnMut(u64) + Send,
 ) -> Result<ChainEvidence, StoreError> {
+    use futures::{SinkExt as _, StreamExt as _};
     let mut read = store.begin_read().await?;
     let head = read.audit_head().await?;
     for record in read.signing_keys(MAX_SIGNING_KEYS as u32).await? {
@@ -507,44 +546,73 @@ pub async fn verify_log_range(
     if let Some(anchor) = range.start_after.filter(|anchor| anchor.seq > 0 && anchor.seq <= head.seq) {
         walk.feed(AuditLine::Checkpoint(anchor));
     }
-    let mut filter = AuditFilter { limit: VERIFY_PAGE, after_seq: start, ..AuditFilter::default() };
-    let mut checkpoints: std::collections::VecDeque<SignedCheckpoint> = Default::default();
-    let mut checkpoints_after = start;
-    let mut checked = 0;
-    let mut stopped = false;
-    'walk: while filter.after_seq < head.seq && walk.broken().is_none() {
-        filter.limit = VERIFY_PAGE.min((head.seq - filter.after_seq).try_into().unwrap_or(VERIFY_PAGE));
-        let mut read = store.begin_read().await?;
-        let page = read.audit_entries(&filter).await?;
-        let Some(last) = page.last() else { break };
-        filter.after_seq = last.seq;
-        if checkpoints.back().is_none_or(|c| c.seq < last.seq) {
-            checkpoints.extend(read.audit_checkpoints(checkpoints_after, VERIFY_PAGE).await?);
-            checkpoints_after = checkpoints.back().map_or(checkpoints_after, |c| c.seq);
-        }
-        drop(read);
-        for entry in page.into_iter().filter(|entry| entry.seq <= head.seq) {
-            let seq = entry.seq;
-            if !walk.feed(AuditLine::Entry(entry)) {
+    // Runs of `VERIFY_PAGE` positions, read ahead in order.
+    let runs = (start..head.seq)
+        .step_by(VERIFY_PAGE as usize)
+        .map(|after| (after, after.saturating_add(u64::from(VERIFY_PAGE)).min(head.seq)));
+    let (pages_in, pages) = futures::channel::mpsc::channel(0);
+    let read_ahead = futures::stream::iter(runs)
+        .map(|(after, to)| async move { read_run(store, after, to, head.seq).await.map(|page| (to, page)) })
+        .buffered(READ_AHEAD)
+        .map(Ok)
+        // Ends when the walk stops taking pages.
+        .forward(pages_in.sink_map_err(|_| ()));
+    let check = async {
+        // Dropped when the walk ends, which ends the reading ahead.
+        let mut pages = pages;
+        let mut checkpoints: std::collections::VecDeque<SignedCheckpoint> = Default::default();
+        let mut checkpoints_after = start;
+        let mut checked = 0;
+        'walk: while let Some(run) = pages.next().await {
+            let (to, mut page): (u64, Vec<AuditRecord>) = run?;
+            if page.is_empty() {
+                // Nothing left up to the head: the end of the walk says
+                // what is missing.
                 break 'walk;
             }
-            while checkpoints.front().is_some_and(|c| c.seq <= seq) {
-                let checkpoint = checkpoints.pop_front().expect("checked above");
-                let signed_ms = checkpoint.time_ms;
-                if !walk.feed(AuditLine::Checkpoint(checkpoint)) {
-                    break 'walk;
+            while let Some(last) = page.last().map(|entry| entry.seq) {
+                if checkpoints.back().is_none_or(|c| c.seq < last) {
+                    let mut read = store.begin_read().await?;
+                    checkpoints.extend(read.audit_checkpoints(checkpoints_after, VERIFY_PAGE).await?);
+                    checkpoints_after = checkpoints.back().map_or(checkpoints_after, |c| c.seq);
                 }
-                // Verified: its signed time can be trusted now.
-                if range.stop.is_some_and(|stop| seq >= stop.from_seq && signed_ms >= stop.signed_from_ms) {
-                    stopped = true;
-                    progress(checked + 1);
+                for (index, entry) in page.into_iter().enumerate() {
+                    let seq = entry.seq;
+                    if !walk.feed(AuditLine::Entry(entry)) {
+                        break 'walk;
+                    }
+                    while checkpoints.front().is_some_and(|c| c.seq <= seq) {
+                        let checkpoint = checkpoints.pop_front().expect("checked above");
+                        let signed_ms = checkpoint.time_ms;
+                        if !walk.feed(AuditLine::Checkpoint(checkpoint)) {
+                            break 'walk;
+                        }
+                        // Verified: its signed time can be trusted now.
+                        if range.stop.is_some_and(|stop| seq >= stop.from_seq && signed_ms >= stop.signed_from_ms) {
+                            progress(checked + 1);
+                            return Ok(true);
+                        }
+                    }
+                    checked += 1;
+                    if index % ENTRIES_PER_TURN == ENTRIES_PER_TURN - 1 {
+                        yield_turn().await;
+                    }
+                }
+                progress(checked);
+                if last >= to {
+                    break;
+                }
+                // The rest of a run cut short by its tokens.
+                page = read_run(store, last, to, head.seq).await?;
+                if page.is_empty() {
                     break 'walk;
                 }
             }
-            checked += 1;
         }
-        progress(checked);
-    }
+        Ok::<_, StoreError>(false)
+    };
+    let (stopped, _) = futures::future::join(check, read_ahead).await;
+    let stopped = stopped?;
     if stopped {
         return Ok(walk.finish(None));
     }

@@ -26,6 +26,8 @@ async fn mnvault(args: &[&str]) -> Result<String, String> {
 const REQUIRED: &str = r#"listen = "0.0.0.0:50051"
 [root_key]
 file = "root.key"
+[identity]
+trust_domain = "vault.example.jp"
 [tls]
 cert = "a"
 key = "b"
@@ -64,7 +66,7 @@ async fn the_deploy_examples_pass_the_check_without_their_files() {
         let reloaded = Settings::load_from(data_dir.path(), Some(&printed)).unwrap_or_else(|e| panic!("{path}: {e}"));
         let loaded = Settings::load_from(data_dir.path(), Some(file)).unwrap();
         assert_eq!(format!("{reloaded:?}"), format!("{loaded:?}"), "{path}");
-        assert!(!loaded.dev && !loaded.principals.is_empty(), "{path}");
+        assert!(!loaded.dev && loaded.identity.trust_domain == "vault.example.jp", "{path}");
     }
 }
 
@@ -92,11 +94,15 @@ async fn a_production_directory_with_problems_gets_each_named() {
     datadir::initialise(&settings).await.unwrap();
     let data = settings.data_dir.to_str().unwrap();
     let file = settings.data_dir.join(CONFIG_FILE);
-    // As `init` leaves it: only the TLS files are missing.
+    // As `init` leaves it: the TLS files and the trust domain are the operator's to give.
     let error = mnvault(&["config", "check", "--data-dir", data]).await.unwrap_err();
-    assert!(error.starts_with("1 problem(s)"), "{error}");
+    assert!(error.starts_with("2 problem(s)"), "{error}");
     assert!(error.contains(&format!("{}: tls: cannot read TLS file", file.display())), "{error}");
-    // Without the files, the values alone are fine.
+    assert!(error.contains(&format!("{}: identity.trust_domain: missing", file.display())), "{error}");
+    // Without the files, and with a trust domain, the values alone are fine.
+    let text =
+        std::fs::read_to_string(&file).unwrap().replace("trust_domain = \"\"", "trust_domain = \"vault.example.jp\"");
+    std::fs::write(&file, text).unwrap();
     let out = mnvault(&["config", "check", "--no-files", "--data-dir", data]).await.unwrap();
     assert!(out.contains("no problems found"), "{out}");
     // A limit out of range, a root key others can read, a tenant that is no tenant.
@@ -108,16 +114,17 @@ async fn a_production_directory_with_problems_gets_each_named() {
     let error = mnvault(&["config", "check", "--data-dir", data]).await.unwrap_err();
     for expected in [
         "limits.max_connections: must be greater than 0",
+        "principals: grants roles by certificate Common Name, which a vault with identity.source = \"spiffe\"",
         "principals.sato.tenants[0]: the tenant identifier is not valid",
         "root_key.file: root key file",
         "tls: cannot read TLS file",
     ] {
         assert!(error.contains(&format!("{}: {expected}", file.display())), "{expected}: {error}");
     }
-    assert!(error.starts_with("4 problem(s)"), "{error}");
+    assert!(error.starts_with("5 problem(s)"), "{error}");
     // Without the files, only the values' problems.
     let error = mnvault(&["config", "check", "--no-files", "--data-dir", data]).await.unwrap_err();
-    assert!(error.starts_with("2 problem(s)") && !error.contains("root_key"), "{error}");
+    assert!(error.starts_with("3 problem(s)") && !error.contains("root_key"), "{error}");
 }
 
 #[tokio::test]
@@ -144,9 +151,9 @@ async fn the_vaults_own_principal_names_are_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("vault.toml");
     let (path, data) = (file.to_str().unwrap(), dir.path().to_str().unwrap());
-    let mut text = REQUIRED.to_owned();
+    let mut text = REQUIRED.replace("[identity]\n", "[identity]\nsource = \"common-name\"\n");
     for name in mnvault::identity::RESERVED_PRINCIPALS {
-        text += &format!("[principals.{name}]\nroles = [\"admin\"]\ntenants = [\"*\"]\n");
+        text += &format!("[principals.{name}]\nroles = [\"key-admin\"]\ntenants = [\"*\"]\n");
     }
     text += "[principals.sato]\nroles = [\"requester\"]\ntenants = [\"*\"]\n";
     std::fs::write(&file, text).unwrap();

@@ -183,7 +183,7 @@ on_both_backends! {
         let app = spawn_app_with(&backend, |settings| {
             settings
                 .principals
-                .insert("payroll".into(), PrincipalSettings { roles: vec![Role::Tokenizer], tenants: vec!["demo".into()] });
+                .insert("payroll".into(), PrincipalSettings { roles: vec![Role::Payroll], tenants: vec!["demo".into()] });
         })
         .await;
         app.client("admin").await.create_tenant("acme", "Acme").await.unwrap();

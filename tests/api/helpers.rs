@@ -223,22 +223,58 @@ pub struct TestApp {
     reloader: Option<mnvault::reload::Reloader>,
 }
 
-/// A dev vault with the default dev configuration.
+/// A dev vault as `mnvault serve --dev` makes it: callers are the SPIFFE
+/// IDs of their certificates ([`mnvault::dev_pki::dev_identity`]).
+pub async fn spawn_dev_vault(backend: &Backend) -> TestApp {
+    spawn_dev_vault_with(backend, |_| {}).await
+}
+
+/// [`spawn_dev_vault`] with the settings `configure` leaves.
+pub async fn spawn_dev_vault_with(backend: &Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let (settings, data_dir) = new_data_dir_as(backend, false, configure).await;
+    start(settings, data_dir, backend.clone()).await
+}
+
+/// A dev vault in the compatibility mode (`identity.source =
+/// "common-name"`): each dev principal is its certificate's Common Name,
+/// granted the role of its name on every tenant. The suites written before
+/// SPIFFE identities run here; `identity` covers the SPIFFE path.
 pub async fn spawn_app(backend: &Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
-/// A dev vault whose settings `configure` may change before it starts.
+/// [`spawn_app`] with the settings `configure` leaves.
 pub async fn spawn_app_with(backend: &Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let (settings, data_dir) = new_data_dir(backend, configure).await;
     start(settings, data_dir, backend.clone()).await
 }
 
-/// A fresh dev data directory on `backend`, initialised with the settings
-/// `configure` leaves, and no vault serving it yet.
+/// A fresh data directory of [`spawn_app`]'s kind on `backend`, initialised
+/// with the settings `configure` leaves, and no vault serving it yet.
 pub async fn new_data_dir(backend: &Backend, configure: impl FnOnce(&mut Settings)) -> (Settings, Arc<TempDir>) {
+    new_data_dir_as(backend, true, configure).await
+}
+
+/// Each dev principal, by Common Name, with the role of its name on every tenant.
+pub fn grant_by_common_name(settings: &mut Settings) {
+    settings.identity.source = mnvault::config::IdentitySourceSetting::CommonName;
+    for name in mnvault::dev_pki::DEV_PRINCIPALS {
+        let role = mnvault::dev_pki::dev_identity(name).expect("a dev identity").role();
+        let grant = mnvault::config::PrincipalSettings { roles: vec![role], tenants: vec!["*".into()] };
+        settings.principals.insert(name.to_owned(), grant);
+    }
+}
+
+async fn new_data_dir_as(
+    backend: &Backend,
+    by_common_name: bool,
+    configure: impl FnOnce(&mut Settings),
+) -> (Settings, Arc<TempDir>) {
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut settings = datadir::dev_settings(data_dir.path());
+    if by_common_name {
+        grant_by_common_name(&mut settings);
+    }
     settings.listen = "127.0.0.1:0".parse().unwrap();
     // Tests run at any hour: a release outside the default hours would add
     // an alert entry to logs whose entries they count. `alarms` sets its own.

@@ -37,7 +37,7 @@ async fn spawn(backend: &crate::helpers::Backend) -> TestApp {
     spawn_app_with(backend, |settings| {
         settings.principals.insert(
             "payroll".into(),
-            PrincipalSettings { roles: vec![Role::Tokenizer, Role::Filer], tenants: vec!["*".into()] },
+            PrincipalSettings { roles: vec![Role::Payroll, Role::Filer], tenants: vec!["*".into()] },
         );
     })
     .await

@@ -16,6 +16,7 @@ mod crash;
 mod dev_mode;
 mod filing_rules;
 mod health;
+mod identity;
 mod incident_report;
 mod integrity;
 mod key_rotation;

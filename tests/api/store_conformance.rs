@@ -32,9 +32,12 @@ async fn fresh_core(backend: &Backend) -> (Arc<VaultCore>, tempfile::TempDir) {
     let store = store::open(&location, OpenMode::Initialise, std::time::Duration::from_secs(5)).await.unwrap();
     let provider: Arc<dyn RootKeyProvider> = Arc::new(RootKeyFile::create(&dir.path().join("root.key")).unwrap());
     create_audit_key(store.as_ref(), provider.as_ref(), clock::now_ms()).await.unwrap();
-    let all = vec![Role::Tokenizer, Role::Requester, Role::Approver, Role::Filer, Role::Admin, Role::Auditor];
+    let all = vec![Role::Payroll, Role::Requester, Role::Approver, Role::Filer, Role::KeyAdmin, Role::Auditor];
     let grant = PrincipalSettings { roles: all, tenants: vec!["*".into()] };
-    let policy = Policy::new(&BTreeMap::from([("alice".into(), grant.clone()), ("bob".into(), grant)]));
+    let policy = Policy::new(
+        &BTreeMap::from([("alice".into(), grant.clone()), ("bob".into(), grant)]),
+        mnvault_core::authz::IdentitySource::CommonName,
+    );
     let core = VaultCore::open(store, provider, policy).await.unwrap();
     let draft = AuditDraft::by(&alice(), Operation::CreateTenant, Some(&demo()));
     core.create_tenant(&alice(), &demo(), FreeText::default(), &draft).await.unwrap();

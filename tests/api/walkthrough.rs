@@ -1,10 +1,11 @@
 //! The README's five-minute walkthrough, command by command.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_dev_vault};
 
 on_both_backends! {
     async fn the_readme_walkthrough_works_as_written(backend) {
-        let mut app = spawn_app(&backend).await;
+        // As `mnvault serve --dev` starts it: callers are their SPIFFE IDs.
+        let mut app = spawn_dev_vault(&backend).await;
 
         // Tokenize as payroll: one token per line, in order.
         let tokens =
@@ -61,18 +62,37 @@ on_both_backends! {
                 (fields[2], fields[4], fields[5])
             })
             .collect();
+        let id = |role: &str| format!("spiffe://mnvault-dev.invalid/tenant/demo/{role}/{role}");
+        let (requester, filer, approver) = (id("requester"), id("filer"), id("approver"));
         assert_eq!(
             story,
             [
-                ("requester", "filing.create-job", "ok"),
-                ("filer", "filing.detokenize", "denied"),
-                ("approver", "filing.approve-job", "ok"),
-                ("filer", "filing.detokenize", "ok"),
-                ("requester", "filing.get-job", "ok"),
+                (requester.as_str(), "filing.create-job", "ok"),
+                (filer.as_str(), "filing.detokenize", "denied"),
+                (approver.as_str(), "filing.approve-job", "ok"),
+                (filer.as_str(), "filing.detokenize", "ok"),
+                (requester.as_str(), "filing.get-job", "ok"),
             ],
             "{listing}"
         );
         assert!(listing.lines().all(|l| l.contains("\tdemo\t") && l.contains("withholding-slip")), "{listing}");
+
+        // A new client company: its tenant, and a certificate for its payroll from the dev CA.
+        let created =
+            app.cli(&["tenant", "create", "--as", "admin", "--tenant", "acme-corp", "--display-name", "Acme Corp"]).await;
+        assert_eq!(created.unwrap(), "acme-corp\n");
+        let pki = app.path().join("dev-pki").display().to_string();
+        let issue = ["pki", "issue", "--ca-dir", &pki, "--tenant", "acme-corp", "--role", "payroll"];
+        let issued = app.cli(&[&issue[..], &["--name", "acme-payroll", "--out", &pki]].concat()).await.unwrap();
+        assert!(
+            issued.starts_with("spiffe://mnvault-dev.invalid/tenant/acme-corp/payroll/acme-payroll\tserial "),
+            "{issued}"
+        );
+        let token = app.cli(&["tokenize", "--as", "acme-payroll", "--tenant", "acme-corp", "123456789018"]).await;
+        assert!(token.unwrap().starts_with("mnt_"));
+        // It acts for acme-corp only (the line's reason goes to standard error).
+        let refused = app.cli(&["tokenize", "--as", "acme-payroll", "--tenant", "demo", "123456789018"]).await;
+        assert!(refused.is_err());
 
         // And with the vault stopped: the same verdict, over every entry the listing added too.
         app.stop().await;

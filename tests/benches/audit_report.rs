@@ -32,7 +32,6 @@ use mnvault::store::OpenMode;
 use mnvault_core::audit::checkpoint::{SignedCheckpoint, TrustedKeys};
 use mnvault_core::audit::report::{verify_for_report, IncidentReport, ReportFormat, ReportQuery};
 use mnvault_core::audit::{AuditDraft, AuditRecord, Operation, Outcome};
-use mnvault_core::authz::Policy;
 use mnvault_core::id::{JobId, Principal, TenantId, Token, TokenFormat};
 use mnvault_core::mint::{draw_job_id, draw_request_id, draw_token};
 use mnvault_core::purpose::Purpose;
@@ -281,7 +280,8 @@ async fn run(backend: &str, database_url: Option<String>, args: &Args) -> anyhow
     let provider = mnvault::startup::root_key_provider(&settings)?;
     let store: Arc<dyn Store> =
         mnvault::store::open(&settings.database(), OpenMode::Serve, settings.database.write_timeout()).await?;
-    let core = VaultCore::open(store.clone(), provider.clone(), Policy::new(&settings.principals)).await?;
+    let core =
+        VaultCore::open(store.clone(), provider.clone(), settings.access_policy().map_err(anyhow::Error::msg)?).await?;
     let key = mnvault_core::keyring::load_system_keys(store.as_ref(), provider.as_ref()).await?.audit_chain;
     let signing_key = mnvault_core::keyring::load_signing_key(store.as_ref(), provider.as_ref()).await?;
 

@@ -618,7 +618,7 @@ pub async fn restore(settings: &Settings, from: &Path, force: bool) -> Result<Re
             verify(store.as_ref(), keys, what.clone(), previous.map(|mark| (mark, watermark_path(settings)))).await?;
         // Cancelled in the copy, so the file that lands in the data
         // directory has no open job, however the restore ends after.
-        let (cancelled, now) = cancel_open_jobs(&store, provider.clone(), settings, &what)
+        let (cancelled, now) = cancel_open_jobs(&store, provider.clone(), &what)
             .await
             .map_err(|error| BackupError::CopyJobsNotCancelled { what: what.clone(), why: error.to_string() })?;
         Ok((verified, cancelled, now))
@@ -729,7 +729,7 @@ pub async fn adopt(settings: &Settings) -> Result<RestoreReport, BackupError> {
         });
         let verified = verified.map_err(|error| (error, false))?;
         let (cancelled, now) =
-            cancel_open_jobs(&store, provider.clone(), settings, &described).await.map_err(|error| (error, true))?;
+            cancel_open_jobs(&store, provider.clone(), &described).await.map_err(|error| (error, true))?;
         Ok((verified, cancelled, now))
     }
     .await;
@@ -792,14 +792,12 @@ fn check_owner(data_dir: &Path) -> Result<(), BackupError> {
 async fn cancel_open_jobs(
     store: &Arc<dyn Store>,
     provider: Arc<dyn RootKeyProvider>,
-    settings: &Settings,
     database: &str,
 ) -> Result<(Vec<JobId>, ChainHead), BackupError> {
     let failed = |why: String| BackupError::JobsNotCancelled { database: database.to_owned(), why };
     let by = Principal::parse(RESTORE_PRINCIPAL).expect("the restore principal is a valid name");
-    let core = VaultCore::open(store.clone(), provider, Policy::new(&settings.principals))
-        .await
-        .map_err(|error| failed(error.to_string()))?;
+    let core =
+        VaultCore::open(store.clone(), provider, Policy::none()).await.map_err(|error| failed(error.to_string()))?;
     let cancelled =
         core.cancel_open_jobs(&by, RESTORE_CANCEL_REASON).await.map_err(|error| failed(error.to_string()))?;
     let head =

@@ -28,6 +28,7 @@ mod audit_report;
 mod audit_review;
 mod audit_verify;
 mod keys;
+mod pki;
 
 mod root_key;
 
@@ -171,6 +172,11 @@ pub enum Command {
     SigningKey {
         #[command(subcommand)]
         command: retention::SigningKeyCommand,
+    },
+    /// Client certificates with SPIFFE identities, from a CA directory.
+    Pki {
+        #[command(subcommand)]
+        command: pki::PkiCommand,
     },
     /// Restore the database from a backup (vault stopped), or adopt one
     /// restored by other means; either way verify it and move this host's
@@ -468,6 +474,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Retention { command } => retention::retention(command, &data_dir, out).await,
+        Command::Pki { command } => pki::pki(command, out),
         Command::Purge(args) => retention::purge(args, &data_dir, out).await,
         Command::DeletionCertificate(args) => retention::certificate(args, &data_dir, out).await,
         Command::SigningKey { command } => {

@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use mnvault_core::authz::PrincipalSettings;
+use mnvault_core::authz::{IdentitySource, Policy};
+use mnvault_core::identity::TrustDomain;
 
 use crate::store::DatabaseLocation;
 
@@ -44,8 +46,13 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Server certificate and the CA that signs client certificates.
     pub tls: TlsSettings,
-    /// Who may do what: client-certificate common name to its grant.
+    /// Where callers' identities, roles and tenants come from; see
+    /// [`IdentitySettings`].
     #[serde(default)]
+    pub identity: IdentitySettings,
+    /// Who may do what, in the compatibility mode (`identity.source =
+    /// "common-name"`): client-certificate common name to its grant.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub principals: BTreeMap<String, PrincipalSettings>,
     /// What one caller may cost the vault; see [`LimitSettings`].
     #[serde(default)]
@@ -351,6 +358,64 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// CA whose client certificates are accepted.
     pub client_ca: PathBuf,
+}
+
+/// `[identity]`: how a client certificate names its caller.
+///
+/// - `source = "spiffe"` (the default): the certificate's one URI SAN,
+///   `spiffe://<trust_domain>/tenant/<tenant>/<role>/<name>` or
+///   `spiffe://<trust_domain>/operator/<role>/<name>`, gives the caller its
+///   role and tenant; `[principals]` must be empty. A certificate without
+///   one, with two, or from another trust domain gets no call.
+/// - `source = "common-name"`: the compatibility mode, for certificates
+///   without SPIFFE IDs: the subject's Common Name is looked up in
+///   `[principals]`. One person with two names is two principals here;
+///   prefer SPIFFE IDs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySettings {
+    /// Where identities come from.
+    #[serde(default)]
+    pub source: IdentitySourceSetting,
+    /// The SPIFFE trust domain whose identities this vault accepts, e.g.
+    /// `vault.example.jp`. Required with `source = "spiffe"`.
+    #[serde(default)]
+    pub trust_domain: String,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self { source: IdentitySourceSetting::Spiffe, trust_domain: String::new() }
+    }
+}
+
+/// `identity.source`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentitySourceSetting {
+    /// The certificate's SPIFFE ID (URI SAN).
+    #[default]
+    Spiffe,
+    /// The certificate's subject Common Name, granted by `[principals]`.
+    CommonName,
+}
+
+impl IdentitySettings {
+    /// The core's identity source; `Err` names what is wrong, for
+    /// `identity.trust_domain`.
+    pub fn source(&self) -> Result<IdentitySource, String> {
+        match self.source {
+            IdentitySourceSetting::CommonName => Ok(IdentitySource::CommonName),
+            IdentitySourceSetting::Spiffe if self.trust_domain.is_empty() => Err(
+                "missing: set it to the SPIFFE trust domain of your client certificates, e.g. vault.example.jp (or \
+                 identity.source = \"common-name\" for certificates without SPIFFE IDs)"
+                    .into(),
+            ),
+            IdentitySourceSetting::Spiffe => {
+                TrustDomain::parse(&self.trust_domain).map(IdentitySource::Spiffe).map_err(|error| error.to_string())
+            }
+        }
+    }
 }
 
 /// What one caller may cost the vault: request sizes, streams, connections
@@ -961,6 +1026,13 @@ fn redact_password_parameters(text: &str) -> String {
 }
 
 impl Settings {
+    /// The access policy: `[identity]` and `[principals]`. `Err` names the
+    /// key that is wrong and why.
+    pub fn access_policy(&self) -> Result<Policy, String> {
+        let source = self.identity.source().map_err(|reason| format!("identity.trust_domain: {reason}"))?;
+        Ok(Policy::new(&self.principals, source))
+    }
+
     /// Loads `<data_dir>/mnvault.toml` with the process's environment overrides.
     pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
         Self::load_from(data_dir, None)
@@ -1028,6 +1100,8 @@ mod tests {
 listen = "127.0.0.1:50051"
 [root_key]
 file = "root.key"
+[identity]
+trust_domain = "vault.example.jp"
 [tls]
 cert = "tls/server.crt"
 key = "tls/server.key"

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mnvault_core::audit::{AuditDraft, Operation};
-use mnvault_core::authz::{Policy, Role};
+use mnvault_core::authz::{IdentitySource, Policy, Role};
 use mnvault_core::id::{Principal, TenantId};
 use mnvault_core::keyring::{create_audit_key, AuditKeyError};
 use mnvault_core::text::FreeText;
@@ -35,7 +35,8 @@ use mnvault_core::VaultCore;
 use mnvault_keys::RootKeyProvider;
 
 use crate::config::{
-    ConfigError, DatabaseSettings, PrincipalSettings, RootKeySettings, Settings, TlsSettings, CONFIG_FILE,
+    ConfigError, DatabaseSettings, IdentitySettings, IdentitySourceSetting, PrincipalSettings, RootKeySettings,
+    Settings, TlsSettings, CONFIG_FILE,
 };
 use crate::dev_pki::{self, PkiError, DEV_PRINCIPALS};
 use crate::store::{OpenMode, StoreError};
@@ -45,7 +46,7 @@ pub const ROOT_KEY_FILE: &str = "root.key";
 /// Dev PKI directory inside the data directory.
 pub const DEV_PKI_DIR: &str = "dev-pki";
 /// The tenant a dev vault starts with.
-pub const DEV_TENANT: &str = "demo";
+pub use crate::dev_pki::DEV_TENANT;
 /// Address a dev vault listens on.
 pub const DEV_LISTEN: &str = "127.0.0.1:50051";
 /// Principal recorded in the audit log for what initialisation does.
@@ -167,22 +168,11 @@ pub fn check_production(settings: &Settings) -> Result<(), DevError> {
     Ok(())
 }
 
-/// Settings of a dev vault in `data_dir`: dev PKI, every dev principal with
-/// the role of its name on every tenant.
+/// Settings of a dev vault in `data_dir`: dev PKI, identities from SPIFFE
+/// IDs in [`dev_pki::DEV_TRUST_DOMAIN`] as in production (see
+/// [`dev_pki::dev_identity`] for what each dev principal may do).
 pub fn dev_settings(data_dir: &Path) -> Settings {
     let pki = PathBuf::from(DEV_PKI_DIR);
-    let role_of = |name: &str| match name {
-        "payroll" => Role::Tokenizer,
-        "requester" => Role::Requester,
-        "approver" => Role::Approver,
-        "filer" => Role::Filer,
-        "admin" => Role::Admin,
-        _ => Role::Auditor,
-    };
-    let principals: BTreeMap<_, _> = DEV_PRINCIPALS
-        .iter()
-        .map(|name| (name.to_string(), PrincipalSettings { roles: vec![role_of(name)], tenants: vec!["*".into()] }))
-        .collect();
     Settings {
         listen: DEV_LISTEN.parse().expect("valid address"),
         dev: true,
@@ -193,7 +183,11 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
             key: pki.join(dev_pki::SERVER_KEY_FILE),
             client_ca: pki.join(dev_pki::CA_CERT_FILE),
         },
-        principals,
+        identity: IdentitySettings {
+            source: IdentitySourceSetting::Spiffe,
+            trust_domain: dev_pki::DEV_TRUST_DOMAIN.to_owned(),
+        },
+        principals: BTreeMap::new(),
         limits: Default::default(),
         server: Default::default(),
         log: Default::default(),
@@ -218,6 +212,7 @@ pub fn production_settings(data_dir: &Path) -> Settings {
             key: PathBuf::from("tls/server.key"),
             client_ca: PathBuf::from("tls/client-ca.pem"),
         },
+        identity: IdentitySettings::default(),
         principals: BTreeMap::new(),
         limits: Default::default(),
         server: Default::default(),
@@ -286,8 +281,8 @@ async fn create_dev_tenant(
     provider: Arc<dyn RootKeyProvider>,
 ) -> Result<(), InitError> {
     let init = Principal::parse(INIT_PRINCIPAL).expect("a valid principal");
-    let grant = PrincipalSettings { roles: vec![Role::Admin], tenants: vec!["*".into()] };
-    let policy = Policy::new(&BTreeMap::from([(INIT_PRINCIPAL.to_owned(), grant)]));
+    let grant = PrincipalSettings { roles: vec![Role::KeyAdmin], tenants: vec!["*".into()] };
+    let policy = Policy::new(&BTreeMap::from([(INIT_PRINCIPAL.to_owned(), grant)]), IdentitySource::CommonName);
     let core = VaultCore::open(store, provider, policy).await?;
     let tenant = TenantId::parse(DEV_TENANT).expect("a valid tenant");
     let name = FreeText::parse("Demo tenant (dev)", "display name").expect("valid text");

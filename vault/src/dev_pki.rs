@@ -10,7 +10,13 @@
 //! * `server.crt` / `server.key` — valid for `localhost`, `127.0.0.1` and `::1`
 //!   only;
 //! * `<principal>.crt` / `<principal>.key` — client certificates whose subject
-//!   Common Name is the principal (see [`principal_from_certificate`]).
+//!   Common Name is the principal and, for the dev principals, whose URI SAN
+//!   is a SPIFFE ID in [`DEV_TRUST_DOMAIN`] ([`dev_identity`]), as
+//!   `mnvault pki issue` makes them, so a dev vault authenticates callers
+//!   the way a production vault does.
+//!
+//! The CA certificate carries `spiffe://<trust domain>` as its URI SAN, so
+//! `mnvault pki issue --ca-dir` knows which trust domain it issues in.
 //!
 //! **Never use this for anything but a development vault on loopback.** The CA
 //! key sits unencrypted next to the certificates it signs, so anyone who can
@@ -31,14 +37,38 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use mnvault_core::authz::Role;
+use mnvault_core::id::TenantId;
+use mnvault_core::identity::{Identity, Scope, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
-/// The principals the dev PKI issues client certificates for; each name is also the role it gets in the dev configuration.
+/// The principals the dev PKI issues client certificates for; see
+/// [`dev_identity`] for the identity each gets.
 pub const DEV_PRINCIPALS: [&str; 6] = ["payroll", "requester", "approver", "filer", "admin", "auditor"];
+
+/// The SPIFFE trust domain of dev vaults (`.invalid`: it names nothing real).
+pub const DEV_TRUST_DOMAIN: &str = "mnvault-dev.invalid";
+
+/// The tenant a dev vault creates, whose people the dev principals are.
+pub const DEV_TENANT: &str = "demo";
+
+/// The identity of dev principal `name`: `admin` is the operator with the
+/// key-admin role, `auditor` the operator auditor, and the others act for
+/// the dev tenant in the role of their name. `None` for other names.
+pub fn dev_identity(name: &str) -> Option<Identity> {
+    let domain = TrustDomain::parse(DEV_TRUST_DOMAIN).expect("a valid trust domain");
+    let tenant = || Scope::Tenant(TenantId::parse(DEV_TENANT).expect("a valid tenant"));
+    let (scope, role) = match name {
+        "admin" => (Scope::Operator, Role::KeyAdmin),
+        "auditor" => (Scope::Operator, Role::Auditor),
+        other => (tenant(), Role::from_id(other)?),
+    };
+    Identity::new(domain, scope, role, name).ok()
+}
 
 /// File names inside the PKI directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -89,7 +119,7 @@ fn names_dev_pki(name: &x509_parser::x509::X509Name<'_>) -> bool {
         || name.iter_common_name().any(|value| is(value, CA_COMMON_NAME))
 }
 
-/// Why the dev PKI could not be created, or why a certificate names no usable principal.
+/// Why the dev PKI could not be created, or a certificate issued.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PkiError {
@@ -136,6 +166,29 @@ pub enum PkiError {
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+
+    /// A CA directory's certificate or key cannot be used.
+    #[error("the CA in {} cannot be used: {reason}", path.display())]
+    UnusableCa {
+        /// The CA certificate.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// An identity of another trust domain than the CA's was asked for.
+    #[error("this CA issues identities in trust domain \"{ca}\" only")]
+    OtherTrustDomain {
+        /// The CA's trust domain.
+        ca: String,
+    },
+
+    /// A certificate lifetime out of range was asked for.
+    #[error("a client certificate lives at least a day and at most {max_days} days")]
+    Lifetime {
+        /// The longest lifetime accepted.
+        max_days: i64,
     },
 
     /// Generating a key pair or signing a certificate failed.
@@ -185,10 +238,10 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
     let (not_before, not_after) = validity_period();
 
     let ca_key = generate_key("CA key")?;
-    let mut ca_params = params_with_cn(CA_COMMON_NAME, not_before, not_after);
-    // pathlen 0: the dev CA signs leaves only, never another CA.
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mut ca_params = ca_params(CA_COMMON_NAME, not_before, not_after);
+    let trust_domain = format!("{}{DEV_TRUST_DOMAIN}", mnvault_core::identity::SPIFFE_PREFIX);
+    ca_params.subject_alt_names =
+        vec![SanType::URI(trust_domain.try_into().map_err(|source| generate_error("CA certificate", source))?)];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(|source| generate_error("CA certificate", source))?;
     let ca_cert_pem = ca_cert.pem();
     let ca_key_pem = ca_key.serialize_pem();
@@ -211,10 +264,9 @@ pub fn create_dev_pki(dir: &Path, principals: &[&str]) -> Result<(), PkiError> {
 
     for name in principals {
         let key = generate_key(&format!("key for principal {name}"))?;
-        let mut params = leaf_params(name, not_before, not_after);
-        // No SANs: client certificates are identified by CN alone, and rustls
-        // does not check names on client certificates.
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let identity = dev_identity(name);
+        let params = client_params(name, identity.as_ref(), not_before, not_after)
+            .map_err(|source| generate_error(&format!("certificate for principal {name}"), source))?;
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(|source| generate_error(&format!("certificate for principal {name}"), source))?;
@@ -276,7 +328,7 @@ fn prepare_dir(dir: &Path) -> Result<(), PkiError> {
 
 /// Writes a file that must not exist yet, with `mode` applied at creation so a
 /// private key is never readable by others, not even briefly.
-fn write_new_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+pub(crate) fn write_new_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|source| {
         if source.kind() == io::ErrorKind::AlreadyExists {
             PkiError::AlreadyExists { path: path.to_owned() }
@@ -295,6 +347,31 @@ fn validity_period() -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
     // Backdated a day so a peer with a slightly slow clock still accepts it.
     (now - Duration::days(1), now + Duration::days(VALIDITY_DAYS))
+}
+
+/// The parameters of a CA that signs leaves only (path length 0).
+pub(crate) fn ca_params(common_name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
+    let mut params = params_with_cn(common_name, not_before, not_after);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+/// The parameters of a client certificate: Common Name `name` and, when
+/// given, the identity's SPIFFE ID as its one URI SAN (rustls checks no
+/// name on client certificates; the vault reads the URI).
+pub(crate) fn client_params(
+    name: &str,
+    identity: Option<&Identity>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = leaf_params(name, not_before, not_after);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if let Some(identity) = identity {
+        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+    }
+    Ok(params)
 }
 
 fn params_with_cn(common_name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
@@ -513,7 +590,12 @@ mod tests {
         let (_tmp, dir) = fresh_pki();
         for name in DEV_PRINCIPALS {
             let der = read_der(&dir.join(client_cert_file(name)));
-            assert_eq!(crate::identity::principal_from_certificate(&der).unwrap().as_str(), name);
+            let cn = mnvault_core::authz::IdentitySource::CommonName;
+            assert_eq!(crate::identity::principal_from_certificate(&der, &cn).unwrap().as_str(), name);
+            let domain = TrustDomain::parse(DEV_TRUST_DOMAIN).unwrap();
+            let spiffe = mnvault_core::authz::IdentitySource::Spiffe(domain);
+            let identity = dev_identity(name).expect("every dev principal has an identity");
+            assert_eq!(crate::identity::principal_from_certificate(&der, &spiffe).unwrap(), identity.principal());
         }
     }
 

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod key_schedule;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pki;
 pub mod purge;
 pub mod reload;
 pub mod root_key;

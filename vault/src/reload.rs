@@ -182,7 +182,8 @@ impl Reloader {
             crate::datadir::check_production(&new)?;
         }
         let tls = crate::startup::server_tls(&new).map_err(|error| tls_problem(&new, error))?;
-        let policy = Policy::new(&new.principals);
+        // `[identity]` changes only at a restart: the running source stays.
+        let policy = Policy::new(&new.principals, shared.ctx.core.policy().source().clone());
 
         let mut report = ReloadReport { principals: shared.ctx.core.policy().changes(&policy), ..Default::default() };
         let (before, after) = (table(&*running), table(&new));

@@ -23,7 +23,6 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tonic::service::Routes;
 
-use mnvault_core::authz::Policy;
 use mnvault_core::keyring::AuditKeyError;
 use mnvault_core::VaultCore;
 
@@ -78,6 +77,9 @@ pub enum StartupError {
     /// A limit of `[limits]` is out of range.
     #[error("invalid configuration: {0}")]
     Limits(String),
+    /// `[identity]` names no usable identity source (the message names the key).
+    #[error("invalid configuration: {0}")]
+    Identity(String),
     /// The listener or the TLS setup failed.
     #[error("cannot serve on {address}: {source}")]
     Transport {
@@ -108,7 +110,8 @@ pub async fn open_store(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn S
 pub async fn open_core(settings: &Settings, mode: OpenMode) -> Result<VaultCore, StartupError> {
     let provider = root_key_provider(settings)?;
     let store = open_store(settings, mode).await?;
-    Ok(VaultCore::open(store, provider, Policy::new(&settings.principals)).await?)
+    let policy = settings.access_policy().map_err(StartupError::Identity)?;
+    Ok(VaultCore::open(store, provider, policy).await?)
 }
 
 /// A vault ready to serve.
@@ -145,6 +148,9 @@ impl Application {
         }
         settings.limits.validate().map_err(StartupError::Limits)?;
         settings.server.validate().map_err(StartupError::Limits)?;
+        // TLS first: a directory `init` just made is told about its TLS files first.
+        let tls = server_tls(settings)?;
+        let policy = settings.access_policy().map_err(StartupError::Identity)?;
         let watermark = crate::watermark::FileWatermark::new(settings.data_dir.join(crate::watermark::WATERMARK_FILE));
         let _serving = crate::backup::ServingLock::serving(&settings.data_dir)?;
         let pending = crate::backup::restore_pending_path(&settings.data_dir);
@@ -157,12 +163,12 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let provider = metrics.metered_keys(provider(settings)?);
         let store = metrics.metered_store(open_store(settings, OpenMode::Serve).await?);
-        let core = VaultCore::open(store, provider, Policy::new(&settings.principals)).await?;
+        let core = VaultCore::open(store, provider, policy).await?;
         let core = core.with_key_cache(settings.keys.cache_limits()).with_watermark(Arc::new(watermark)).await?;
         let store = core.store().clone();
         let context = VaultContext::new(core, settings.limits.clone()).with_metrics(metrics);
         let context = Arc::new(context.with_alarms(&settings.alarms));
-        let live = Arc::new(crate::reload::LiveSettings::new(server_tls(settings)?, settings.server.clone()));
+        let live = Arc::new(crate::reload::LiveSettings::new(tls, settings.server.clone()));
         let transport =
             |e: std::io::Error| StartupError::Transport { address: settings.listen.to_string(), source: e.into() };
         let listener = TcpListener::bind(settings.listen).await.map_err(transport)?;

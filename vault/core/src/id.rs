@@ -142,6 +142,41 @@ impl Principal {
             && !contains_number(text);
         valid.then(|| Self(text.to_owned())).ok_or(IdError::Principal)
     }
+
+    /// Parses a principal as the vault records it: a configured name, or an
+    /// identity's SPIFFE ID ([`crate::identity`]). For what the vault reads
+    /// back (jobs, audit filters), never for what a certificate names.
+    pub fn parse_recorded(text: &str) -> Result<Self, IdError> {
+        if text.starts_with(crate::identity::SPIFFE_PREFIX) {
+            return crate::identity::Identity::parse(text)
+                .map(|identity| identity.principal())
+                .map_err(|_| IdError::Principal);
+        }
+        Self::parse(text)
+    }
+
+    /// The principal of an identity, given as its SPIFFE ID.
+    pub(crate) fn of_identity(spiffe_id: &str) -> Self {
+        Self(spiffe_id.to_owned())
+    }
+
+    /// The identity, when this principal is one (a SPIFFE ID).
+    pub fn identity(&self) -> Option<crate::identity::Identity> {
+        if !self.0.starts_with(crate::identity::SPIFFE_PREFIX) {
+            return None;
+        }
+        crate::identity::Identity::parse(&self.0).ok()
+    }
+
+    /// The person behind this principal: an identity's `<name>` (one person
+    /// may hold several certificates, in several roles), or a configured
+    /// name itself.
+    pub fn person(&self) -> &str {
+        if self.0.starts_with(crate::identity::SPIFFE_PREFIX) {
+            return self.0.rsplit('/').next().unwrap_or(&self.0);
+        }
+        &self.0
+    }
 }
 
 text_id!(

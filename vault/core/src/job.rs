@@ -153,7 +153,9 @@ impl Job {
         }
         let stamp = |by: Option<String>, at: Option<i64>, what| -> Result<Option<Stamp>, StoreError> {
             match (by, at) {
-                (Some(by), Some(at)) => Ok(Some(Stamp { by: Principal::parse(&by).map_err(corrupt(what))?, at })),
+                (Some(by), Some(at)) => {
+                    Ok(Some(Stamp { by: Principal::parse_recorded(&by).map_err(corrupt(what))?, at }))
+                }
                 (None, None) => Ok(None),
                 _ => Err(StoreError::Corrupt { what }),
             }
@@ -177,7 +179,7 @@ impl Job {
                     .ok()
                     .filter(|max| *max > 0)
                     .ok_or(StoreError::Corrupt { what: "filing_jobs.max_releases_per_token" })?,
-                created_by: Principal::parse(&row.created_by).map_err(corrupt("filing_jobs.created_by"))?,
+                created_by: Principal::parse_recorded(&row.created_by).map_err(corrupt("filing_jobs.created_by"))?,
                 created_at: row.created_at,
                 expires_at: row.expires_at,
             },
@@ -202,12 +204,15 @@ impl Job {
     }
 
     /// Refuses unless `approver` may approve the job at `now`: it is pending,
-    /// and the approver is not its creator.
+    /// and the approver is not the person who created it (whatever
+    /// certificate either used: persons are compared, not principals).
     pub fn check_approval(&self, approver: &Principal, now: i64) -> Result<(), VaultError> {
         let job_id = &self.terms.job_id;
-        if &self.terms.created_by == approver {
+        if self.terms.created_by.person() == approver.person() {
+            let person = approver.person();
             return Err(VaultError::PermissionDenied(format!(
-                "{approver} created filing job {job_id}, so {approver} cannot approve it; another approver must"
+                "{person} created filing job {job_id}, so {person} cannot approve it, under any certificate; another \
+                 approver must"
             )));
         }
         match self.state(now) {
@@ -362,6 +367,21 @@ mod tests {
         ));
         job.approved = Some(Stamp { by: principal("approver"), at: NOW });
         assert!(matches!(job.check_approval(&principal("other"), NOW), Err(VaultError::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn one_person_under_two_certificates_never_approves_their_own_job() {
+        let identity = |uri: &str| crate::identity::Identity::parse(uri).unwrap().principal();
+        let mut job = job(&[draw_token(TokenFormat::Opaque)]);
+        job.terms.created_by = identity("spiffe://td/tenant/acme/requester/alice");
+        let same_person = identity("spiffe://td/tenant/acme/approver/alice");
+        let (code, message) = match job.check_approval(&same_person, NOW) {
+            Err(VaultError::PermissionDenied(message)) => ("denied", message),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code, "denied");
+        assert!(message.starts_with("alice created filing job"), "{message}");
+        assert!(job.check_approval(&identity("spiffe://td/tenant/acme/approver/bob"), NOW).is_ok());
     }
 
     #[test]

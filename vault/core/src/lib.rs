@@ -11,7 +11,8 @@
 //!   that did not is refused without being repeated.
 //! - [`job`]: the filing-job state machine, who may approve, what may be
 //!   released.
-//! - [`authz`]: roles and tenant scopes.
+//! - [`authz`], [`identity`]: roles and tenant scopes, from the caller's
+//!   SPIFFE ID or, in the compatibility mode, from `[principals]`.
 //! - [`integrity`]: state tags, so nothing the database says decides a
 //!   release unless a key the database does not hold vouches for it.
 //! - [`mint`]: drawing tokens, job identifiers and request ids.
@@ -32,6 +33,7 @@ pub mod clock;
 pub mod error;
 mod group_commit;
 pub mod id;
+pub mod identity;
 pub mod integrity;
 pub mod job;
 pub mod keyring;

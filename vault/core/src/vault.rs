@@ -279,7 +279,7 @@ impl VaultCore {
         display_name: FreeText,
         draft: &AuditDraft,
     ) -> Result<CreatedTenant, VaultError> {
-        self.policy().require(caller, &[Role::Admin], Some(tenant))?;
+        self.policy().require(caller, &[Role::KeyAdmin], Some(tenant))?;
         let now = clock::now_ms();
         let new = self.keyring.new_tenant(tenant, display_name.as_str(), now)?;
         let mut tx = self.store.begin_write().await?;
@@ -340,7 +340,7 @@ impl VaultCore {
     /// Whether `caller` may tokenize for `tenant`: checked by
     /// [`VaultCore::tokenize`], and by the edge before it queues a call.
     pub fn authorize_tokenize(&self, caller: &Principal, tenant: &TenantId) -> Result<(), VaultError> {
-        self.policy().require(caller, &[Role::Tokenizer], Some(tenant))
+        self.policy().require(caller, &[Role::Payroll], Some(tenant))
     }
 
     /// Leads one group commit and answers every member. A batch of one
@@ -439,7 +439,7 @@ impl VaultCore {
         tenant: &TenantId,
         token: &Token,
     ) -> Result<TokenInfo, VaultError> {
-        let roles = [Role::Tokenizer, Role::Requester, Role::Approver, Role::Filer, Role::Auditor];
+        let roles = [Role::Payroll, Role::Requester, Role::Approver, Role::Filer, Role::Auditor];
         self.policy().require(caller, &roles, Some(tenant))?;
         self.keyring.tenant_keys(tenant).await?;
         let row = self

@@ -1573,6 +1573,8 @@ file = "root.key"
 cert = "tls/server.crt"
 key = "tls/server.key"
 client_ca = "tls/ca.pem"
+[identity]
+trust_domain = "vault.example.jp"
 [[audit.sinks]]
 kind = "file"
 name = "siem"

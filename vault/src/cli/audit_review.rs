@@ -123,7 +123,7 @@ impl FilterArgs {
                     .ok_or(FilterError("not an operation the audit log records, e.g. filing.detokenize".into()))
             })?,
             request_id: parsed("request-id", &self.request_id, RequestId::parse)?,
-            principal: parsed("principal", &self.principal, Principal::parse)?,
+            principal: parsed("principal", &self.principal, Principal::parse_recorded)?,
             outcome: parsed("outcome", &self.outcome, |text| {
                 outcome_id(text)
                     .ok_or_else(|| FilterError(format!("not an outcome: name one of {}", outcome_ids()).into()))

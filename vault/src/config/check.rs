@@ -92,6 +92,15 @@ pub(super) fn values(settings: &Settings) -> Vec<(String, String)> {
     if let Some(reason) = database_problem(settings) {
         problems.push(("database.url".into(), reason));
     }
+    if let Err(reason) = settings.identity.source() {
+        problems.push(("identity.trust_domain".into(), reason));
+    }
+    if settings.identity.source == crate::config::IdentitySourceSetting::Spiffe && !settings.principals.is_empty() {
+        let reason = "grants roles by certificate Common Name, which a vault with identity.source = \"spiffe\" never \
+                      reads (roles and tenants come from the SPIFFE ID): remove the section, or set identity.source = \
+                      \"common-name\"";
+        problems.push(("principals".into(), reason.to_owned()));
+    }
     for (name, grant) in &settings.principals {
         if let Err(error) = Principal::parse(name) {
             problems.push((format!("principals.{name}"), format!("{error}; it names a client certificate")));

@@ -79,7 +79,7 @@ fn audit_filter(request: &pb::ListAuditEntriesRequest, limits: &LimitSettings) -
         job_id: optional(&request.job_id, JobId::parse)?,
         operation: optional(&request.operation, operation_filter)?,
         request_id: optional(&request.request_id, RequestId::parse)?,
-        principal: optional(&request.principal, mnvault_core::id::Principal::parse)?,
+        principal: optional(&request.principal, mnvault_core::id::Principal::parse_recorded)?,
         outcome: optional(&request.outcome, |text| {
             mnvault_core::audit::export::outcome_id(text).ok_or_else(|| {
                 VaultError::InvalidArgument(format!(

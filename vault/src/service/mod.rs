@@ -48,7 +48,8 @@ use crate::metrics::Metrics;
 
 /// Every role: a refusal names a tenant only when the caller holds one of
 /// them on it.
-const ANY_ROLE: [Role; 6] = [Role::Tokenizer, Role::Requester, Role::Approver, Role::Filer, Role::Admin, Role::Auditor];
+const ANY_ROLE: [Role; 6] =
+    [Role::Payroll, Role::Requester, Role::Approver, Role::Filer, Role::KeyAdmin, Role::Auditor];
 
 /// What every service shares.
 pub struct VaultContext {
@@ -150,7 +151,17 @@ impl VaultContext {
 
     /// The caller's principal, from its client certificate.
     pub fn caller<T>(&self, request: &Request<T>) -> Result<Principal, VaultError> {
-        principal_of(request.peer_certs().as_deref().map(Vec::as_slice))
+        self.principal_of(request.peer_certs().as_deref().map(Vec::as_slice))
+    }
+
+    /// The principal the leaf of `certs` proves, read as the access policy
+    /// in force says.
+    fn principal_of(&self, certs: Option<&[CertificateDer<'static>]>) -> Result<Principal, VaultError> {
+        let leaf = certs
+            .and_then(|certs| certs.first())
+            .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
+        principal_from_certificate(leaf.as_ref(), self.core.policy().source())
+            .map_err(|error| VaultError::Unauthenticated(format!("unusable client certificate: {error}")))
     }
 
     /// The caller, now named in `draft` with the call's request id (which
@@ -229,7 +240,7 @@ impl VaultContext {
         refused: &Status,
     ) -> Status {
         let mut draft = AuditDraft::new(operation);
-        draft.principal = principal_of(certs).ok();
+        draft.principal = self.principal_of(certs).ok();
         draft.request_id = Some(request_id.clone());
         self.refused_by_transport(draft, refused).await
     }
@@ -293,15 +304,6 @@ impl VaultContext {
             Err(error) => Err(self.refuse(draft, error).await),
         }
     }
-}
-
-/// The principal the leaf of `certs` names.
-fn principal_of(certs: Option<&[CertificateDer<'static>]>) -> Result<Principal, VaultError> {
-    let leaf = certs
-        .and_then(|certs| certs.first())
-        .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
-    principal_from_certificate(leaf.as_ref())
-        .map_err(|error| VaultError::Unauthenticated(format!("unusable client certificate: {error}")))
 }
 
 /// Shared handle the services hold.

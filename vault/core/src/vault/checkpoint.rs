@@ -172,7 +172,7 @@ impl VaultCore {
         draft: &AuditDraft,
     ) -> Result<RotatedSigningKey, VaultError> {
         let policy = self.policy();
-        policy.require(caller, &[Role::Admin], None)?;
+        policy.require(caller, &[Role::KeyAdmin], None)?;
         // The key vouches for every tenant's log: an admin of some tenants may not replace it.
         if !policy.covers_all_tenants(caller) {
             return Err(VaultError::PermissionDenied(format!(

@@ -262,7 +262,7 @@ impl VaultCore {
         tenant: &TenantId,
         draft: &AuditDraft,
     ) -> Result<Shredded, VaultError> {
-        self.policy().require(caller, &[Role::Admin], Some(tenant))?;
+        self.policy().require(caller, &[Role::KeyAdmin], Some(tenant))?;
         let mut tx = self.store.begin_write().await?;
         let now = clock::now_ms();
         let Some(stored) = tx.tenant(tenant).await? else {

@@ -212,7 +212,7 @@ impl VaultCore {
         request: &RetentionRequest,
         draft: &mut AuditDraft,
     ) -> Result<Retention, VaultError> {
-        self.policy().require(caller, &[Role::Admin], Some(tenant))?;
+        self.policy().require(caller, &[Role::KeyAdmin], Some(tenant))?;
         if tokens.is_empty() || tokens.len() > MAX_RETENTION_TOKENS {
             return Err(VaultError::InvalidArgument(format!(
                 "name 1 to {MAX_RETENTION_TOKENS} tokens in one call; {} were named",
@@ -272,7 +272,7 @@ impl VaultCore {
         draft: &mut AuditDraft,
     ) -> Result<PurgeReport, VaultError> {
         let policy = self.policy();
-        policy.require(caller, &[Role::Admin], tenant)?;
+        policy.require(caller, &[Role::KeyAdmin], tenant)?;
         if tenant.is_none() && !policy.covers_all_tenants(caller) {
             return Err(VaultError::PermissionDenied(format!(
                 "principal {caller} may purge only some tenants; name one"
@@ -407,7 +407,7 @@ impl VaultCore {
         until_ms: i64,
         draft: &mut AuditDraft,
     ) -> Result<IssuedCertificate, VaultError> {
-        self.policy().require(caller, &[Role::Admin, Role::Auditor], Some(tenant))?;
+        self.policy().require(caller, &[Role::KeyAdmin, Role::Auditor], Some(tenant))?;
         if since_ms >= until_ms {
             return Err(VaultError::InvalidArgument("the period's start must come before its end".into()));
         }

@@ -128,7 +128,7 @@ impl VaultCore {
         tenant: &TenantId,
         draft: &AuditDraft,
     ) -> Result<RotatedKey, VaultError> {
-        self.policy().require(caller, &[Role::Admin], Some(tenant))?;
+        self.policy().require(caller, &[Role::KeyAdmin], Some(tenant))?;
         match self.add_record_key(tenant, None, draft).await? {
             Added::Rotated(rotated) => Ok(rotated),
             Added::NotDue => Err(VaultError::Internal),
@@ -228,7 +228,7 @@ impl VaultCore {
         after: Option<&Token>,
         draft: &AuditDraft,
     ) -> Result<RewrapBatch, VaultError> {
-        self.policy().require(caller, &[Role::Admin], Some(tenant))?;
+        self.policy().require(caller, &[Role::KeyAdmin], Some(tenant))?;
         let batch = rewrap_batch_size(batch)?;
         let mut read = self.store.begin_read().await?;
         let primary = primary_of(&read.record_key_versions(tenant).await?).ok_or_else(|| tenant_not_found(tenant))?;
@@ -303,7 +303,7 @@ impl VaultCore {
         page: u32,
     ) -> Result<KeyStatusPage, VaultError> {
         let policy = self.policy();
-        policy.require(caller, &[Role::Admin], tenant)?;
+        policy.require(caller, &[Role::KeyAdmin], tenant)?;
         if tenant.is_none() && !policy.covers_all_tenants(caller) {
             return Err(VaultError::PermissionDenied(format!(
                 "principal {caller} may act only on some tenants; name one"
@@ -357,7 +357,7 @@ impl VaultCore {
         version: u32,
         draft: &AuditDraft,
     ) -> Result<Vec<u32>, VaultError> {
-        self.policy().require(caller, &[Role::Admin], Some(tenant))?;
+        self.policy().require(caller, &[Role::KeyAdmin], Some(tenant))?;
         let mut tx = self.store.begin_write().await?;
         let versions = tx.lock_record_key_versions(tenant).await?;
         check_not_primary(tenant, &versions, version)?;

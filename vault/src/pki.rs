@@ -135,7 +135,7 @@ impl CertificateAuthority {
         if fs::symlink_metadata(&ca_copy).is_err() {
             dev_pki::write_new_file(&ca_copy, &self.cert_pem, 0o600)?;
         }
-        Ok(Issued { cert: cert_path, key: key_path, serial: hex(&serial), not_after })
+        Ok(Issued { cert: cert_path, key: key_path, serial: hex::encode(serial), not_after })
     }
 }
 
@@ -148,14 +148,10 @@ fn random_serial() -> [u8; 16] {
         rand::rngs::OsRng.fill_bytes(&mut serial);
         serial[0] &= 0x7f;
         serial[0] |= 0x01;
-        if !mnvault_core::number::contains_number(&hex(&serial)) {
+        if !mnvault_core::number::contains_number(&hex::encode(serial)) {
             return serial;
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The trust domain of a CA certificate's `spiffe://<trust-domain>` URI SAN.
@@ -197,7 +193,7 @@ mod tests {
         let source = IdentitySource::Spiffe(TrustDomain::parse(DEV_TRUST_DOMAIN).unwrap());
         assert_eq!(crate::identity::principal_from_certificate(&pem.contents, &source).unwrap().as_str(), uri);
         let cert = pem.parse_x509().unwrap();
-        assert_eq!(hex(cert.raw_serial()), issued.serial);
+        assert_eq!(hex::encode(cert.raw_serial()), issued.serial);
         assert!(!mnvault_core::number::contains_number(&issued.serial));
         // Not marked as the dev PKI's: only `create_dev_pki` marks what it makes.
         assert!(cert.subject().iter_organization().next().is_none());

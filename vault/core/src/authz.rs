@@ -36,7 +36,7 @@ pub enum Role {
     Approver,
     /// Detokenize within approved filing jobs.
     Filer,
-    /// Tenants, keys, retention and revocation (operators); never releases
+    /// Tenants, keys and retention (operators); never releases
     /// a number.
     KeyAdmin,
     /// Read and verify the audit log.

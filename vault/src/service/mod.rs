@@ -48,8 +48,7 @@ use crate::metrics::Metrics;
 
 /// Every role: a refusal names a tenant only when the caller holds one of
 /// them on it.
-const ANY_ROLE: [Role; 6] =
-    [Role::Payroll, Role::Requester, Role::Approver, Role::Filer, Role::KeyAdmin, Role::Auditor];
+const ANY_ROLE: [Role; 6] = Role::ALL;
 
 /// What every service shares.
 pub struct VaultContext {

@@ -156,7 +156,7 @@ fn translate_create_filing_job(request: &pb::CreateFilingJobRequest) {
 
     let requester = Principal::parse("fuzz.requester").unwrap();
     let job_id = JobId::parse("job_aaaaaaaaaaaaaaaa").unwrap();
-    match job.terms(job_id, &requester, NOW_MS) {
+    match job.terms(job_id, &requester, 1, NOW_MS) {
         Ok((terms, tokens)) => {
             assert!(!tokens.is_empty() && tokens.len() <= MAX_JOB_TOKENS);
             let distinct: HashSet<&Token> = tokens.iter().collect();

@@ -46,7 +46,7 @@ async fn alert_entries(app: &TestApp) -> Vec<mnvault_client::AuditEntry> {
 }
 
 /// `mnvault_alerts_total{rule="RULE"}` as the metrics listener serves it.
-async fn alerts_counted(app: &TestApp, rule: &str) -> f64 {
+pub(crate) async fn alerts_counted(app: &TestApp, rule: &str) -> f64 {
     let exchange = async {
         let address = app.metrics_addr.expect("a metrics listener");
         let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect to the metrics listener");
@@ -64,7 +64,7 @@ async fn alerts_counted(app: &TestApp, rule: &str) -> f64 {
 
 /// Release hours that exclude the present: an hour, starting two hours
 /// from now (UTC).
-fn hours_excluding_now() -> String {
+pub(crate) fn hours_excluding_now() -> String {
     let hour = time::OffsetDateTime::now_utc().hour();
     format!("{:02}:00-{:02}:00", (hour + 2) % 24, (hour + 3) % 24)
 }

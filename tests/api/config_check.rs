@@ -13,7 +13,7 @@ use mnvault::datadir;
 use crate::helpers::spawn_app;
 
 /// Runs `mnvault ARGS` in-process; standard output, or the error as one text.
-async fn mnvault(args: &[&str]) -> Result<String, String> {
+pub(crate) async fn mnvault(args: &[&str]) -> Result<String, String> {
     let cli = Cli::try_parse_from(std::iter::once("mnvault").chain(args.iter().copied())).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     match cli::run(cli, &mut out).await {

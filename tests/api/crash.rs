@@ -116,8 +116,9 @@ fn vault_process() {
             Ok(settings)
         };
         let settings = load().expect("settings");
-        let application = Application::build(&settings).await.expect("build vault");
-        let reloader = application.reloader().with_source(load);
+        // SIGHUP and the TLS file watch reload as this start loaded.
+        let application = Application::build(&settings).await.expect("build vault").with_reload_source(load);
+        let reloader = application.reloader();
         // Straight to the process's standard output, past the harness's capture.
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{LISTENING} {}", application.local_addr().port()).expect("say the port");

@@ -470,6 +470,24 @@ pub fn full_width(number: &str) -> String {
     number.chars().map(|c| char::from_u32(c as u32 - '0' as u32 + '０' as u32).unwrap()).collect()
 }
 
+/// Panics unless the client's first call failed in the TLS handshake: for
+/// a refused client certificate, either connecting or that call says so,
+/// depending on when the client learns of it.
+pub async fn assert_refused_at_handshake(what: &str, connected: Result<VaultClient, ClientError>) {
+    let result = match connected {
+        Ok(client) => client.list_purposes().await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    match result.expect_err(what) {
+        ClientError::Connect { .. } => {}
+        // tonic reports a failed handshake as a transport error.
+        ClientError::Refused { code, .. } => {
+            assert!(matches!(code, Code::Unavailable | Code::Unknown), "{what}: {code:?}")
+        }
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
 /// The refusal's code, or a panic saying the call succeeded.
 pub fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Code, String) {
     match result {

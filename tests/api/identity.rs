@@ -14,7 +14,7 @@ use mnvault_core::authz::Role;
 use mnvault_core::identity::Identity;
 use time::{Duration, OffsetDateTime};
 
-use crate::helpers::{filing_job, refusal, spawn_dev_vault, valid_number, TestApp};
+use crate::helpers::{assert_refused_at_handshake, filing_job, refusal, spawn_dev_vault, valid_number, TestApp};
 
 /// Issues a certificate for the SPIFFE ID `path` (after the trust domain)
 /// from the dev vault's CA, into a directory of its own.
@@ -31,7 +31,10 @@ fn issue_valid(app: &TestApp, path: &str, not_before: OffsetDateTime, not_after:
     let ca = CertificateAuthority::open(&app.path().join(DEV_PKI_DIR)).expect("the dev CA");
     let identity = Identity::parse(&format!("spiffe://{DEV_TRUST_DOMAIN}/{path}")).expect("a valid identity");
     let out = app.path().join("issued").join(path.replace('/', "_"));
-    ca.issue_valid(&identity, not_before, not_after, &out).expect("issued");
+    // Issued once per vault and path: later callers connect with the same files.
+    if !out.join(format!("{}.crt", identity.name())).exists() {
+        ca.issue_valid(&identity, not_before, not_after, &out).expect("issued");
+    }
     (out, identity.name().to_owned())
 }
 
@@ -40,7 +43,7 @@ async fn connect(app: &TestApp, (dir, name): &(PathBuf, String)) -> Result<Vault
     VaultClient::connect(&app.endpoint, &identity).await
 }
 
-async fn client(app: &TestApp, path: &str) -> VaultClient {
+pub(crate) async fn client(app: &TestApp, path: &str) -> VaultClient {
     connect(app, &issue(app, path)).await.expect("connect")
 }
 
@@ -130,20 +133,8 @@ on_both_backends! {
             ("not yet valid", connect(&app, &early).await),
             ("unknown CA", VaultClient::connect(&app.endpoint, &foreign).await),
         ] {
-            // The handshake fails: either connecting or the first call says so,
-            // and no call reaches a handler (none is audited).
-            let result = match connected {
-                Ok(client) => client.list_purposes().await.map(|_| ()),
-                Err(error) => Err(error),
-            };
-            match result.expect_err(what) {
-                ClientError::Connect { .. } => {}
-                // tonic reports a failed handshake as a transport error.
-                ClientError::Refused { code, .. } => {
-                    assert!(matches!(code, Code::Unavailable | Code::Unknown), "{what}: {code:?}")
-                }
-                other => panic!("{what}: {other:?}"),
-            }
+            // No call reaches a handler (none is audited).
+            assert_refused_at_handshake(what, connected).await;
         }
         let entries = app.audit_entries().await;
         assert!(entries.iter().all(|e| e.operation != "filing.list-purposes"), "{entries:?}");
@@ -178,6 +169,9 @@ enum Rpc {
     GetKeyStatus,
     RetireKeyVersion,
     RotateSigningKey,
+    GetTenantPolicy,
+    ProposeTenantPolicy,
+    ApproveTenantPolicy,
 }
 
 /// What an RPC acts on.
@@ -192,7 +186,7 @@ enum Reach {
 }
 
 impl Rpc {
-    const ALL: [Rpc; 23] = [
+    const ALL: [Rpc; 26] = [
         Rpc::Tokenize,
         Rpc::TokenizeStream,
         Rpc::DescribeToken,
@@ -216,6 +210,9 @@ impl Rpc {
         Rpc::GetKeyStatus,
         Rpc::RetireKeyVersion,
         Rpc::RotateSigningKey,
+        Rpc::GetTenantPolicy,
+        Rpc::ProposeTenantPolicy,
+        Rpc::ApproveTenantPolicy,
     ];
 
     /// The roles that may make the call, and what it reaches: the rule the
@@ -243,6 +240,8 @@ impl Rpc {
             Rpc::ListAuditEntries => (&[Auditor], Reach::Tenant),
             Rpc::VerifyAuditChain | Rpc::SignCheckpoint => (&[Auditor], Reach::AllTenants),
             Rpc::RotateSigningKey => (&[KeyAdmin], Reach::AllTenants),
+            Rpc::GetTenantPolicy => (&[KeyAdmin, Auditor], Reach::Tenant),
+            Rpc::ProposeTenantPolicy | Rpc::ApproveTenantPolicy => (&[KeyAdmin], Reach::Tenant),
         }
     }
 }
@@ -351,11 +350,25 @@ async fn call(rpc: Rpc, client: &VaultClient, target: &Target) -> Option<Code> {
         Rpc::GetKeyStatus => client.key_status(Some(tenant), "", 10).await.map(drop),
         Rpc::RetireKeyVersion => client.retire_key_version(tenant, 99).await.map(drop),
         Rpc::RotateSigningKey => client.rotate_signing_key().await.map(drop),
+        Rpc::GetTenantPolicy => client.tenant_policy(tenant).await.map(drop),
+        // The default policy, proposed: it stays pending, so no later cell changes.
+        Rpc::ProposeTenantPolicy => client.propose_tenant_policy(tenant, default_policy()).await.map(drop),
+        // A well-formed change id that is pending nowhere: NOT_FOUND once authorised.
+        Rpc::ApproveTenantPolicy => client.approve_tenant_policy(tenant, "pc_abcdefghijklmnop").await.map(drop),
     };
     match result {
         Ok(()) => None,
         Err(ClientError::Refused { code, .. }) => Some(code),
         Err(other) => panic!("{rpc:?}: {other:?}"),
+    }
+}
+
+fn default_policy() -> mnvault_client::tenant_policy::TenantPolicy {
+    mnvault_client::tenant_policy::TenantPolicy {
+        approvals_required: 1,
+        max_tokens_per_job: 100_000,
+        max_job_lifetime_days: 90,
+        ..Default::default()
     }
 }
 

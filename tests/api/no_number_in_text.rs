@@ -34,7 +34,7 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use crate::helpers::{approved_job, filing_job, tokenize_fresh, valid_number, Backend, TestApp};
 
 /// Every text field of every RPC, as `Method.field`.
-const FIELDS: [&str; 40] = [
+const FIELDS: [&str; 44] = [
     "SetRetention.tenant",
     "SetRetention.tokens",
     "SetRetention.classes",
@@ -75,6 +75,10 @@ const FIELDS: [&str; 40] = [
     "ExportTenant.job_id",
     "ExportTenant.recipient",
     "ShredTenant.tenant",
+    "GetTenantPolicy.tenant",
+    "ProposeTenantPolicy.tenant",
+    "ApproveTenantPolicy.tenant",
+    "ApproveTenantPolicy.change_id",
 ];
 
 /// Sent through every field too; it must appear nowhere (a refusal never
@@ -474,6 +478,18 @@ impl Vault {
             }
             "ExportTenant.recipient" => answer(filer.export_tenant(&self.job_id, &text).await.map(|_| ())),
             "ShredTenant.tenant" => answer(admin.shred_tenant(&text).await),
+            "GetTenantPolicy.tenant" => answer(admin.tenant_policy(&text).await),
+            "ProposeTenantPolicy.tenant" => {
+                let policy = mnvault_client::tenant_policy::TenantPolicy {
+                    approvals_required: 1,
+                    max_tokens_per_job: 10,
+                    max_job_lifetime_days: 7,
+                    ..Default::default()
+                };
+                answer(admin.propose_tenant_policy(&text, policy).await)
+            }
+            "ApproveTenantPolicy.tenant" => answer(admin.approve_tenant_policy(&text, "pc_abcdefghijklmnop").await),
+            "ApproveTenantPolicy.change_id" => answer(admin.approve_tenant_policy("demo", &text).await),
             "SetRetention.tenant"
             | "SetRetention.tokens"
             | "SetRetention.classes"

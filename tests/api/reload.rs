@@ -18,7 +18,7 @@ use crate::helpers::{filing_job, new_data_dir, refusal, spawn_app, tokenize_fres
 const RELOAD_WAIT: Duration = Duration::from_secs(60);
 
 /// Changes the configuration file of `app`'s data directory.
-fn edit_configuration(app: &TestApp, change: impl FnOnce(&mut Settings)) {
+pub(crate) fn edit_configuration(app: &TestApp, change: impl FnOnce(&mut Settings)) {
     let mut settings = Settings::load(app.path()).expect("the configuration");
     change(&mut settings);
     settings.save().expect("write the configuration");

@@ -29,6 +29,7 @@ mod audit_review;
 mod audit_verify;
 mod keys;
 mod pki;
+mod policy;
 
 mod root_key;
 
@@ -173,7 +174,14 @@ pub enum Command {
         #[command(subcommand)]
         command: retention::SigningKeyCommand,
     },
-    /// Client certificates with SPIFFE identities, from a CA directory.
+    /// A tenant's policy: approvals per job, job bounds, purposes, release
+    /// rates and hours; changed by one key-admin, applied when another approves.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
+    /// A CA directory (init), client certificates with SPIFFE identities from
+    /// it (issue), and what it issued (list).
     Pki {
         #[command(subcommand)]
         command: pki::PkiCommand,
@@ -475,6 +483,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         }
         Command::Retention { command } => retention::retention(command, &data_dir, out).await,
         Command::Pki { command } => pki::pki(command, out),
+        Command::Policy { command } => policy::run(command, &data_dir, out).await,
         Command::Purge(args) => retention::purge(args, &data_dir, out).await,
         Command::DeletionCertificate(args) => retention::certificate(args, &data_dir, out).await,
         Command::SigningKey { command } => {
@@ -619,7 +628,7 @@ async fn serve(
         settings.listen = listen;
     }
     crate::telemetry::apply(&settings.log);
-    let application = Application::build(&settings).await?;
+    let application = Application::build(&settings).await?.with_reload_source(source);
     if settings.dev {
         tracing::warn!(
             address = %application.local_addr(),
@@ -627,7 +636,7 @@ async fn serve(
             "DEV MODE: development keys and certificates, loopback only. Never put real My Numbers in this vault."
         );
     }
-    let reloader = application.reloader().with_source(source);
+    let reloader = application.reloader();
     application.run_until_stopped(signals.until_terminated(reloader)).await?;
     tracing::info!("vault stopped");
     Ok(())
@@ -783,6 +792,12 @@ fn write_job(job: &FilingJob, out: &mut (dyn Write + Send)) -> std::io::Result<(
     writeln!(out, "state\t{}", state_name(job))?;
     writeln!(out, "created\t{} by {}", when(&job.created_at), job.created_by)?;
     writeln!(out, "expires\t{}", when(&job.expires_at))?;
+    if job.approvals_required > 1 {
+        writeln!(out, "approvals\t{} of {} given", job.approvals.len(), job.approvals_required)?;
+        for approval in &job.approvals {
+            writeln!(out, "approval\t{} by {}", when(&approval.approved_at), approval.approved_by)?;
+        }
+    }
     if !job.approved_by.is_empty() {
         writeln!(out, "approved\t{} by {}", when(&job.approved_at), job.approved_by)?;
     }

@@ -348,7 +348,9 @@ impl DatabaseSettings {
     }
 }
 
-/// PEM files for mutual TLS.
+/// `[tls]`: PEM files for mutual TLS, and the revocation lists of the
+/// client CAs. Every file is read again on a reload, and when it changes on
+/// disk ([`crate::tls_watch`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
@@ -358,6 +360,12 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// CA whose client certificates are accepted.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER) from the CAs of
+    /// `client_ca`: a client certificate listed in one is refused at the
+    /// handshake. A certificate whose issuer has no list here is not
+    /// checked, and a list past its next update is still used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl: Vec<PathBuf>,
 }
 
 /// `[identity]`: how a client certificate names its caller.
@@ -1079,6 +1087,13 @@ impl Settings {
     /// Where the database is.
     pub fn database(&self) -> DatabaseLocation {
         DatabaseLocation::parse(&self.database.url, &self.data_dir)
+    }
+
+    /// Every file of `[tls]`, resolved: certificate, key, client CA, then
+    /// the revocation lists.
+    pub fn tls_files(&self) -> Vec<PathBuf> {
+        let tls = &self.tls;
+        [&tls.cert, &tls.key, &tls.client_ca].into_iter().chain(&tls.crl).map(|file| self.resolve(file)).collect()
     }
 
     /// A path of the configuration, resolved against the data directory.

@@ -182,6 +182,7 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
             cert: pki.join(dev_pki::SERVER_CERT_FILE),
             key: pki.join(dev_pki::SERVER_KEY_FILE),
             client_ca: pki.join(dev_pki::CA_CERT_FILE),
+            crl: Vec::new(),
         },
         identity: IdentitySettings {
             source: IdentitySourceSetting::Spiffe,
@@ -211,6 +212,7 @@ pub fn production_settings(data_dir: &Path) -> Settings {
             cert: PathBuf::from("tls/server.crt"),
             key: PathBuf::from("tls/server.key"),
             client_ca: PathBuf::from("tls/client-ca.pem"),
+            crl: Vec::new(),
         },
         identity: IdentitySettings::default(),
         principals: BTreeMap::new(),

@@ -191,6 +191,68 @@ pub enum PkiError {
         max_days: i64,
     },
 
+    /// `pki init` found a CA file in the directory; nothing was written.
+    #[error("{} already exists: a CA directory is never overwritten; choose a new directory", path.display())]
+    CaExists {
+        /// The file in the way.
+        path: PathBuf,
+    },
+
+    /// A CA lifetime out of range was asked for.
+    #[error("a CA certificate lives at least a day and at most {max_days} days")]
+    CaLifetime {
+        /// The longest lifetime accepted.
+        max_days: i64,
+    },
+
+    /// A CA key is encrypted and no passphrase was given.
+    #[error(
+        "{} is encrypted: give its passphrase with --passphrase-file FILE (mode 0600) or the environment variable \
+         {}",
+        path.display(),
+        crate::pki::PASSPHRASE_VARIABLE
+    )]
+    PassphraseNeeded {
+        /// The encrypted key.
+        path: PathBuf,
+    },
+
+    /// The passphrase given for a CA key is empty.
+    #[error("the CA key passphrase is empty; give one that is not")]
+    EmptyPassphrase,
+
+    /// The passphrase file cannot be used (unreadable, readable by others, empty).
+    #[error(transparent)]
+    PassphraseFile(#[from] mnvault_keys::KeyError),
+
+    /// The passphrase does not decrypt the CA key.
+    #[error(
+        "the passphrase does not decrypt {}: it is the wrong passphrase, or the file is damaged",
+        path.display()
+    )]
+    WrongPassphrase {
+        /// The encrypted key.
+        path: PathBuf,
+    },
+
+    /// Encrypting a new CA key failed.
+    #[error("could not encrypt the CA key: {reason}")]
+    Encrypt {
+        /// Why (no key material in it).
+        reason: String,
+    },
+
+    /// A line of a CA directory's index of issued certificates does not read.
+    #[error("{}, line {line}: {reason}", path.display())]
+    Index {
+        /// The index file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// Generating a key pair or signing a certificate failed.
     #[error("could not generate the {what}: {source}")]
     Generate {
@@ -308,7 +370,7 @@ fn validate_principals(principals: &[&str]) -> Result<(), PkiError> {
 
 /// Creates `dir` with mode 0700. An existing directory that others can access
 /// is tightened to 0700 if it is empty, and refused otherwise.
-fn prepare_dir(dir: &Path) -> Result<(), PkiError> {
+pub(crate) fn prepare_dir(dir: &Path) -> Result<(), PkiError> {
     let io_error = |action, source| PkiError::Io { action, path: dir.to_owned(), source };
     DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| io_error("create directory", source))?;
     let mode = fs::metadata(dir).map_err(|source| io_error("inspect", source))?.permissions().mode() & 0o777;

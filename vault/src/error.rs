@@ -15,6 +15,9 @@ pub fn code(error: &VaultError) -> Code {
         VaultError::Unavailable(_) => Code::Unavailable,
         VaultError::DataLoss(_) => Code::DataLoss,
         VaultError::Unauthenticated(_) => Code::Unauthenticated,
+        // A rate may succeed later; the other limits will not, as asked.
+        VaultError::Limit(refusal) if refusal.limit.is_rate() => Code::ResourceExhausted,
+        VaultError::Limit(_) => Code::PermissionDenied,
         _ => Code::Internal,
     }
 }

@@ -38,4 +38,5 @@ pub mod service;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls_watch;
 pub mod watermark;

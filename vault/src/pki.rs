@@ -1,6 +1,8 @@
-//! `mnvault pki issue`: client certificates with SPIFFE identities, signed
-//! by a CA kept in a directory (`ca.pem`, `ca.key`), such as a dev vault's
-//! `dev-pki/`.
+//! `mnvault pki`: a CA for offices without a PKI of their own (`init`),
+//! client certificates with SPIFFE identities signed by it (`issue`), and
+//! the record of what it signed (`list`). A CA is a directory: `ca.pem`,
+//! `ca.key` and `issued.tsv`; a dev vault's `dev-pki/` is one too (its key
+//! unencrypted).
 //!
 //! A certificate names its caller twice: the subject Common Name is the
 //! person's `<name>` (for people reading it), and the one URI SAN is the
@@ -10,16 +12,33 @@
 //! The trust domain is the CA's: its certificate carries
 //! `spiffe://<trust-domain>` as a URI SAN, as the dev CA's does.
 //!
-//! Files are written 0600, never over an existing file.
+//! The key `init` makes is encrypted PKCS#8 (PBES2: scrypt, AES-256-CBC)
+//! under a passphrase from a file ([`mnvault_keys::read_secret_file`]: mode
+//! 0600) or [`PASSPHRASE_VARIABLE`], never from the command line, where
+//! other users can read it. `issue` asks for one only when the key is
+//! encrypted.
+//!
+//! Every certificate `issue` signs is appended to the CA's index,
+//! [`ISSUED_INDEX_FILE`], before its files are written: `list` reads it.
+//!
+//! Files are written 0600 in a 0700 directory, never over an existing file.
 
 use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use mnvault_core::identity::{Identity, TrustDomain, SPIFFE_PREFIX};
 use rand::RngCore;
-use rcgen::{Issuer, KeyPair, SerialNumber};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use secrecy::{ExposeSecret as _, SecretString};
+use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
+use zeroize::Zeroizing;
 
 use crate::dev_pki::{self, PkiError, CA_CERT_FILE, CA_KEY_FILE};
 
@@ -29,6 +48,19 @@ pub const DEFAULT_LIFETIME_DAYS: i64 = 30;
 pub const MAX_LIFETIME_DAYS: i64 = 397;
 /// How far back a certificate's validity starts, for clocks a little slow.
 const BACKDATE: Duration = Duration::minutes(5);
+/// How long the CA `init` makes is valid by default: ten years.
+pub const DEFAULT_CA_LIFETIME_DAYS: i64 = 3650;
+/// The longest CA lifetime `init` accepts.
+pub const MAX_CA_LIFETIME_DAYS: i64 = 7300;
+/// The environment variable a CA key's passphrase may come from.
+pub const PASSPHRASE_VARIABLE: &str = "MNVAULT_CA_PASSPHRASE";
+/// The CA directory's index of what `issue` signed: one line per
+/// certificate, `serial`, SPIFFE ID, not-before, not-after (RFC 3339),
+/// separated by tabs.
+pub const ISSUED_INDEX_FILE: &str = "issued.tsv";
+const INDEX_HEADER: &str = "# serial\tspiffe_id\tnot_before\tnot_after\n";
+/// The PEM label of an encrypted PKCS#8 key.
+const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
 
 /// A CA read from a directory.
 pub struct CertificateAuthority {
@@ -60,18 +92,182 @@ pub struct Issued {
     pub not_after: OffsetDateTime,
 }
 
+/// What `init` made.
+#[derive(Debug, Clone)]
+pub struct NewCa {
+    /// The CA certificate (PEM), to give the vault as `tls.client_ca`.
+    pub cert: PathBuf,
+    /// Its private key, encrypted (0600).
+    pub key: PathBuf,
+    /// The certificate's serial number, in hex.
+    pub serial: String,
+    /// When it stops being valid.
+    pub not_after: OffsetDateTime,
+}
+
+/// A certificate `issue` signed, as the CA's index records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedRecord {
+    /// The SPIFFE ID in its URI SAN.
+    pub spiffe_id: String,
+    /// Its serial number, in hex as `issue` prints it.
+    pub serial: String,
+    /// When it starts being valid.
+    pub not_before: OffsetDateTime,
+    /// When it stops being valid.
+    pub not_after: OffsetDateTime,
+}
+
+impl IssuedRecord {
+    /// Whether it is past its not-after at `now`.
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        now > self.not_after
+    }
+}
+
+/// The passphrase of a CA key: the file's when one is given
+/// (`--passphrase-file`, read with [`mnvault_keys::read_secret_file`]),
+/// else the value of [`PASSPHRASE_VARIABLE`] in `environment`, else none.
+/// An empty one is refused.
+pub fn passphrase(file: Option<&Path>, environment: Option<String>) -> Result<Option<SecretString>, PkiError> {
+    if let Some(file) = file {
+        return Ok(Some(mnvault_keys::read_secret_file(file)?));
+    }
+    match environment.map(SecretString::from) {
+        Some(secret) if secret.expose_secret().is_empty() => Err(PkiError::EmptyPassphrase),
+        other => Ok(other),
+    }
+}
+
+/// Creates a CA in `dir` (made 0700) for `trust_domain`, valid from a few
+/// minutes ago for `lifetime`: `ca.pem`, whose URI SAN is
+/// `spiffe://<trust-domain>`, `ca.key` encrypted under `passphrase`, and
+/// an empty index. Nothing is written when any of them is there already.
+pub fn init_ca(
+    dir: &Path,
+    trust_domain: &TrustDomain,
+    lifetime: Duration,
+    passphrase: &SecretString,
+) -> Result<NewCa, PkiError> {
+    if lifetime < Duration::days(1) || lifetime > Duration::days(MAX_CA_LIFETIME_DAYS) {
+        return Err(PkiError::CaLifetime { max_days: MAX_CA_LIFETIME_DAYS });
+    }
+    if passphrase.expose_secret().is_empty() {
+        return Err(PkiError::EmptyPassphrase);
+    }
+    let (cert_path, key_path, index_path) =
+        (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE), dir.join(ISSUED_INDEX_FILE));
+    for path in [&cert_path, &key_path, &index_path] {
+        if fs::symlink_metadata(path).is_ok() {
+            return Err(PkiError::CaExists { path: path.clone() });
+        }
+    }
+    let generate = |source| PkiError::Generate { what: "CA certificate".into(), source };
+    let key = KeyPair::generate().map_err(generate)?;
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, format!("mnvault CA {trust_domain}"));
+    (params.not_before, params.not_after) = (now - BACKDATE, now + lifetime);
+    // Signs client certificates only, never another CA.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let uri = format!("{SPIFFE_PREFIX}{trust_domain}");
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(generate)?)];
+    let serial = random_serial();
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    let cert = params.self_signed(&key).map_err(generate)?;
+    let sealed_key = encrypt_key(&key, passphrase)?;
+    dev_pki::prepare_dir(dir)?;
+    dev_pki::write_new_file(&key_path, &sealed_key, 0o600)?;
+    dev_pki::write_new_file(&cert_path, &cert.pem(), 0o600)?;
+    dev_pki::write_new_file(&index_path, INDEX_HEADER, 0o600)?;
+    Ok(NewCa { cert: cert_path, key: key_path, serial: hex::encode(serial), not_after: params.not_after })
+}
+
+/// `key` as encrypted PKCS#8 PEM under `passphrase` (scrypt at its
+/// recommended cost, AES-256-CBC, random salt and IV).
+fn encrypt_key(key: &KeyPair, passphrase: &SecretString) -> Result<Zeroizing<String>, PkiError> {
+    let failed = |error: pkcs8::Error| PkiError::Encrypt { reason: error.to_string() };
+    let der = Zeroizing::new(key.serialize_der());
+    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).map_err(failed)?;
+    let sealed = info.encrypt(rand::rngs::OsRng, passphrase.expose_secret().as_bytes()).map_err(failed)?;
+    sealed.to_pem(ENCRYPTED_KEY_LABEL, pkcs8::LineEnding::LF).map_err(|error| failed(error.into()))
+}
+
+/// The key in the encrypted PKCS#8 PEM `pem` (the file `path`).
+fn decrypt_key(path: &Path, pem: &str, passphrase: &SecretString) -> Result<KeyPair, PkiError> {
+    let wrong = || PkiError::WrongPassphrase { path: path.to_owned() };
+    let (_, document) = pkcs8::der::Document::from_pem(pem).map_err(|_| wrong())?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes()).map_err(|_| wrong())?;
+    let plain = info.decrypt(passphrase.expose_secret().as_bytes()).map_err(|_| wrong())?;
+    // A wrong passphrase may still unpad; what it yields is no key.
+    KeyPair::try_from(plain.as_bytes()).map_err(|_| wrong())
+}
+
+/// Every certificate `issue` has signed from the CA in `dir`, oldest first.
+pub fn list_issued(dir: &Path) -> Result<Vec<IssuedRecord>, PkiError> {
+    let path = dir.join(ISSUED_INDEX_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        // A CA that never issued (a dev PKI made before the index) has none.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let ca = dir.join(CA_CERT_FILE);
+            fs::metadata(&ca).map_err(|source| PkiError::Io { action: "read", path: ca, source })?;
+            return Ok(Vec::new());
+        }
+        Err(source) => return Err(PkiError::Io { action: "read", path, source }),
+    };
+    let mut records = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let broken = |reason| PkiError::Index { path: path.clone(), line: index + 1, reason };
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [serial, spiffe_id, not_before, not_after] = fields[..] else {
+            return Err(broken("expected 4 fields separated by tabs: serial, SPIFFE ID, not-before, not-after"));
+        };
+        if serial.is_empty() || hex::decode(serial).is_err() {
+            return Err(broken("the serial is not hex"));
+        }
+        let identity = Identity::parse(spiffe_id).map_err(|_| broken("the SPIFFE ID does not parse"))?;
+        let time = |text| OffsetDateTime::parse(text, &Rfc3339).map_err(|_| broken("a time is not RFC 3339"));
+        records.push(IssuedRecord {
+            spiffe_id: identity.to_string(),
+            serial: serial.to_owned(),
+            not_before: time(not_before)?,
+            not_after: time(not_after)?,
+        });
+    }
+    Ok(records)
+}
+
 impl CertificateAuthority {
-    /// Reads `ca.pem` and `ca.key` from `dir`; the trust domain is the CA
-    /// certificate's `spiffe://` URI SAN.
+    /// Reads `ca.pem` and an unencrypted `ca.key` (a dev PKI's) from `dir`;
+    /// see [`CertificateAuthority::open_with`].
     pub fn open(dir: &Path) -> Result<Self, PkiError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Reads `ca.pem` and `ca.key` from `dir`, decrypting the key with
+    /// `passphrase` when it is encrypted; the trust domain is the CA
+    /// certificate's `spiffe://` URI SAN.
+    pub fn open_with(dir: &Path, passphrase: Option<&SecretString>) -> Result<Self, PkiError> {
         let read = |name: &str| {
             let path = dir.join(name);
             fs::read_to_string(&path).map_err(|source| PkiError::Io { action: "read", path, source })
         };
         let cert_pem = read(CA_CERT_FILE)?;
-        let key_pem = zeroize::Zeroizing::new(read(CA_KEY_FILE)?);
+        let key_pem = Zeroizing::new(read(CA_KEY_FILE)?);
         let unusable = |reason: &'static str| PkiError::UnusableCa { path: dir.join(CA_CERT_FILE), reason };
-        let key = KeyPair::from_pem(&key_pem).map_err(|_| unusable("ca.key is not a PEM private key"))?;
+        let key = if key_pem.contains(&format!("-----BEGIN {ENCRYPTED_KEY_LABEL}-----")) {
+            let key_path = dir.join(CA_KEY_FILE);
+            let passphrase = passphrase.ok_or_else(|| PkiError::PassphraseNeeded { path: key_path.clone() })?;
+            decrypt_key(&key_path, &key_pem, passphrase)?
+        } else {
+            KeyPair::from_pem(&key_pem).map_err(|_| unusable("ca.key is not a PEM private key"))?
+        };
         let trust_domain = ca_trust_domain(&cert_pem).ok_or_else(|| {
             unusable("the CA certificate carries no spiffe://<trust-domain> URI SAN, so it names no trust domain")
         })?;
@@ -124,18 +320,42 @@ impl CertificateAuthority {
         let serial = random_serial();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&key, &issuer).map_err(generate)?;
+        // Recorded before it is handed out, so that `list` shows everything signed.
+        self.record(&hex::encode(serial), identity, not_before, not_after)?;
         fs::DirBuilder::new().recursive(true).create(out).map_err(|source| PkiError::Io {
             action: "create directory",
             path: out.to_owned(),
             source,
         })?;
         dev_pki::write_new_file(&cert_path, &cert.pem(), 0o600)?;
-        dev_pki::write_new_file(&key_path, &zeroize::Zeroizing::new(key.serialize_pem()), 0o600)?;
+        dev_pki::write_new_file(&key_path, &Zeroizing::new(key.serialize_pem()), 0o600)?;
         let ca_copy = out.join(CA_CERT_FILE);
         if fs::symlink_metadata(&ca_copy).is_err() {
             dev_pki::write_new_file(&ca_copy, &self.cert_pem, 0o600)?;
         }
         Ok(Issued { cert: cert_path, key: key_path, serial: hex::encode(serial), not_after })
+    }
+
+    /// Appends a signed certificate to the index (made 0600 when missing).
+    fn record(
+        &self,
+        serial: &str,
+        identity: &Identity,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(), PkiError> {
+        let path = self.dir.join(ISSUED_INDEX_FILE);
+        let io = |action, source| PkiError::Io { action, path: path.clone(), source };
+        // Certificates hold whole seconds.
+        let time = |at: OffsetDateTime| at.replace_nanosecond(0).ok().and_then(|at| at.format(&Rfc3339).ok());
+        let (Some(not_before), Some(not_after)) = (time(not_before), time(not_after)) else {
+            let invalid = std::io::Error::new(std::io::ErrorKind::InvalidInput, "a validity time is not RFC 3339");
+            return Err(io("append to", invalid));
+        };
+        let line = format!("{serial}\t{identity}\t{not_before}\t{not_after}\n");
+        let mut file =
+            fs::OpenOptions::new().append(true).create(true).mode(0o600).open(&path).map_err(|e| io("open", e))?;
+        file.write_all(line.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| io("append to", e))
     }
 }
 
@@ -205,5 +425,90 @@ mod tests {
         assert!(matches!(ca.issue(&foreign, Duration::days(1), &out), Err(PkiError::OtherTrustDomain { .. })));
         let bob = Identity::parse(&format!("spiffe://{DEV_TRUST_DOMAIN}/tenant/acme/approver/bob")).unwrap();
         assert!(matches!(ca.issue(&bob, Duration::days(MAX_LIFETIME_DAYS + 1), &out), Err(PkiError::Lifetime { .. })));
+
+        // The one certificate signed is recorded, as `issue` printed it.
+        let records = list_issued(&dir).unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!((records[0].spiffe_id.as_str(), records[0].serial.as_str()), (uri.as_str(), issued.serial.as_str()));
+        assert_eq!(records[0].not_after.unix_timestamp(), issued.not_after.unix_timestamp());
+        assert_eq!(fs::metadata(dir.join(ISSUED_INDEX_FILE)).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    fn secret(text: &str) -> SecretString {
+        SecretString::from(text.to_owned())
+    }
+
+    #[test]
+    fn init_makes_a_ca_whose_key_opens_only_with_its_passphrase() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let domain = TrustDomain::parse("vault.example.jp").unwrap();
+        let made = init_ca(&dir, &domain, Duration::days(30), &secret("correct horse")).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        for name in [CA_CERT_FILE, CA_KEY_FILE, ISSUED_INDEX_FILE] {
+            assert_eq!(fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777, 0o600, "{name}");
+        }
+        // The key on disk is no plain key, and holds no plain key's bytes.
+        let key_pem = fs::read_to_string(&made.key).unwrap();
+        assert!(key_pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"), "{key_pem}");
+        assert!(KeyPair::from_pem(&key_pem).is_err());
+        assert!(matches!(CertificateAuthority::open(&dir), Err(PkiError::PassphraseNeeded { .. })));
+        let wrong = CertificateAuthority::open_with(&dir, Some(&secret("wrong horse"))).unwrap_err();
+        assert!(matches!(wrong, PkiError::WrongPassphrase { .. }), "{wrong:?}");
+        assert!(wrong.to_string().contains("wrong passphrase"), "{wrong}");
+
+        let ca = CertificateAuthority::open_with(&dir, Some(&secret("correct horse"))).unwrap();
+        assert_eq!(ca.trust_domain(), &domain);
+        let pem = fs::read(&made.cert).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        assert!(cert.is_ca());
+        assert_eq!(hex::encode(cert.raw_serial()), made.serial);
+        // Not the dev PKI's: a production vault takes it.
+        assert!(!dev_pki::is_dev_pki_pem(&fs::read(&made.cert).unwrap()));
+        assert!(list_issued(&dir).unwrap().is_empty());
+
+        let identity = Identity::parse("spiffe://vault.example.jp/operator/auditor/kato").unwrap();
+        let issued = ca.issue(&identity, Duration::days(1), &tmp.path().join("kato")).unwrap();
+        let records = list_issued(&dir).unwrap();
+        assert_eq!(records.iter().map(|r| r.serial.as_str()).collect::<Vec<_>>(), [issued.serial.as_str()]);
+        assert!(!records[0].is_expired(OffsetDateTime::now_utc()));
+        assert!(records[0].is_expired(OffsetDateTime::now_utc() + Duration::days(2)));
+
+        // Never over an existing CA; never without a passphrase; never for ever.
+        let again = init_ca(&dir, &domain, Duration::days(30), &secret("other"));
+        assert!(matches!(again, Err(PkiError::CaExists { .. })), "{again:?}");
+        let other = tmp.path().join("other");
+        assert!(matches!(init_ca(&other, &domain, Duration::days(30), &secret("")), Err(PkiError::EmptyPassphrase)));
+        let forever = init_ca(&other, &domain, Duration::days(MAX_CA_LIFETIME_DAYS + 1), &secret("x"));
+        assert!(matches!(forever, Err(PkiError::CaLifetime { .. })));
+        assert!(!other.exists(), "a refused init writes nothing");
+    }
+
+    #[test]
+    fn the_passphrase_comes_from_the_file_first_and_is_never_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("passphrase");
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file).unwrap();
+        fs::write(&file, "from the file\n").unwrap();
+        let read = passphrase(Some(&file), Some("from the environment".into())).unwrap().unwrap();
+        assert_eq!(read.expose_secret(), "from the file");
+        let read = passphrase(None, Some("from the environment".into())).unwrap().unwrap();
+        assert_eq!(read.expose_secret(), "from the environment");
+        assert!(passphrase(None, None).unwrap().is_none());
+        assert!(matches!(passphrase(None, Some(String::new())), Err(PkiError::EmptyPassphrase)));
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(passphrase(Some(&file), None), Err(PkiError::PassphraseFile(_))));
+    }
+
+    #[test]
+    fn a_damaged_index_is_named_by_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(ISSUED_INDEX_FILE), format!("{INDEX_HEADER}abc\tnot an id\n")).unwrap();
+        let error = list_issued(tmp.path()).unwrap_err();
+        assert!(matches!(error, PkiError::Index { line: 2, .. }), "{error:?}");
+        // No index and no CA: nothing to list from.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(list_issued(empty.path()), Err(PkiError::Io { .. })));
     }
 }

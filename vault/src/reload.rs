@@ -1,11 +1,13 @@
 //! Reloading the configuration while the vault serves: on SIGHUP
-//! ([`crate::lifecycle::Signals`]), or in-process through a [`Reloader`]
-//! ([`crate::startup::Application::reloader`]).
+//! ([`crate::lifecycle::Signals`]), when a `[tls]` file changes on disk
+//! ([`crate::tls_watch`]), or in-process through a [`Reloader`]
+//! ([`crate::startup::Application::reloader`]). All three share one
+//! reloader, and so one view of the configuration in force.
 //!
 //! What a reload changes, for what starts after it:
 //! - `[tls]`: the files are read again, even under the same paths: new
-//!   connections get the new certificate, key and client CA; connections
-//!   already open keep theirs until they close;
+//!   connections get the new certificate, key, client CA and revocation
+//!   lists; connections already open keep theirs until they close;
 //! - `[principals]`: every call checked from then on; a change is recorded in
 //!   the audit log as `admin.reload-principals`, naming who was added,
 //!   removed or granted differently;
@@ -151,6 +153,12 @@ impl Reloader {
                 Err(error)
             }
         }
+    }
+
+    /// The `[tls]` files of the configuration in force
+    /// ([`Settings::tls_files`]): what [`crate::tls_watch`] polls.
+    pub(crate) async fn tls_files(&self) -> Vec<std::path::PathBuf> {
+        self.shared.running.lock().await.tls_files()
     }
 
     /// Applies `new` as a reload of the configuration would.

@@ -9,7 +9,8 @@
 //!   is dropped to make room, so connections that never start TLS cannot
 //!   lock callers out;
 //! - mutual TLS exactly as before: a client certificate signed by the
-//!   configured CA is required (rustls' `WebPkiClientVerifier`), and the
+//!   configured CA, and on none of its revocation lists, is required
+//!   (rustls' `WebPkiClientVerifier`), and the
 //!   connection's [`TlsConnectInfo`] goes into every request, so
 //!   `Request::peer_certs` works as with tonic's server;
 //! - HTTP/2 keepalive pings, `limits.max_concurrent_streams` calls per

@@ -18,7 +18,7 @@ use mnvault_proto::v1::key_service_server::KeyServiceServer;
 use mnvault_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tonic::service::Routes;
@@ -74,6 +74,16 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+    /// A certificate revocation list of `tls.crl` cannot be read or parsed.
+    #[error("{key}: the certificate revocation list {} {reason}", path.display())]
+    Crl {
+        /// Its key, e.g. `tls.crl[0]`.
+        key: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A limit of `[limits]` is out of range.
     #[error("invalid configuration: {0}")]
     Limits(String),
@@ -119,8 +129,11 @@ pub struct Application {
     local_addr: SocketAddr,
     listener: TcpListener,
     live: Arc<crate::reload::LiveSettings>,
-    /// The configuration it was built with, for [`Application::reloader`].
+    /// The configuration it was built with.
     settings: Settings,
+    /// The one reloader of this vault: SIGHUP, the TLS file watch and
+    /// [`Application::reloader`] share its view of the configuration in force.
+    reloader: crate::reload::Reloader,
     context: Arc<VaultContext>,
     store: Arc<dyn Store>,
     metrics: Option<MetricsListener>,
@@ -176,7 +189,8 @@ impl Application {
         let metrics = settings.metrics.bind(settings.dev).await?;
         tracing::info!(%local_addr, database = %settings.database().describe(), "vault ready");
         let settings = settings.clone();
-        Ok(Self { local_addr, listener, live, settings, context, store, metrics, _serving })
+        let reloader = crate::reload::Reloader::new(context.clone(), live.clone(), settings.clone());
+        Ok(Self { local_addr, listener, live, settings, reloader, context, store, metrics, _serving })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -195,9 +209,20 @@ impl Application {
     }
 
     /// What reloads this vault's configuration while it serves (SIGHUP
-    /// does it through [`crate::lifecycle::Signals`]); see [`crate::reload`].
+    /// does it through [`crate::lifecycle::Signals`], a changed TLS file
+    /// through [`crate::tls_watch`]); see [`crate::reload`].
     pub fn reloader(&self) -> crate::reload::Reloader {
-        crate::reload::Reloader::new(self.context.clone(), self.live.clone(), self.settings.clone())
+        self.reloader.clone()
+    }
+
+    /// Reloads read the configuration with `source` (see
+    /// [`crate::reload::Reloader::with_source`]), whoever starts them.
+    pub fn with_reload_source(
+        mut self,
+        source: impl Fn() -> Result<Settings, crate::config::ConfigError> + Send + Sync + 'static,
+    ) -> Self {
+        self.reloader = self.reloader.with_source(source);
+        self
     }
 
     /// Serves until `shutdown` completes, then stops gracefully (see
@@ -258,6 +283,8 @@ impl Application {
             crate::key_schedule::spawn(self.context.clone(), keys.rotate_every_days, keys.rotation_check_interval_ms);
         let _purge = crate::purge::spawn(self.context.clone(), &self.settings.retention);
         let _checkpointer = crate::checkpointer::spawn(self.context.clone(), &self.settings.audit);
+        let _tls_watch =
+            crate::tls_watch::spawn(self.context.clone(), self.reloader.clone(), crate::tls_watch::POLL_INTERVAL);
         // The audit sinks' tailers: they write what is left once calls have ended.
         let audit_sinks = crate::audit_sink::spawn(self.context.clone(), &self.settings);
         let shutdown = health.stop_after(shutdown);
@@ -270,8 +297,9 @@ impl Application {
 }
 
 /// Mutual TLS as tonic's server sets it up: the vault's certificate, HTTP/2
-/// by ALPN, and a client certificate signed by `tls.client_ca` required of
-/// every caller. `mnvault config check` uses it too.
+/// by ALPN, and a client certificate signed by `tls.client_ca`, and on no
+/// revocation list of `tls.crl`, required of every caller. `mnvault config
+/// check` uses it too.
 pub fn server_tls(settings: &Settings) -> Result<ServerConfig, StartupError> {
     let read = |path: &std::path::Path| {
         let path = settings.resolve(path);
@@ -291,13 +319,48 @@ pub fn server_tls(settings: &Settings) -> Result<ServerConfig, StartupError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid("the client CA (tls.client_ca) is not PEM", &e))?;
     roots.add_parsable_certificates(client_ca);
+    let mut crls = Vec::new();
+    for (index, file) in settings.tls.crl.iter().enumerate() {
+        crls.extend(read_crls(&settings.resolve(file), index)?);
+    }
+    // A list covers the certificates of its own issuer; those of another
+    // client CA, without a list here, are not refused for it.
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .with_crls(crls)
+        .allow_unknown_revocation_status()
         .build()
-        .map_err(|e| invalid("the client CA (tls.client_ca) cannot verify clients", &e))?;
+        .map_err(|e| {
+            invalid("the client CA (tls.client_ca) and revocation lists (tls.crl) cannot verify clients", &e)
+        })?;
     let mut config = ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| invalid("the vault's certificate and key do not fit", &e))?;
     config.alpn_protocols.push(b"h2".to_vec());
     Ok(config)
+}
+
+/// The revocation lists in `path`, the file of `tls.crl[index]`: one DER
+/// list, or PEM with one or more `X509 CRL` blocks. Each is parsed here, so
+/// that a bad one is named by its file rather than by the TLS setup.
+fn read_crls(path: &std::path::Path, index: usize) -> Result<Vec<CertificateRevocationListDer<'static>>, StartupError> {
+    let problem =
+        |reason: String| StartupError::Crl { key: format!("tls.crl[{index}]"), path: path.to_owned(), reason };
+    let bytes = std::fs::read(path).map_err(|error| problem(format!("cannot be read: {error}")))?;
+    let crls = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| problem(format!("is not PEM: {error}")))?;
+        if crls.is_empty() {
+            return Err(problem("holds no X509 CRL block".into()));
+        }
+        crls
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    for crl in &crls {
+        x509_parser::parse_x509_crl(crl)
+            .map_err(|error| problem(format!("is not a certificate revocation list (PEM or DER): {error}")))?;
+    }
+    Ok(crls)
 }

@@ -98,11 +98,17 @@ pub enum Operation {
     SignCheckpoint,
     /// `KeyService.RotateSigningKey`: a new vault signing key.
     RotateSigningKey,
+    /// `AdminService.GetTenantPolicy`.
+    GetTenantPolicy,
+    /// `AdminService.ProposeTenantPolicy`: a change waiting for a second key-admin.
+    ProposeTenantPolicy,
+    /// `AdminService.ApproveTenantPolicy`: a change applied.
+    ApproveTenantPolicy,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 27] = [
+    pub const ALL: [Operation; 30] = [
         Operation::Tokenize,
         Operation::TokenizeStream,
         Operation::DescribeToken,
@@ -130,6 +136,9 @@ impl Operation {
         Operation::RaiseAlert,
         Operation::SignCheckpoint,
         Operation::RotateSigningKey,
+        Operation::GetTenantPolicy,
+        Operation::ProposeTenantPolicy,
+        Operation::ApproveTenantPolicy,
     ];
 
     /// Stable identifier stored in entries.
@@ -162,6 +171,9 @@ impl Operation {
             Operation::RaiseAlert => "audit.alert",
             Operation::SignCheckpoint => "audit.checkpoint",
             Operation::RotateSigningKey => "keys.rotate-signing",
+            Operation::GetTenantPolicy => "admin.get-tenant-policy",
+            Operation::ProposeTenantPolicy => "admin.propose-tenant-policy",
+            Operation::ApproveTenantPolicy => "admin.approve-tenant-policy",
         }
     }
 }

@@ -39,6 +39,11 @@ pub enum VaultError {
     /// The caller presented no usable client certificate.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A tenant policy's limit (or a job's) refused it; see
+    /// [`crate::tenant_policy::Limit`]. Rates may succeed later; the rest
+    /// will not, as asked.
+    #[error("{}", .0.message)]
+    Limit(crate::tenant_policy::LimitRefusal),
     /// A fault inside the vault; the cause is in the vault's log.
     #[error("internal error; the vault's log has the cause")]
     Internal,
@@ -49,9 +54,10 @@ impl VaultError {
     pub fn outcome(&self) -> Outcome {
         match self {
             VaultError::InvalidArgument(_) => Outcome::Invalid,
-            VaultError::PermissionDenied(_) | VaultError::FailedPrecondition(_) | VaultError::Unauthenticated(_) => {
-                Outcome::Denied
-            }
+            VaultError::PermissionDenied(_)
+            | VaultError::FailedPrecondition(_)
+            | VaultError::Unauthenticated(_)
+            | VaultError::Limit(_) => Outcome::Denied,
             VaultError::NotFound(_) => Outcome::NotFound,
             VaultError::Unavailable(_) | VaultError::DataLoss(_) | VaultError::Internal => Outcome::Failed,
         }
@@ -88,6 +94,12 @@ impl From<StoreError> for VaultError {
                 VaultError::Internal
             }
         }
+    }
+}
+
+impl From<crate::tenant_policy::LimitRefusal> for VaultError {
+    fn from(refusal: crate::tenant_policy::LimitRefusal) -> Self {
+        VaultError::Limit(refusal)
     }
 }
 

@@ -35,6 +35,11 @@ pub enum IdError {
     /// A filing job identifier does not follow its grammar.
     #[error("the filing job id is not valid: a job id is `job_` and 16 base32 characters")]
     JobId,
+    /// A policy change identifier does not follow its grammar.
+    #[error(
+        "the policy change id is not valid: a change id is `pc_` and 16 base32 characters, as `policy set` printed it"
+    )]
+    PolicyChangeId,
     /// A principal name does not follow its grammar.
     #[error(
         "the principal name is not valid: use 1 to 128 ASCII letters, digits, `.`, `_`, `-` or `@`, holding no \
@@ -125,6 +130,28 @@ impl JobId {
             .is_some_and(|rest| rest.len() == JOB_ID_CHARS && rest.bytes().all(is_base32_lower))
             && !contains_number(text);
         valid.then(|| Self(text.to_owned())).ok_or(IdError::JobId)
+    }
+}
+
+text_id!(
+    /// A proposed change of a tenant's policy: `pc_` and 16 lowercase base32
+    /// characters (80 random bits), drawn by
+    /// [`crate::mint::draw_policy_change_id`]. A second key-admin approves
+    /// the change by naming it, so what they reviewed is what applies.
+    PolicyChangeId
+);
+
+/// Prefix of policy change identifiers.
+pub const POLICY_CHANGE_ID_PREFIX: &str = "pc_";
+
+impl PolicyChangeId {
+    /// Parses a policy change identifier.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        let valid = text
+            .strip_prefix(POLICY_CHANGE_ID_PREFIX)
+            .is_some_and(|rest| rest.len() == JOB_ID_CHARS && rest.bytes().all(is_base32_lower))
+            && !contains_number(text);
+        valid.then(|| Self(text.to_owned())).ok_or(IdError::PolicyChangeId)
     }
 }
 

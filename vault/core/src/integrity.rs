@@ -48,6 +48,8 @@ mod kind {
     pub const RECORD: &[u8] = b"record";
     pub const JOB_TERMS: &[u8] = b"job-terms";
     pub const JOB_STATE: &[u8] = b"job-state";
+    pub const TENANT_POLICY: &[u8] = b"tenant-policy";
+    pub const POLICY_PROPOSAL: &[u8] = b"policy-proposal";
 }
 
 /// Operations whose allowed entries change a job's state; the rollback check
@@ -169,7 +171,12 @@ impl Integrity {
             b"tokens",
             &count,
         ];
-        self.key.tag(kind::JOB_TERMS, head.into_iter().chain(tokens.iter().map(|t| t.as_str().as_bytes())))
+        let required = terms.approvals_required.to_be_bytes();
+        // A job of one approval tags as jobs did before policies, so theirs still verify.
+        let approvals: Vec<&[u8]> =
+            if terms.approvals_required > 1 { vec![b"approvals", &required] } else { Vec::new() };
+        self.key
+            .tag(kind::JOB_TERMS, head.into_iter().chain(tokens.iter().map(|t| t.as_str().as_bytes())).chain(approvals))
     }
 
     /// The tag of a job's state: its stamps, release counts and `state_seq`,
@@ -184,6 +191,8 @@ impl Integrity {
         }
         let approved = stamp(&job.approved);
         let cancelled = stamp(&job.cancelled);
+        // Like the terms: a job without earlier approvals tags as before.
+        let earlier_text = crate::job::encode_approvals(&job.earlier_approvals);
         let state_seq = job.state_seq.to_be_bytes();
         let count = (job.tokens.len() as u64).to_be_bytes();
         let counts: Vec<[u8; 4]> = job.tokens.iter().map(|(_, releases)| releases.to_be_bytes()).collect();
@@ -202,7 +211,61 @@ impl Integrity {
             .iter()
             .zip(&counts)
             .flat_map(|((token, _), releases)| [token.as_str().as_bytes(), &releases[..]]);
-        self.key.tag(kind::JOB_STATE, head.into_iter().chain(per_token))
+        let earlier: Vec<&[u8]> = if job.earlier_approvals.is_empty() {
+            Vec::new()
+        } else {
+            vec![b"earlier-approvals", earlier_text.as_bytes()]
+        };
+        self.key.tag(kind::JOB_STATE, head.into_iter().chain(per_token).chain(earlier))
+    }
+
+    /// The tag of a tenant's applied policy row, bound to the tenant, the
+    /// change, who proposed and approved it, and the audit entry that
+    /// recorded the approval.
+    pub fn tenant_policy_tag(&self, row: &crate::store::TenantPolicyRow) -> [u8; 32] {
+        self.key.tag(
+            kind::TENANT_POLICY,
+            [
+                row.tenant.as_bytes(),
+                row.policy.as_bytes(),
+                row.change_id.as_bytes(),
+                row.proposed_by.as_bytes(),
+                row.approved_by.as_bytes(),
+                &row.approved_at.to_be_bytes(),
+                &row.applied_seq.to_be_bytes(),
+            ],
+        )
+    }
+
+    /// The tag of a proposed policy change, bound to its tenant, id and the
+    /// audit entry that recorded it.
+    pub fn policy_proposal_tag(&self, row: &crate::store::PolicyProposalRow) -> [u8; 32] {
+        self.key.tag(
+            kind::POLICY_PROPOSAL,
+            [
+                row.tenant.as_bytes(),
+                row.change_id.as_bytes(),
+                row.policy.as_bytes(),
+                row.proposed_by.as_bytes(),
+                &row.proposed_at.to_be_bytes(),
+                &row.proposed_seq.to_be_bytes(),
+            ],
+        )
+    }
+
+    /// Whether a row's stored tag is `expected`; a row that fails is
+    /// counted and named as tampered.
+    pub fn check_tag(
+        &self,
+        expected: &[u8; 32],
+        stored: Option<&[u8]>,
+        object: impl FnOnce() -> String,
+    ) -> Result<(), VaultError> {
+        if row_tag_matches(expected, stored) {
+            Ok(())
+        } else {
+            Err(self.tampered(object()))
+        }
     }
 
     /// Parses a job row and checks both of its tags.
@@ -290,6 +353,7 @@ mod tests {
             purpose: Purpose::WithholdingSlip,
             note: FreeText::default(),
             max_releases_per_token: 1,
+            approvals_required: 1,
             created_by: principal("requester"),
             created_at: 1,
             expires_at: 2,
@@ -299,6 +363,7 @@ mod tests {
         let job = Job {
             terms,
             approved: approved.clone(),
+            earlier_approvals: Vec::new(),
             cancelled: None,
             tokens: tokens.iter().map(|t| (t.clone(), 0)).collect(),
             state_seq: 7,
@@ -317,6 +382,8 @@ mod tests {
             approved_at: approved.as_ref().map(|s| s.at),
             cancelled_by: None,
             cancelled_at: None,
+            approvals_required: 1,
+            earlier_approvals: String::new(),
             tokens: tokens.iter().map(|t| (t.to_string(), 0)).collect(),
             terms_tag: Some(terms_tag.to_vec()),
             state_tag: Some(state_tag.to_vec()),
@@ -346,6 +413,8 @@ mod tests {
             ("token order", Box::new(|r| r.tokens.swap(0, 1))),
             ("token removed", Box::new(|r| drop(r.tokens.pop()))),
             ("state_seq", Box::new(|r| r.state_seq = 8)),
+            ("approvals required", Box::new(|r| r.approvals_required = 2)),
+            ("earlier approval", Box::new(|r| r.earlier_approvals = "1 other".into())),
             ("missing tag", Box::new(|r| r.state_tag = None)),
             ("short tag", Box::new(|r| r.terms_tag.as_mut().unwrap().truncate(31))),
         ];
@@ -354,7 +423,7 @@ mod tests {
             edit(&mut edited);
             assert!(matches!(integrity.check_job(edited), Err(VaultError::DataLoss(_))), "{what}");
         }
-        assert_eq!(integrity.failures(), 10);
+        assert_eq!(integrity.failures(), 12);
         assert!(matches!(self::integrity(2).check_job(row), Err(VaultError::DataLoss(_))), "another vault's key");
     }
 

@@ -13,7 +13,29 @@ use crate::id::{JobId, Principal, TenantId, Token};
 use crate::purpose::Purpose;
 use crate::store::{JobRow, StoreError};
 
+use crate::tenant_policy::{Limit, LimitRefusal};
 use crate::text::FreeText;
+
+/// The stored form of approvals: one `<unix ms> <principal>` line each.
+pub fn encode_approvals(approvals: &[Stamp]) -> String {
+    approvals.iter().map(|s| format!("{} {}", s.at, s.by)).collect::<Vec<_>>().join("\n")
+}
+
+/// Reads [`encode_approvals`]'s form; `None` when it is not that form.
+fn decode_approvals(text: &str) -> Option<Vec<Stamp>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    let approvals = text
+        .split('\n')
+        .map(|line| {
+            let (at, by) = line.split_once(' ')?;
+            Some(Stamp { by: Principal::parse_recorded(by).ok()?, at: at.parse().ok()? })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (encode_approvals(&approvals) == text && approvals.len() < crate::tenant_policy::MAX_APPROVALS as usize)
+        .then_some(approvals)
+}
 
 /// Longest a job may run: filings are prepared in days, not seasons.
 pub const MAX_JOB_LIFETIME_MS: i64 = 90 * 24 * 3600 * 1000;
@@ -34,6 +56,9 @@ pub struct JobTerms {
     pub note: FreeText,
     /// Releases allowed per token.
     pub max_releases_per_token: u32,
+    /// Distinct persons, none of them its creator, who must approve it: the
+    /// tenant's policy when it was created.
+    pub approvals_required: u32,
     /// Principal that created it.
     pub created_by: Principal,
     /// Unix milliseconds.
@@ -56,8 +81,10 @@ pub struct Stamp {
 pub struct Job {
     /// What it declared.
     pub terms: JobTerms,
-    /// Its approval, once approved.
+    /// The approval that completed its approvals, once approved.
     pub approved: Option<Stamp>,
+    /// Approvals given while it still needed more, in order.
+    pub earlier_approvals: Vec<Stamp>,
     /// Its cancellation, once cancelled.
     pub cancelled: Option<Stamp>,
     /// Tokens with their release counts, in order.
@@ -100,7 +127,13 @@ pub struct JobRequest {
 impl JobRequest {
     /// The terms of the job this request creates at `now`, and its distinct
     /// tokens in order; refused when the request breaks a rule.
-    pub fn terms(&self, job_id: JobId, created_by: &Principal, now: i64) -> Result<(JobTerms, Vec<Token>), VaultError> {
+    pub fn terms(
+        &self,
+        job_id: JobId,
+        created_by: &Principal,
+        approvals_required: u32,
+        now: i64,
+    ) -> Result<(JobTerms, Vec<Token>), VaultError> {
         let mut seen = HashSet::new();
         let tokens: Vec<Token> = self.tokens.iter().filter(|t| seen.insert(*t)).cloned().collect();
         // A tenant export covers every record of the tenant up to its creation, once.
@@ -135,6 +168,7 @@ impl JobRequest {
             purpose: self.purpose,
             note: self.note.clone(),
             max_releases_per_token: self.max_releases_per_token.max(1),
+            approvals_required: approvals_required.max(1),
             created_by: created_by.clone(),
             created_at: now,
             expires_at: self.expires_at,
@@ -179,11 +213,17 @@ impl Job {
                     .ok()
                     .filter(|max| *max > 0)
                     .ok_or(StoreError::Corrupt { what: "filing_jobs.max_releases_per_token" })?,
+                approvals_required: u32::try_from(row.approvals_required)
+                    .ok()
+                    .filter(|n| (1..=crate::tenant_policy::MAX_APPROVALS).contains(n))
+                    .ok_or(StoreError::Corrupt { what: "filing_jobs.approvals_required" })?,
                 created_by: Principal::parse_recorded(&row.created_by).map_err(corrupt("filing_jobs.created_by"))?,
                 created_at: row.created_at,
                 expires_at: row.expires_at,
             },
             approved: stamp(row.approved_by, row.approved_at, "filing_jobs.approved_by")?,
+            earlier_approvals: decode_approvals(&row.earlier_approvals)
+                .ok_or(StoreError::Corrupt { what: "filing_jobs.earlier_approvals" })?,
             cancelled: stamp(row.cancelled_by, row.cancelled_at, "filing_jobs.cancelled_by")?,
             tokens,
             state_seq: u64::try_from(row.state_seq).map_err(corrupt("filing_jobs.state_seq"))?,
@@ -215,6 +255,14 @@ impl Job {
                  approver must"
             )));
         }
+        if let Some(earlier) = self.earlier_approvals.iter().find(|s| s.by.person() == approver.person()) {
+            let person = approver.person();
+            return Err(VaultError::PermissionDenied(format!(
+                "{person} approved filing job {job_id} already (as {}); it needs {} approvals by distinct persons, so \
+                 another approver must",
+                earlier.by, self.terms.approvals_required
+            )));
+        }
         match self.state(now) {
             JobState::PendingApproval => Ok(()),
             JobState::Approved => Err(VaultError::FailedPrecondition(format!(
@@ -229,6 +277,24 @@ impl Job {
                 crate::clock::rfc3339(self.terms.expires_at)
             ))),
         }
+    }
+
+    /// Records `approver`'s approval (checked by [`Job::check_approval`]):
+    /// it completes the job's approvals, or waits for more. Returns whether
+    /// the job is now approved.
+    pub fn add_approval(&mut self, approval: Stamp) -> bool {
+        if self.earlier_approvals.len() + 1 >= self.terms.approvals_required as usize {
+            self.approved = Some(approval);
+            true
+        } else {
+            self.earlier_approvals.push(approval);
+            false
+        }
+    }
+
+    /// Every approval given, in order.
+    pub fn approvals(&self) -> impl Iterator<Item = &Stamp> {
+        self.earlier_approvals.iter().chain(&self.approved)
     }
 
     /// Refuses to cancel a job that is already cancelled.
@@ -272,9 +338,18 @@ impl Job {
         }
         match self.state(now) {
             JobState::Approved => {}
+            JobState::PendingApproval if self.earlier_approvals.is_empty() => {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "filing job {job_id} has not been approved; {} person(s) other than {} must approve it first",
+                    self.terms.approvals_required, self.terms.created_by
+                )))
+            }
             JobState::PendingApproval => {
                 return Err(VaultError::FailedPrecondition(format!(
-                    "filing job {job_id} has not been approved; a principal other than {} must approve it first",
+                    "filing job {job_id} has {} of the {} approvals it needs; persons other than {} and the earlier \
+                     approvers must approve it first",
+                    self.earlier_approvals.len(),
+                    self.terms.approvals_required,
                     self.terms.created_by
                 )))
             }
@@ -296,10 +371,15 @@ impl Job {
         for (position, token) in (1usize..).zip(tokens) {
             match listed.get(token) {
                 None => {
-                    return Err(VaultError::PermissionDenied(format!(
-                        "token #{position} of the release is not listed in filing job {job_id}; only listed tokens \
-                         can be released"
-                    )))
+                    return Err(LimitRefusal {
+                        limit: Limit::OutsideJob,
+                        message: format!(
+                            "token #{position} of the release is not listed in filing job {job_id} ({}); only listed \
+                             tokens can be released",
+                            Limit::OutsideJob
+                        ),
+                    }
+                    .into())
                 }
                 Some(releases) if *releases >= max => {
                     return Err(VaultError::FailedPrecondition(format!(
@@ -335,10 +415,11 @@ mod tests {
             max_releases_per_token: 1,
             note: FreeText::default(),
         };
-        let (terms, tokens) = request.terms(draw_job_id(), &principal("requester"), NOW).unwrap();
+        let (terms, tokens) = request.terms(draw_job_id(), &principal("requester"), 1, NOW).unwrap();
         Job {
             terms,
             approved: None,
+            earlier_approvals: Vec::new(),
             cancelled: None,
             tokens: tokens.into_iter().map(|t| (t, 0)).collect(),
             state_seq: 0,
@@ -385,6 +466,35 @@ mod tests {
     }
 
     #[test]
+    fn a_job_needing_two_approvals_waits_for_a_second_distinct_person() {
+        let identity = |uri: &str| crate::identity::Identity::parse(uri).unwrap().principal();
+        let mut job = job(&[draw_token(TokenFormat::Opaque)]);
+        job.terms.approvals_required = 2;
+        let bob = identity("spiffe://td/tenant/acme/approver/bob");
+        job.check_approval(&bob, NOW).unwrap();
+        assert!(!job.add_approval(Stamp { by: bob, at: NOW }));
+        assert_eq!(job.state(NOW), JobState::PendingApproval);
+        assert!(
+            matches!(job.check_release(&[], NOW), Err(VaultError::FailedPrecondition(m)) if m.contains("1 of the 2"))
+        );
+        // bob again, under another certificate of his: refused.
+        let bob_again = identity("spiffe://td/tenant/acme/auditor/bob");
+        assert!(
+            matches!(job.check_approval(&bob_again, NOW), Err(VaultError::PermissionDenied(m)) if m.contains("already"))
+        );
+        let carol = identity("spiffe://td/tenant/acme/approver/carol");
+        job.check_approval(&carol, NOW).unwrap();
+        assert!(job.add_approval(Stamp { by: carol, at: NOW + 1 }));
+        assert_eq!(job.state(NOW), JobState::Approved);
+        assert_eq!(job.approvals().count(), 2);
+        let stored = encode_approvals(&job.earlier_approvals);
+        assert_eq!(decode_approvals(&stored), Some(job.earlier_approvals.clone()));
+        for bad in [format!("{stored}\n"), format!(" {stored}"), "x spiffe://td/tenant/acme/approver/bob".into()] {
+            assert_eq!(decode_approvals(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn only_listed_tokens_under_their_limit_are_released_from_an_approved_job() {
         let listed = draw_token(TokenFormat::Opaque);
         let other = draw_token(TokenFormat::Opaque);
@@ -397,7 +507,7 @@ mod tests {
         assert!(job.check_release(std::slice::from_ref(&listed), NOW).is_ok());
         assert!(matches!(
             job.check_release(&[listed.clone(), other.clone()], NOW),
-            Err(VaultError::PermissionDenied(_))
+            Err(VaultError::Limit(LimitRefusal { limit: Limit::OutsideJob, .. }))
         ));
         job.tokens[0].1 = 1;
         assert!(matches!(
@@ -419,9 +529,9 @@ mod tests {
             max_releases_per_token: 0,
             note: FreeText::default(),
         };
-        let (terms, tokens) = request.terms(draw_job_id(), &principal("requester"), NOW).unwrap();
+        let (terms, tokens) = request.terms(draw_job_id(), &principal("requester"), 1, NOW).unwrap();
         assert_eq!((tokens.len(), terms.max_releases_per_token), (1, 1));
-        let refused = |request: JobRequest| request.terms(draw_job_id(), &principal("r"), NOW).is_err();
+        let refused = |request: JobRequest| request.terms(draw_job_id(), &principal("r"), 1, NOW).is_err();
         assert!(refused(JobRequest { tokens: vec![], ..request.clone() }));
         assert!(refused(JobRequest { expires_at: NOW, ..request.clone() }));
         assert!(refused(JobRequest { expires_at: NOW + MAX_JOB_LIFETIME_MS + 1, ..request }));

@@ -692,6 +692,19 @@ mod tests {
         }
     }
     #[async_trait]
+    impl crate::store::TenantPolicyReadTx for FakeRead {
+        async fn tenant_policy(&mut self, _: &TenantId) -> Result<Option<crate::store::TenantPolicyRow>, StoreError> {
+            unreachable!()
+        }
+        async fn policy_proposal(
+            &mut self,
+            _: &TenantId,
+        ) -> Result<Option<crate::store::PolicyProposalRow>, StoreError> {
+            unreachable!()
+        }
+    }
+
+    #[async_trait]
     impl crate::store::RootRotationReadTx for FakeRead {
         async fn wrapped_keys(
             &mut self,

@@ -43,6 +43,7 @@ pub mod offboarding;
 pub mod purpose;
 pub mod retention;
 pub mod store;
+pub mod tenant_policy;
 pub mod text;
 pub mod vault;
 

@@ -3,7 +3,10 @@
 use rand::{Rng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::id::{JobId, RequestId, Token, TokenFormat, JOB_ID_PREFIX, OPAQUE_TOKEN_PREFIX, REQUEST_ID_PREFIX};
+use crate::id::{
+    JobId, PolicyChangeId, RequestId, Token, TokenFormat, JOB_ID_PREFIX, OPAQUE_TOKEN_PREFIX, POLICY_CHANGE_ID_PREFIX,
+    REQUEST_ID_PREFIX,
+};
 use crate::number::{check_digit, contains_number};
 
 /// Draws a fresh random token of `format`.
@@ -24,6 +27,16 @@ pub fn draw_job_id() -> JobId {
         format!("{JOB_ID_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
     });
     JobId::parse(&text).expect("a drawn job id follows its grammar")
+}
+
+/// Draws a fresh random policy change identifier (80 random bits).
+pub fn draw_policy_change_id() -> PolicyChangeId {
+    let text = draw_without_number(|| {
+        let mut bytes = [0u8; 10];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        format!("{POLICY_CHANGE_ID_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    });
+    PolicyChangeId::parse(&text).expect("a drawn change id follows its grammar")
 }
 
 /// Draws a fresh random request id (128 random bits), one per call.

@@ -34,6 +34,7 @@ mod report;
 mod retention;
 mod root_rotation;
 mod rotation;
+mod tenant_policy;
 
 pub use checkpoint::{CheckpointReadTx, CheckpointWriteTx};
 pub use offboarding::{OffboardingReadTx, OffboardingWriteTx};
@@ -41,6 +42,7 @@ pub use report::ReportReadTx;
 pub use retention::{RetentionReadTx, RetentionRow, RetentionWriteTx, TombstoneRow};
 pub use root_rotation::{RootRotationReadTx, RootRotationWriteTx, StoredWrappedKey, WrappedKeySlot};
 pub use rotation::{KeyVersionRow, RewrapScan, RewrappedRecord, RotationReadTx, RotationWriteTx};
+pub use tenant_policy::{PolicyProposalRow, TenantPolicyReadTx, TenantPolicyRow, TenantPolicyWriteTx};
 
 /// The cause of a store failure, as the backend reported it. Logged, never
 /// sent to a caller.
@@ -181,6 +183,11 @@ pub struct JobRow {
     pub cancelled_by: Option<String>,
     /// Unix milliseconds.
     pub cancelled_at: Option<i64>,
+    /// Distinct persons who must approve it.
+    pub approvals_required: i64,
+    /// Approvals given while it still needed more, in their stored form
+    /// ([`crate::job::encode_approvals`]); empty for none.
+    pub earlier_approvals: String,
     /// Tokens with their release counts, in position order.
     pub tokens: Vec<(String, i64)>,
     /// Tag of the terms and token list.
@@ -316,7 +323,14 @@ pub struct PoolUsage {
 /// Steps that read. Available in read and write transactions.
 #[async_trait]
 pub trait ReadTx:
-    Send + RotationReadTx + RootRotationReadTx + RetentionReadTx + OffboardingReadTx + CheckpointReadTx + ReportReadTx
+    Send
+    + RotationReadTx
+    + RootRotationReadTx
+    + RetentionReadTx
+    + OffboardingReadTx
+    + CheckpointReadTx
+    + ReportReadTx
+    + TenantPolicyReadTx
 {
     /// The wrapped system key `name`, if stored.
     async fn system_key(&mut self, name: &str) -> Result<Option<WrappedKey>, StoreError>;
@@ -359,7 +373,13 @@ pub trait ReadTx:
 /// Steps that write, inside one transaction.
 #[async_trait]
 pub trait WriteTx:
-    ReadTx + RotationWriteTx + RootRotationWriteTx + RetentionWriteTx + OffboardingWriteTx + CheckpointWriteTx
+    ReadTx
+    + RotationWriteTx
+    + RootRotationWriteTx
+    + RetentionWriteTx
+    + OffboardingWriteTx
+    + CheckpointWriteTx
+    + TenantPolicyWriteTx
 {
     /// Stores a system key; `false` if `name` is already taken.
     async fn insert_system_key(&mut self, name: &str, key: &WrappedKey, created_at: i64) -> Result<bool, StoreError>;
@@ -377,7 +397,10 @@ pub trait WriteTx:
     async fn insert_job(&mut self, job: &NewJob) -> Result<(), StoreError>;
     /// A job, its row locked until commit.
     async fn lock_job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError>;
-    /// Records the approval of a job.
+    /// Records the approvals given while a job still needs more, in their
+    /// stored form ([`crate::job::encode_approvals`]).
+    async fn set_job_earlier_approvals(&mut self, job_id: &JobId, approvals: &str) -> Result<(), StoreError>;
+    /// Records the approval that completed a job's approvals.
     async fn set_job_approved(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError>;
     /// Records the cancellation of a job.
     async fn set_job_cancelled(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError>;

@@ -23,7 +23,7 @@ use crate::error::VaultError;
 use crate::group_commit::{GroupCommit, Queued};
 use crate::id::{JobId, Principal, TenantId, Token, TokenFormat};
 use crate::integrity::{Integrity, CHANGED, JOB_STATE_CHANGES};
-use crate::job::{Job, JobRequest, JobState, Stamp};
+use crate::job::{Job, JobRequest, JobState, JobTerms, Stamp};
 use crate::keyring::{load_system_keys, AuditKeyError, KeyCacheLimits, Keyring};
 use crate::mint::{draw_job_id, draw_token};
 use crate::number::MyNumber;
@@ -35,6 +35,7 @@ mod offboarding;
 mod retention;
 mod root_rotation;
 mod rotation;
+mod tenant_policy;
 
 pub use offboarding::{ExportChunk, Shredded, TenantExport, EXPORT_PAGE};
 pub use retention::{IssuedCertificate, PurgeItem, PurgeReport, PURGE_PRINCIPAL};
@@ -458,8 +459,9 @@ impl VaultCore {
         })
     }
 
-    /// Creates a filing job. It releases nothing until someone other than
-    /// `caller` approves it.
+    /// Creates a filing job, within the tenant's policy. It releases
+    /// nothing until as many persons as the policy asks, none of them
+    /// `caller`, approve it.
     pub async fn create_job(
         &self,
         caller: &Principal,
@@ -468,8 +470,9 @@ impl VaultCore {
     ) -> Result<Job, VaultError> {
         let tenant = &request.tenant;
         self.policy().require(caller, &[Role::Requester], Some(tenant))?;
-        let now = clock::now_ms();
-        let (terms, tokens) = request.terms(draw_job_id(), caller, now)?;
+        // The terms are checked once without the policy, so that only a
+        // well-formed request has its tokens looked up and recorded.
+        let (terms, tokens) = request.terms(draw_job_id(), caller, 1, clock::now_ms())?;
         // Only an authorised, well-formed request has its tokens recorded, and
         // only those that exist: a mistyped number parses as a legacy token.
         draft.job_id = Some(terms.job_id.clone());
@@ -489,17 +492,26 @@ impl VaultCore {
                 tokens.len()
             )));
         }
+        let mut tx = self.store.begin_write().await?;
+        offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
+        // The policy as the verified chain last changed it, read under the chain head's lock.
+        drop(self.caught_up(tx.as_mut()).await?);
+        let policy = self.applied_policy(tx.as_mut(), tenant).await?.policy;
+        let now = clock::now_ms();
+        if request.purpose != crate::purpose::Purpose::TenantExport {
+            policy.check_job(tenant, request.purpose, tokens.len(), request.expires_at - now)?;
+        }
+        let terms = JobTerms { approvals_required: policy.approvals_required, created_at: now, ..terms };
         let terms_tag = self.integrity.terms_tag(&terms, &tokens);
         let job = Job {
             terms,
             approved: None,
+            earlier_approvals: Vec::new(),
             cancelled: None,
             tokens: tokens.iter().map(|t| (t.clone(), 0)).collect(),
             state_seq: 0,
         };
         let state_tag = self.integrity.state_tag(&job, &terms_tag);
-        let mut tx = self.store.begin_write().await?;
-        offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
         tx.insert_job(&NewJob { terms: job.terms.clone(), tokens, terms_tag, state_tag }).await?;
         append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
         commit_audited(tx).await?;
@@ -536,8 +548,11 @@ impl VaultCore {
         let mut tx = self.store.begin_write().await?;
         let (mut job, terms_tag, now) = self.lock_job(tx.as_mut(), job_id).await?;
         job.check_approval(caller, now)?;
-        tx.set_job_approved(job_id, caller, now).await?;
-        job.approved = Some(Stamp { by: caller.clone(), at: now });
+        if job.add_approval(Stamp { by: caller.clone(), at: now }) {
+            tx.set_job_approved(job_id, caller, now).await?;
+        } else {
+            tx.set_job_earlier_approvals(job_id, &crate::job::encode_approvals(&job.earlier_approvals)).await?;
+        }
         self.commit_job_change(tx, &mut job, &terms_tag, draft, now).await?;
         Ok(job)
     }
@@ -615,6 +630,13 @@ impl VaultCore {
         let mut tx = self.store.begin_write().await?;
         let (mut job, terms_tag, now) = self.lock_job(tx.as_mut(), job_id).await?;
         job.check_release(&tokens, now)?;
+        // The chain head is locked and verified up to it: the counts are every committed release.
+        let applied = self.applied_policy(tx.as_mut(), tenant).await?;
+        let watch = self.watch.lock().await;
+        let person = caller.person();
+        let count = tokens.len() as u64;
+        applied.policy.check_release(tenant, job.terms.purpose, person, count, &watch.releases, now)?;
+        drop(watch);
         offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
         let counted = tx.count_releases(job_id, &tokens, job.terms.max_releases_per_token).await?;
         if counted != tokens.len() as u64 {
@@ -707,6 +729,16 @@ impl VaultCore {
         let row = tx.lock_job(job_id).await.map_err(self.unreadable(|| format!("filing job {job_id}")))?;
         let (job, terms_tag) = self.integrity.check_job_and_terms(row.ok_or_else(|| not_found(job_id))?)?;
         // Job row, then chain head: the order every writer takes them in.
+        let watch = self.caught_up(tx).await?;
+        self.integrity.check_not_rolled_back(&job, watch.last_change.get(job_id.as_str()).copied())?;
+        drop(watch);
+        Ok((job, terms_tag, clock::now_ms()))
+    }
+
+    /// Locks the chain head in `tx` and verifies the chain up to it: what
+    /// the returned watch holds is then every committed entry. Refuses once
+    /// the chain does not verify.
+    async fn caught_up(&self, tx: &mut dyn WriteTx) -> Result<futures::lock::MutexGuard<'_, ChainWatch>, VaultError> {
         let head = tx.lock_chain_head().await?;
         let mut watch = self.watch.lock().await;
         watch.catch_up(tx, &self.audit_key, &head).await?;
@@ -714,9 +746,7 @@ impl VaultCore {
             return Err(self.integrity.tampered(format!("the audit log ({broken})")));
         }
         self.save_watermark(&watch);
-        self.integrity.check_not_rolled_back(&job, watch.last_change.get(job_id.as_str()).copied())?;
-        drop(watch);
-        Ok((job, terms_tag, clock::now_ms()))
+        Ok(watch)
     }
 
     /// Ends a decision that changed `job`: appends its entry, tags the job's
@@ -737,19 +767,33 @@ impl VaultCore {
         job.state_seq = entry.seq;
         tx.set_job_state(&job_id, job.state_seq, &self.integrity.state_tag(job, terms_tag)).await?;
         commit_audited(tx).await?;
-        self.witness(&entry, &job_id).await;
+        self.witness(&entry, draft, now).await;
         Ok(())
     }
 
-    /// Notes a committed change of `job_id`, recorded by `entry`, as verified:
-    /// this process sealed it right after the head it had verified under the
-    /// same lock. Without this, cutting the log back to just before it would
-    /// go unseen until the next decision read past it.
-    async fn witness(&self, entry: &ChainHead, job_id: &JobId) {
+    /// Notes a committed change, recorded by `entry` from `draft` at
+    /// `time_ms`, as verified: this process sealed it right after the head
+    /// it had verified under the same lock. Without this, cutting the log
+    /// back to just before it would go unseen until the next decision read
+    /// past it. Only changes of a job or of a tenant's policy come here.
+    async fn witness(&self, entry: &ChainHead, draft: &AuditDraft, time_ms: i64) {
         let mut watch = self.watch.lock().await;
         if watch.broken.is_none() && watch.seq + 1 == entry.seq {
             (watch.seq, watch.hash) = (entry.seq, entry.hash);
-            watch.last_change.insert(job_id.to_string(), entry.seq);
+            if let Some(job_id) = &draft.job_id {
+                watch.last_change.insert(job_id.to_string(), entry.seq);
+            }
+            let principal = draft.principal.as_ref().map(|p| p.to_string()).unwrap_or_default();
+            let tenant = draft.tenant.as_ref().map(|t| t.as_str()).unwrap_or_default();
+            watch.note_limits(
+                entry.seq,
+                time_ms,
+                draft.operation.id(),
+                draft.outcome.id(),
+                &principal,
+                tenant,
+                draft.record_count,
+            );
             self.save_watermark(&watch);
         }
     }
@@ -1123,9 +1167,45 @@ struct ChainWatch {
     first_signed_form: Option<u64>,
     /// Signing-key rotations the verified entries record.
     signing_rotations: u64,
+    /// Tenant → sequence number of its last approved policy change.
+    policy_changes: std::collections::HashMap<String, u64>,
+    /// Tenant → sequence number of its last proposed policy change.
+    policy_proposals: std::collections::HashMap<String, u64>,
+    /// Numbers released, by person and by tenant, from the verified entries.
+    releases: crate::tenant_policy::ReleaseCounts,
 }
 
 impl ChainWatch {
+    /// Notes what a tenant policy's limits read from one verified entry:
+    /// numbers released (by person and tenant), policy changes proposed and
+    /// approved.
+    /// The one place both the chain walk and [`VaultCore::witness`] count.
+    #[allow(clippy::too_many_arguments)]
+    fn note_limits(
+        &mut self,
+        seq: u64,
+        time_ms: i64,
+        operation: &str,
+        outcome: &str,
+        principal: &str,
+        tenant: &str,
+        record_count: u64,
+    ) {
+        if outcome != CHANGED.id() {
+            return;
+        }
+        if operation == Operation::Detokenize.id() {
+            // An entry's principal parsed when it was written; one that no longer does is counted as itself.
+            let person = Principal::parse_recorded(principal);
+            let person = person.as_ref().map_or(principal, |p| p.person());
+            self.releases.note(person, tenant, time_ms, record_count);
+        } else if operation == Operation::ApproveTenantPolicy.id() {
+            self.policy_changes.insert(tenant.to_owned(), seq);
+        } else if operation == Operation::ProposeTenantPolicy.id() {
+            self.policy_proposals.insert(tenant.to_owned(), seq);
+        }
+    }
+
     /// Verifies the entries after those already verified, up to `head`, and
     /// notes the changes of jobs they record. A head behind what was already
     /// verified (a truncated tail) breaks the chain too.
@@ -1161,6 +1241,15 @@ impl ChainWatch {
                 {
                     self.last_change.insert(entry.job_id.clone(), entry.seq);
                 }
+                self.note_limits(
+                    entry.seq,
+                    entry.time_ms,
+                    &entry.operation,
+                    &entry.outcome,
+                    &entry.principal,
+                    &entry.tenant,
+                    entry.record_count,
+                );
                 self.retention.note(entry);
                 self.primary_floor.note(entry);
                 self.certified |= entry.operation == Operation::IssueDeletionCertificate.id()

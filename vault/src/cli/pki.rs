@@ -1,22 +1,51 @@
-//! `mnvault pki`: client certificates for offices without a PKI of their own.
+//! `mnvault pki`: a CA and client certificates for offices without a PKI of
+//! their own.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use mnvault_core::authz::Role;
 use mnvault_core::id::TenantId;
-use mnvault_core::identity::{Identity, Scope};
+use mnvault_core::identity::{Identity, Scope, TrustDomain};
+use secrecy::SecretString;
+use time::format_description::well_known::Rfc3339;
 
-use crate::pki::{CertificateAuthority, DEFAULT_LIFETIME_DAYS};
+use crate::pki::{CertificateAuthority, DEFAULT_CA_LIFETIME_DAYS, DEFAULT_LIFETIME_DAYS, PASSPHRASE_VARIABLE};
 
 /// `mnvault pki` commands.
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
+    /// Create a CA in a new directory: ca.pem (URI SAN spiffe://<trust-domain>)
+    /// and ca.key, encrypted under a passphrase from --passphrase-file or
+    /// MNVAULT_CA_PASSPHRASE.
+    Init(InitArgs),
     /// Issue a short-lived client certificate whose URI SAN is the SPIFFE ID
     /// spiffe://<trust-domain>/tenant/<T>/<R>/<N> (or /operator/<R>/<N>).
     Issue(IssueArgs),
+    /// List every certificate `issue` has issued from a CA directory: SPIFFE
+    /// ID, serial, not-before, not-after, and whether it has expired.
+    List(ListArgs),
+}
+
+/// `mnvault pki init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The CA directory to create (0700); no file there is overwritten.
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: PathBuf,
+    /// The SPIFFE trust domain the CA issues identities in, as the vault's
+    /// `identity.trust_domain`, e.g. vault.example.jp.
+    #[arg(long)]
+    pub trust_domain: String,
+    /// Days the CA certificate is valid.
+    #[arg(long, default_value_t = DEFAULT_CA_LIFETIME_DAYS)]
+    pub days: i64,
+    /// A file (mode 0600) holding the passphrase that encrypts ca.key;
+    /// without it, the environment variable MNVAULT_CA_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// `mnvault pki issue`.
@@ -45,20 +74,58 @@ pub struct IssueArgs {
     /// Days the certificate is valid.
     #[arg(long, default_value_t = DEFAULT_LIFETIME_DAYS)]
     pub days: i64,
+    /// A file (mode 0600) holding the passphrase of an encrypted ca.key;
+    /// without it, the environment variable MNVAULT_CA_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// `mnvault pki list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: PathBuf,
 }
 
 /// Runs a `pki` command.
 pub fn pki(command: PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     match command {
+        PkiCommand::Init(args) => init(args, out),
         PkiCommand::Issue(args) => issue(args, out),
+        PkiCommand::List(args) => list(args, out),
     }
+}
+
+/// The passphrase `--passphrase-file` or the environment gives, if any.
+fn passphrase(file: Option<&Path>) -> anyhow::Result<Option<SecretString>> {
+    let environment = std::env::var(PASSPHRASE_VARIABLE).ok();
+    Ok(crate::pki::passphrase(file, environment)?)
+}
+
+fn init(args: InitArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    if !(1..=crate::pki::MAX_CA_LIFETIME_DAYS).contains(&args.days) {
+        anyhow::bail!("--days must be between 1 and {}", crate::pki::MAX_CA_LIFETIME_DAYS);
+    }
+    let trust_domain = TrustDomain::parse(&args.trust_domain).context("--trust-domain")?;
+    let passphrase = passphrase(args.passphrase_file.as_deref())?.with_context(|| {
+        format!(
+            "the CA key is encrypted under a passphrase: give it with --passphrase-file FILE (mode 0600) or the \
+             environment variable {PASSPHRASE_VARIABLE}"
+        )
+    })?;
+    let ca = crate::pki::init_ca(&args.ca_dir, &trust_domain, time::Duration::days(args.days), &passphrase)?;
+    let until = ca.not_after.format(&Rfc3339)?;
+    writeln!(out, "spiffe://{trust_domain}\tserial {}\tvalid until {until}\t{}", ca.serial, ca.cert.display())?;
+    Ok(())
 }
 
 fn issue(args: IssueArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     if !(1..=crate::pki::MAX_LIFETIME_DAYS).contains(&args.days) {
         anyhow::bail!("--days must be between 1 and {}", crate::pki::MAX_LIFETIME_DAYS);
     }
-    let ca = CertificateAuthority::open(&args.ca_dir)?;
+    let passphrase = passphrase(args.passphrase_file.as_deref())?;
+    let ca = CertificateAuthority::open_with(&args.ca_dir, passphrase.as_ref())?;
     let scope = match &args.tenant {
         Some(tenant) => Scope::Tenant(TenantId::parse(tenant)?),
         None => Scope::Operator,
@@ -69,7 +136,22 @@ fn issue(args: IssueArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     })?;
     let identity = Identity::new(ca.trust_domain().clone(), scope, role, &args.name)?;
     let issued = ca.issue(&identity, time::Duration::days(args.days), &args.out)?;
-    let until = issued.not_after.format(&time::format_description::well_known::Rfc3339)?;
+    let until = issued.not_after.format(&Rfc3339)?;
     writeln!(out, "{identity}\tserial {}\tvalid until {until}\t{}", issued.serial, issued.cert.display())?;
+    Ok(())
+}
+
+fn list(args: ListArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    writeln!(out, "# spiffe_id\tserial\tnot_before\tnot_after\tstatus")?;
+    for record in crate::pki::list_issued(&args.ca_dir)? {
+        let status = match record {
+            _ if record.is_expired(now) => "expired",
+            _ if now < record.not_before => "not yet valid",
+            _ => "valid",
+        };
+        let (not_before, not_after) = (record.not_before.format(&Rfc3339)?, record.not_after.format(&Rfc3339)?);
+        writeln!(out, "{}\t{}\t{not_before}\t{not_after}\t{status}", record.spiffe_id, record.serial)?;
+    }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! parses, principal names and tenants
 //! that follow their grammars. Files: the data directory exists and is not
 //! a dev one (for production), the root key opens (mode 0600), the TLS files
-//! make the server's mutual TLS as `serve` builds it, a SQLite database
+//! make the server's mutual TLS as `serve` builds it (every `tls.crl` file
+//! a revocation list, named by its key when not), a SQLite database
 //! exists. PostgreSQL is not contacted.
 
 use std::path::{Path, PathBuf};
@@ -172,8 +173,13 @@ fn file_problems(loaded: &Loaded) -> Vec<Problem> {
     if let Err(error) = crate::startup::root_key_provider(settings) {
         problems.push(loaded.problem(Some(crate::root_key::problem_key(settings)), &error.to_string()));
     }
-    if let Err(error) = crate::startup::server_tls(settings) {
-        problems.push(loaded.problem(Some("tls"), &error.to_string()));
+    match crate::startup::server_tls(settings) {
+        Ok(_) => {}
+        Err(crate::startup::StartupError::Crl { key, path, reason }) => {
+            let reason = format!("the certificate revocation list {} {reason}", path.display());
+            problems.push(loaded.problem(Some(&key), &reason));
+        }
+        Err(error) => problems.push(loaded.problem(Some("tls"), &error.to_string())),
     }
     if let DatabaseLocation::Sqlite(path) = settings.database() {
         if !path.is_file() {

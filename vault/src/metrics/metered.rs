@@ -29,6 +29,7 @@ mod report;
 mod retention;
 mod root_rotation;
 mod rotation;
+mod tenant_policy;
 
 /// A store whose errors are counted.
 pub(super) struct MeteredStore {
@@ -198,6 +199,11 @@ impl<T: WriteTx + ?Sized> WriteTx for MeteredTx<T> {
 
     async fn lock_job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
         let result = self.inner.lock_job(job_id).await;
+        self.metrics.counted(result)
+    }
+
+    async fn set_job_earlier_approvals(&mut self, job_id: &JobId, approvals: &str) -> Result<(), StoreError> {
+        let result = self.inner.set_job_earlier_approvals(job_id, approvals).await;
         self.metrics.counted(result)
     }
 

@@ -390,6 +390,12 @@ impl Metrics {
         self.alerts.get_or_create(&RuleLabels { rule: rule.id() }).inc();
     }
 
+    /// A call refused by a tenant policy's (or a job's) limit: counted under
+    /// the alerts, with the limit's identifier as the rule.
+    pub fn limit_refused(&self, limit: mnvault_core::tenant_policy::Limit) {
+        self.alerts.get_or_create(&RuleLabels { rule: limit.id() }).inc();
+    }
+
     /// Counts a connection open until the returned guard is dropped.
     pub fn connection_opened(&self) -> OpenConnection {
         self.connections_open.inc();

@@ -3,8 +3,9 @@
 
 use mnvault_core::audit::{AuditDraft, Operation};
 use mnvault_core::error::VaultError;
-use mnvault_core::id::{JobId, TenantId};
+use mnvault_core::id::{JobId, PolicyChangeId, TenantId};
 use mnvault_core::offboarding::ExportRecipient;
+use mnvault_core::tenant_policy::{AppliedTenantPolicy, PolicyProposal, TenantPolicy, TenantPolicyFields};
 use mnvault_core::text::FreeText;
 use mnvault_proto::v1 as pb;
 use pb::admin_service_server::AdminService;
@@ -152,5 +153,114 @@ impl AdminService for AdminApi {
             shredded_at: Some(timestamp(shredded.shredded_at)),
             records_deleted: shredded.records_deleted,
         }))
+    }
+
+    async fn get_tenant_policy(
+        &self,
+        request: Request<pb::GetTenantPolicyRequest>,
+    ) -> Result<Response<pb::TenantPolicyStatus>, Status> {
+        let mut draft = AuditDraft::new(Operation::GetTenantPolicy);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = async {
+            let tenant = TenantId::parse(&request.get_ref().tenant)?;
+            draft.tenant = Some(tenant.clone());
+            let (applied, pending) = self.ctx.core.tenant_policy(&caller, &tenant).await?;
+            Ok(wire_policy_status(&tenant, &applied, pending.as_ref()))
+        }
+        .await;
+        Ok(Response::new(self.ctx.audited(draft, result).await?))
+    }
+
+    async fn propose_tenant_policy(
+        &self,
+        request: Request<pb::ProposeTenantPolicyRequest>,
+    ) -> Result<Response<pb::PolicyChange>, Status> {
+        let mut draft = AuditDraft::new(Operation::ProposeTenantPolicy);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = async {
+            let request = request.get_ref();
+            let tenant = TenantId::parse(&request.tenant)?;
+            draft.tenant = Some(tenant.clone());
+            let policy = policy_of(request.policy.as_ref())?;
+            let proposal = self.ctx.core.propose_tenant_policy(&caller, &tenant, policy, &mut draft).await?;
+            Ok(wire_change(&tenant, &proposal))
+        }
+        .await;
+        Ok(Response::new(self.ctx.settled(draft, result).await?))
+    }
+
+    async fn approve_tenant_policy(
+        &self,
+        request: Request<pb::ApproveTenantPolicyRequest>,
+    ) -> Result<Response<pb::TenantPolicyStatus>, Status> {
+        let mut draft = AuditDraft::new(Operation::ApproveTenantPolicy);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = async {
+            let request = request.get_ref();
+            let tenant = TenantId::parse(&request.tenant)?;
+            draft.tenant = Some(tenant.clone());
+            let change_id = PolicyChangeId::parse(&request.change_id)?;
+            let applied = self.ctx.core.approve_tenant_policy(&caller, &tenant, &change_id, &mut draft).await?;
+            Ok(wire_policy_status(&tenant, &applied, None))
+        }
+        .await;
+        Ok(Response::new(self.ctx.settled(draft, result).await?))
+    }
+}
+
+/// A policy as the caller sent it, checked against every bound; a field out
+/// of its bounds is named, never echoed.
+fn policy_of(policy: Option<&pb::TenantPolicy>) -> Result<TenantPolicy, VaultError> {
+    let policy = policy.ok_or_else(|| VaultError::InvalidArgument("the policy is missing: send every field".into()))?;
+    let fields = TenantPolicyFields {
+        approvals_required: policy.approvals_required,
+        max_tokens_per_job: policy.max_tokens_per_job,
+        max_job_lifetime_days: policy.max_job_lifetime_days,
+        allowed_purposes: policy.allowed_purposes.clone(),
+        max_releases_per_filer_per_hour: policy.max_releases_per_filer_per_hour,
+        max_releases_per_tenant_per_day: policy.max_releases_per_tenant_per_day,
+        release_hours: policy.release_hours.clone(),
+    };
+    TenantPolicy::parse(&fields).map_err(|error| VaultError::InvalidArgument(error.to_string()))
+}
+
+/// A policy as the API shows it.
+pub(crate) fn wire_policy(policy: &TenantPolicy) -> pb::TenantPolicy {
+    let fields = policy.fields();
+    pb::TenantPolicy {
+        approvals_required: fields.approvals_required,
+        max_tokens_per_job: fields.max_tokens_per_job,
+        max_job_lifetime_days: fields.max_job_lifetime_days,
+        allowed_purposes: fields.allowed_purposes,
+        max_releases_per_filer_per_hour: fields.max_releases_per_filer_per_hour,
+        max_releases_per_tenant_per_day: fields.max_releases_per_tenant_per_day,
+        release_hours: fields.release_hours,
+    }
+}
+
+fn wire_change(tenant: &TenantId, proposal: &PolicyProposal) -> pb::PolicyChange {
+    pb::PolicyChange {
+        change_id: proposal.change_id.to_string(),
+        tenant: tenant.to_string(),
+        policy: Some(wire_policy(&proposal.policy)),
+        proposed_by: proposal.proposed_by.to_string(),
+        proposed_at: Some(timestamp(proposal.proposed_at)),
+    }
+}
+
+fn wire_policy_status(
+    tenant: &TenantId,
+    applied: &AppliedTenantPolicy,
+    pending: Option<&PolicyProposal>,
+) -> pb::TenantPolicyStatus {
+    let change = applied.change.as_ref();
+    pb::TenantPolicyStatus {
+        tenant: tenant.to_string(),
+        policy: Some(wire_policy(&applied.policy)),
+        change_id: change.map(|c| c.change_id.to_string()).unwrap_or_default(),
+        proposed_by: change.map(|c| c.proposed_by.to_string()).unwrap_or_default(),
+        approved_by: change.map(|c| c.approved_by.to_string()).unwrap_or_default(),
+        approved_at: change.map(|c| timestamp(c.approved_at)),
+        pending: pending.map(|p| wire_change(tenant, p)),
     }
 }

@@ -60,6 +60,11 @@ fn wire_job(job: &Job, now: i64) -> pb::FilingJob {
         approved_at: job.approved.as_ref().map(|s| timestamp(s.at)),
         cancelled_by: job.cancelled.as_ref().map(|s| s.by.to_string()).unwrap_or_default(),
         cancelled_at: job.cancelled.as_ref().map(|s| timestamp(s.at)),
+        approvals_required: terms.approvals_required,
+        approvals: job
+            .approvals()
+            .map(|s| pb::FilingJobApproval { approved_by: s.by.to_string(), approved_at: Some(timestamp(s.at)) })
+            .collect(),
     }
 }
 

@@ -36,6 +36,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use mnvault_core::audit::{AuditDraft, Operation, Outcome};
 use mnvault_core::authz::Role;
 use mnvault_core::id::{Principal, RequestId, TenantId};
+use mnvault_core::tenant_policy::Limit;
 use mnvault_core::VaultCore;
 use mnvault_proto::v1 as pb;
 use tokio_rustls::rustls::pki_types::CertificateDer;
@@ -104,6 +105,9 @@ pub fn operation_of_path(path: &str) -> Option<Operation> {
         (pb::admin_service_server::SERVICE_NAME, "CreateTenant") => Operation::CreateTenant,
         (pb::admin_service_server::SERVICE_NAME, "ExportTenant") => Operation::ExportTenant,
         (pb::admin_service_server::SERVICE_NAME, "ShredTenant") => Operation::ShredTenant,
+        (pb::admin_service_server::SERVICE_NAME, "GetTenantPolicy") => Operation::GetTenantPolicy,
+        (pb::admin_service_server::SERVICE_NAME, "ProposeTenantPolicy") => Operation::ProposeTenantPolicy,
+        (pb::admin_service_server::SERVICE_NAME, "ApproveTenantPolicy") => Operation::ApproveTenantPolicy,
         (pb::audit_service_server::SERVICE_NAME, "ListAuditEntries") => Operation::ListAuditEntries,
         (pb::audit_service_server::SERVICE_NAME, "VerifyAuditChain") => Operation::VerifyAuditChain,
         (pb::audit_service_server::SERVICE_NAME, "SignCheckpoint") => Operation::SignCheckpoint,
@@ -198,8 +202,35 @@ impl VaultContext {
     /// Records a refused or failed call, then turns the error into a status.
     pub async fn refuse(&self, draft: AuditDraft, error: VaultError) -> Status {
         let status = status(&error);
+        let alert = match &error {
+            VaultError::Limit(refusal) => Some((refusal.limit, draft.clone())),
+            _ => None,
+        };
         self.record_refusal(draft, error.outcome(), &status).await;
+        if let Some((limit, draft)) = alert {
+            self.raise_limit_alert(limit, draft, status.message()).await;
+        }
         status
+    }
+
+    /// A call a limit refused is also an alert: an `audit.alert` entry of
+    /// the vault's own naming the rule, the caller, tenant and job, a metric
+    /// and a warning, like the alarms' (`crate::alarms`).
+    async fn raise_limit_alert(&self, limit: Limit, refused: AuditDraft, message: &str) {
+        self.metrics.limit_refused(limit);
+        let mut alert = AuditDraft::new(Operation::RaiseAlert);
+        alert.principal = refused.principal;
+        alert.tenant = self.tenant_on_file(alert.principal.as_ref(), refused.tenant);
+        alert.job_id = refused.job_id;
+        alert.purpose = refused.purpose;
+        alert.record_count = refused.record_count;
+        alert.reason = format!("{limit}: {message}");
+        let rule = limit.id();
+        let principal = alert.principal.as_ref().map(|p| p.to_string()).unwrap_or_default();
+        tracing::warn!(rule, %principal, reason = %alert.reason, "limit refused a call");
+        if let Err(error) = self.core.record(alert).await {
+            tracing::error!(rule, %principal, %error, "a limit refused a call but the alert could not be audited");
+        }
     }
 
     /// Appends the compact entry of a refusal: who, what, how it ended and

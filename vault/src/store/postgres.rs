@@ -66,6 +66,7 @@ mod report;
 mod retention;
 mod root_rotation;
 mod rotation;
+mod tenant_policy;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -288,7 +289,8 @@ fn token_strs(tokens: &[Token]) -> Vec<&str> {
 macro_rules! select_job {
     () => {
         "SELECT tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at, approved_by, \
-         approved_at, cancelled_by, cancelled_at, terms_tag, state_tag, state_seq FROM filing_jobs WHERE job_id = $1"
+         approved_at, cancelled_by, cancelled_at, approvals_required, earlier_approvals, terms_tag, state_tag, \
+         state_seq FROM filing_jobs WHERE job_id = $1"
     };
 }
 macro_rules! select_chain_head {
@@ -324,6 +326,8 @@ async fn job_row(conn: &mut PgConnection, job_id: &JobId, lock: bool) -> Result<
         approved_at: get(&row, "filing_jobs.approved_at")?,
         cancelled_by: get(&row, "filing_jobs.cancelled_by")?,
         cancelled_at: get(&row, "filing_jobs.cancelled_at")?,
+        approvals_required: get(&row, "filing_jobs.approvals_required")?,
+        earlier_approvals: get(&row, "filing_jobs.earlier_approvals")?,
         tokens,
         terms_tag: get(&row, "filing_jobs.terms_tag")?,
         state_tag: get(&row, "filing_jobs.state_tag")?,
@@ -728,13 +732,22 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
     }
 
     async fn insert_job(&mut self, job: &NewJob) -> Result<(), StoreError> {
-        let JobTerms { job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at } =
-            &job.terms;
+        let JobTerms {
+            job_id,
+            tenant,
+            purpose,
+            note,
+            max_releases_per_token,
+            approvals_required,
+            created_by,
+            created_at,
+            expires_at,
+        } = &job.terms;
         // Positions count from 0, as in the SQLite store.
         sqlx::query(
             "WITH job AS (INSERT INTO filing_jobs (job_id, tenant, purpose, note, max_releases_per_token, created_by, \
-             created_at, expires_at, terms_tag, state_tag, state_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)) \
+             created_at, expires_at, terms_tag, state_tag, state_seq, approvals_required) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $12)) \
              INSERT INTO filing_job_tokens (job_id, position, token) \
              SELECT $1, t.ordinality - 1, t.token FROM UNNEST($11::text[]) WITH ORDINALITY AS t (token, ordinality)",
         )
@@ -749,6 +762,7 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
         .bind(&job.terms_tag[..])
         .bind(&job.state_tag[..])
         .bind(token_strs(&job.tokens))
+        .bind(i64::from(*approvals_required))
         .execute(self.conn())
         .await
         .map_err(classify)?;
@@ -757,6 +771,16 @@ impl WriteTx for PgTx<Transaction<'static, Postgres>> {
 
     async fn lock_job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
         job_row(self.conn(), job_id, true).await
+    }
+
+    async fn set_job_earlier_approvals(&mut self, job_id: &JobId, approvals: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE filing_jobs SET earlier_approvals = $1 WHERE job_id = $2")
+            .bind(approvals)
+            .bind(job_id.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     async fn set_job_approved(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 //! a panic.
 
 use mnvault_core::audit::checkpoint::{SignedCheckpoint, SigningKeyRecord};
-use mnvault_core::store::StoreError;
+use mnvault_core::store::{PolicyProposalRow, StoreError, TenantPolicyRow};
 use mnvault_keys::PublicKey;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -76,5 +76,46 @@ where
         signed_by_self: optional("signed_by_self", "signing_keys.signed_by_self")?
             .map(|bytes| fixed(bytes, "signing_keys.signed_by_self"))
             .transpose()?,
+    })
+}
+
+/// A row of `tenant_policies`.
+pub(crate) fn tenant_policy<'r, R>(row: &'r R) -> Result<TenantPolicyRow, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(TenantPolicyRow {
+        tenant: column(row, "tenant", "tenant_policies.tenant")?,
+        policy: column(row, "policy", "tenant_policies.policy")?,
+        change_id: column(row, "change_id", "tenant_policies.change_id")?,
+        proposed_by: column(row, "proposed_by", "tenant_policies.proposed_by")?,
+        approved_by: column(row, "approved_by", "tenant_policies.approved_by")?,
+        approved_at: column(row, "approved_at", "tenant_policies.approved_at")?,
+        applied_seq: column(row, "applied_seq", "tenant_policies.applied_seq")?,
+        tag: column(row, "tag", "tenant_policies.tag")?,
+    })
+}
+
+/// A row of `tenant_policy_proposals`.
+pub(crate) fn policy_proposal<'r, R>(row: &'r R) -> Result<PolicyProposalRow, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(PolicyProposalRow {
+        tenant: column(row, "tenant", "tenant_policy_proposals.tenant")?,
+        change_id: column(row, "change_id", "tenant_policy_proposals.change_id")?,
+        policy: column(row, "policy", "tenant_policy_proposals.policy")?,
+        proposed_by: column(row, "proposed_by", "tenant_policy_proposals.proposed_by")?,
+        proposed_at: column(row, "proposed_at", "tenant_policy_proposals.proposed_at")?,
+        proposed_seq: column(row, "proposed_seq", "tenant_policy_proposals.proposed_seq")?,
+        tag: column(row, "tag", "tenant_policy_proposals.tag")?,
     })
 }

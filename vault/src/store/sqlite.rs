@@ -37,6 +37,7 @@ mod report;
 mod retention;
 mod root_rotation;
 mod rotation;
+mod tenant_policy;
 
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "vault.db";
@@ -321,7 +322,8 @@ fn record_row(row: &sqlx::sqlite::SqliteRow) -> Result<RecordRow, StoreError> {
 async fn job_row(conn: &mut SqliteConnection, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
     let Some(row) = sqlx::query(
         "SELECT tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at, approved_by, \
-         approved_at, cancelled_by, cancelled_at, terms_tag, state_tag, state_seq FROM filing_jobs WHERE job_id = ?",
+         approved_at, cancelled_by, cancelled_at, approvals_required, earlier_approvals, terms_tag, state_tag, state_seq \
+         FROM filing_jobs WHERE job_id = ?",
     )
     .bind(job_id.as_str())
     .fetch_optional(&mut *conn)
@@ -354,6 +356,8 @@ async fn job_row(conn: &mut SqliteConnection, job_id: &JobId) -> Result<Option<J
         approved_at: column(&row, "approved_at", "filing_jobs.approved_at")?,
         cancelled_by: column(&row, "cancelled_by", "filing_jobs.cancelled_by")?,
         cancelled_at: column(&row, "cancelled_at", "filing_jobs.cancelled_at")?,
+        approvals_required: column(&row, "approvals_required", "filing_jobs.approvals_required")?,
+        earlier_approvals: job_column("earlier_approvals", "filing_jobs.earlier_approvals")?,
         tokens,
         terms_tag: column(&row, "terms_tag", "filing_jobs.terms_tag")?,
         state_tag: column(&row, "state_tag", "filing_jobs.state_tag")?,
@@ -713,12 +717,21 @@ impl WriteTx for SqliteTx {
     }
 
     async fn insert_job(&mut self, job: &NewJob) -> Result<(), StoreError> {
-        let JobTerms { job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, expires_at } =
-            &job.terms;
+        let JobTerms {
+            job_id,
+            tenant,
+            purpose,
+            note,
+            max_releases_per_token,
+            approvals_required,
+            created_by,
+            created_at,
+            expires_at,
+        } = &job.terms;
         let conn = self.conn();
         sqlx::query(
             "INSERT INTO filing_jobs (job_id, tenant, purpose, note, max_releases_per_token, created_by, created_at, \
-             expires_at, terms_tag, state_tag, state_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+             expires_at, terms_tag, state_tag, state_seq, approvals_required) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
         )
         .bind(job_id.as_str())
         .bind(tenant.as_str())
@@ -730,6 +743,7 @@ impl WriteTx for SqliteTx {
         .bind(expires_at)
         .bind(&job.terms_tag[..])
         .bind(&job.state_tag[..])
+        .bind(i64::from(*approvals_required))
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
@@ -750,6 +764,16 @@ impl WriteTx for SqliteTx {
     async fn lock_job(&mut self, job_id: &JobId) -> Result<Option<JobRow>, StoreError> {
         // BEGIN IMMEDIATE already holds the database's write lock.
         job_row(self.conn(), job_id).await
+    }
+
+    async fn set_job_earlier_approvals(&mut self, job_id: &JobId, approvals: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE filing_jobs SET earlier_approvals = ? WHERE job_id = ?")
+            .bind(approvals)
+            .bind(job_id.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     async fn set_job_approved(&mut self, job_id: &JobId, by: &Principal, at: i64) -> Result<(), StoreError> {

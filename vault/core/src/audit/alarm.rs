@@ -170,8 +170,15 @@ impl ReleaseHours {
         (weekday, minutes.rem_euclid(MINUTES_PER_DAY) as u16)
     }
 
+    /// The form [`ReleaseHours::parse`] reads back, in one string:
+    /// `08:00-20:00 mon,tue,wed,thu,fri +09:00`.
+    pub fn canonical(&self) -> String {
+        let days: Vec<_> = (0..7).filter(|d| self.days & (1 << d) != 0).map(|d| DAY_NAMES[d]).collect();
+        format!("{}-{} {} {}", clock(self.from), clock(self.to), days.join(","), offset_text(self.offset_minutes))
+    }
+
     /// `time_ms` as people read it here: `Tue 23:10 +09:00`.
-    fn describe(&self, time_ms: i64) -> String {
+    pub fn describe(&self, time_ms: i64) -> String {
         let (weekday, minute) = self.local(time_ms);
         let name = DAY_NAMES[usize::from(weekday)];
         let day = format!("{}{}", name[..1].to_uppercase(), &name[1..]);

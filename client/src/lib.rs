@@ -22,6 +22,7 @@ pub use mnvault_core::{number, purpose};
 pub mod keys;
 pub mod offboarding;
 pub mod retention;
+pub mod revocation;
 pub mod tenant_policy;
 
 use std::path::{Path, PathBuf};

@@ -172,6 +172,8 @@ enum Rpc {
     GetTenantPolicy,
     ProposeTenantPolicy,
     ApproveTenantPolicy,
+    RevokeCertificate,
+    ListRevokedCertificates,
 }
 
 /// What an RPC acts on.
@@ -186,7 +188,7 @@ enum Reach {
 }
 
 impl Rpc {
-    const ALL: [Rpc; 26] = [
+    const ALL: [Rpc; 28] = [
         Rpc::Tokenize,
         Rpc::TokenizeStream,
         Rpc::DescribeToken,
@@ -213,6 +215,8 @@ impl Rpc {
         Rpc::GetTenantPolicy,
         Rpc::ProposeTenantPolicy,
         Rpc::ApproveTenantPolicy,
+        Rpc::RevokeCertificate,
+        Rpc::ListRevokedCertificates,
     ];
 
     /// The roles that may make the call, and what it reaches: the rule the
@@ -242,6 +246,8 @@ impl Rpc {
             Rpc::RotateSigningKey => (&[KeyAdmin], Reach::AllTenants),
             Rpc::GetTenantPolicy => (&[KeyAdmin, Auditor], Reach::Tenant),
             Rpc::ProposeTenantPolicy | Rpc::ApproveTenantPolicy => (&[KeyAdmin], Reach::Tenant),
+            Rpc::RevokeCertificate => (&[KeyAdmin], Reach::AllTenants),
+            Rpc::ListRevokedCertificates => (&[KeyAdmin, Auditor], Reach::AllTenants),
         }
     }
 }
@@ -355,6 +361,9 @@ async fn call(rpc: Rpc, client: &VaultClient, target: &Target) -> Option<Code> {
         Rpc::ProposeTenantPolicy => client.propose_tenant_policy(tenant, default_policy()).await.map(drop),
         // A well-formed change id that is pending nowhere: NOT_FOUND once authorised.
         Rpc::ApproveTenantPolicy => client.approve_tenant_policy(tenant, "pc_abcdefghijklmnop").await.map(drop),
+        // A serial no certificate of the matrix has: revoked once, then FAILED_PRECONDITION.
+        Rpc::RevokeCertificate => client.revoke_certificate("7fabcdef", "matrix").await.map(drop),
+        Rpc::ListRevokedCertificates => client.revoked_certificates().await.map(drop),
     };
     match result {
         Ok(()) => None,

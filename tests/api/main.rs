@@ -33,6 +33,7 @@ mod retention;
 mod review_keys;
 mod review_offboarding;
 mod review_retention;
+mod revocation;
 mod root_keys;
 mod shutdown;
 mod signed_audit;

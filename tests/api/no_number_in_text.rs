@@ -34,7 +34,7 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use crate::helpers::{approved_job, filing_job, tokenize_fresh, valid_number, Backend, TestApp};
 
 /// Every text field of every RPC, as `Method.field`.
-const FIELDS: [&str; 44] = [
+const FIELDS: [&str; 47] = [
     "SetRetention.tenant",
     "SetRetention.tokens",
     "SetRetention.classes",
@@ -79,6 +79,9 @@ const FIELDS: [&str; 44] = [
     "ProposeTenantPolicy.tenant",
     "ApproveTenantPolicy.tenant",
     "ApproveTenantPolicy.change_id",
+    "RevokeCertificate.serial",
+    "RevokeCertificate.reason",
+    "ListRevokedCertificates.after_serial",
 ];
 
 /// Sent through every field too; it must appear nowhere (a refusal never
@@ -490,6 +493,9 @@ impl Vault {
             }
             "ApproveTenantPolicy.tenant" => answer(admin.approve_tenant_policy(&text, "pc_abcdefghijklmnop").await),
             "ApproveTenantPolicy.change_id" => answer(admin.approve_tenant_policy("demo", &text).await),
+            "RevokeCertificate.serial" => answer(admin.revoke_certificate(&text, "").await),
+            "RevokeCertificate.reason" => answer(admin.revoke_certificate("7fabcdef", &text).await),
+            "ListRevokedCertificates.after_serial" => answer(admin.revoked_certificates_after(&text).await),
             "SetRetention.tenant"
             | "SetRetention.tokens"
             | "SetRetention.classes"

@@ -247,4 +247,17 @@ on_both_backends! {
         assert_eq!(refusal(app.client("auditor").await.tenant_policy("demo").await).0, Code::DataLoss);
         assert!(app.integrity_failures() >= 4);
     }
+
+    async fn a_tenant_shredded_after_a_proposal_takes_no_policy(backend) {
+        let app = spawn(&backend).await;
+        let admin = app.client("admin").await;
+        admin.create_tenant("gone", "Gone").await.unwrap();
+        let change = admin.propose_tenant_policy("gone", policy(|p| p.approvals_required = 2)).await.unwrap();
+        admin.shred_tenant("gone").await.unwrap();
+        let (code, message) = refusal(second_admin(&app).await.approve_tenant_policy("gone", &change.change_id).await);
+        assert_eq!(code, Code::FailedPrecondition, "{message}");
+        assert!(message.contains("shredded"), "{message}");
+        let applied = entries(&app, "admin.approve-tenant-policy").await;
+        assert!(applied.iter().all(|entry| entry.outcome != "ok"), "{applied:?}");
+    }
 }

@@ -181,7 +181,8 @@ pub enum Command {
         command: policy::PolicyCommand,
     },
     /// A CA directory (init), client certificates with SPIFFE identities from
-    /// it (issue), and what it issued (list).
+    /// it (issue), what it issued (list), and revocation in the running vault
+    /// (revoke, revoked).
     Pki {
         #[command(subcommand)]
         command: pki::PkiCommand,
@@ -482,7 +483,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Retention { command } => retention::retention(command, &data_dir, out).await,
-        Command::Pki { command } => pki::pki(command, out),
+        Command::Pki { command } => pki::pki(command, &data_dir, out).await,
         Command::Policy { command } => policy::run(command, &data_dir, out).await,
         Command::Purge(args) => retention::purge(args, &data_dir, out).await,
         Command::DeletionCertificate(args) => retention::certificate(args, &data_dir, out).await,

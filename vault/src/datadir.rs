@@ -15,7 +15,8 @@
 //! of a dev directory, so even an interrupted dev initialisation leaves it. A
 //! marked directory loads as dev whatever its configuration says
 //! ([`Settings::load`]), which keeps it on loopback, and a production start
-//! refuses it and any certificate of the dev PKI ([`check_production`]).
+//! refuses it, any certificate of the dev PKI and the dev trust domain
+//! ([`check_production`]).
 //!
 //! Initialising writes the schema and the audit-chain key into the database.
 //! A PostgreSQL database is initialised once; further replicas only serve it.
@@ -83,6 +84,13 @@ pub enum DevError {
         /// The TLS file.
         path: PathBuf,
     },
+    /// `identity.trust_domain` is the dev vault's.
+    #[error(
+        "identity.trust_domain is \"{}\", the dev vault's: any dev data directory can mint identities in it; \
+         choose your own (e.g. vault.example.jp) and issue certificates in it (`mnvault pki init`)",
+        dev_pki::DEV_TRUST_DOMAIN
+    )]
+    DevTrustDomain,
 }
 
 /// Why a data directory could not be initialised.
@@ -164,6 +172,9 @@ pub fn check_production(settings: &Settings) -> Result<(), DevError> {
         if std::fs::read(&path).is_ok_and(|pem| dev_pki::is_dev_pki_pem(&pem)) {
             return Err(DevError::DevCertificate { path });
         }
+    }
+    if settings.identity.trust_domain.eq_ignore_ascii_case(dev_pki::DEV_TRUST_DOMAIN) {
+        return Err(DevError::DevTrustDomain);
     }
     Ok(())
 }
@@ -366,6 +377,9 @@ mod tests {
         }
 
         std::fs::write(&client_ca, &own).unwrap();
+        let mut dev_domain = settings.clone();
+        dev_domain.identity.trust_domain = dev_pki::DEV_TRUST_DOMAIN.to_uppercase();
+        assert!(matches!(check_production(&dev_domain), Err(DevError::DevTrustDomain)));
         mark_dev(dir.path()).unwrap();
         assert!(matches!(check_production(&settings), Err(DevError::DevDataDir(_))));
     }

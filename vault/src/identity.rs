@@ -15,7 +15,7 @@
 //! number, so it may go into audit entries and logs as it is.
 
 use mnvault_core::authz::IdentitySource;
-use mnvault_core::id::Principal;
+use mnvault_core::id::{CertificateSerial, Principal};
 use mnvault_core::identity::{Identity, SPIFFE_PREFIX};
 use x509_parser::extensions::GeneralName;
 
@@ -89,20 +89,31 @@ pub enum IdentityError {
 /// The principal a verified client certificate (DER) proves, read as
 /// `source` says.
 pub fn principal_from_certificate(der: &[u8], source: &IdentitySource) -> Result<Principal, IdentityError> {
+    certified_caller(der, source).map(|(principal, _)| principal)
+}
+
+/// The principal a verified client certificate (DER) proves, read as
+/// `source` says, and its serial (`None` for one that cannot be revoked by
+/// serial, see [`CertificateSerial::from_bytes`]), from one parse.
+pub fn certified_caller(
+    der: &[u8],
+    source: &IdentitySource,
+) -> Result<(Principal, Option<CertificateSerial>), IdentityError> {
     let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::CertificateParse)?;
     if !rest.is_empty() {
         return Err(IdentityError::CertificateParse);
     }
-    match source {
+    let principal = match source {
         IdentitySource::Spiffe(domain) => {
             let identity = spiffe_identity(&cert)?;
             if identity.trust_domain() != domain {
                 return Err(IdentityError::OtherTrustDomain(domain.to_string()));
             }
-            Ok(identity.principal())
+            identity.principal()
         }
-        IdentitySource::CommonName => common_name_principal(&cert),
-    }
+        IdentitySource::CommonName => common_name_principal(&cert)?,
+    };
+    Ok((principal, CertificateSerial::from_bytes(cert.raw_serial())))
 }
 
 /// The identity of the certificate's one URI SAN.

@@ -31,6 +31,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pki;
 pub mod purge;
+pub mod refresh;
 pub mod reload;
 pub mod root_key;
 pub mod serve;

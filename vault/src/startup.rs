@@ -285,6 +285,7 @@ impl Application {
         let _checkpointer = crate::checkpointer::spawn(self.context.clone(), &self.settings.audit);
         let _tls_watch =
             crate::tls_watch::spawn(self.context.clone(), self.reloader.clone(), crate::tls_watch::POLL_INTERVAL);
+        let _refresher = crate::refresh::spawn(self.context.clone(), crate::refresh::REFRESH_INTERVAL);
         // The audit sinks' tailers: they write what is left once calls have ended.
         let audit_sinks = crate::audit_sink::spawn(self.context.clone(), &self.settings);
         let shutdown = health.stop_after(shutdown);

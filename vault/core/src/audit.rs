@@ -104,11 +104,16 @@ pub enum Operation {
     ProposeTenantPolicy,
     /// `AdminService.ApproveTenantPolicy`: a change applied.
     ApproveTenantPolicy,
+    /// `AdminService.RevokeCertificate`: a client certificate revoked, its
+    /// serial in the reason (see `revocation`).
+    RevokeCertificate,
+    /// `AdminService.ListRevokedCertificates`.
+    ListRevokedCertificates,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 30] = [
+    pub const ALL: [Operation; 32] = [
         Operation::Tokenize,
         Operation::TokenizeStream,
         Operation::DescribeToken,
@@ -139,6 +144,8 @@ impl Operation {
         Operation::GetTenantPolicy,
         Operation::ProposeTenantPolicy,
         Operation::ApproveTenantPolicy,
+        Operation::RevokeCertificate,
+        Operation::ListRevokedCertificates,
     ];
 
     /// Stable identifier stored in entries.
@@ -174,6 +181,8 @@ impl Operation {
             Operation::GetTenantPolicy => "admin.get-tenant-policy",
             Operation::ProposeTenantPolicy => "admin.propose-tenant-policy",
             Operation::ApproveTenantPolicy => "admin.approve-tenant-policy",
+            Operation::RevokeCertificate => "admin.revoke-certificate",
+            Operation::ListRevokedCertificates => "admin.list-revoked-certificates",
         }
     }
 }

@@ -49,6 +49,13 @@ pub enum IdError {
     /// A request id does not follow its grammar.
     #[error("the request id is not valid: a request id is `req_` and 26 base32 characters, as the vault drew it")]
     RequestId,
+    /// A certificate serial is not hex of 1 to 20 bytes, or reads as a number.
+    #[error(
+        "the certificate serial is not valid: give 1 to 20 bytes in hex, as `mnvault pki issue` and `pki list` print \
+         it (colons between bytes allowed); a serial whose hex holds eleven digits in a row could be a My Number and \
+         is refused here: list such a certificate in a CRL file (tls.crl) instead"
+    )]
+    CertificateSerial,
 }
 
 macro_rules! text_id {
@@ -152,6 +159,56 @@ impl PolicyChangeId {
             .is_some_and(|rest| rest.len() == JOB_ID_CHARS && rest.bytes().all(is_base32_lower))
             && !contains_number(text);
         valid.then(|| Self(text.to_owned())).ok_or(IdError::PolicyChangeId)
+    }
+}
+
+text_id!(
+    /// A client certificate's serial number: lowercase hex of its bytes,
+    /// without leading zero bytes or separators, so one certificate has one
+    /// spelling. Serials serve to revoke certificates; one whose hex could
+    /// hold a number is not representable (such a certificate is revoked by
+    /// a CRL file instead), so a serial never brings a number into the log.
+    CertificateSerial
+);
+
+/// Bytes of the longest serial RFC 5280 allows.
+pub const MAX_SERIAL_BYTES: usize = 20;
+
+impl CertificateSerial {
+    /// Parses a serial as people paste it: hex in either case, with or
+    /// without a colon between bytes (`openssl x509 -text`).
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        let digits: String = if text.contains(':') {
+            let pairs: Vec<&str> = text.split(':').collect();
+            if pairs.iter().any(|pair| pair.len() != 2) {
+                return Err(IdError::CertificateSerial);
+            }
+            pairs.concat()
+        } else {
+            text.to_owned()
+        };
+        if digits.is_empty()
+            || digits.len() > 2 * MAX_SERIAL_BYTES + 2
+            || !digits.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(IdError::CertificateSerial);
+        }
+        let padded = if digits.len() % 2 == 1 { format!("0{digits}") } else { digits };
+        let bytes: Vec<u8> = (0..padded.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&padded[at..at + 2], 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| IdError::CertificateSerial)?;
+        Self::from_bytes(&bytes).ok_or(IdError::CertificateSerial)
+    }
+
+    /// The serial of a certificate's DER INTEGER bytes; `None` when it is
+    /// empty, longer than 20 bytes, or its hex could hold a number.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+        let bytes = bytes.get(first..).filter(|rest| (1..=MAX_SERIAL_BYTES).contains(&rest.len()))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        (!contains_number(&hex)).then_some(Self(hex))
     }
 }
 
@@ -321,6 +378,34 @@ mod tests {
         ] {
             assert_eq!(TenantId::parse(bad), Err(IdError::Tenant), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_serial_has_one_spelling_and_never_reads_as_a_number() {
+        let serial = CertificateSerial::parse("7f3a9cbe0d4e5fa1b2c3").unwrap();
+        for same in ["7F3A9CBE0D4E5FA1B2C3", "7f:3a:9c:be:0d:4e:5f:a1:b2:c3", "007f3a9cbe0d4e5fa1b2c3"] {
+            assert_eq!(CertificateSerial::parse(same).unwrap(), serial, "{same}");
+        }
+        assert_eq!(CertificateSerial::parse("abc").unwrap().as_str(), "0abc");
+        assert_eq!(CertificateSerial::from_bytes(&[0, 0x7f, 0x3a]).unwrap().as_str(), "7f3a");
+        assert_eq!(CertificateSerial::parse(&"ab".repeat(20)).unwrap().as_str().len(), 40);
+        for bad in [
+            "",
+            "xyz",
+            "7f:3a9c",
+            ":7f",
+            "7f 3a",
+            &"ab".repeat(21),
+            "621498320257",      // a number, in hex it is still twelve digits
+            "a62149832025b",     // eleven digits between letters
+            "62:14:98:32:02:57", // digits joined by colons
+            "６２１４９８３２０２５７",
+        ] {
+            assert_eq!(CertificateSerial::parse(bad), Err(IdError::CertificateSerial), "{bad}");
+        }
+        assert_eq!(CertificateSerial::from_bytes(&[0x62, 0x14, 0x98, 0x32, 0x02, 0x57]), None);
+        assert_eq!(CertificateSerial::from_bytes(&[]), None);
+        assert_eq!(CertificateSerial::from_bytes(&[1; 21]), None);
     }
 
     #[test]

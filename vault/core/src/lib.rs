@@ -42,6 +42,7 @@ pub mod number;
 pub mod offboarding;
 pub mod purpose;
 pub mod retention;
+pub mod revocation;
 pub mod store;
 pub mod tenant_policy;
 pub mod text;

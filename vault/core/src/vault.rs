@@ -33,6 +33,7 @@ use crate::text::FreeText;
 pub mod checkpoint;
 mod offboarding;
 mod retention;
+mod revocation;
 mod root_rotation;
 mod rotation;
 mod tenant_policy;
@@ -122,6 +123,9 @@ pub struct VaultCore {
     signing_rotations: std::sync::atomic::AtomicU64,
     integrity: Integrity,
     watch: futures::lock::Mutex<ChainWatch>,
+    /// The revoked certificates as the watch last saw them, for every
+    /// call's check without taking the watch's lock.
+    revoked: arc_swap::ArcSwap<crate::revocation::Revocations>,
     watermark: Option<Arc<dyn Watermark>>,
     tokenize_queue: GroupCommit<QueuedTokenize>,
 }
@@ -184,6 +188,7 @@ impl VaultCore {
             signing: arc_swap::ArcSwap::from_pointee(signing),
             signing_rotations: std::sync::atomic::AtomicU64::new(signing_rotations),
             integrity: Integrity::new(keys.state),
+            revoked: arc_swap::ArcSwap::new(watch.revocations.clone()),
             watch: futures::lock::Mutex::new(watch),
             watermark: None,
             tokenize_queue: GroupCommit::new(GROUP_COMMIT_MAX_RECORDS),
@@ -742,11 +747,19 @@ impl VaultCore {
         let head = tx.lock_chain_head().await?;
         let mut watch = self.watch.lock().await;
         watch.catch_up(tx, &self.audit_key, &head).await?;
+        self.publish_revocations(&watch);
         if let Some(broken) = &watch.broken {
             return Err(self.integrity.tampered(format!("the audit log ({broken})")));
         }
         self.save_watermark(&watch);
         Ok(watch)
+    }
+
+    /// Hands the calls' check the watch's revocations, when they changed.
+    fn publish_revocations(&self, watch: &ChainWatch) {
+        if !Arc::ptr_eq(&self.revoked.load(), &watch.revocations) {
+            self.revoked.store(watch.revocations.clone());
+        }
     }
 
     /// Ends a decision that changed `job`: appends its entry, tags the job's
@@ -775,7 +788,8 @@ impl VaultCore {
     /// `time_ms`, as verified: this process sealed it right after the head
     /// it had verified under the same lock. Without this, cutting the log
     /// back to just before it would go unseen until the next decision read
-    /// past it. Only changes of a job or of a tenant's policy come here.
+    /// past it. Only changes of a job, of a tenant's policy and revocations
+    /// come here.
     async fn witness(&self, entry: &ChainHead, draft: &AuditDraft, time_ms: i64) {
         let mut watch = self.watch.lock().await;
         if watch.broken.is_none() && watch.seq + 1 == entry.seq {
@@ -785,16 +799,18 @@ impl VaultCore {
             }
             let principal = draft.principal.as_ref().map(|p| p.to_string()).unwrap_or_default();
             let tenant = draft.tenant.as_ref().map(|t| t.as_str()).unwrap_or_default();
-            watch.note_limits(
-                entry.seq,
+            watch.note_entry(&Noted {
+                seq: entry.seq,
                 time_ms,
-                draft.operation.id(),
-                draft.outcome.id(),
-                &principal,
+                operation: draft.operation.id(),
+                outcome: draft.outcome.id(),
+                principal: &principal,
                 tenant,
-                draft.record_count,
-            );
+                record_count: draft.record_count,
+                reason: &draft.reason,
+            });
             self.save_watermark(&watch);
+            self.publish_revocations(&watch);
         }
     }
 
@@ -1143,6 +1159,20 @@ pub async fn verify_state(
     Ok(report)
 }
 
+/// The fields of one verified entry (or of the draft this process just
+/// appended) that [`ChainWatch::note_entry`] reads.
+#[derive(Clone, Copy)]
+struct Noted<'a> {
+    seq: u64,
+    time_ms: i64,
+    operation: &'a str,
+    outcome: &'a str,
+    principal: &'a str,
+    tenant: &'a str,
+    record_count: u64,
+    reason: &'a str,
+}
+
 /// What this process has verified of the audit chain, and from it the last
 /// allowed change of each filing job. The rollback check trusts only this:
 /// entries verified under the chain key, never a query over columns a
@@ -1173,36 +1203,32 @@ struct ChainWatch {
     policy_proposals: std::collections::HashMap<String, u64>,
     /// Numbers released, by person and by tenant, from the verified entries.
     releases: crate::tenant_policy::ReleaseCounts,
+    /// Client certificates revoked, from the same entries; shared whole
+    /// with the calls' check (`VaultCore::revoked`), copied on a change.
+    revocations: Arc<crate::revocation::Revocations>,
 }
 
 impl ChainWatch {
-    /// Notes what a tenant policy's limits read from one verified entry:
+    /// Notes what the vault's own decisions read from one verified entry:
     /// numbers released (by person and tenant), policy changes proposed and
-    /// approved.
+    /// approved, certificates revoked.
     /// The one place both the chain walk and [`VaultCore::witness`] count.
-    #[allow(clippy::too_many_arguments)]
-    fn note_limits(
-        &mut self,
-        seq: u64,
-        time_ms: i64,
-        operation: &str,
-        outcome: &str,
-        principal: &str,
-        tenant: &str,
-        record_count: u64,
-    ) {
-        if outcome != CHANGED.id() {
+    fn note_entry(&mut self, entry: &Noted<'_>) {
+        if entry.outcome != CHANGED.id() {
             return;
         }
+        let Noted { seq, time_ms, operation, principal, tenant, .. } = *entry;
         if operation == Operation::Detokenize.id() {
             // An entry's principal parsed when it was written; one that no longer does is counted as itself.
             let person = Principal::parse_recorded(principal);
             let person = person.as_ref().map_or(principal, |p| p.person());
-            self.releases.note(person, tenant, time_ms, record_count);
+            self.releases.note(person, tenant, time_ms, entry.record_count);
         } else if operation == Operation::ApproveTenantPolicy.id() {
             self.policy_changes.insert(tenant.to_owned(), seq);
         } else if operation == Operation::ProposeTenantPolicy.id() {
             self.policy_proposals.insert(tenant.to_owned(), seq);
+        } else if operation == Operation::RevokeCertificate.id() {
+            Arc::make_mut(&mut self.revocations).note(seq, time_ms, principal, entry.reason);
         }
     }
 
@@ -1241,15 +1267,16 @@ impl ChainWatch {
                 {
                     self.last_change.insert(entry.job_id.clone(), entry.seq);
                 }
-                self.note_limits(
-                    entry.seq,
-                    entry.time_ms,
-                    &entry.operation,
-                    &entry.outcome,
-                    &entry.principal,
-                    &entry.tenant,
-                    entry.record_count,
-                );
+                self.note_entry(&Noted {
+                    seq: entry.seq,
+                    time_ms: entry.time_ms,
+                    operation: &entry.operation,
+                    outcome: &entry.outcome,
+                    principal: &entry.principal,
+                    tenant: &entry.tenant,
+                    record_count: entry.record_count,
+                    reason: &entry.reason,
+                });
                 self.retention.note(entry);
                 self.primary_floor.note(entry);
                 self.certified |= entry.operation == Operation::IssueDeletionCertificate.id()

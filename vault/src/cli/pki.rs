@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use mnvault_client::revocation::CertificateRevocation;
 use mnvault_core::authz::Role;
 use mnvault_core::id::TenantId;
 use mnvault_core::identity::{Identity, Scope, TrustDomain};
 use secrecy::SecretString;
 use time::format_description::well_known::Rfc3339;
 
+use super::{when, Connection};
 use crate::pki::{CertificateAuthority, DEFAULT_CA_LIFETIME_DAYS, DEFAULT_LIFETIME_DAYS, PASSPHRASE_VARIABLE};
 
 /// `mnvault pki` commands.
@@ -27,6 +29,25 @@ pub enum PkiCommand {
     /// List every certificate `issue` has issued from a CA directory: SPIFFE
     /// ID, serial, not-before, not-after, and whether it has expired.
     List(ListArgs),
+    /// Revoke a client certificate in the running vault (as a key-admin):
+    /// every replica refuses it within a second, without a restart. For a
+    /// certificate from another CA, a CRL file (tls.crl) does the same.
+    Revoke {
+        /// The certificate's serial, as `issue` and `list` print it.
+        #[arg(long)]
+        serial: String,
+        /// Why, kept in the audit log (no number).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List the certificates the running vault has revoked (as a key-admin
+    /// or auditor).
+    Revoked {
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 /// `mnvault pki init`.
@@ -89,12 +110,28 @@ pub struct ListArgs {
 }
 
 /// Runs a `pki` command.
-pub fn pki(command: PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+pub async fn pki(command: PkiCommand, data_dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     match command {
         PkiCommand::Init(args) => init(args, out),
         PkiCommand::Issue(args) => issue(args, out),
         PkiCommand::List(args) => list(args, out),
+        PkiCommand::Revoke { serial, reason, connection } => {
+            let revoked = connection.connect(data_dir).await?.revoke_certificate(&serial, &reason).await?;
+            writeln!(out, "# serial\trevoked_at\trevoked_by\taudit_seq\treason")?;
+            write_revocation(&revoked, out)
+        }
+        PkiCommand::Revoked { connection } => {
+            let revocations = connection.connect(data_dir).await?.revoked_certificates().await?;
+            writeln!(out, "# serial\trevoked_at\trevoked_by\taudit_seq\treason")?;
+            revocations.iter().try_for_each(|revoked| write_revocation(revoked, out))
+        }
     }
+}
+
+fn write_revocation(revoked: &CertificateRevocation, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let at = when(&revoked.revoked_at);
+    writeln!(out, "{}\t{at}\t{}\t{}\t{}", revoked.serial, revoked.revoked_by, revoked.audit_seq, revoked.reason)?;
+    Ok(())
 }
 
 /// The passphrase `--passphrase-file` or the environment gives, if any.

@@ -71,6 +71,8 @@ impl MetricsSettings {
 
 /// Prefix of every metric name.
 const PREFIX: &str = "mnvault";
+/// The alert rule of a call with a revoked client certificate.
+pub const REVOKED_CERTIFICATE_RULE: &str = "revoked-certificate";
 
 /// A call's method label: an operation, `health`, `reflection` or `other`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -324,12 +326,14 @@ impl Metrics {
         let alerts = Family::<RuleLabels, Counter>::default();
         registry.register(
             "alerts",
-            "Alerts the alarms raised (each also an audit.alert entry), by rule",
+            "Alerts the alarms and limits raised (each also an audit.alert entry), and calls with a revoked \
+             certificate (audited as refusals), by rule",
             alerts.clone(),
         );
         for rule in mnvault_core::audit::alarm::Rule::ALL {
             alerts.get_or_create(&RuleLabels { rule: rule.id() }).get();
         }
+        alerts.get_or_create(&RuleLabels { rule: REVOKED_CERTIFICATE_RULE }).get();
         for kind in STORE_ERROR_KINDS {
             store_errors.get_or_create(&KindLabels { kind }).get();
             audit_write_failures.get_or_create(&KindLabels { kind }).get();
@@ -394,6 +398,12 @@ impl Metrics {
     /// the alerts, with the limit's identifier as the rule.
     pub fn limit_refused(&self, limit: mnvault_core::tenant_policy::Limit) {
         self.alerts.get_or_create(&RuleLabels { rule: limit.id() }).inc();
+    }
+
+    /// A call refused because its client certificate was revoked: counted
+    /// with the alerts, as `rule="revoked-certificate"`.
+    pub fn revoked_certificate_refused(&self) {
+        self.alerts.get_or_create(&RuleLabels { rule: REVOKED_CERTIFICATE_RULE }).inc();
     }
 
     /// Counts a connection open until the returned guard is dropped.

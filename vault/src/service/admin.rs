@@ -3,8 +3,9 @@
 
 use mnvault_core::audit::{AuditDraft, Operation};
 use mnvault_core::error::VaultError;
-use mnvault_core::id::{JobId, PolicyChangeId, TenantId};
+use mnvault_core::id::{CertificateSerial, JobId, PolicyChangeId, TenantId};
 use mnvault_core::offboarding::ExportRecipient;
+use mnvault_core::revocation::Revocation;
 use mnvault_core::tenant_policy::{AppliedTenantPolicy, PolicyProposal, TenantPolicy, TenantPolicyFields};
 use mnvault_core::text::FreeText;
 use mnvault_proto::v1 as pb;
@@ -205,6 +206,51 @@ impl AdminService for AdminApi {
         }
         .await;
         Ok(Response::new(self.ctx.settled(draft, result).await?))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::CertificateRevocation>, Status> {
+        let mut draft = AuditDraft::new(Operation::RevokeCertificate);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = async {
+            let request = request.get_ref();
+            let serial = CertificateSerial::parse(&request.serial)?;
+            let note = FreeText::parse(&request.reason, "reason")?;
+            let revocation = self.ctx.core.revoke_certificate(&caller, &serial, &note, &mut draft).await?;
+            Ok(wire_revocation(&revocation))
+        }
+        .await;
+        Ok(Response::new(self.ctx.settled(draft, result).await?))
+    }
+
+    async fn list_revoked_certificates(
+        &self,
+        request: Request<pb::ListRevokedCertificatesRequest>,
+    ) -> Result<Response<pb::ListRevokedCertificatesResponse>, Status> {
+        let mut draft = AuditDraft::new(Operation::ListRevokedCertificates);
+        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let result = (|| {
+            let after = match request.get_ref().after_serial.as_str() {
+                "" => None,
+                serial => Some(CertificateSerial::parse(serial)?),
+            };
+            let page = self.ctx.core.revoked_certificates(&caller, after.as_ref())?;
+            Ok(pb::ListRevokedCertificatesResponse { revocations: page.iter().map(wire_revocation).collect() })
+        })();
+        Ok(Response::new(self.ctx.audited(draft, result).await?))
+    }
+}
+
+/// A revocation as the API shows it.
+fn wire_revocation(revocation: &Revocation) -> pb::CertificateRevocation {
+    pb::CertificateRevocation {
+        serial: revocation.serial.to_string(),
+        revoked_at: Some(timestamp(revocation.revoked_at)),
+        revoked_by: revocation.revoked_by.clone(),
+        reason: revocation.note.clone(),
+        audit_seq: revocation.seq,
     }
 }
 

@@ -35,7 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use mnvault_core::audit::{AuditDraft, Operation, Outcome};
 use mnvault_core::authz::Role;
-use mnvault_core::id::{Principal, RequestId, TenantId};
+use mnvault_core::id::{CertificateSerial, Principal, RequestId, TenantId};
 use mnvault_core::tenant_policy::Limit;
 use mnvault_core::VaultCore;
 use mnvault_proto::v1 as pb;
@@ -44,7 +44,7 @@ use tonic::{Code, Request, Status};
 
 use crate::config::LimitSettings;
 use crate::error::{status, VaultError};
-use crate::identity::principal_from_certificate;
+use crate::identity::certified_caller;
 use crate::metrics::Metrics;
 
 /// Every role: a refusal names a tenant only when the caller holds one of
@@ -108,6 +108,8 @@ pub fn operation_of_path(path: &str) -> Option<Operation> {
         (pb::admin_service_server::SERVICE_NAME, "GetTenantPolicy") => Operation::GetTenantPolicy,
         (pb::admin_service_server::SERVICE_NAME, "ProposeTenantPolicy") => Operation::ProposeTenantPolicy,
         (pb::admin_service_server::SERVICE_NAME, "ApproveTenantPolicy") => Operation::ApproveTenantPolicy,
+        (pb::admin_service_server::SERVICE_NAME, "RevokeCertificate") => Operation::RevokeCertificate,
+        (pb::admin_service_server::SERVICE_NAME, "ListRevokedCertificates") => Operation::ListRevokedCertificates,
         (pb::audit_service_server::SERVICE_NAME, "ListAuditEntries") => Operation::ListAuditEntries,
         (pb::audit_service_server::SERVICE_NAME, "VerifyAuditChain") => Operation::VerifyAuditChain,
         (pb::audit_service_server::SERVICE_NAME, "SignCheckpoint") => Operation::SignCheckpoint,
@@ -152,19 +154,22 @@ impl VaultContext {
         self
     }
 
-    /// The caller's principal, from its client certificate.
-    pub fn caller<T>(&self, request: &Request<T>) -> Result<Principal, VaultError> {
-        self.principal_of(request.peer_certs().as_deref().map(Vec::as_slice))
-    }
-
     /// The principal the leaf of `certs` proves, read as the access policy
-    /// in force says.
-    fn principal_of(&self, certs: Option<&[CertificateDer<'static>]>) -> Result<Principal, VaultError> {
+    /// in force says, and the leaf's serial.
+    fn certified(
+        &self,
+        certs: Option<&[CertificateDer<'static>]>,
+    ) -> Result<(Principal, Option<CertificateSerial>), VaultError> {
         let leaf = certs
             .and_then(|certs| certs.first())
             .ok_or_else(|| VaultError::Unauthenticated("no client certificate: connect with mutual TLS".into()))?;
-        principal_from_certificate(leaf.as_ref(), self.core.policy().source())
+        certified_caller(leaf.as_ref(), self.core.policy().source())
             .map_err(|error| VaultError::Unauthenticated(format!("unusable client certificate: {error}")))
+    }
+
+    /// The principal the leaf of `certs` proves.
+    fn principal_of(&self, certs: Option<&[CertificateDer<'static>]>) -> Result<Principal, VaultError> {
+        self.certified(certs).map(|(principal, _)| principal)
     }
 
     /// The caller, now named in `draft` with the call's request id (which
@@ -174,9 +179,15 @@ impl VaultContext {
             dispatched.0.store(true, Ordering::Release);
         }
         draft.request_id = request.extensions().get::<RequestId>().cloned();
-        match self.caller(request) {
-            Ok(caller) => {
+        match self.certified(request.peer_certs().as_deref().map(Vec::as_slice)) {
+            Ok((caller, serial)) => {
                 draft.principal = Some(caller.clone());
+                // A revoked certificate still names its holder in the refusal's entry.
+                if let Err(revoked) = self.core.check_certificate(serial.as_ref()) {
+                    self.metrics.revoked_certificate_refused();
+                    tracing::warn!(principal = %caller, "a call with a revoked client certificate was refused");
+                    return Err(self.refuse(draft.clone(), revoked).await);
+                }
                 // A required audit sink that fails or lags: no call until it is back.
                 if let Err(refusal) = self.audit_sinks.check() {
                     tracing::debug!(reason = %refusal.detail, "call refused: a required audit sink is down");

@@ -82,6 +82,8 @@ impl VaultCore {
         draft: &mut AuditDraft,
     ) -> Result<AppliedTenantPolicy, VaultError> {
         self.policy().require(caller, &[Role::KeyAdmin], Some(tenant))?;
+        // A tenant shredded since the proposal takes no policy any more.
+        self.keyring.tenant_keys(tenant).await?;
         let mut tx = self.store.begin_write().await?;
         drop(self.caught_up(tx.as_mut()).await?);
         let proposal = self.proposal(tx.as_mut(), tenant).await?.filter(|p| &p.change_id == change_id);

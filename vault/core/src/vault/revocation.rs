@@ -1,0 +1,100 @@
+//! Revoking client certificates, and refusing the revoked ones. What a
+//! revocation is and how the chain records it is in [`crate::revocation`].
+
+use std::sync::Arc;
+
+use super::{append, commit_audited, VaultCore};
+use crate::audit::AuditDraft;
+use crate::authz::Role;
+use crate::clock;
+use crate::error::VaultError;
+use crate::id::{CertificateSerial, Principal};
+use crate::revocation::{entry_reason, Revocation, Revocations, REVOCATION_PAGE};
+use crate::text::FreeText;
+
+impl VaultCore {
+    /// Revokes the client certificate `serial`, for a key-admin of every
+    /// tenant (a certificate may act for any). This replica refuses it from
+    /// the commit on; the others once their next [`VaultCore::refresh`]
+    /// reads the entry.
+    pub async fn revoke_certificate(
+        &self,
+        caller: &Principal,
+        serial: &CertificateSerial,
+        note: &FreeText,
+        draft: &mut AuditDraft,
+    ) -> Result<Revocation, VaultError> {
+        self.require_operator(caller, &[Role::KeyAdmin])?;
+        let mut tx = self.store.begin_write().await?;
+        // Under the chain head's lock: two replicas revoking at once see each other.
+        let watch = self.caught_up(tx.as_mut()).await?;
+        watch.revocations.check_new(serial)?;
+        drop(watch);
+        let now = clock::now_ms();
+        draft.reason = entry_reason(serial, note);
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        self.sign_head(tx.as_mut(), &entry, now).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, draft, now).await;
+        Ok(Revocation {
+            serial: serial.clone(),
+            revoked_at: now,
+            revoked_by: caller.to_string(),
+            note: note.to_string(),
+            seq: entry.seq,
+        })
+    }
+
+    /// A page of the revoked certificates after `after`, for a key-admin or
+    /// an auditor of every tenant, as of the last verified entry.
+    pub fn revoked_certificates(
+        &self,
+        caller: &Principal,
+        after: Option<&CertificateSerial>,
+    ) -> Result<Vec<Revocation>, VaultError> {
+        self.require_operator(caller, &[Role::KeyAdmin, Role::Auditor])?;
+        Ok(self.revoked.load().page(after, REVOCATION_PAGE))
+    }
+
+    /// Refuses a caller whose certificate was revoked, as far as this
+    /// replica has read the chain; `serial` is `None` for a certificate whose
+    /// serial cannot be revoked here.
+    pub fn check_certificate(&self, serial: Option<&CertificateSerial>) -> Result<(), VaultError> {
+        self.revoked.load().check_caller(serial)
+    }
+
+    /// The revocations this replica knows of.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revoked.load_full()
+    }
+
+    /// Reads what other replicas appended since this one last looked:
+    /// revocations take effect here without waiting for a decision to read
+    /// the chain. `serve` calls it every second.
+    pub async fn refresh(&self) -> Result<(), VaultError> {
+        // The connection first (a writer holding one may be waiting for the
+        // watch), then the watch's lock, then the snapshot, which both stores
+        // take at the first read: one older than what the watch verified
+        // would read as a truncated log.
+        let mut read = self.store.begin_read().await?;
+        let mut watch = self.watch.lock().await;
+        let head = read.audit_head().await?;
+        watch.catch_up(read.as_mut(), &self.audit_key, &head).await?;
+        self.save_watermark(&watch);
+        self.publish_revocations(&watch);
+        Ok(())
+    }
+
+    /// Refuses unless `caller` has one of `roles` on every tenant: a
+    /// certificate may act for any tenant, so its revocation concerns all.
+    fn require_operator(&self, caller: &Principal, roles: &[Role]) -> Result<(), VaultError> {
+        let policy = self.policy();
+        policy.require(caller, roles, None)?;
+        if !policy.covers_all_tenants(caller) {
+            return Err(VaultError::PermissionDenied(format!(
+                "principal {caller} acts only for some tenants; revocations concern every tenant"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -62,6 +62,9 @@ on_both_backends! {
         let (code, message) = refusal(as_approver.approve_filing_job(&job).await);
         assert_eq!(code, Code::PermissionDenied);
         assert!(message.starts_with("alice created filing job"), "{message}");
+        // Nor under a name spelled with other punctuation.
+        let spelled_apart = client(&app, "tenant/demo/approver/a.lice").await;
+        assert_eq!(refusal(spelled_apart.approve_filing_job(&job).await).0, Code::PermissionDenied);
         // Another person may; the audit log names both certificates' identities.
         app.client("approver").await.approve_filing_job(&job).await.unwrap();
         let entries = app.audit_entries().await;

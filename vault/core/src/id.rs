@@ -261,6 +261,25 @@ impl Principal {
         }
         &self.0
     }
+
+    /// What tells persons apart: the [`Principal::person`] in lowercase
+    /// without `.`, `_` and `-`, so `sato.k`, `sato_k` and `Sato-K` are one
+    /// person. Rules that need distinct persons (approvals) and counts per
+    /// person (release rates) compare this; a CA that spells one person two
+    /// ways gains nothing, and two people with such names need another.
+    pub fn person_key(&self) -> String {
+        person_key(self.person())
+    }
+
+    /// Whether `self` and `other` are one person (see [`Principal::person_key`]).
+    pub fn is_same_person(&self, other: &Principal) -> bool {
+        self.person_key() == other.person_key()
+    }
+}
+
+/// [`Principal::person_key`] of a person's name as recorded.
+pub fn person_key(person: &str) -> String {
+    person.chars().filter(|c| !matches!(c, '.' | '_' | '-')).flat_map(char::to_lowercase).collect()
 }
 
 text_id!(
@@ -378,6 +397,18 @@ mod tests {
         ] {
             assert_eq!(TenantId::parse(bad), Err(IdError::Tenant), "{bad}");
         }
+    }
+
+    #[test]
+    fn one_person_spelled_with_other_punctuation_is_one_person() {
+        let p = |text: &str| Principal::parse_recorded(text).unwrap();
+        let requester = p("spiffe://td/tenant/acme/requester/sato.k");
+        for same in ["spiffe://td/tenant/acme/approver/sato-k", "spiffe://td/tenant/acme/approver/satok", "Sato_K"] {
+            assert!(requester.is_same_person(&p(same)), "{same}");
+        }
+        assert!(!requester.is_same_person(&p("spiffe://td/tenant/acme/approver/sato.ka")));
+        assert_eq!(requester.person(), "sato.k");
+        assert_eq!(requester.person_key(), "satok");
     }
 
     #[test]

@@ -248,14 +248,14 @@ impl Job {
     /// certificate either used: persons are compared, not principals).
     pub fn check_approval(&self, approver: &Principal, now: i64) -> Result<(), VaultError> {
         let job_id = &self.terms.job_id;
-        if self.terms.created_by.person() == approver.person() {
+        if self.terms.created_by.is_same_person(approver) {
             let person = approver.person();
             return Err(VaultError::PermissionDenied(format!(
                 "{person} created filing job {job_id}, so {person} cannot approve it, under any certificate; another \
                  approver must"
             )));
         }
-        if let Some(earlier) = self.earlier_approvals.iter().find(|s| s.by.person() == approver.person()) {
+        if let Some(earlier) = self.earlier_approvals.iter().find(|s| s.by.is_same_person(approver)) {
             let person = approver.person();
             return Err(VaultError::PermissionDenied(format!(
                 "{person} approved filing job {job_id} already (as {}); it needs {} approvals by distinct persons, so \

@@ -3,9 +3,13 @@
 //! A revocation is an audit entry and nothing else: its reason names the
 //! serial in the one form [`entry_reason`] writes and [`serial_in_reason`]
 //! reads. Every replica learns the revoked serials by verifying the chain
-//! (see `VaultCore::refresh`), so a database writer can neither add one
-//! (the entry's MAC) nor take one back (the chain would no longer verify),
-//! and no replica needs a restart or a table of its own.
+//! (see `VaultCore::refresh`), so no replica needs a restart or a table of
+//! its own, and a database writer cannot add one (the entry's MAC). Taking
+//! one back (deleting or editing its entry) breaks the chain: a replica
+//! that verified the entry keeps refusing the certificate, and one that
+//! starts afterwards refuses releases, approvals and job creation, but
+//! learns no revocation recorded after the break (ARCHITECTURE, threat
+//! model).
 //!
 //! A certificate is looked up by serial alone, whichever CA issued it:
 //! serials of a sound CA are random, and should two CAs of the bundle ever
@@ -27,6 +31,10 @@ pub const REVOCATION_PAGE: usize = 1_000;
 
 /// How a revocation's audit entry reason begins, before the serial.
 const REASON_PREFIX: &str = "revoked certificate ";
+/// What parts the serial from the note: words, so that digits ending one
+/// and digits starting the other never read as one run (which the log's
+/// redaction would cut, and the serial with it).
+const NOTE_SEPARATOR: &str = ", because ";
 
 /// One revoked certificate, as the verified chain recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,17 +129,19 @@ impl Revocations {
 }
 
 /// The reason of the entry that revokes `serial`, and says why (`note`).
+/// Neither part holds a number and words part them, so it holds none
+/// either: the log stores it as written.
 pub fn entry_reason(serial: &CertificateSerial, note: &FreeText) -> String {
     match note.as_str() {
         "" => format!("{REASON_PREFIX}{serial}"),
-        note => format!("{REASON_PREFIX}{serial}: {note}"),
+        note => format!("{REASON_PREFIX}{serial}{NOTE_SEPARATOR}{note}"),
     }
 }
 
 /// The serial and the note an entry reason of [`entry_reason`]'s form names.
 pub fn serial_in_reason(reason: &str) -> Option<(CertificateSerial, &str)> {
     let rest = reason.strip_prefix(REASON_PREFIX)?;
-    let (serial, note) = rest.split_once(": ").unwrap_or((rest, ""));
+    let (serial, note) = rest.split_once(NOTE_SEPARATOR).unwrap_or((rest, ""));
     Some((CertificateSerial::parse(serial).ok()?, note))
 }
 
@@ -145,10 +155,15 @@ mod tests {
 
     #[test]
     fn the_reason_names_the_serial_in_the_one_form_that_reads_back() {
-        let note = FreeText::parse("laptop stolen: key on disk", "note").unwrap();
+        let note = FreeText::parse("laptop stolen, because: key on disk", "note").unwrap();
         let reason = entry_reason(&serial("7f3a9c"), &note);
-        assert_eq!(reason, "revoked certificate 7f3a9c: laptop stolen: key on disk");
-        assert_eq!(serial_in_reason(&reason), Some((serial("7f3a9c"), "laptop stolen: key on disk")));
+        assert_eq!(reason, "revoked certificate 7f3a9c, because laptop stolen, because: key on disk");
+        assert_eq!(serial_in_reason(&reason), Some((serial("7f3a9c"), "laptop stolen, because: key on disk")));
+        // Digits ending the serial and starting the note: no run the log would redact.
+        let dated = FreeText::parse("20261124 laptop stolen", "note").unwrap();
+        let reason = entry_reason(&serial("7f3a9c0123"), &dated);
+        assert_eq!(crate::number::redact_numbers(&reason), reason);
+        assert_eq!(serial_in_reason(&reason), Some((serial("7f3a9c0123"), "20261124 laptop stolen")));
         let bare = entry_reason(&serial("7f3a9c"), &FreeText::parse("", "note").unwrap());
         assert_eq!(serial_in_reason(&bare), Some((serial("7f3a9c"), "")));
         for other in ["", "revoked certificate", "revoked certificate zz", "applied change pc_x: 7f3a9c"] {
@@ -160,7 +175,7 @@ mod tests {
     fn a_noted_serial_refuses_its_caller_and_a_second_revocation() {
         let mut revocations = Revocations::default();
         let (revoked, other) = (serial("7f3a9c"), serial("0abc"));
-        revocations.note(7, 1_000, "spiffe://td/operator/key-admin/aiko", "revoked certificate 7f3a9c: lost");
+        revocations.note(7, 1_000, "spiffe://td/operator/key-admin/aiko", "revoked certificate 7f3a9c, because lost");
         revocations.note(9, 2_000, "spiffe://td/operator/key-admin/ken", "revoked certificate 7F:3A:9C");
         revocations.note(10, 3_000, "x", "proposed change pc_abc: 7f3a9c");
         assert_eq!(revocations.len(), 1);

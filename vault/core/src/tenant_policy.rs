@@ -499,7 +499,7 @@ pub const MAX_KEYS: usize = 100_000;
 const PERSON_WINDOW_MS: i64 = HOUR_MS;
 
 /// A filer's rate is per tenant: each tenant's policy counts only its own releases.
-fn person_key(tenant: &str, person: &str) -> String {
+fn filer_in_tenant(tenant: &str, person: &str) -> String {
     format!("{tenant}/{person}")
 }
 const TENANT_WINDOW_MS: i64 = DAY_MS;
@@ -563,13 +563,13 @@ fn total_in(map: &HashMap<String, Slices>, key: &str, window_ms: i64, now: i64) 
 impl ReleaseCounts {
     /// Notes `count` numbers released at `time_ms` by `person` in `tenant`.
     pub fn note(&mut self, person: &str, tenant: &str, time_ms: i64, count: u64) {
-        note_in(&mut self.by_person, &person_key(tenant, person), PERSON_WINDOW_MS, time_ms, count);
+        note_in(&mut self.by_person, &filer_in_tenant(tenant, person), PERSON_WINDOW_MS, time_ms, count);
         note_in(&mut self.by_tenant, tenant, TENANT_WINDOW_MS, time_ms, count);
     }
 
     /// Numbers `person` released in `tenant` within about the last hour.
     pub fn by_person_last_hour(&self, tenant: &str, person: &str, now: i64) -> u64 {
-        total_in(&self.by_person, &person_key(tenant, person), PERSON_WINDOW_MS, now)
+        total_in(&self.by_person, &filer_in_tenant(tenant, person), PERSON_WINDOW_MS, now)
     }
 
     /// Numbers released in `tenant` within about the last day.

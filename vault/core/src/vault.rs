@@ -638,9 +638,9 @@ impl VaultCore {
         // The chain head is locked and verified up to it: the counts are every committed release.
         let applied = self.applied_policy(tx.as_mut(), tenant).await?;
         let watch = self.watch.lock().await;
-        let person = caller.person();
+        let person = caller.person_key();
         let count = tokens.len() as u64;
-        applied.policy.check_release(tenant, job.terms.purpose, person, count, &watch.releases, now)?;
+        applied.policy.check_release(tenant, job.terms.purpose, &person, count, &watch.releases, now)?;
         drop(watch);
         offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
         let counted = tx.count_releases(job_id, &tokens, job.terms.max_releases_per_token).await?;
@@ -807,7 +807,8 @@ impl VaultCore {
                 principal: &principal,
                 tenant,
                 record_count: draft.record_count,
-                reason: &draft.reason,
+                // What the entry holds, as every other replica reads it.
+                reason: &crate::number::redact_numbers(&draft.reason),
             });
             self.save_watermark(&watch);
             self.publish_revocations(&watch);
@@ -1221,8 +1222,8 @@ impl ChainWatch {
         if operation == Operation::Detokenize.id() {
             // An entry's principal parsed when it was written; one that no longer does is counted as itself.
             let person = Principal::parse_recorded(principal);
-            let person = person.as_ref().map_or(principal, |p| p.person());
-            self.releases.note(person, tenant, time_ms, entry.record_count);
+            let person = person.as_ref().map_or_else(|_| crate::id::person_key(principal), Principal::person_key);
+            self.releases.note(&person, tenant, time_ms, entry.record_count);
         } else if operation == Operation::ApproveTenantPolicy.id() {
             self.policy_changes.insert(tenant.to_owned(), seq);
         } else if operation == Operation::ProposeTenantPolicy.id() {

@@ -93,7 +93,7 @@ impl VaultCore {
                  pending one"
             )));
         };
-        if proposal.proposed_by.person() == caller.person() {
+        if proposal.proposed_by.is_same_person(caller) {
             let person = caller.person();
             return Err(VaultError::PermissionDenied(format!(
                 "{person} proposed policy change {change_id}, so {person} cannot approve it, under any certificate; \

@@ -154,4 +154,21 @@ pub enum KeyError {
         /// The provider, as [`RootKeyProvider::describe`](crate::RootKeyProvider::describe) names it.
         provider: String,
     },
+
+    /// A signing key on a PKCS#11 token (the CA key of `mnvault pki init
+    /// --hsm`) cannot be made or used: module, token, PIN or key.
+    #[error("the signing key ({key}): {reason}")]
+    Pkcs11SigningKey {
+        /// The key, token and module, as [`Pkcs11SigningKey::describe`](crate::Pkcs11SigningKey::describe) names them.
+        key: String,
+        /// What is wrong and what to do (never a PIN).
+        reason: String,
+    },
+
+    /// The token holding a signing key does not answer.
+    #[error("the signing key ({key}) does not answer; check that its token is plugged in, or reachable, and named by its label")]
+    Pkcs11SigningKeyUnreachable {
+        /// The key, token and module.
+        key: String,
+    },
 }

@@ -79,7 +79,7 @@ impl fmt::Debug for Pkcs11Config {
 }
 
 impl Pkcs11Config {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "PKCS#11 key \"{}\" on token \"{}\" (module {})",
             self.key_label,
@@ -91,10 +91,17 @@ impl Pkcs11Config {
 
 /// The root key in an HSM (see the [module documentation](self)).
 pub struct Pkcs11RootKey {
-    config: Pkcs11Config,
-    context: Pkcs11,
+    token: Token,
     /// The session in use, `None` after it was lost.
     connection: Mutex<Option<Connection>>,
+}
+
+/// A loaded PKCS#11 module and the token a configuration names: what the
+/// root key and a signing key on a token ([`crate::Pkcs11SigningKey`])
+/// share, so that both find the token and log in alike.
+pub(crate) struct Token {
+    pub(crate) config: Pkcs11Config,
+    pub(crate) context: Pkcs11,
 }
 
 /// A logged-in session and the root key's handle in it.
@@ -104,7 +111,8 @@ struct Connection {
 }
 
 /// Why an operation on the device failed.
-enum Failure {
+#[derive(Debug)]
+pub(crate) enum Failure {
     /// The device, token or session is gone: connect again.
     Lost,
     /// The device refused this input (a wrapped key that does not open).
@@ -162,27 +170,12 @@ impl Pkcs11RootKey {
     }
 
     fn load(config: Pkcs11Config) -> Result<Self, KeyError> {
-        let setup = |reason: String| KeyError::Pkcs11 { provider: config.describe(), reason };
-        if config.token_label.is_empty() || config.key_label.is_empty() {
-            return Err(setup("the token label and the key label must not be empty".into()));
-        }
-        let context = Pkcs11::new(&config.module).map_err(|error| {
-            setup(format!(
-                "cannot load the PKCS#11 module: {error}; check root_key.module and that the library is installed"
-            ))
+        let provider = config.describe();
+        let token = Token::load(config).map_err(|failure| match failure {
+            Failure::Setup(reason) => KeyError::Pkcs11 { provider: provider.clone(), reason },
+            Failure::Lost | Failure::Refused => KeyError::ProviderUnreachable { provider: provider.clone() },
         })?;
-        let provider = Self { config, context, connection: Mutex::new(None) };
-        provider.initialize()?;
-        Ok(provider)
-    }
-
-    /// `C_Initialize`, which another user of the same library in this
-    /// process may have done already.
-    fn initialize(&self) -> Result<(), KeyError> {
-        match self.context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
-            Err(error) => Err(self.failure(error)),
-        }
+        Ok(Self { token, connection: Mutex::new(None) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
@@ -214,51 +207,13 @@ impl Pkcs11RootKey {
         vec![
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::AES),
-            Attribute::Label(self.config.key_label.as_bytes().to_vec()),
+            Attribute::Label(self.token.config.key_label.as_bytes().to_vec()),
         ]
-    }
-
-    /// The one token with the configured label.
-    fn slot(&self) -> Result<Slot, KeyError> {
-        let slots = match self.context.get_slots_with_token() {
-            Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {
-                self.initialize()?;
-                self.context.get_slots_with_token()
-            }
-            other => other,
-        }
-        .map_err(|error| self.failure(error))?;
-        let mut found = Vec::new();
-        for slot in slots {
-            // A slot whose token went away meanwhile is simply not it.
-            if let Ok(info) = self.context.get_token_info(slot) {
-                if info.label().trim_end() == self.config.token_label {
-                    found.push(slot);
-                }
-            }
-        }
-        match found[..] {
-            [slot] => Ok(slot),
-            [] => Err(self.unreachable()),
-            _ => Err(self.setup("more than one token has this label; give each token its own label".into())),
-        }
     }
 
     /// A new session on the token, logged in as the user.
     fn login(&self) -> Result<Session, KeyError> {
-        let session = self.context.open_rw_session(self.slot()?).map_err(|error| self.failure(error))?;
-        match session.login(UserType::User, Some(&self.config.pin)) {
-            // The login state is per application and token: another session of ours logged in.
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
-                Err(self
-                    .setup("the token refused the user PIN; check root_key.pin_file or root_key.pin_credential".into()))
-            }
-            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
-                Err(self.setup("the token's user PIN is locked; the token's security officer must unlock it".into()))
-            }
-            Err(error) => Err(self.failure(error)),
-        }
+        self.token.login().map_err(|failure| self.failed(failure))
     }
 
     /// Logs in and finds the root key, checking it cannot leave the device.
@@ -340,7 +295,11 @@ impl Pkcs11RootKey {
 
     /// A failure outside wrap and unwrap: lost means unreachable.
     fn failure(&self, error: CkError) -> KeyError {
-        match classify(error) {
+        self.failed(classify(error))
+    }
+
+    fn failed(&self, failure: Failure) -> KeyError {
+        match failure {
             Failure::Lost => self.unreachable(),
             Failure::Refused => KeyError::UnwrapFailed,
             Failure::Setup(reason) => self.setup(reason),
@@ -348,8 +307,79 @@ impl Pkcs11RootKey {
     }
 }
 
+impl Token {
+    /// Loads and initialises the module the configuration names.
+    pub(crate) fn load(config: Pkcs11Config) -> Result<Self, Failure> {
+        if config.token_label.is_empty() || config.key_label.is_empty() {
+            return Err(Failure::Setup("the token label and the key label must not be empty".into()));
+        }
+        let context = Pkcs11::new(&config.module).map_err(|error| {
+            Failure::Setup(format!(
+                "cannot load the PKCS#11 module: {error}; check root_key.module (or a CA's ca-key.toml) and that \
+                 the library is installed"
+            ))
+        })?;
+        let token = Self { config, context };
+        token.initialize()?;
+        Ok(token)
+    }
+
+    /// `C_Initialize`, which another user of the same library in this
+    /// process may have done already.
+    fn initialize(&self) -> Result<(), Failure> {
+        match self.context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    /// The one token with the configured label; [`Failure::Lost`] when none has it.
+    pub(crate) fn slot(&self) -> Result<Slot, Failure> {
+        let slots = match self.context.get_slots_with_token() {
+            Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {
+                self.initialize()?;
+                self.context.get_slots_with_token()
+            }
+            other => other,
+        }
+        .map_err(classify)?;
+        let mut found = Vec::new();
+        for slot in slots {
+            // A slot whose token went away meanwhile is simply not it.
+            if let Ok(info) = self.context.get_token_info(slot) {
+                if info.label().trim_end() == self.config.token_label {
+                    found.push(slot);
+                }
+            }
+        }
+        match found[..] {
+            [slot] => Ok(slot),
+            [] => Err(Failure::Lost),
+            _ => Err(Failure::Setup("more than one token has this label; give each token its own label".into())),
+        }
+    }
+
+    /// A new session on the token, logged in as the user.
+    pub(crate) fn login(&self) -> Result<Session, Failure> {
+        let session = self.context.open_rw_session(self.slot()?).map_err(classify)?;
+        match session.login(UserType::User, Some(&self.config.pin)) {
+            // The login state is per application and token: another session of ours logged in.
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
+                Err(Failure::Setup(
+                    "the token refused the user PIN; check root_key.pin_file or root_key.pin_credential".into(),
+                ))
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Failure::Setup(
+                "the token's user PIN is locked; the token's security officer must unlock it".into(),
+            )),
+            Err(error) => Err(classify(error)),
+        }
+    }
+}
+
 /// Which failures mean the device, token or session went away.
-fn classify(error: CkError) -> Failure {
+pub(crate) fn classify(error: CkError) -> Failure {
     match &error {
         CkError::Pkcs11(
             RvError::SessionHandleInvalid
@@ -388,7 +418,7 @@ fn classify_decrypt(error: CkError) -> Failure {
 
 impl RootKeyProvider for Pkcs11RootKey {
     fn describe(&self) -> String {
-        self.config.describe()
+        self.token.config.describe()
     }
 
     fn wrap(&self, key: &KeyMaterial, context: &WrapContext<'_>) -> Result<WrappedKey, KeyError> {
@@ -468,7 +498,7 @@ impl RootKeyProvider for Pkcs11RootKey {
 
 impl fmt::Debug for Pkcs11RootKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pkcs11RootKey").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Pkcs11RootKey").field("config", &self.token.config).finish_non_exhaustive()
     }
 }
 
@@ -594,7 +624,7 @@ mod tests {
         let logout = || {
             // The login is the application's: logging out on another session
             // logs the provider's session out too, as a device restart would.
-            let other = provider.context.open_ro_session(provider.slot().unwrap()).unwrap();
+            let other = provider.token.context.open_ro_session(provider.token.slot().unwrap()).unwrap();
             other.logout().unwrap();
         };
         logout();

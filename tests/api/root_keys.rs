@@ -19,20 +19,20 @@ use crate::helpers::{
 };
 
 /// Writes `text` to `path` with mode 0600, replacing what is there.
-fn write_private(path: &Path, text: &str) {
+pub(crate) fn write_private(path: &Path, text: &str) {
     let _ = std::fs::remove_file(path);
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
     std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
 }
 
 /// SoftHSM2's module, as Debian's `softhsm2` package installs it.
-const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub(crate) const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// A fresh SoftHSM2 token: (label, user PIN). `None` (skipped) when SoftHSM2
 /// is missing on a local run; under CI its absence fails the test. The token
 /// directory is one per test process (SOFTHSM2_CONF is read once, when the
 /// library is initialised); each test gets its own token by label.
-fn softhsm_token() -> Option<(String, String)> {
+pub(crate) fn softhsm_token() -> Option<(String, String)> {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::error::{Error, RvError};
     use cryptoki::session::UserType;
@@ -76,21 +76,23 @@ fn softhsm_token() -> Option<(String, String)> {
         .find(|slot| context.get_token_info(*slot).is_ok_and(|info| !info.token_initialized()))
         .expect("SoftHSM2 offers a free slot");
     context.init_token(free, &so_pin, &label).unwrap();
-    let slot = context
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|slot| context.get_token_info(*slot).is_ok_and(|info| info.label().trim_end() == label))
-        .expect("the new token");
-    let session = context.open_rw_session(slot).unwrap();
+    let session = context.open_rw_session(softhsm_slot(context, &label)).unwrap();
     session.login(UserType::So, Some(&so_pin)).unwrap();
     session.init_pin(&SecretString::from(pin.clone())).unwrap();
     session.logout().unwrap();
     Some((label, pin))
 }
 
+/// The slot of the SoftHSM2 token labelled `label`.
+pub(crate) fn softhsm_slot(context: &cryptoki::context::Pkcs11, label: &str) -> cryptoki::slot::Slot {
+    let slots = context.get_slots_with_token().unwrap();
+    let mut ours =
+        slots.into_iter().filter(|slot| context.get_token_info(*slot).is_ok_and(|t| t.label().trim_end() == label));
+    ours.next().expect("the test's token")
+}
+
 /// `[root_key]` in SoftHSM2's token `label`, its PIN in a file of the data directory.
-fn use_softhsm(settings: &mut Settings, (label, pin): &(String, String)) {
+pub(crate) fn use_softhsm(settings: &mut Settings, (label, pin): &(String, String)) {
     write_private(&settings.data_dir.join("hsm.pin"), &format!("{pin}\n"));
     settings.root_key = RootKeySettings {
         provider: RootKeyProviderKind::Pkcs11,

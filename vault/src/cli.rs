@@ -45,7 +45,8 @@ pub const DEFAULT_DATA_DIR: &str = "mnvault-data";
 #[command(name = "mnvault", version, about, long_about = None)]
 pub struct Cli {
     /// The vault's data directory (serve, init, audit verify, backup,
-    /// restore), where `--as` also finds the dev identities.
+    /// restore, pki with a CA key on the vault's token), where `--as` also
+    /// finds the dev identities.
     #[arg(long, global = true, env = "MNVAULT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
@@ -55,7 +56,8 @@ pub struct Cli {
     pub database_url: Option<String>,
 
     /// The configuration file (serve, audit verify, backup, restore, config
-    /// check); default `<data-dir>/mnvault.toml`. Relative paths in it stay
+    /// check, pki with a CA key on the vault's token); default
+    /// `<data-dir>/mnvault.toml`. Relative paths in it stay
     /// relative to the data directory.
     #[arg(long, global = true, env = "MNVAULT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -483,7 +485,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Retention { command } => retention::retention(command, &data_dir, out).await,
-        Command::Pki { command } => pki::pki(command, &data_dir, out).await,
+        Command::Pki { command } => pki::pki(command, &data_dir, config.as_deref(), out).await,
         Command::Policy { command } => policy::run(command, &data_dir, out).await,
         Command::Purge(args) => retention::purge(args, &data_dir, out).await,
         Command::DeletionCertificate(args) => retention::certificate(args, &data_dir, out).await,

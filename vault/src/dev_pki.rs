@@ -253,6 +253,63 @@ pub enum PkiError {
         reason: &'static str,
     },
 
+    /// A CA directory holds both key forms, `ca.key` and `ca-key.toml`.
+    #[error(
+        "{} holds both ca.key (a key file) and ca-key.toml (a key on a PKCS#11 token); a CA has one key: remove \
+         the file that is not this CA's key, as ca.pem's public key tells",
+        dir.display()
+    )]
+    TwoCaKeys {
+        /// The CA directory.
+        dir: PathBuf,
+    },
+
+    /// A CA directory holds neither key form.
+    #[error(
+        "{} holds neither ca.key nor ca-key.toml, so it has no CA key; give the directory `mnvault pki init` made",
+        dir.display()
+    )]
+    NoCaKey {
+        /// The CA directory.
+        dir: PathBuf,
+    },
+
+    /// A CA's `ca-key.toml` does not read.
+    #[error("{} does not name a key on a token: {reason}", path.display())]
+    KeyReference {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A CA's key is on a token, and no token configuration was given.
+    #[error(
+        "the key of the CA in {} is on a PKCS#11 token (ca-key.toml); give the vault configuration whose [root_key] \
+         names that token (--data-dir or --config), which holds its PIN",
+        dir.display()
+    )]
+    TokenNeeded {
+        /// The CA directory.
+        dir: PathBuf,
+    },
+
+    /// The configuration's token is not the one the CA's key is on.
+    #[error(
+        "the CA key is on token \"{key_token}\" (ca-key.toml), but the vault configuration's [root_key] names token \
+         \"{configured}\", whose PIN would be used; give the configuration of the CA's token"
+    )]
+    OtherToken {
+        /// The token `ca-key.toml` names.
+        key_token: String,
+        /// The token the configuration names.
+        configured: String,
+    },
+
+    /// The token refused, or does not answer, or its key cannot be used.
+    #[error(transparent)]
+    Token(mnvault_keys::KeyError),
+
     /// Generating a key pair or signing a certificate failed.
     #[error("could not generate the {what}: {source}")]
     Generate {

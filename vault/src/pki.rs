@@ -18,6 +18,15 @@
 //! other users can read it. `issue` asks for one only when the key is
 //! encrypted.
 //!
+//! With `--hsm`, `init` makes the key pair on the PKCS#11 token of the
+//! vault configuration's `[root_key]` instead (through
+//! [`mnvault_keys::Pkcs11SigningKey`]: it cannot leave the token), labelled
+//! `mnvault-ca-<serial>`, and writes [`CA_KEY_REF_FILE`] in place of
+//! `ca.key`: which module, token and label, never the PIN, which `issue`
+//! reads from the same configuration as the vault does. So the CA key has
+//! the custody the root key has. A directory with both files, or neither, is
+//! refused: which key signs is never a guess.
+//!
 //! Every certificate `issue` signs is appended to the CA's index,
 //! [`ISSUED_INDEX_FILE`], before its files are written: `list` reads it.
 //!
@@ -28,13 +37,17 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
+use std::sync::Mutex;
+
 use mnvault_core::identity::{Identity, TrustDomain, SPIFFE_PREFIX};
+use mnvault_keys::{KeyError, Pkcs11Config, Pkcs11SigningKey};
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PublicKeyData, SanType, SerialNumber, SignatureAlgorithm, SigningKey,
 };
 use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
@@ -61,13 +74,124 @@ pub const ISSUED_INDEX_FILE: &str = "issued.tsv";
 const INDEX_HEADER: &str = "# serial\tspiffe_id\tnot_before\tnot_after\n";
 /// The PEM label of an encrypted PKCS#8 key.
 const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+/// The file of a CA directory that names its key on a PKCS#11 token, in
+/// place of `ca.key` ([`TokenKeyReference`]).
+pub const CA_KEY_REF_FILE: &str = "ca-key.toml";
+/// The label of a CA key on a token: this, then the CA's serial in hex.
+pub const TOKEN_KEY_LABEL_PREFIX: &str = "mnvault-ca-";
+/// The only provider [`CA_KEY_REF_FILE`] names today.
+const PKCS11: &str = "pkcs11";
+const KEY_REF_HEADER: &str = "# The key of this CA is on a PKCS#11 token and never leaves it. `mnvault pki issue`\n\
+                              # logs in with the PIN of the vault configuration's [root_key] (pin_file or\n\
+                              # pin_credential); no PIN is kept here.\n";
+
+/// Where a CA's key is on a token: the content of [`CA_KEY_REF_FILE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyReference {
+    /// Always `"pkcs11"`.
+    pub provider: String,
+    /// The PKCS#11 library.
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// The key pair's label (`CKA_LABEL`), `mnvault-ca-<serial>`.
+    pub key_label: String,
+}
+
+/// Which key a CA directory holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaKeyForm {
+    /// `ca.key`, a PEM key (encrypted, or a dev PKI's in the clear).
+    File,
+    /// [`CA_KEY_REF_FILE`]: a key on a token.
+    Token(TokenKeyReference),
+}
 
 /// A CA read from a directory.
 pub struct CertificateAuthority {
     dir: PathBuf,
     cert_pem: String,
-    key: KeyPair,
+    key: CaKey,
     trust_domain: TrustDomain,
+}
+
+/// The CA's signing key, as rcgen signs with it.
+enum CaKey {
+    File(KeyPair),
+    Token(TokenKey),
+}
+
+/// A key on a token, for rcgen. rcgen's remote-key error says nothing of
+/// its cause, so the token's own error is kept for the caller to report.
+struct TokenKey {
+    key: Pkcs11SigningKey,
+    failure: Mutex<Option<KeyError>>,
+}
+
+impl TokenKey {
+    fn new(key: Pkcs11SigningKey) -> Self {
+        Self { key, failure: Mutex::new(None) }
+    }
+
+    /// The error of a signature rcgen could not make: the token's, if it was the token.
+    fn signing_failed(&self, what: String, source: rcgen::Error) -> PkiError {
+        let failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        failure.map_or(PkiError::Generate { what, source }, PkiError::Token)
+    }
+}
+
+impl PublicKeyData for TokenKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.key.public_key()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl SigningKey for TokenKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.key.sign(message).map_err(|error| {
+            *self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
+            rcgen::Error::RemoteKeyError
+        })
+    }
+}
+
+impl CaKey {
+    fn signing_failed(&self, what: String, source: rcgen::Error) -> PkiError {
+        match self {
+            Self::File(_) => PkiError::Generate { what, source },
+            Self::Token(key) => key.signing_failed(what, source),
+        }
+    }
+}
+
+impl PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            Self::File(key) => key.der_bytes(),
+            Self::Token(key) => key.der_bytes(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        match self {
+            Self::File(key) => key.algorithm(),
+            Self::Token(key) => key.algorithm(),
+        }
+    }
+}
+
+impl SigningKey for CaKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            Self::File(key) => key.sign(message),
+            Self::Token(key) => key.sign(message),
+        }
+    }
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -97,7 +221,8 @@ pub struct Issued {
 pub struct NewCa {
     /// The CA certificate (PEM), to give the vault as `tls.client_ca`.
     pub cert: PathBuf,
-    /// Its private key, encrypted (0600).
+    /// Its private key, encrypted (0600); or, with the key on a token, the
+    /// file naming it ([`CA_KEY_REF_FILE`]).
     pub key: PathBuf,
     /// The certificate's serial number, in hex.
     pub serial: String,
@@ -149,21 +274,58 @@ pub fn init_ca(
     lifetime: Duration,
     passphrase: &SecretString,
 ) -> Result<NewCa, PkiError> {
-    if lifetime < Duration::days(1) || lifetime > Duration::days(MAX_CA_LIFETIME_DAYS) {
-        return Err(PkiError::CaLifetime { max_days: MAX_CA_LIFETIME_DAYS });
-    }
     if passphrase.expose_secret().is_empty() {
         return Err(PkiError::EmptyPassphrase);
     }
-    let (cert_path, key_path, index_path) =
-        (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE), dir.join(ISSUED_INDEX_FILE));
-    for path in [&cert_path, &key_path, &index_path] {
-        if fs::symlink_metadata(path).is_ok() {
-            return Err(PkiError::CaExists { path: path.clone() });
+    let (serial, params) = new_ca_params(dir, trust_domain, lifetime)?;
+    let generate = |source| PkiError::Generate { what: "CA certificate".into(), source };
+    let key = KeyPair::generate().map_err(generate)?;
+    let cert = params.self_signed(&key).map_err(generate)?;
+    let sealed_key = encrypt_key(&key, passphrase)?;
+    write_new_ca(dir, CA_KEY_FILE, &sealed_key, &cert.pem(), serial, params.not_after)
+}
+
+/// [`init_ca`] with the key pair made on the token `token` names (its
+/// `key_label` is not used: the key's is `mnvault-ca-<serial>`), and
+/// [`CA_KEY_REF_FILE`] naming it in place of `ca.key`.
+pub fn init_ca_on_token(
+    dir: &Path,
+    trust_domain: &TrustDomain,
+    lifetime: Duration,
+    token: Pkcs11Config,
+) -> Result<NewCa, PkiError> {
+    let (serial, params) = new_ca_params(dir, trust_domain, lifetime)?;
+    let reference = TokenKeyReference {
+        provider: PKCS11.into(),
+        module: token.module.clone(),
+        token_label: token.token_label.clone(),
+        key_label: format!("{TOKEN_KEY_LABEL_PREFIX}{}", hex::encode(serial)),
+    };
+    let text = toml::to_string(&reference)
+        .map_err(|error| PkiError::KeyReference { path: dir.join(CA_KEY_REF_FILE), reason: error.to_string() })?;
+    let config = Pkcs11Config { key_label: reference.key_label.clone(), ..token };
+    let key = TokenKey::new(Pkcs11SigningKey::generate(config, &serial).map_err(PkiError::Token)?);
+    let cert = params.self_signed(&key).map_err(|source| key.signing_failed("CA certificate".into(), source))?;
+    write_new_ca(dir, CA_KEY_REF_FILE, &format!("{KEY_REF_HEADER}{text}"), &cert.pem(), serial, params.not_after)
+}
+
+/// A new CA's serial and certificate parameters, whichever its key: checked
+/// first that `dir` holds no CA file and that `lifetime` is in range.
+fn new_ca_params(
+    dir: &Path,
+    trust_domain: &TrustDomain,
+    lifetime: Duration,
+) -> Result<([u8; 16], CertificateParams), PkiError> {
+    if lifetime < Duration::days(1) || lifetime > Duration::days(MAX_CA_LIFETIME_DAYS) {
+        return Err(PkiError::CaLifetime { max_days: MAX_CA_LIFETIME_DAYS });
+    }
+    for name in [CA_CERT_FILE, CA_KEY_FILE, CA_KEY_REF_FILE, ISSUED_INDEX_FILE] {
+        let path = dir.join(name);
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(PkiError::CaExists { path });
         }
     }
     let generate = |source| PkiError::Generate { what: "CA certificate".into(), source };
-    let key = KeyPair::generate().map_err(generate)?;
     let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -176,13 +338,48 @@ pub fn init_ca(
     params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(generate)?)];
     let serial = random_serial();
     params.serial_number = Some(SerialNumber::from_slice(&serial));
-    let cert = params.self_signed(&key).map_err(generate)?;
-    let sealed_key = encrypt_key(&key, passphrase)?;
+    Ok((serial, params))
+}
+
+/// Writes a new CA directory: its key file (`key_name`), certificate and
+/// empty index.
+fn write_new_ca(
+    dir: &Path,
+    key_name: &str,
+    key_text: &str,
+    cert_pem: &str,
+    serial: [u8; 16],
+    not_after: OffsetDateTime,
+) -> Result<NewCa, PkiError> {
+    let (cert_path, key_path, index_path) = (dir.join(CA_CERT_FILE), dir.join(key_name), dir.join(ISSUED_INDEX_FILE));
     dev_pki::prepare_dir(dir)?;
-    dev_pki::write_new_file(&key_path, &sealed_key, 0o600)?;
-    dev_pki::write_new_file(&cert_path, &cert.pem(), 0o600)?;
+    dev_pki::write_new_file(&key_path, key_text, 0o600)?;
+    dev_pki::write_new_file(&cert_path, cert_pem, 0o600)?;
     dev_pki::write_new_file(&index_path, INDEX_HEADER, 0o600)?;
-    Ok(NewCa { cert: cert_path, key: key_path, serial: hex::encode(serial), not_after: params.not_after })
+    Ok(NewCa { cert: cert_path, key: key_path, serial: hex::encode(serial), not_after })
+}
+
+/// Which key the CA directory `dir` holds; refuses both and neither.
+pub fn ca_key_form(dir: &Path) -> Result<CaKeyForm, PkiError> {
+    let (file, reference) = (dir.join(CA_KEY_FILE), dir.join(CA_KEY_REF_FILE));
+    match (fs::symlink_metadata(&file).is_ok(), fs::symlink_metadata(&reference).is_ok()) {
+        (true, true) => Err(PkiError::TwoCaKeys { dir: dir.to_owned() }),
+        (false, false) => Err(PkiError::NoCaKey { dir: dir.to_owned() }),
+        (true, false) => Ok(CaKeyForm::File),
+        (false, true) => {
+            let text = fs::read_to_string(&reference).map_err(|source| PkiError::Io {
+                action: "read",
+                path: reference.clone(),
+                source,
+            })?;
+            let broken = |reason: String| PkiError::KeyReference { path: reference.clone(), reason };
+            let parsed: TokenKeyReference = toml::from_str(&text).map_err(|error| broken(error.to_string()))?;
+            if parsed.provider != PKCS11 {
+                return Err(broken(format!("provider is \"{}\"; only \"{PKCS11}\" is known", parsed.provider)));
+            }
+            Ok(CaKeyForm::Token(parsed))
+        }
+    }
 }
 
 /// `key` as encrypted PKCS#8 PEM under `passphrase` (scrypt at its
@@ -253,13 +450,12 @@ impl CertificateAuthority {
     /// Reads `ca.pem` and `ca.key` from `dir`, decrypting the key with
     /// `passphrase` when it is encrypted; the trust domain is the CA
     /// certificate's `spiffe://` URI SAN.
+    /// A CA whose key is on a token ([`PkiError::TokenNeeded`]) is refused.
     pub fn open_with(dir: &Path, passphrase: Option<&SecretString>) -> Result<Self, PkiError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            fs::read_to_string(&path).map_err(|source| PkiError::Io { action: "read", path, source })
-        };
-        let cert_pem = read(CA_CERT_FILE)?;
-        let key_pem = Zeroizing::new(read(CA_KEY_FILE)?);
+        if let CaKeyForm::Token(_) = ca_key_form(dir)? {
+            return Err(PkiError::TokenNeeded { dir: dir.to_owned() });
+        }
+        let key_pem = Zeroizing::new(read_ca_file(dir, CA_KEY_FILE)?);
         let unusable = |reason: &'static str| PkiError::UnusableCa { path: dir.join(CA_CERT_FILE), reason };
         let key = if key_pem.contains(&format!("-----BEGIN {ENCRYPTED_KEY_LABEL}-----")) {
             let key_path = dir.join(CA_KEY_FILE);
@@ -268,8 +464,37 @@ impl CertificateAuthority {
         } else {
             KeyPair::from_pem(&key_pem).map_err(|_| unusable("ca.key is not a PEM private key"))?
         };
-        let trust_domain = ca_trust_domain(&cert_pem).ok_or_else(|| {
-            unusable("the CA certificate carries no spiffe://<trust-domain> URI SAN, so it names no trust domain")
+        Self::with_key(dir, CaKey::File(key))
+    }
+
+    /// Reads `ca.pem` and [`CA_KEY_REF_FILE`] from `dir` and opens the key
+    /// on its token, logged in with `token`'s PIN: `token` is the vault
+    /// configuration's `[root_key]`, which must name the same token. The
+    /// key must be `ca.pem`'s.
+    pub fn open_on_token(dir: &Path, token: Pkcs11Config) -> Result<Self, PkiError> {
+        let CaKeyForm::Token(reference) = ca_key_form(dir)? else {
+            let reason = "ca.key is a key file: its CA is opened with a passphrase, not a token";
+            return Err(PkiError::UnusableCa { path: dir.join(CA_KEY_FILE), reason });
+        };
+        if reference.token_label != token.token_label {
+            return Err(PkiError::OtherToken { key_token: reference.token_label, configured: token.token_label });
+        }
+        let config = Pkcs11Config { module: reference.module, key_label: reference.key_label, ..token };
+        let key = Pkcs11SigningKey::open(config).map_err(PkiError::Token)?;
+        let ca = Self::with_key(dir, CaKey::Token(TokenKey::new(key)))?;
+        if ca_public_key(&ca.cert_pem).as_deref() != Some(ca.key.der_bytes()) {
+            let reason = "the key ca-key.toml names on the token is not the key of ca.pem";
+            return Err(PkiError::UnusableCa { path: dir.join(CA_CERT_FILE), reason });
+        }
+        Ok(ca)
+    }
+
+    /// The CA of `dir` with `key`; its trust domain is its certificate's.
+    fn with_key(dir: &Path, key: CaKey) -> Result<Self, PkiError> {
+        let cert_pem = read_ca_file(dir, CA_CERT_FILE)?;
+        let trust_domain = ca_trust_domain(&cert_pem).ok_or_else(|| PkiError::UnusableCa {
+            path: dir.join(CA_CERT_FILE),
+            reason: "the CA certificate carries no spiffe://<trust-domain> URI SAN, so it names no trust domain",
         })?;
         Ok(Self { dir: dir.to_owned(), cert_pem, key, trust_domain })
     }
@@ -319,7 +544,9 @@ impl CertificateAuthority {
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         let serial = random_serial();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        let cert = params.signed_by(&key, &issuer).map_err(generate)?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|source| self.key.signing_failed(format!("certificate for {identity}"), source))?;
         // Recorded before it is handed out, so that `list` shows everything signed.
         self.record(&hex::encode(serial), identity, not_before, not_after)?;
         fs::DirBuilder::new().recursive(true).create(out).map_err(|source| PkiError::Io {
@@ -372,6 +599,19 @@ fn random_serial() -> [u8; 16] {
             return serial;
         }
     }
+}
+
+/// The file `name` of the CA directory `dir`.
+fn read_ca_file(dir: &Path, name: &str) -> Result<String, PkiError> {
+    let path = dir.join(name);
+    fs::read_to_string(&path).map_err(|source| PkiError::Io { action: "read", path, source })
+}
+
+/// The subjectPublicKey of a CA certificate (for an EC key, its point).
+fn ca_public_key(pem: &str) -> Option<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
 }
 
 /// The trust domain of a CA certificate's `spiffe://<trust-domain>` URI SAN.
@@ -483,6 +723,44 @@ mod tests {
         let forever = init_ca(&other, &domain, Duration::days(MAX_CA_LIFETIME_DAYS + 1), &secret("x"));
         assert!(matches!(forever, Err(PkiError::CaLifetime { .. })));
         assert!(!other.exists(), "a refused init writes nothing");
+    }
+
+    #[test]
+    fn a_ca_directory_holds_exactly_one_key_form() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let domain = TrustDomain::parse("vault.example.jp").unwrap();
+        init_ca(&dir, &domain, Duration::days(30), &secret("correct horse")).unwrap();
+        assert_eq!(ca_key_form(&dir).unwrap(), CaKeyForm::File);
+        let reference = TokenKeyReference {
+            provider: PKCS11.into(),
+            module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token_label: "office".into(),
+            key_label: format!("{TOKEN_KEY_LABEL_PREFIX}01"),
+        };
+        fs::write(dir.join(CA_KEY_REF_FILE), toml::to_string(&reference).unwrap()).unwrap();
+        let both = CertificateAuthority::open_with(&dir, Some(&secret("correct horse"))).unwrap_err();
+        assert!(matches!(both, PkiError::TwoCaKeys { .. }), "{both:?}");
+
+        fs::remove_file(dir.join(CA_KEY_FILE)).unwrap();
+        assert_eq!(ca_key_form(&dir).unwrap(), CaKeyForm::Token(reference));
+        let on_token = CertificateAuthority::open_with(&dir, Some(&secret("correct horse"))).unwrap_err();
+        assert!(matches!(on_token, PkiError::TokenNeeded { .. }), "{on_token:?}");
+        // A new CA never goes where a key reference is.
+        let lone = tmp.path().join("lone");
+        fs::create_dir(&lone).unwrap();
+        fs::copy(dir.join(CA_KEY_REF_FILE), lone.join(CA_KEY_REF_FILE)).unwrap();
+        let again = init_ca(&lone, &domain, Duration::days(30), &secret("x")).unwrap_err();
+        assert!(matches!(again, PkiError::CaExists { ref path } if path.ends_with(CA_KEY_REF_FILE)), "{again:?}");
+
+        for broken in
+            ["provider = \"pkcs11\"\n", "provider = \"kms\"\nmodule = \"m\"\ntoken_label = \"t\"\nkey_label = \"k\"\n"]
+        {
+            fs::write(dir.join(CA_KEY_REF_FILE), broken).unwrap();
+            assert!(matches!(ca_key_form(&dir), Err(PkiError::KeyReference { .. })), "{broken}");
+        }
+        fs::remove_file(dir.join(CA_KEY_REF_FILE)).unwrap();
+        assert!(matches!(ca_key_form(&dir), Err(PkiError::NoCaKey { .. })));
     }
 
     #[test]

@@ -38,8 +38,8 @@ pub(crate) fn spawn(ctx: Context, interval: Duration) -> Refresher {
                 // Once per outage, not once a second.
                 Err(error) if !failing => {
                     failing = true;
-                    tracing::warn!(%error, "could not read the audit chain; revocations made on other replicas \
-                        apply here once it can be read again");
+                    tracing::warn!(%error, "could not bring the audit chain up to date; revocations made on other \
+                        replicas apply here once it can be read and verifies again");
                 }
                 Err(_) => {}
             }

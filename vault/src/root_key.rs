@@ -154,6 +154,16 @@ fn credential_in(directory: Option<std::ffi::OsString>, name: &str, what: &str) 
     read_secret_file(&PathBuf::from(directory).join(name))
 }
 
+/// The token of `[root_key]` with its PIN, read as `serve` reads it, when
+/// the provider is `"pkcs11"`; `None` for another provider. `mnvault pki
+/// --hsm` keeps its CA key there, under the CA's own label.
+pub fn pkcs11_token(settings: &Settings) -> Result<Option<Pkcs11Config>, KeyError> {
+    match settings.root_key.provider {
+        RootKeyProviderKind::Pkcs11 => pkcs11_config(settings, &settings.root_key).map(Some),
+        RootKeyProviderKind::File | RootKeyProviderKind::Passphrase => Ok(None),
+    }
+}
+
 fn pkcs11_config(settings: &Settings, entry: &RootKeySettings) -> Result<Pkcs11Config, KeyError> {
     // Validation ([`RootKeySettings::problems`]) has refused a missing one; say so again if not.
     let missing = |key: &str| KeyError::Pkcs11 {

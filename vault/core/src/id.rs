@@ -176,8 +176,11 @@ pub const MAX_SERIAL_BYTES: usize = 20;
 
 impl CertificateSerial {
     /// Parses a serial as people paste it: hex in either case, with or
-    /// without a colon between bytes (`openssl x509 -text`).
+    /// without a colon between bytes (`openssl x509 -text`), a `serial=`
+    /// (`openssl x509 -serial`) or `0x` in front, spaces around.
     pub fn parse(text: &str) -> Result<Self, IdError> {
+        let text = text.trim();
+        let text = ["serial=", "0x", "0X"].iter().find_map(|prefix| text.strip_prefix(prefix)).unwrap_or(text);
         let digits: String = if text.contains(':') {
             let pairs: Vec<&str> = text.split(':').collect();
             if pairs.iter().any(|pair| pair.len() != 2) {
@@ -414,7 +417,13 @@ mod tests {
     #[test]
     fn a_serial_has_one_spelling_and_never_reads_as_a_number() {
         let serial = CertificateSerial::parse("7f3a9cbe0d4e5fa1b2c3").unwrap();
-        for same in ["7F3A9CBE0D4E5FA1B2C3", "7f:3a:9c:be:0d:4e:5f:a1:b2:c3", "007f3a9cbe0d4e5fa1b2c3"] {
+        for same in [
+            "7F3A9CBE0D4E5FA1B2C3",
+            "7f:3a:9c:be:0d:4e:5f:a1:b2:c3",
+            "007f3a9cbe0d4e5fa1b2c3",
+            "serial=7F3A9CBE0D4E5FA1B2C3",
+            " 0x7f3a9cbe0d4e5fa1b2c3\n",
+        ] {
             assert_eq!(CertificateSerial::parse(same).unwrap(), serial, "{same}");
         }
         assert_eq!(CertificateSerial::parse("abc").unwrap().as_str(), "0abc");

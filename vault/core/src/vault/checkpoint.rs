@@ -121,6 +121,7 @@ impl VaultCore {
             return Err(self.integrity.tampered(format!("the audit log ({broken})")));
         }
         self.save_watermark(&watch);
+        self.publish_revocations(&watch);
         Ok(head)
     }
 

@@ -79,10 +79,15 @@ impl VaultCore {
         let mut read = self.store.begin_read().await?;
         let mut watch = self.watch.lock().await;
         let head = read.audit_head().await?;
+        let was_broken = watch.broken.is_some();
         watch.catch_up(read.as_mut(), &self.audit_key, &head).await?;
         self.save_watermark(&watch);
         self.publish_revocations(&watch);
-        Ok(())
+        match &watch.broken {
+            // Found here, not by a decision: said and counted like one.
+            Some(broken) if !was_broken => Err(self.integrity.tampered(format!("the audit log ({broken})"))),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses unless `caller` has one of `roles` on every tenant: a

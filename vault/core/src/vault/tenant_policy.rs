@@ -82,10 +82,11 @@ impl VaultCore {
         draft: &mut AuditDraft,
     ) -> Result<AppliedTenantPolicy, VaultError> {
         self.policy().require(caller, &[Role::KeyAdmin], Some(tenant))?;
-        // A tenant shredded since the proposal takes no policy any more.
         self.keyring.tenant_keys(tenant).await?;
         let mut tx = self.store.begin_write().await?;
         drop(self.caught_up(tx.as_mut()).await?);
+        // In the transaction: a shred on another replica is seen whatever its key cache holds.
+        super::offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
         let proposal = self.proposal(tx.as_mut(), tenant).await?.filter(|p| &p.change_id == change_id);
         let Some(proposal) = proposal else {
             return Err(VaultError::NotFound(format!(

@@ -1,15 +1,13 @@
 //! Revoking client certificates, and refusing the revoked ones. What a
 //! revocation is and how the chain records it is in [`crate::revocation`].
 
-use std::sync::Arc;
-
 use super::{append, commit_audited, VaultCore};
 use crate::audit::AuditDraft;
 use crate::authz::Role;
 use crate::clock;
 use crate::error::VaultError;
 use crate::id::{CertificateSerial, Principal};
-use crate::revocation::{entry_reason, Revocation, Revocations, REVOCATION_PAGE};
+use crate::revocation::{entry_reason, Revocation, REVOCATION_PAGE};
 use crate::text::FreeText;
 
 impl VaultCore {
@@ -63,11 +61,6 @@ impl VaultCore {
         self.revoked.load().check_caller(serial)
     }
 
-    /// The revocations this replica knows of.
-    pub fn revocations(&self) -> Arc<Revocations> {
-        self.revoked.load_full()
-    }
-
     /// Reads what other replicas appended since this one last looked:
     /// revocations take effect here without waiting for a decision to read
     /// the chain. `serve` calls it every second.
@@ -86,7 +79,11 @@ impl VaultCore {
         match &watch.broken {
             // Found here, not by a decision: said and counted like one.
             Some(broken) if !was_broken => Err(self.integrity.tampered(format!("the audit log ({broken})"))),
-            _ => Ok(()),
+            // Counted once; from then on nothing more is read.
+            Some(_) => {
+                Err(VaultError::DataLoss("the audit log does not verify; nothing after the break is read".into()))
+            }
+            None => Ok(()),
         }
     }
 

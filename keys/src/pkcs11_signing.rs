@@ -80,6 +80,17 @@ impl Pkcs11SigningKey {
         Self::find(token, session)
     }
 
+    /// Destroys both halves of the pair on the token: a CA whose files
+    /// could not be written must not leave a key nobody refers to.
+    pub fn destroy(self) -> Result<(), KeyError> {
+        let label = Attribute::Label(self.token.config.key_label.as_bytes().to_vec());
+        let objects = self.session.find_objects(&[label]).map_err(|e| failed(&self.token, classify(e)))?;
+        for object in objects {
+            self.session.destroy_object(object).map_err(|e| failed(&self.token, classify(e)))?;
+        }
+        Ok(())
+    }
+
     /// Finds the key pair labelled [`Pkcs11Config::key_label`] on the
     /// token, logged in with the configuration's PIN; refuses a private key
     /// that could leave the device or that is not its public key's.
@@ -321,8 +332,16 @@ mod tests {
         let opened = Pkcs11SigningKey::open(config.clone()).unwrap();
         assert_eq!(opened.public_key(), public);
         assert!(verifies(&public, b"again", &opened.sign(b"again").unwrap()));
-        let again = Pkcs11SigningKey::generate(config, b"ca-id").unwrap_err();
+        let again = Pkcs11SigningKey::generate(config.clone(), b"ca-id").unwrap_err();
         assert!(again.to_string().contains("already holds an object with this label"), "{again}");
+
+        // Destroyed (a CA whose files could not be written): both halves go,
+        // and the label is free again.
+        opened.destroy().unwrap();
+        let gone = Pkcs11SigningKey::open(config.clone()).unwrap_err();
+        assert!(gone.to_string().contains("holds no EC private key with this label"), "{gone}");
+        let remade = Pkcs11SigningKey::generate(config, b"ca-id").unwrap();
+        assert_ne!(remade.public_key(), public);
     }
 
     #[test]

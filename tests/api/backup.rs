@@ -153,12 +153,13 @@ async fn wipe_and_restore(app: &TestApp, file: &Path) -> String {
             let args = ["--no-owner", "--exit-on-error", "-d", &database.url, &file.display().to_string()];
             run_tool(pg_restore, args.map(str::to_owned).to_vec()).await;
             // Until it is adopted, this host's watermark shows the database
-            // rolled back: a vault on it serves but decides nothing.
+            // rolled back: a vault on it serves auditors of every tenant only.
             let mut unadopted = spawn_replica(app).await;
-            let token = tokenize_fresh(&unadopted, 1).await;
-            // A job is created within its tenant's policy, which only a verified chain vouches for.
-            let (code, message) =
-                refusal(unadopted.client("requester").await.create_filing_job(filing_job(&token)).await);
+            let tokenized =
+                unadopted.client("payroll").await.tokenize("demo", &valid_number(), TokenFormat::Opaque).await;
+            let (code, message) = refusal(tokenized);
+            assert_eq!(code, Code::DataLoss, "{message}");
+            let (code, message) = refusal(unadopted.client("requester").await.create_filing_job(filing_job(&[])).await);
             assert_eq!(code, Code::DataLoss, "{message}");
             unadopted.stop().await;
             app.cli(&["restore", "--adopt"]).await.unwrap()

@@ -525,3 +525,96 @@ pub async fn approved_job(app: &TestApp, tokens: &[String], max_releases_per_tok
     app.client("approver").await.approve_filing_job(&created.job_id).await.unwrap();
     created.job_id
 }
+
+/// A gRPC channel with the certificate `principal` of `pki` (a directory
+/// holding `ca.pem`, `<principal>.crt` and `.key`: the dev PKI, or what
+/// `CertificateAuthority::issue` wrote), whose HTTP/2 windows are the
+/// protocol's smallest, so that a stream the client does not read stalls
+/// the server after a few messages instead of filling megabytes of buffers.
+pub(crate) async fn narrow_channel_from(app: &TestApp, pki: &Path, principal: &str) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let read = |name: String| std::fs::read(pki.join(name)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+        .identity(Identity::from_pem(read(format!("{principal}.crt")), read(format!("{principal}.key"))));
+    Channel::from_shared(app.endpoint.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .http2_adaptive_window(false)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// [`narrow_channel_from`] with the dev PKI's certificate `principal`.
+pub(crate) async fn narrow_channel(app: &TestApp, principal: &str) -> tonic::transport::Channel {
+    narrow_channel_from(app, &app.path().join(DEV_PKI_DIR), principal).await
+}
+
+/// Waits, with a deadline, until `client` hears that the whole vault's
+/// health is `wanted`.
+pub(crate) async fn wait_for_health(client: &VaultClient, wanted: mnvault_client::ServingStatus) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if client.health("").await.unwrap() == wanted {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "health never became {wanted:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A request of a raw `TokenizeStream` in tenant `demo`.
+pub(crate) fn stream_request(number: String) -> mnvault_proto::v1::TokenizeRequest {
+    use mnvault_proto::v1 as pb;
+    pb::TokenizeRequest { tenant: "demo".into(), number, format: pb::TokenFormat::Opaque.into() }
+}
+
+/// A `TokenizeStream` over `channel` whose first record was answered with a
+/// token: the sender for more records (see [`stream_request`]) and the answers.
+pub(crate) async fn tokenize_stream_under_way(
+    channel: tonic::transport::Channel,
+) -> (
+    tokio::sync::mpsc::Sender<mnvault_proto::v1::TokenizeRequest>,
+    tonic::Streaming<mnvault_proto::v1::TokenizeStreamResponse>,
+) {
+    use mnvault_proto::v1 as pb;
+    let (sender, requests) = tokio::sync::mpsc::channel(4);
+    sender.send(stream_request(valid_number())).await.unwrap();
+    let mut answers = pb::token_service_client::TokenServiceClient::new(channel)
+        .tokenize_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.message().await.unwrap().expect("the first record's answer");
+    assert!(matches!(first.result, Some(pb::tokenize_stream_response::Result::Token(_))), "{first:?}");
+    (sender, answers)
+}
+
+/// An export of tenant `demo` (15,000 records, pages enough to stall on a
+/// client that does not read) under an approved job, started over
+/// `channel` (a filer's): the chunks still to come and the first one.
+pub(crate) async fn export_under_way(
+    app: &TestApp,
+    channel: tonic::transport::Channel,
+) -> (tonic::Streaming<mnvault_proto::v1::ExportTenantChunk>, mnvault_proto::v1::ExportTenantChunk) {
+    use futures::StreamExt as _;
+    use mnvault_proto::v1 as pb;
+    let payroll = app.client("payroll").await;
+    let tokenized: Vec<_> =
+        payroll.tokenize_stream("demo", TokenFormat::Opaque, valid_numbers(15_000)).await.unwrap().collect().await;
+    assert!(tokenized.iter().all(Result::is_ok));
+    let job = NewFilingJob { purpose: "tenant-export".into(), ..filing_job(&[]) };
+    let job = app.client("requester").await.create_filing_job(job).await.unwrap().job_id;
+    app.client("approver").await.approve_filing_job(&job).await.unwrap();
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let request = pb::ExportTenantRequest { job_id: job, recipient };
+    let mut chunks =
+        pb::admin_service_client::AdminServiceClient::new(channel).export_tenant(request).await.unwrap().into_inner();
+    let first = chunks.message().await.unwrap().expect("a first chunk");
+    assert!(first.records < first.total);
+    (chunks, first)
+}

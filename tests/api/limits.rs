@@ -15,10 +15,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::helpers::{
-    approved_job, filing_job, refusal, spawn_app, spawn_app_with, valid_number, valid_numbers, Backend, TestApp,
+    approved_job, filing_job, narrow_channel, refusal, spawn_app, spawn_app_with, valid_number, valid_numbers, Backend,
+    TestApp,
 };
 
 /// A well-formed opaque token made of letters only, distinct for each `i`.
@@ -70,25 +70,6 @@ fn assert_compact_refusal(entry: &AuditEntry, principal: &str, operation: &str) 
     assert_eq!(entry.tenant, "", "a refusal of an ungranted caller is filed under no tenant");
     assert!(entry.tokens.is_empty(), "a refusal records no token");
     assert_eq!(entry.record_count, 0);
-}
-
-/// A mutual-TLS channel as `principal` whose HTTP/2 windows are the protocol's
-/// minimum, so a client that stops reading stops the server's sending soon.
-async fn narrow_channel(app: &TestApp, principal: &str) -> Channel {
-    let pki = app.path().join(DEV_PKI_DIR);
-    let read = |name: String| std::fs::read(pki.join(name)).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
-        .identity(Identity::from_pem(read(format!("{principal}.crt")), read(format!("{principal}.key"))));
-    Channel::from_shared(app.endpoint.clone())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// Sends and receives raw bytes as gRPC messages, to put what no generated

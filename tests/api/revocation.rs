@@ -9,11 +9,14 @@ use mnvault::config::Settings;
 use mnvault::datadir::DEV_PKI_DIR;
 use mnvault::dev_pki::DEV_TRUST_DOMAIN;
 use mnvault::pki::CertificateAuthority;
-use mnvault_client::{ClientIdentity, Code, ListAuditEntriesRequest, TokenFormat, VaultClient};
+use mnvault_client::{ClientIdentity, Code, ListAuditEntriesRequest, ServingStatus, TokenFormat, VaultClient};
 use mnvault_core::identity::Identity;
 
 use crate::alarms::alerts_counted;
-use crate::helpers::{refusal, spawn_dev_vault_with, spawn_replica, valid_number, TestApp};
+use crate::helpers::{
+    export_under_way, narrow_channel_from, refusal, spawn_dev_vault_with, spawn_replica, stream_request,
+    tokenize_stream_under_way, valid_number, wait_for_health, TestApp,
+};
 use crate::identity::client;
 
 /// How long a replica may take to see another's revocation in these tests:
@@ -178,17 +181,103 @@ on_both_backends! {
 
         // The running vault still refuses the certificate: what it verified stays.
         assert_eq!(refusal(connect(&app, &lost).await.list_purposes().await).0, Code::Unauthenticated);
-        // A replica started on the edited database sees a broken chain and
-        // takes no decision on it (releases, approvals, job creation).
+        // A replica started on the edited database never learned the
+        // revocation; it sees a broken chain, so it cannot tell the stolen
+        // certificate from a sound one and serves neither: no number, no
+        // token, no job, whatever the role.
         let replica = spawn_replica(&app).await;
-        let token = tokenize(&replica.client("payroll").await).await.unwrap();
-        let (code, message) = refusal(replica.client("requester").await.create_filing_job(crate::helpers::filing_job(&[token])).await);
-        assert_eq!(code, Code::DataLoss, "{message}");
-        assert!(replica.integrity_failures() >= 1);
-        // That replica never learned the revocation, but it releases nothing
-        // on a chain that does not verify: the stolen certificate gets no number.
+        assert!(replica.integrity_failures() >= 1, "the break found at start is counted");
         let (code, message) = refusal(connect(&replica, &lost).await.detokenize(&job, vec![]).await);
         assert_eq!(code, Code::DataLoss, "{message}");
+        assert!(message.contains("auditors of every tenant"), "{message}");
+        assert_eq!(refusal(connect(&replica, &lost).await.list_purposes().await).0, Code::DataLoss);
+        assert_eq!(refusal(tokenize(&replica.client("payroll").await).await).0, Code::DataLoss);
+        let (code, message) = refusal(replica.client("requester").await.create_filing_job(crate::helpers::filing_job(&[])).await);
+        assert_eq!(code, Code::DataLoss, "{message}");
+        for path in ["tenant/demo/auditor/tomoko", "operator/key-admin/kenji"] {
+            assert_eq!(refusal(client(&replica, path).await.revoked_certificates().await).0, Code::DataLoss, "{path}");
+        }
+        // An auditor of every tenant still reads the log, to scope the incident.
+        let audrey = client(&replica, "operator/auditor/audrey").await;
+        let refused = audrey.list_audit_entries(ListAuditEntriesRequest { operation: "filing.detokenize".into(), ..Default::default() }).await.unwrap().entries;
+        assert!(refused.iter().any(|e| e.outcome != "ok" && e.principal.ends_with("/tenant/demo/filer/filer-laptop")), "{refused:?}");
+        // Not the list of revocations, which is incomplete there, and nothing else.
+        let (code, message) = refusal(audrey.revoked_certificates().await);
+        assert_eq!(code, Code::DataLoss, "{message}");
+        assert_eq!(refusal(audrey.list_purposes().await).0, Code::DataLoss);
+        // It tells a load balancer to send callers elsewhere.
+        wait_for_health(&audrey, ServingStatus::NotServing).await;
+        // The replica that verified the revocation before the edit keeps it.
         assert_eq!(refusal(connect(&app, &lost).await.detokenize(&job, vec![]).await).0, Code::Unauthenticated);
+    }
+
+    async fn a_running_replica_that_meets_an_entry_it_cannot_read_serves_only_auditors(backend) {
+        let app = spawn(&backend).await;
+        let other = spawn_replica(&app).await;
+        let payroll = other.client("payroll").await;
+        tokenize(&payroll).await.unwrap();
+        // A database writer spoils an entry so that it does not even read
+        // (a hash of the wrong length): the replica cannot learn what it, or
+        // anything after it, says, so it must not go on as if nothing were there.
+        tokenize(&app.client("payroll").await).await.unwrap();
+        let mut db = app.database().await;
+        let last = db.text("SELECT CAST(MAX(seq) AS TEXT) FROM audit_entries").await;
+        let spoiled = match db {
+            crate::helpers::Db::Sqlite(_) => "X'00'",
+            crate::helpers::Db::Postgres(_) => "decode('00', 'hex')",
+        };
+        db.exec(&format!("UPDATE audit_entries SET hash = {spoiled} WHERE seq = {last}")).await;
+        let (code, message) = refused_within(&payroll).await;
+        assert_eq!(code, Code::DataLoss, "{message}");
+        assert!(other.integrity_failures() >= 1);
+        // An auditor of every tenant still reads the log up to the spoiled entry.
+        let audrey = client(&other, "operator/auditor/audrey").await;
+        let request = ListAuditEntriesRequest { operation: "token.tokenize".into(), limit: 1, ..Default::default() };
+        let first = audrey.list_audit_entries(request).await.unwrap().entries;
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(refusal(client(&other, "tenant/demo/auditor/tomoko").await.list_audit_entries(ListAuditEntriesRequest::default()).await).0, Code::DataLoss);
+    }
+
+    async fn a_revocation_cuts_a_tokenize_stream_already_running(backend) {
+        let app = spawn(&backend).await;
+        let lost = issue(&app, "tenant/demo/payroll/payroll-laptop", "lost");
+        let identity = ClientIdentity::from_dev_pki(&lost.0, &lost.1).unwrap();
+        let channel = mnvault_client::connect_channel(&app.endpoint, &identity).await.unwrap();
+        let (sender, mut answers) = tokenize_stream_under_way(channel).await;
+
+        app.client("admin").await.revoke_certificate(&lost.2, "stolen").await.unwrap();
+        let unread = valid_number();
+        sender.send(stream_request(unread.clone())).await.unwrap();
+        let ended = match answers.message().await {
+            Err(status) => status,
+            Ok(answer) => panic!("a record was answered on a revoked certificate's stream: {answer:?}"),
+        };
+        assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+        assert!(ended.message().contains(&lost.2), "{}", ended.message());
+        // The record sent after the revocation was never tokenized.
+        let token = app.client("payroll").await.tokenize("demo", &unread, TokenFormat::Opaque).await.unwrap();
+        let first_entry = app.audit_entries().await.into_iter().find(|e| e.tokens.contains(&token)).unwrap();
+        assert_eq!(first_entry.operation, "token.tokenize", "a record was tokenized after the revocation");
+    }
+
+    async fn a_revocation_cuts_an_export_already_running(backend) {
+        let app = spawn(&backend).await;
+        let lost = issue(&app, "tenant/demo/filer/export-laptop", "lost");
+        let channel = narrow_channel_from(&app, &lost.0, &lost.1).await;
+        let (mut chunks, first) = export_under_way(&app, channel).await;
+
+        app.client("admin").await.revoke_certificate(&lost.2, "stolen").await.unwrap();
+        let mut records = first.records;
+        let ended = loop {
+            match chunks.message().await {
+                Ok(Some(chunk)) => records = chunk.records,
+                Ok(None) => panic!("the whole export was sent to a revoked certificate"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+        assert!(records < first.total, "{records} of {}", first.total);
+        let exported: Vec<_> = entries(&app, "admin.export-tenant").await;
+        assert!(exported.iter().any(|e| e.outcome != "ok" && e.reason.contains("revoked")), "{exported:?}");
     }
 }

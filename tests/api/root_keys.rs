@@ -5,7 +5,6 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 use mnvault::config::{RootKeyProviderKind, RootKeySettings, Settings};
 use mnvault::startup::Application;
@@ -15,7 +14,7 @@ use secrecy::ExposeSecret as _;
 
 use crate::helpers::{
     approved_job, new_data_dir, refusal, spawn_app, spawn_app_with, spawn_replica, tokenize_fresh, valid_numbers,
-    TestApp,
+    wait_for_health, TestApp,
 };
 
 /// Writes `text` to `path` with mode 0600, replacing what is there.
@@ -295,19 +294,6 @@ impl RootKeyProvider for Unpluggable {
     }
 }
 
-/// Waits, with a deadline, until the vault's health says `wanted`.
-async fn wait_for_health(app: &TestApp, wanted: ServingStatus) {
-    let client = app.client("auditor").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if client.health("").await.unwrap() == wanted {
-            return;
-        }
-        assert!(Instant::now() < deadline, "health never became {wanted:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 on_both_backends! {
     async fn a_root_key_provider_lost_and_back_turns_health_and_calls_unavailable_then_recovers(backend) {
         let (settings, data_dir) = new_data_dir(&backend, |settings| {
@@ -331,17 +317,17 @@ on_both_backends! {
         }));
         let app = TestApp::serving_elsewhere(endpoint, data_dir, backend.clone());
         let payroll = app.client("payroll").await;
-        wait_for_health(&app, ServingStatus::Serving).await;
+        wait_for_health(&app.client("auditor").await, ServingStatus::Serving).await;
         payroll.tokenize("demo", &valid_numbers(1)[0], TokenFormat::Opaque).await.unwrap();
 
         plugged.store(false, Ordering::SeqCst);
-        wait_for_health(&app, ServingStatus::NotServing).await;
+        wait_for_health(&app.client("auditor").await, ServingStatus::NotServing).await;
         let (code, message) = refusal(payroll.tokenize("demo", &valid_numbers(1)[0], TokenFormat::Opaque).await);
         assert_eq!(code, Code::Unavailable, "{message}");
         assert!(message.contains("root key provider does not answer") && message.contains("retry later"), "{message}");
 
         plugged.store(true, Ordering::SeqCst);
-        wait_for_health(&app, ServingStatus::Serving).await;
+        wait_for_health(&app.client("auditor").await, ServingStatus::Serving).await;
         payroll.tokenize("demo", &valid_numbers(1)[0], TokenFormat::Opaque).await.unwrap();
 
         let _ = stop.send(());

@@ -66,7 +66,7 @@ pub(crate) async fn watch(reporter: HealthReporter, ctx: &Context, live: &LiveSe
     let health = Arc::new(Health::new(reporter).await);
     let (store, provider) = (ctx.core.store().clone(), ctx.core.root_key_provider().clone());
     let monitor = Monitor::new(health.clone(), store, provider, live.server.clone());
-    let monitor = Monitor { audit_sinks: ctx.audit_sinks.clone(), ..monitor };
+    let monitor = Monitor { audit_sinks: ctx.audit_sinks.clone(), vault: Some(ctx.clone()), ..monitor };
     monitor.check_now().await;
     let monitor = tokio::spawn(monitor.run(ctx.stopping.clone()));
     HealthWatch { health, stopping: ctx.stopping.clone(), server: live.server.clone(), monitor }
@@ -174,6 +174,10 @@ pub(crate) struct Monitor {
     /// A required audit sink that fails or lags is reported too
     /// ([`crate::audit_sink`]): calls are refused meanwhile.
     audit_sinks: crate::audit_sink::SinkGate,
+    /// The vault served, when its audit chain is to be reported too: a
+    /// replica that found it broken serves auditors only, so a load
+    /// balancer should send everyone else elsewhere.
+    vault: Option<Context>,
 }
 
 impl Monitor {
@@ -185,7 +189,7 @@ impl Monitor {
         server: Arc<ArcSwap<ServerSettings>>,
     ) -> Self {
         let (provider_busy, audit_sinks) = (Arc::new(AtomicBool::new(false)), Default::default());
-        Self { health, store, provider, server, provider_busy, audit_sinks }
+        Self { health, store, provider, server, provider_busy, audit_sinks, vault: None }
     }
 
     /// Checks once and reports the outcome.
@@ -197,6 +201,12 @@ impl Monitor {
             (Err(reason), Ok(())) | (Ok(()), Err(reason)) => Err(reason),
         };
         let outcome = outcome.and_then(|()| self.audit_sinks.check().map_err(|refusal| refusal.detail));
+        let outcome = outcome.and_then(|()| match &self.vault {
+            Some(vault) if vault.core.chain_broken() => {
+                Err("the audit chain does not verify: only auditors of every tenant are served".to_owned())
+            }
+            _ => Ok(()),
+        });
         self.health.publish(outcome).await;
     }
 

@@ -305,8 +305,25 @@ pub fn init_ca_on_token(
         .map_err(|error| PkiError::KeyReference { path: dir.join(CA_KEY_REF_FILE), reason: error.to_string() })?;
     let config = Pkcs11Config { key_label: reference.key_label.clone(), ..token };
     let key = TokenKey::new(Pkcs11SigningKey::generate(config, &serial).map_err(PkiError::Token)?);
-    let cert = params.self_signed(&key).map_err(|source| key.signing_failed("CA certificate".into(), source))?;
-    write_new_ca(dir, CA_KEY_REF_FILE, &format!("{KEY_REF_HEADER}{text}"), &cert.pem(), serial, params.not_after)
+    let made = params.self_signed(&key).map_err(|source| key.signing_failed("CA certificate".into(), source)).and_then(
+        |cert| {
+            write_new_ca(
+                dir,
+                CA_KEY_REF_FILE,
+                &format!("{KEY_REF_HEADER}{text}"),
+                &cert.pem(),
+                serial,
+                params.not_after,
+            )
+        },
+    );
+    if made.is_err() {
+        // No CA came of it: its key must not stay on the token, unreferenced.
+        if let Err(error) = key.key.destroy() {
+            tracing::warn!(key_label = %reference.key_label, %error, "could not destroy the key of a CA that was not made");
+        }
+    }
+    made
 }
 
 /// A new CA's serial and certificate parameters, whichever its key: checked

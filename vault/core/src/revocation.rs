@@ -7,9 +7,9 @@
 //! its own, and a database writer cannot add one (the entry's MAC). Taking
 //! one back (deleting or editing its entry) breaks the chain: a replica
 //! that verified the entry keeps refusing the certificate, and one that
-//! starts afterwards refuses releases, approvals and job creation, but
-//! learns no revocation recorded after the break (ARCHITECTURE, threat
-//! model).
+//! starts afterwards learns no revocation recorded after the break, so it
+//! serves nobody but auditors of every tenant
+//! (`VaultCore::check_certificate`; ARCHITECTURE, threat model).
 //!
 //! A certificate is looked up by serial alone, whichever CA issued it:
 //! serials of a sound CA are random, and should two CAs of the bundle ever
@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::audit::Operation;
 use crate::error::VaultError;
 use crate::id::CertificateSerial;
 use crate::text::FreeText;
@@ -28,6 +29,16 @@ pub const MAX_REVOCATIONS: usize = 10_000;
 
 /// Revocations one `ListRevokedCertificates` answer holds at most.
 pub const REVOCATION_PAGE: usize = 1_000;
+
+/// How long a replica serves after it last read the audit chain to its
+/// head (`VaultCore::refresh` reads it every second): past this, a
+/// revocation made on another replica may be unseen, and calls wait.
+pub const REVOCATIONS_STALE_MS: i64 = 30_000;
+
+/// What an auditor of every tenant may still call while this replica cannot
+/// know which certificates were revoked: reading and verifying the log, to
+/// scope the incident. Not the list of revocations, which is incomplete then.
+pub const INVESTIGATION: [Operation; 2] = [Operation::ListAuditEntries, Operation::VerifyAuditChain];
 
 /// How a revocation's audit entry reason begins, before the serial.
 const REASON_PREFIX: &str = "revoked certificate ";

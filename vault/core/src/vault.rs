@@ -126,6 +126,15 @@ pub struct VaultCore {
     /// The revoked certificates as the watch last saw them, for every
     /// call's check without taking the watch's lock.
     revoked: arc_swap::ArcSwap<crate::revocation::Revocations>,
+    /// Whether the watch found the chain broken: revocations appended after
+    /// the break cannot be read, so calls are refused (see
+    /// [`VaultCore::check_certificate`]). Never unset: a repaired database
+    /// is served again by a restart, which verifies it whole.
+    chain_broken: std::sync::atomic::AtomicBool,
+    /// Unix milliseconds of the last catch-up that read the chain to its
+    /// head: older than [`crate::revocation::REVOCATIONS_STALE_MS`], a
+    /// revocation made on another replica may be missed, and calls wait.
+    revocations_read_ms: std::sync::atomic::AtomicI64,
     watermark: Option<Arc<dyn Watermark>>,
     tokenize_queue: GroupCommit<QueuedTokenize>,
 }
@@ -157,7 +166,7 @@ impl VaultCore {
         let head = read.audit_head().await?;
         watch.catch_up(read.as_mut(), &keys.audit_chain, &head).await?;
         if let Some(broken) = &watch.broken {
-            tracing::error!(%broken, "the audit chain does not verify; releases, approvals and cancellations are refused");
+            tracing::error!(%broken, "the audit chain does not verify; only auditors of every tenant are served");
         }
         // Every entry this binary appends has a MAC: from the next one on, if none has yet.
         if watch.first_signed_form.is_none() {
@@ -180,7 +189,8 @@ impl VaultCore {
         };
         checkpoint::record_first_signing_key(store.as_ref(), &signing).await?;
         let keyring = Keyring::new(provider, store.clone()).with_primary_floor(watch.primary_floor.clone());
-        Ok(Self {
+        let broken_at_start = watch.broken.clone();
+        let core = Self {
             store,
             keyring,
             policy: arc_swap::ArcSwap::from_pointee(policy),
@@ -189,16 +199,23 @@ impl VaultCore {
             signing_rotations: std::sync::atomic::AtomicU64::new(signing_rotations),
             integrity: Integrity::new(keys.state),
             revoked: arc_swap::ArcSwap::new(watch.revocations.clone()),
+            chain_broken: std::sync::atomic::AtomicBool::new(watch.broken.is_some()),
+            revocations_read_ms: std::sync::atomic::AtomicI64::new(clock::now_ms()),
             watch: futures::lock::Mutex::new(watch),
             watermark: None,
             tokenize_queue: GroupCommit::new(GROUP_COMMIT_MAX_RECORDS),
-        })
+        };
+        // Counted like a break a decision finds; refresh counts only new ones.
+        if let Some(broken) = broken_at_start {
+            drop(core.integrity.tampered(format!("the audit log ({broken})")));
+        }
+        Ok(core)
     }
 
     /// Checks the chain against the position `watermark` saved before and
     /// keeps it up to date from now on. A chain that ends before that
-    /// position, or holds another entry there, counts as broken: no more
-    /// decisions until it is repaired.
+    /// position, or holds another entry there, counts as broken: auditors
+    /// of every tenant only, until a restart on a repaired database.
     pub async fn with_watermark(mut self, watermark: Arc<dyn Watermark>) -> Result<Self, StoreError> {
         if let Some(saved) = watermark.load() {
             let mut watch = self.watch.lock().await;
@@ -216,8 +233,10 @@ impl VaultCore {
                         "it does not hold entry #{} as this host verified it before (the database was rolled back)",
                         saved.seq
                     );
-                    tracing::error!(%broken, "the audit chain does not verify; releases, approvals and cancellations are refused");
+                    tracing::error!(%broken, "the audit chain does not verify; only auditors of every tenant are served");
+                    drop(self.integrity.tampered(format!("the audit log ({broken})")));
                     watch.broken = Some(broken);
+                    self.publish_revocations(&watch);
                 }
             }
         }
@@ -747,18 +766,32 @@ impl VaultCore {
         let head = tx.lock_chain_head().await?;
         let mut watch = self.watch.lock().await;
         watch.catch_up(tx, &self.audit_key, &head).await?;
-        self.publish_revocations(&watch);
-        if let Some(broken) = &watch.broken {
-            return Err(self.integrity.tampered(format!("the audit log ({broken})")));
-        }
-        self.save_watermark(&watch);
+        self.verified(&watch)?;
         Ok(watch)
     }
 
-    /// Hands the calls' check the watch's revocations, when they changed.
+    /// After a catch-up: hands on what `watch` learned (revocations, a
+    /// break), then refuses a chain that does not verify, or saves how far
+    /// it does.
+    fn verified(&self, watch: &ChainWatch) -> Result<(), VaultError> {
+        self.publish_revocations(watch);
+        if let Some(broken) = &watch.broken {
+            return Err(self.integrity.tampered(format!("the audit log ({broken})")));
+        }
+        self.save_watermark(watch);
+        Ok(())
+    }
+
+    /// Hands the calls' check the watch's revocations when they changed,
+    /// and whether the chain broke (after which they are incomplete).
     fn publish_revocations(&self, watch: &ChainWatch) {
         if !Arc::ptr_eq(&self.revoked.load(), &watch.revocations) {
             self.revoked.store(watch.revocations.clone());
+        }
+        if watch.broken.is_some() {
+            self.chain_broken.store(true, std::sync::atomic::Ordering::Release);
+        } else {
+            self.revocations_read_ms.fetch_max(clock::now_ms(), std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -1254,7 +1287,16 @@ impl ChainWatch {
         let mut filter = AuditFilter { after_seq: self.seq, limit: AUDIT_PAGE, ..AuditFilter::default() };
         while filter.after_seq < head.seq {
             filter.limit = AUDIT_PAGE.min((head.seq - filter.after_seq).try_into().unwrap_or(AUDIT_PAGE));
-            let page = read.audit_entries(&filter).await?;
+            let page = match read.audit_entries(&filter).await {
+                Ok(page) => page,
+                // An entry that does not even read is a break, not an outage:
+                // failing open here would hide every later revocation.
+                Err(StoreError::Corrupt { what }) => {
+                    self.broken = Some(format!("an entry after #{} does not read ({what})", filter.after_seq));
+                    return Ok(());
+                }
+                Err(other) => return Err(other),
+            };
             let Some(last) = page.last() else { break };
             filter.after_seq = last.seq;
             for entry in page.iter().filter(|entry| entry.seq <= head.seq) {

@@ -449,6 +449,13 @@ impl Metrics {
             "Stored objects that failed their integrity check since start",
             ConstCounter::new(core.integrity_failures()),
         );
+        let chain_broken = Gauge::<i64>::default();
+        chain_broken.set(i64::from(core.chain_broken()));
+        observed.register(
+            "audit_chain_broken",
+            "1 once this replica found the audit chain broken: it then serves auditors of every tenant only",
+            chain_broken,
+        );
         let connections = Family::<PoolLabels, Gauge>::default();
         let max_connections = Family::<PoolNameLabels, Gauge>::default();
         for usage in core.store().pools() {

@@ -61,7 +61,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ExportTenantRequest>,
     ) -> Result<Response<Self::ExportTenantStream>, Status> {
         let mut draft = AuditDraft::new(Operation::ExportTenant);
-        let caller = self.ctx.authenticate(&request, &mut draft).await?;
+        let (caller, serial) = self.ctx.authenticate_certified(&request, &mut draft).await?;
         let result = async {
             let job_id = JobId::parse(&request.get_ref().job_id)?;
             draft.job_id = Some(job_id.clone());
@@ -118,7 +118,12 @@ impl AdminService for AdminApi {
                         }
                         return;
                     }
-                    next = match ctx.core.export_next(&mut export).await {
+                    // A certificate revoked while the export runs gets no page more.
+                    let page = match ctx.recheck(&caller, serial.as_ref(), Operation::ExportTenant) {
+                        Ok(()) => ctx.core.export_next(&mut export).await,
+                        Err(refused) => Err(refused),
+                    };
+                    next = match page {
                         Ok(next) => next,
                         Err(error) => {
                             let status = ctx.refuse(export.draft().clone(), error).await;

@@ -175,6 +175,17 @@ impl VaultContext {
     /// The caller, now named in `draft` with the call's request id (which
     /// every entry made from `draft` keeps), or a refusal that is itself audited.
     pub async fn authenticate<T>(&self, request: &Request<T>, draft: &mut AuditDraft) -> Result<Principal, Status> {
+        self.authenticate_certified(request, draft).await.map(|(caller, _)| caller)
+    }
+
+    /// [`VaultContext::authenticate`], also keeping the certificate's serial
+    /// for a call that runs long enough to check it again
+    /// ([`VaultContext::recheck`]).
+    pub async fn authenticate_certified<T>(
+        &self,
+        request: &Request<T>,
+        draft: &mut AuditDraft,
+    ) -> Result<(Principal, Option<CertificateSerial>), Status> {
         if let Some(dispatched) = request.extensions().get::<Dispatched>() {
             dispatched.0.store(true, Ordering::Release);
         }
@@ -183,20 +194,36 @@ impl VaultContext {
             Ok((caller, serial)) => {
                 draft.principal = Some(caller.clone());
                 // A revoked certificate still names its holder in the refusal's entry.
-                if let Err(revoked) = self.core.check_certificate(serial.as_ref()) {
-                    self.metrics.revoked_certificate_refused();
-                    tracing::warn!(principal = %caller, "a call with a revoked client certificate was refused");
-                    return Err(self.refuse(draft.clone(), revoked).await);
+                if let Err(refused) = self.recheck(&caller, serial.as_ref(), draft.operation) {
+                    return Err(self.refuse(draft.clone(), refused).await);
                 }
                 // A required audit sink that fails or lags: no call until it is back.
                 if let Err(refusal) = self.audit_sinks.check() {
                     tracing::debug!(reason = %refusal.detail, "call refused: a required audit sink is down");
                     return Err(self.refuse(draft.clone(), VaultError::Unavailable(refusal.message)).await);
                 }
-                Ok(caller)
+                Ok((caller, serial))
             }
             Err(error) => Err(self.refuse(draft.clone(), error).await),
         }
+    }
+
+    /// Whether `caller`, holding the certificate `serial`, is still served:
+    /// not revoked, and the chain that would say so still verifies. Every
+    /// call checks it at its start, a stream again before each batch or
+    /// page it writes, so a revocation also cuts one already running.
+    pub fn recheck(
+        &self,
+        caller: &Principal,
+        serial: Option<&CertificateSerial>,
+        operation: Operation,
+    ) -> Result<(), VaultError> {
+        let refused = self.core.check_certificate(caller, serial, operation);
+        if let Err(VaultError::Unauthenticated(_)) = &refused {
+            self.metrics.revoked_certificate_refused();
+            tracing::warn!(principal = %caller, "a call with a revoked client certificate was refused");
+        }
+        refused
     }
 
     /// Refuses `count` items of `what` beyond `max` (`limits.<setting>`),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use mnvault_core::audit::{AuditDraft, Operation, Outcome};
-use mnvault_core::id::{TenantId, Token, TokenFormat};
+use mnvault_core::id::{CertificateSerial, Principal, TenantId, Token, TokenFormat};
 use mnvault_core::number::MyNumber;
 use mnvault_proto::v1 as pb;
 use pb::token_service_server::TokenService;
@@ -135,6 +135,7 @@ async fn answer_batch(
 /// record not read).
 async fn run_stream(
     ctx: Context,
+    (caller, serial): (Principal, Option<CertificateSerial>),
     draft: AuditDraft,
     input: Streaming<pb::TokenizeRequest>,
     feed: Feed<pb::TokenizeStreamResponse>,
@@ -182,6 +183,13 @@ async fn run_stream(
                  read: send them again once it is back",
                 refusal.message
             ))));
+        }
+        // A certificate revoked while the stream runs: this batch and the rest are not read.
+        if let Err(refused) = ctx.recheck(&caller, serial.as_ref(), Operation::TokenizeStream) {
+            for mut unread in requests {
+                drop(take_number(&mut unread.number));
+            }
+            break Some(Ok(refused));
         }
         // Records past the stream's limit are not answered, and their numbers are wiped.
         let room = usize::try_from(limits.max_stream_records.saturating_sub(next_index)).unwrap_or(usize::MAX);
@@ -311,10 +319,10 @@ impl TokenService for TokenApi {
         request: Request<Streaming<pb::TokenizeRequest>>,
     ) -> Result<Response<Self::TokenizeStreamStream>, Status> {
         let mut draft = AuditDraft::new(Operation::TokenizeStream);
-        self.ctx.authenticate(&request, &mut draft).await?;
+        let certified = self.ctx.authenticate_certified(&request, &mut draft).await?;
         let limits = self.ctx.limits();
         let (feed, responses) = Feed::new(limits.stream_batch_records, limits.stream_send_timeout());
-        let stream = run_stream(self.ctx.clone(), draft, request.into_inner(), feed);
+        let stream = run_stream(self.ctx.clone(), certified, draft, request.into_inner(), feed);
         tokio::spawn(stream.instrument(tracing::Span::current()));
         Ok(Response::new(responses))
     }

@@ -503,11 +503,7 @@ impl VaultCore {
         let head = tx.lock_chain_head().await?;
         let mut watch = self.watch.lock().await;
         watch.catch_up(tx, &self.audit_key, &head).await?;
-        if let Some(broken) = &watch.broken {
-            return Err(self.integrity.tampered(format!("the audit log ({broken})")));
-        }
-        self.save_watermark(&watch);
-        self.publish_revocations(&watch);
+        self.verified(&watch)?;
         Ok((head, watch))
     }
 

@@ -2,12 +2,12 @@
 //! revocation is and how the chain records it is in [`crate::revocation`].
 
 use super::{append, commit_audited, VaultCore};
-use crate::audit::AuditDraft;
+use crate::audit::{AuditDraft, Operation};
 use crate::authz::Role;
 use crate::clock;
 use crate::error::VaultError;
 use crate::id::{CertificateSerial, Principal};
-use crate::revocation::{entry_reason, Revocation, REVOCATION_PAGE};
+use crate::revocation::{entry_reason, Revocation, INVESTIGATION, REVOCATIONS_STALE_MS, REVOCATION_PAGE};
 use crate::text::FreeText;
 
 impl VaultCore {
@@ -54,11 +54,56 @@ impl VaultCore {
         Ok(self.revoked.load().page(after, REVOCATION_PAGE))
     }
 
-    /// Refuses a caller whose certificate was revoked, as far as this
-    /// replica has read the chain; `serial` is `None` for a certificate whose
-    /// serial cannot be revoked here.
-    pub fn check_certificate(&self, serial: Option<&CertificateSerial>) -> Result<(), VaultError> {
-        self.revoked.load().check_caller(serial)
+    /// Refuses `caller`, calling `operation`, when its certificate was
+    /// revoked as far as this replica has read the chain (`serial` is `None`
+    /// for a certificate whose serial cannot be revoked here), or when this
+    /// replica cannot know that: the chain broke (a revocation after the
+    /// break is unreadable; a database writer may have cut it out), or it
+    /// was last read too long ago. Then only an auditor of every tenant
+    /// reading the log ([`INVESTIGATION`]) is served.
+    pub fn check_certificate(
+        &self,
+        caller: &Principal,
+        serial: Option<&CertificateSerial>,
+        operation: Operation,
+    ) -> Result<(), VaultError> {
+        self.revoked.load().check_caller(serial)?;
+        match self.revocations_unknown() {
+            Some(refusal)
+                if !(INVESTIGATION.contains(&operation) && self.require_operator(caller, &[Role::Auditor]).is_ok()) =>
+            {
+                Err(refusal)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Why this replica cannot tell whether a certificate was revoked, if it
+    /// cannot.
+    fn revocations_unknown(&self) -> Option<VaultError> {
+        if self.chain_broken() {
+            return Some(VaultError::DataLoss(
+                "the audit log does not verify, so certificates revoked since the break cannot be told apart: only \
+                 auditors of every tenant reading the log are served until the database is restored and the vault \
+                 restarted (docs/OPERATIONS.md, \"The audit chain does not verify\")"
+                    .into(),
+            ));
+        }
+        let read_ms = self.revocations_read_ms.load(std::sync::atomic::Ordering::Acquire);
+        let unread_ms = clock::now_ms().saturating_sub(read_ms);
+        (unread_ms > REVOCATIONS_STALE_MS).then(|| {
+            VaultError::Unavailable(format!(
+                "this replica has not read the audit log for {} s, so a certificate revoked on another replica \
+                 meanwhile cannot be told apart; try another replica, or again once the database answers",
+                unread_ms / 1000
+            ))
+        })
+    }
+
+    /// Whether this replica found the audit chain broken (see
+    /// [`VaultCore::check_certificate`]).
+    pub fn chain_broken(&self) -> bool {
+        self.chain_broken.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reads what other replicas appended since this one last looked:

@@ -389,6 +389,15 @@ pub fn unusable(state: CollectionState) -> Option<UnusableLink> {
     }
 }
 
+/// Fills the audit entry of a fetch with what it hands out: each
+/// collection's id and state, and the tokens of the submitted ones.
+pub fn note_fetched(draft: &mut crate::audit::AuditDraft, collections: &[Collection], now: i64) {
+    draft.tokens = collections.iter().flat_map(|c| c.tokens.iter().cloned()).collect();
+    draft.record_count = draft.tokens.len() as u64;
+    let names: Vec<String> = collections.iter().map(|c| format!("{} {}", c.id, c.state(now).id())).collect();
+    draft.reason = names.join(", ");
+}
+
 /// The one stored form of a list of relations: identifiers joined by commas.
 pub fn encode_relations(asked: &[Relation]) -> String {
     asked.iter().map(|r| r.id()).collect::<Vec<_>>().join(",")

@@ -3,7 +3,7 @@
 //! a panic.
 
 use mnvault_core::audit::checkpoint::{SignedCheckpoint, SigningKeyRecord};
-use mnvault_core::store::{PolicyProposalRow, StoreError, TenantPolicyRow};
+use mnvault_core::store::{CollectionRow, PolicyProposalRow, StoreError, TenantPolicyRow};
 use mnvault_keys::PublicKey;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -119,3 +119,34 @@ where
         tag: column(row, "tag", "tenant_policy_proposals.tag")?,
     })
 }
+
+/// A row of `collections`.
+pub(crate) fn collection<'r, R>(row: &'r R) -> Result<CollectionRow, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(CollectionRow {
+        collection_id: column(row, "collection_id", "collections.collection_id")?,
+        tenant: column(row, "tenant", "collections.tenant")?,
+        link_hash: column(row, "link_hash", "collections.link_hash")?,
+        reference: column(row, "reference", "collections.reference")?,
+        relations: column(row, "relations", "collections.relations")?,
+        purposes: column(row, "purposes", "collections.purposes")?,
+        created_by: column(row, "created_by", "collections.created_by")?,
+        created_at: column(row, "created_at", "collections.created_at")?,
+        expires_at: column(row, "expires_at", "collections.expires_at")?,
+        state: column(row, "state", "collections.state")?,
+        settled_at: column(row, "settled_at", "collections.settled_at")?,
+        tokens: column(row, "tokens", "collections.tokens")?,
+        tag: column(row, "tag", "collections.tag")?,
+    })
+}
+
+/// The columns [`collection`] reads, in one place for both backends.
+pub(crate) const COLLECTION_COLUMNS: &str = "collection_id, tenant, link_hash, reference, relations, purposes, \
+     created_by, created_at, expires_at, state, settled_at, tokens, tag";

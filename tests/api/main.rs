@@ -10,6 +10,7 @@ mod audit_log;
 mod audit_search;
 mod audit_sinks;
 mod backup;
+mod collection;
 mod bench_smoke;
 mod config_check;
 mod crash;

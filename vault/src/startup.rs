@@ -137,6 +137,9 @@ pub struct Application {
     context: Arc<VaultContext>,
     store: Arc<dyn Store>,
     metrics: Option<MetricsListener>,
+    /// The collection page's listener, its TLS setup and public origin,
+    /// when `[collection] listen` is set.
+    page: Option<PageListener>,
     /// Keeps restores out of the data directory until the vault has stopped.
     _serving: Option<crate::backup::ServingLock>,
 }
@@ -187,10 +190,11 @@ impl Application {
         let listener = TcpListener::bind(settings.listen).await.map_err(transport)?;
         let local_addr = listener.local_addr().map_err(transport)?;
         let metrics = settings.metrics.bind(settings.dev).await?;
+        let page = PageListener::bind(settings).await?;
         tracing::info!(%local_addr, database = %settings.database().describe(), "vault ready");
         let settings = settings.clone();
         let reloader = crate::reload::Reloader::new(context.clone(), live.clone(), settings.clone());
-        Ok(Self { local_addr, listener, live, settings, reloader, context, store, metrics, _serving })
+        Ok(Self { local_addr, listener, live, settings, reloader, context, store, metrics, page, _serving })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -201,6 +205,11 @@ impl Application {
     /// The address the metrics listener bound, if `[metrics] listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(MetricsListener::local_addr)
+    }
+
+    /// The collection page's public origin, if `[collection] listen` is set.
+    pub fn page_url(&self) -> Option<String> {
+        self.page.as_ref().map(|page| page.public_url.clone())
     }
 
     /// The core the vault serves, e.g. to read its integrity-failure count.
@@ -268,6 +277,13 @@ impl Application {
                     .max_encoding_message_size(message),
             )
             .add_service(
+                mnvault_proto::v1::collection_service_server::CollectionServiceServer::new(
+                    crate::service::CollectionApi::new(ctx.clone(), self.page_url()),
+                )
+                .max_decoding_message_size(message)
+                .max_encoding_message_size(message),
+            )
+            .add_service(
                 mnvault_proto::v1::retention_service_server::RetentionServiceServer::new(
                     crate::service::RetentionApi::new(ctx.clone()),
                 )
@@ -295,6 +311,59 @@ impl Application {
         self.store.close().await;
         Ok(())
     }
+}
+
+/// The collection page's bound listener, not serving yet.
+struct PageListener {
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    /// `[collection] public_url`, or `https://<the address bound>`.
+    public_url: String,
+}
+
+impl PageListener {
+    /// Binds `[collection] listen`, if set; a dev vault only on loopback.
+    async fn bind(settings: &Settings) -> Result<Option<Self>, StartupError> {
+        let page = &settings.collection;
+        let Some(address) = page.listen else { return Ok(None) };
+        if settings.dev && !address.ip().is_loopback() {
+            return Err(StartupError::DevNotLoopback(address));
+        }
+        let tls = Arc::new(page_tls(settings)?);
+        let transport = |e: std::io::Error| StartupError::Transport { address: address.to_string(), source: e.into() };
+        let listener = TcpListener::bind(address).await.map_err(transport)?;
+        let local_addr = listener.local_addr().map_err(transport)?;
+        let public_url = match &page.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("https://{local_addr}"),
+        };
+        tracing::info!(%local_addr, %public_url, "collection page ready");
+        Ok(Some(Self { listener, tls, public_url }))
+    }
+}
+
+/// Server-only TLS for the collection page: employees have no client
+/// certificates. The page's own certificate and key, or the vault's.
+fn page_tls(settings: &Settings) -> Result<ServerConfig, StartupError> {
+    let page = &settings.collection;
+    let read = |path: &std::path::Path| {
+        let path = settings.resolve(path);
+        std::fs::read(&path).map_err(|source| StartupError::TlsFile { path, source })
+    };
+    let address = page.listen.map(|a| a.to_string()).unwrap_or_default();
+    let invalid = |what: &str, error: &dyn std::fmt::Display| StartupError::Transport {
+        address: address.clone(),
+        source: format!("{what}: {error}").into(),
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(page.cert.as_ref().unwrap_or(&settings.tls.cert))?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("the collection page's certificate is not PEM", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(page.key.as_ref().unwrap_or(&settings.tls.key))?)
+        .map_err(|e| invalid("the collection page's private key is not PEM", &e))?;
+    ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("the collection page's certificate and key do not fit", &e))
 }
 
 /// Mutual TLS as tonic's server sets it up: the vault's certificate, HTTP/2

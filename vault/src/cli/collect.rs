@@ -79,7 +79,7 @@ pub struct CreateArgs {
     /// Why the numbers are collected, comma-separated purpose ids (`mnvault job purposes`).
     #[arg(long, default_value = "withholding-slip,dependent-deduction-declaration")]
     pub purposes: String,
-    /// How long the link works, e.g. "7d", "48h" (10 minutes to 30 days).
+    /// How long the link works, e.g. "7d", "48h" (at most 30 days).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
     pub lifetime: std::time::Duration,
     /// Print no QR code.

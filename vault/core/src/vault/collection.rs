@@ -143,8 +143,20 @@ impl VaultCore {
 
     /// What the page shows for `link`, recorded as opened (or refused).
     /// Unknown and used links answer alike.
+    /// Its entry is appended here, whatever the outcome: the page has no
+    /// caller to answer for it.
     pub async fn open_collection(&self, link: &LinkSecret, draft: &mut AuditDraft) -> Result<LinkOutcome, VaultError> {
         draft.principal = Some(page_principal());
+        let outcome = self.look_up_link(link, draft).await;
+        if let Err(error) = &outcome {
+            draft.outcome = error.outcome();
+            draft.reason = error.public_message();
+        }
+        self.record(draft.clone()).await?;
+        outcome
+    }
+
+    async fn look_up_link(&self, link: &LinkSecret, draft: &mut AuditDraft) -> Result<LinkOutcome, VaultError> {
         let hash = self.integrity.link_hash(link);
         let mut tx = self.store.begin_read().await?;
         let Some(row) = tx.collection_by_link(&hash).await? else {
@@ -182,6 +194,7 @@ impl VaultCore {
     /// asked, in order: the records, the collection settled as submitted
     /// with their tokens, and the audit entry, in one transaction. A second
     /// submit finds the collection used.
+    /// A refusal is appended here too: the page has no caller to answer for it.
     pub async fn submit_collection(
         &self,
         link: &LinkSecret,
@@ -189,6 +202,21 @@ impl VaultCore {
         draft: &mut AuditDraft,
     ) -> Result<SubmitOutcome, VaultError> {
         draft.principal = Some(page_principal());
+        let outcome = self.submit_numbers(link, numbers, draft).await;
+        if let Err(error) = &outcome {
+            let mut refused = draft.clone();
+            (refused.outcome, refused.reason, refused.tokens) = (error.outcome(), error.public_message(), Vec::new());
+            self.record(refused).await?;
+        }
+        outcome
+    }
+
+    async fn submit_numbers(
+        &self,
+        link: &LinkSecret,
+        numbers: &[MyNumber],
+        draft: &mut AuditDraft,
+    ) -> Result<SubmitOutcome, VaultError> {
         let hash = self.integrity.link_hash(link);
         // The tenant's keys are read and the numbers sealed before the
         // write transaction, as tokenize does; the transaction checks again.

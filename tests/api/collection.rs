@@ -99,6 +99,8 @@ on_both_backends! {
         let tokens = tokens(&fetched);
         assert!(tokens.iter().all(|t| t.starts_with("mnt_")), "{tokens:?}");
         assert_eq!(released(&app, &tokens).await, numbers, "each token holds the number typed for it");
+        // No byte the vault wrote holds a collected number.
+        crate::integrity::assert_no_number_in(&app, &numbers).await;
 
         // The link works once: a second submit stores nothing, and reads as an unknown link.
         let again = submit(&app, &created.link, &valid_numbers(2)).await;

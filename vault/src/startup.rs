@@ -304,8 +304,22 @@ impl Application {
         let _refresher = crate::refresh::spawn(self.context.clone(), crate::refresh::REFRESH_INTERVAL);
         // The audit sinks' tailers: they write what is left once calls have ended.
         let audit_sinks = crate::audit_sink::spawn(self.context.clone(), &self.settings);
+        // The collection page stops when the vault starts stopping.
+        let page = self.page.map(|page| {
+            let desk = Arc::new(crate::service::PageDesk::new(self.context.clone()));
+            let settings = crate::collect_page::PageSettings {
+                public_origin: page.public_url,
+                shutdown_grace: self.settings.server.shutdown_grace(),
+                ..Default::default()
+            };
+            let stopping = self.context.stopping.child_token();
+            tokio::spawn(crate::collect_page::serve(page.listener, page.tls, desk, settings, stopping))
+        });
         let shutdown = health.stop_after(shutdown);
         crate::serve::serve(self.listener, self.live.tls.clone(), routes, self.context, shutdown).await;
+        if let Some(page) = page {
+            let _ = page.await;
+        }
         health.stopped().await;
         audit_sinks.finish().await;
         self.store.close().await;

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use mnvault_core::audit::{AuditDraft, Operation};
 use mnvault_core::clock;
-use mnvault_core::collection::{note_fetched, Collection, CollectionRequest, CollectionState, LinkSecret, Relation};
+use mnvault_core::collection::{
+    note_fetched, Collection, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, Relation, SubmitOutcome,
+};
+use mnvault_core::number::MyNumber;
 use mnvault_core::id::{CollectionId, TenantId};
 use mnvault_core::purpose::Purpose;
 use mnvault_core::text::FreeText;
@@ -241,5 +244,48 @@ impl CollectionService for CollectionApi {
         .await;
         let collection = self.ctx.settled(draft, result).await?;
         Ok(Response::new(wire_collection(&collection, clock::now_ms())))
+    }
+}
+
+/// The page's way into the vault: the core's collection steps, refused
+/// like any call while a required audit sink is down or the chain cannot
+/// be trusted.
+pub struct PageDesk {
+    ctx: Context,
+}
+
+impl PageDesk {
+    /// The desk over `ctx`.
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+
+    /// A draft for the page's `operation` under a request id of its own,
+    /// once the vault may serve it.
+    fn admit(&self, operation: Operation) -> Result<AuditDraft, VaultError> {
+        let page = mnvault_core::id::Principal::parse(mnvault_core::vault::COLLECTION_PAGE_PRINCIPAL)
+            .map_err(|_| VaultError::Internal)?;
+        self.ctx.core.check_certificate(&page, None, operation)?;
+        self.ctx.audit_sinks.check().map_err(|refusal| VaultError::Unavailable(refusal.message))?;
+        let mut draft = AuditDraft::new(operation);
+        draft.request_id = Some(mnvault_core::mint::draw_request_id());
+        Ok(draft)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::collect_page::CollectionDesk for PageDesk {
+    async fn open(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError> {
+        let mut draft = self.admit(Operation::OpenCollection)?;
+        let opened = self.ctx.core.open_collection(link, &mut draft).await;
+        self.ctx.audit_sinks.appended();
+        opened
+    }
+
+    async fn submit(&self, link: &LinkSecret, numbers: Vec<MyNumber>) -> Result<SubmitOutcome, VaultError> {
+        let mut draft = self.admit(Operation::SubmitCollection)?;
+        let submitted = self.ctx.core.submit_collection(link, &numbers, &mut draft).await;
+        self.ctx.audit_sinks.appended();
+        submitted
     }
 }

@@ -20,7 +20,7 @@ mod wire;
 
 pub use admin::AdminApi;
 pub use audit_review::AuditApi;
-pub use collection::CollectionApi;
+pub use collection::{CollectionApi, PageDesk};
 pub use filing::FilingApi;
 pub use keys::KeyApi;
 pub use retention::RetentionApi;

@@ -11,6 +11,7 @@ mod audit_search;
 mod audit_sinks;
 mod backup;
 mod bench_smoke;
+mod browser;
 mod config_check;
 mod crash;
 mod dev_mode;

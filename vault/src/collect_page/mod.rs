@@ -466,8 +466,17 @@ async fn done(request: Request) -> Response {
     html(StatusCode::OK, pages::done(Lang::of_query(request.uri().query())))
 }
 
-async fn not_found(request: Request) -> Response {
+/// Any other path. One under `/c/` (an empty secret, a slash in it) is a
+/// link that does not parse: it answers, after the same limits, like an
+/// unknown one.
+async fn not_found(State(page): State<Arc<Page>>, request: Request) -> Response {
     let asked = Asked::read(&request);
+    if request.uri().path().starts_with("/c/") {
+        if !page.limits.allow_request(asked.client, &asked.secret, Instant::now()) {
+            return refusal(&asked, StatusCode::TOO_MANY_REQUESTS, pages::Refusal::TooMany);
+        }
+        return unusable(&asked, UnusableLink::UnknownOrUsed);
+    }
     html(StatusCode::NOT_FOUND, pages::refusal(asked.lang, pages::Refusal::NoSuchPage))
 }
 

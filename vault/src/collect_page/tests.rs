@@ -360,6 +360,8 @@ async fn unknown_used_and_malformed_links_answer_byte_for_byte_the_same() {
         format!("/c/{}", OPEN.to_uppercase()),
         format!("/c/{OPEN}a"),
         "/c/%E3%81%82".into(),
+        "/c/".into(),
+        format!("/c/{OPEN}/x"),
     ] {
         let answer = page.get(&path).await;
         assert_eq!(answer.status, unknown.status, "{path}");

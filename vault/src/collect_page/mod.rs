@@ -293,7 +293,7 @@ struct Asked {
     client: IpAddr,
     /// The path's secret as sent: not parsed yet (a malformed one answers
     /// like an unknown one, after the same limits).
-    secret: String,
+    secret: Zeroizing<String>,
     wants_json: bool,
 }
 
@@ -304,7 +304,7 @@ impl Asked {
             .get::<ClientAddr>()
             .map(|client| client.0)
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let secret = request.uri().path().strip_prefix("/c/").unwrap_or_default().to_owned();
+        let secret = Zeroizing::new(request.uri().path().strip_prefix("/c/").unwrap_or_default().to_owned());
         let wants_json = request
             .headers()
             .get_all(header::ACCEPT)

@@ -12,6 +12,7 @@ mod audit_sinks;
 mod backup;
 mod collection;
 mod bench_smoke;
+mod browser;
 mod config_check;
 mod crash;
 mod dev_mode;

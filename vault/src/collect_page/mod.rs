@@ -293,7 +293,7 @@ struct Asked {
     client: IpAddr,
     /// The path's secret as sent: not parsed yet (a malformed one answers
     /// like an unknown one, after the same limits).
-    secret: String,
+    secret: Zeroizing<String>,
     wants_json: bool,
 }
 
@@ -304,7 +304,7 @@ impl Asked {
             .get::<ClientAddr>()
             .map(|client| client.0)
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let secret = request.uri().path().strip_prefix("/c/").unwrap_or_default().to_owned();
+        let secret = Zeroizing::new(request.uri().path().strip_prefix("/c/").unwrap_or_default().to_owned());
         let wants_json = request
             .headers()
             .get_all(header::ACCEPT)
@@ -466,8 +466,17 @@ async fn done(request: Request) -> Response {
     html(StatusCode::OK, pages::done(Lang::of_query(request.uri().query())))
 }
 
-async fn not_found(request: Request) -> Response {
+/// Any other path. One under `/c/` (an empty secret, a slash in it) is a
+/// link that does not parse: it answers, after the same limits, like an
+/// unknown one.
+async fn not_found(State(page): State<Arc<Page>>, request: Request) -> Response {
     let asked = Asked::read(&request);
+    if request.uri().path().starts_with("/c/") {
+        if !page.limits.allow_request(asked.client, &asked.secret, Instant::now()) {
+            return refusal(&asked, StatusCode::TOO_MANY_REQUESTS, pages::Refusal::TooMany);
+        }
+        return unusable(&asked, UnusableLink::UnknownOrUsed);
+    }
     html(StatusCode::NOT_FOUND, pages::refusal(asked.lang, pages::Refusal::NoSuchPage))
 }
 

@@ -360,6 +360,8 @@ async fn unknown_used_and_malformed_links_answer_byte_for_byte_the_same() {
         format!("/c/{}", OPEN.to_uppercase()),
         format!("/c/{OPEN}a"),
         "/c/%E3%81%82".into(),
+        "/c/".into(),
+        format!("/c/{OPEN}/x"),
     ] {
         let answer = page.get(&path).await;
         assert_eq!(answer.status, unknown.status, "{path}");
@@ -461,4 +463,44 @@ async fn a_body_over_the_limit_is_refused() {
     let answer = page.post(OPEN, &format!("csrf={value}&n0={}", "1".repeat(100)), Some(&value), false).await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(page.submits().is_empty());
+}
+
+/// Server-only TLS with a fresh self-signed certificate.
+fn self_signed_tls() -> Arc<ServerConfig> {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
+    let cert = CertificateDer::from(certified.cert.der().to_vec());
+    Arc::new(ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert], key).unwrap())
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_dropped_after_the_handshake_timeout_and_shutdown_stops_the_server() {
+    use tokio::io::AsyncReadExt as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let desk = Arc::new(FakeDesk { submits: Mutex::new(Vec::new()) });
+    let settings = PageSettings {
+        max_connections: 1,
+        tls_handshake_timeout: Duration::from_millis(300),
+        ..PageSettings::default()
+    };
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, self_signed_tls(), desk, settings, shutdown.clone()));
+
+    // The only slot: a connection that never starts TLS loses it at the timeout.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(address).await.unwrap();
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buffer)).await.expect("dropped in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer");
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    // The slot is free again: the next one is accepted (and dropped in turn).
+    let mut next = TcpStream::connect(address).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), next.read(&mut buffer)).await.expect("served");
+    assert!(matches!(read, Ok(0) | Err(_)));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops").unwrap();
+    assert!(TcpStream::connect(address).await.is_err(), "no longer listening");
 }

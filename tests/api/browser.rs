@@ -28,6 +28,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::helpers::valid_numbers;
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long the browser may take to show what a step waits for.
@@ -297,17 +299,6 @@ fn self_signed_tls() -> Arc<ServerConfig> {
     Arc::new(ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert], key).unwrap())
 }
 
-/// A valid number from eleven digits, the check digit computed by the rule.
-fn valid_number(first_eleven: &str) -> String {
-    const WEIGHTS: [u32; 11] = [6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    let sum: u32 = first_eleven.chars().zip(WEIGHTS).map(|(digit, weight)| digit.to_digit(10).unwrap() * weight).sum();
-    let check = match sum % 11 {
-        0 | 1 => 0,
-        r => 11 - r,
-    };
-    format!("{first_eleven}{check}")
-}
-
 /// Full-width digits in groups of four, joined by full-width hyphens.
 fn full_width_with_hyphens(digits: &str) -> String {
     let wide: Vec<char> = digits.chars().map(|d| char::from_u32(0xFF10 + d.to_digit(10).unwrap()).unwrap()).collect();
@@ -341,7 +332,7 @@ async fn the_page_works_in_a_real_browser_with_a_fake_desk() {
     browser.check_accessibility().await.unwrap();
 
     // A mistyped number: the page says so as it is typed.
-    let employee = valid_number("10293847561");
+    let [employee, child]: [String; 2] = valid_numbers(2).try_into().unwrap();
     let wrong_last = (employee.chars().last().unwrap().to_digit(10).unwrap() + 1) % 10;
     browser.type_into("ご本人", &format!("{}{wrong_last}", &employee[..11])).await;
     let message = browser.message("ご本人").await;
@@ -351,15 +342,12 @@ async fn the_page_works_in_a_real_browser_with_a_fake_desk() {
     assert!(browser.client().find(Locator::Id("n0-msg")).await.unwrap().is_displayed().await.unwrap());
 
     // Submitting now is blocked in the page: nothing reaches the desk.
-    browser.type_into("お子さま", &valid_number("56473829100")).await;
+    browser.type_into("お子さま", &child).await;
     browser.field("お子さま").await.click().await.unwrap();
     browser.submit_by_keyboard().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(desk.submitted.lock().unwrap().is_none());
     assert!(browser.client().current_url().await.unwrap().path().starts_with("/c/"));
-    if let Some(path) = screenshot_path("collect-form.png") {
-        browser.screenshot(&path).await;
-    }
 
     // Full-width digits with hyphens, as a phone's Japanese keyboard types them.
     browser.type_into("ご本人", &full_width_with_hyphens(&employee)).await;
@@ -374,10 +362,7 @@ async fn the_page_works_in_a_real_browser_with_a_fake_desk() {
     assert!(!url.as_str().contains(secret.expose()));
     let body = browser.client().find(Locator::Css("main")).await.unwrap().text().await.unwrap();
     assert!(body.contains("このページは閉じて構いません"), "{body}");
-    assert_eq!(*desk.submitted.lock().unwrap(), Some(vec![employee.clone(), valid_number("56473829100")]));
-    if let Some(path) = screenshot_path("collect-done.png") {
-        browser.screenshot(&path).await;
-    }
+    assert_eq!(*desk.submitted.lock().unwrap(), Some(vec![employee.clone(), child.clone()]));
 
     // The link is used now: it reads like any unknown one.
     browser.open(&format!("{origin}/c/{}", secret.expose())).await;
@@ -387,4 +372,70 @@ async fn the_page_works_in_a_real_browser_with_a_fake_desk() {
     browser.close().await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(15), server).await.expect("the page stops").unwrap();
+}
+
+/// The heading of the page the browser shows.
+async fn heading(browser: &Browser) -> String {
+    browser.client().find(Locator::Css("h1")).await.unwrap().text().await.unwrap()
+}
+
+on_both_backends! {
+    /// The whole way, through the real vault: payroll asks over gRPC, the
+    /// employee types on the page, payroll receives tokens that detokenize
+    /// in a job to what was typed, the link then refuses, an expired link
+    /// refuses, and no byte the vault wrote holds a typed number.
+    async fn a_number_typed_on_the_page_reaches_payroll_only_as_a_token(backend) {
+        let Some(browser) = Browser::start().await else { return };
+        let app = crate::collection::spawn_with_page(&backend).await;
+        let payroll = app.client("payroll").await;
+        let created = payroll.create_collection("demo", crate::collection::asked(1, 0)).await.unwrap();
+        let id = created.collection.unwrap().collection_id;
+
+        browser.open(&created.link).await;
+        assert!(heading(&browser).await.contains("マイナンバー"));
+        let main = browser.client().find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+        assert!(main.contains("Demo tenant (dev)"), "the page names the company: {main}");
+        assert!(main.contains("源泉徴収票"), "and why: {main}");
+        browser.check_accessibility().await.unwrap();
+
+        let [employee, child]: [String; 2] = valid_numbers(2).try_into().unwrap();
+        let wrong_last = (employee.chars().last().unwrap().to_digit(10).unwrap() + 1) % 10;
+        browser.type_into("ご本人", &format!("{}{wrong_last}", &employee[..11])).await;
+        assert!(browser.message("ご本人").await.contains("最後の桁が合いません"));
+        // The screenshot shows the mistyped one: with its check digit wrong
+        // it can be nobody's number.
+        if let Some(path) = screenshot_path("collect-form.png") {
+            browser.screenshot(&path).await;
+        }
+        browser.type_into("ご本人", &full_width_with_hyphens(&employee)).await;
+        browser.type_into("お子さま", &child).await;
+        browser.submit_by_keyboard().await;
+        browser.client().wait().at_most(WAIT).for_element(Locator::Id("done")).await.expect("the confirmation");
+        let done = browser.client().find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+        for typed in [&employee, &child] {
+            assert!(!done.contains(typed.as_str()), "no number on the confirmation");
+        }
+        if let Some(path) = screenshot_path("collect-done.png") {
+            browser.screenshot(&path).await;
+        }
+
+        let collection = payroll.collection("demo", &id).await.unwrap();
+        let tokens: Vec<String> = collection.numbers.iter().map(|n| n.token.clone()).collect();
+        assert!(tokens.iter().all(|t| t.starts_with("mnt_")), "{tokens:?}");
+        assert_eq!(crate::collection::released(&app, &tokens).await, vec![employee.clone(), child.clone()]);
+
+        // Used: the link now reads like an unknown one.
+        browser.open(&created.link).await;
+        assert!(heading(&browser).await.contains("このリンクは使えません"));
+
+        // Expired: it says so.
+        let short = payroll.create_collection("demo", crate::collection::asked(0, 1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        browser.open(&format!("{}?lang=en", short.link)).await;
+        let expired = heading(&browser).await;
+        assert!(expired.to_lowercase().contains("expired"), "{expired}");
+
+        browser.close().await;
+        crate::integrity::assert_no_number_in(&app, &[employee, child]).await;
+    }
 }

@@ -27,9 +27,9 @@ mod alerts;
 mod audit_report;
 mod audit_review;
 mod audit_verify;
+mod collect;
 mod keys;
 mod pki;
-mod collect;
 mod policy;
 
 mod root_key;

@@ -9,8 +9,8 @@ use mnvault_core::clock;
 use mnvault_core::collection::{
     note_fetched, Collection, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, Relation, SubmitOutcome,
 };
-use mnvault_core::number::MyNumber;
 use mnvault_core::id::{CollectionId, TenantId};
+use mnvault_core::number::MyNumber;
 use mnvault_core::purpose::Purpose;
 use mnvault_core::text::FreeText;
 use mnvault_proto::v1 as pb;

@@ -10,8 +10,9 @@ use super::{append, commit_audited, offboarding, Drawn, TokenizeFailure, VaultCo
 use crate::audit::{AuditDraft, Operation, Outcome};
 use crate::clock;
 use crate::collection::{
-    decode_purposes, decode_relations, note_fetched, encode_purposes, encode_relations, unusable, Collection, CollectionForm,
-    CollectionRequest, CollectionState, LinkOutcome, LinkSecret, SubmitOutcome, UnusableLink, MAX_WATCHED,
+    decode_purposes, decode_relations, encode_purposes, encode_relations, note_fetched, unusable, Collection,
+    CollectionForm, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, SubmitOutcome, UnusableLink,
+    MAX_WATCHED,
 };
 use crate::error::VaultError;
 use crate::id::{CollectionId, Principal, TenantId, Token, TokenFormat};

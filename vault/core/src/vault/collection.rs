@@ -368,7 +368,7 @@ impl VaultCore {
                 reference: FreeText::parse(&row.reference, "reference").ok()?,
                 asked: decode_relations(&row.relations)?,
                 purposes: decode_purposes(&row.purposes)?,
-                created_by: Principal::parse(&row.created_by).ok()?,
+                created_by: Principal::parse_recorded(&row.created_by).ok()?,
                 created_at: row.created_at,
                 expires_at: row.expires_at,
                 stored_state: CollectionState::parse(&row.state)?,

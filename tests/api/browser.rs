@@ -281,6 +281,10 @@ impl CollectionDesk for FakeDesk {
         }))
     }
 
+    async fn form(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError> {
+        self.open(link).await
+    }
+
     async fn submit(&self, link: &LinkSecret, numbers: Vec<MyNumber>) -> Result<SubmitOutcome, VaultError> {
         let mut submitted = self.submitted.lock().unwrap();
         if link.expose() != self.link || submitted.is_some() {

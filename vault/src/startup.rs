@@ -90,6 +90,9 @@ pub enum StartupError {
     /// `[identity]` names no usable identity source (the message names the key).
     #[error("invalid configuration: {0}")]
     Identity(String),
+    /// `[collection]` names no origin a browser could reach.
+    #[error("invalid configuration: {0}")]
+    Collection(String),
     /// The listener or the TLS setup failed.
     #[error("cannot serve on {address}: {source}")]
     Transport {
@@ -348,12 +351,38 @@ impl PageListener {
         let listener = TcpListener::bind(address).await.map_err(transport)?;
         let local_addr = listener.local_addr().map_err(transport)?;
         let public_url = match &page.public_url {
-            Some(url) => url.trim_end_matches('/').to_owned(),
+            Some(url) => page_origin(url).map_err(StartupError::Collection)?,
+            None if local_addr.ip().is_unspecified() => {
+                return Err(StartupError::Collection(format!(
+                    "collection.listen = \"{address}\" is every address: name the one employees reach in \
+                     collection.public_url, e.g. \"https://vault.example.jp\""
+                )))
+            }
             None => format!("https://{local_addr}"),
         };
         tracing::info!(%local_addr, %public_url, "collection page ready");
         Ok(Some(Self { listener, tls, public_url }))
     }
+}
+
+/// `collection.public_url` as browsers write an origin (`Origin` headers
+/// are compared with it): `https://`, a host in lowercase, a port only when
+/// it is not 443, nothing after.
+fn page_origin(url: &str) -> Result<String, String> {
+    let refused = |why: &str| format!("collection.public_url {why}; write it as https://vault.example.jp[:port]");
+    let uri: http::Uri = url.parse().map_err(|_| refused("is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(refused("must start with https:// (the page is served over TLS only)"));
+    }
+    let authority = uri.authority().ok_or_else(|| refused("names no host"))?;
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(refused("must be an origin: no user, path or query"));
+    }
+    let host = authority.host().to_ascii_lowercase();
+    Ok(match authority.port_u16() {
+        None | Some(443) => format!("https://{host}"),
+        Some(port) => format!("https://{host}:{port}"),
+    })
 }
 
 /// Server-only TLS for the collection page: employees have no client
@@ -447,4 +476,21 @@ fn read_crls(path: &std::path::Path, index: usize) -> Result<Vec<CertificateRevo
             .map_err(|error| problem(format!("is not a certificate revocation list (PEM or DER): {error}")))?;
     }
     Ok(crls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_origin;
+
+    #[test]
+    fn a_public_url_is_read_as_browsers_write_origins() {
+        assert_eq!(page_origin("https://Vault.Example.jp/").unwrap(), "https://vault.example.jp");
+        assert_eq!(page_origin("https://vault.example.jp:443").unwrap(), "https://vault.example.jp");
+        assert_eq!(page_origin("https://127.0.0.1:50443").unwrap(), "https://127.0.0.1:50443");
+        for bad in
+            ["http://vault.example.jp", "https://vault.example.jp/collect", "https://u@vault.example.jp", "vault"]
+        {
+            assert!(page_origin(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -21,16 +21,7 @@ pub enum CollectCommand {
     /// keyed hash of it.
     Create(CreateArgs),
     /// Show a collection: its state and, once submitted, its tokens.
-    Show {
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
-        /// The collection id `collect create` printed.
-        #[arg(long = "id")]
-        collection_id: String,
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Show(Named),
     /// Wait until the collections are submitted, cancelled or expired,
     /// printing each as it settles.
     Watch {
@@ -44,16 +35,20 @@ pub enum CollectCommand {
         connection: Connection,
     },
     /// Cancel an open collection: its link stops working at once.
-    Cancel {
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
-        /// The collection id.
-        #[arg(long = "id")]
-        collection_id: String,
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Cancel(Named),
+}
+
+/// One collection, named.
+#[derive(Debug, Args)]
+pub struct Named {
+    /// The tenant.
+    #[arg(long)]
+    pub tenant: String,
+    /// The collection id `collect create` printed.
+    #[arg(long = "id")]
+    pub collection_id: String,
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// `mnvault collect create`.
@@ -134,7 +129,7 @@ pub async fn run(command: CollectCommand, data_dir: &Path, out: &mut (dyn Write 
             )?;
             Ok(())
         }
-        CollectCommand::Show { tenant, collection_id, connection } => {
+        CollectCommand::Show(Named { tenant, collection_id, connection }) => {
             let collection = connection.connect(data_dir).await?.collection(&tenant, &collection_id).await?;
             Ok(write_collection(&collection, out)?)
         }
@@ -162,7 +157,7 @@ pub async fn run(command: CollectCommand, data_dir: &Path, out: &mut (dyn Write 
             }
             Ok(())
         }
-        CollectCommand::Cancel { tenant, collection_id, connection } => {
+        CollectCommand::Cancel(Named { tenant, collection_id, connection }) => {
             let collection = connection.connect(data_dir).await?.cancel_collection(&tenant, &collection_id).await?;
             Ok(write_collection(&collection, out)?)
         }

@@ -63,6 +63,9 @@ use pages::Lang;
 pub trait CollectionDesk: Send + Sync + 'static {
     /// Looks a link up, recording that it was opened.
     async fn open(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError>;
+    /// Looks a link up to read a submitted form by, recording nothing (the
+    /// submit records itself).
+    async fn form(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError>;
     /// Stores the numbers typed (one per relation asked, in order) in one transaction with its audit entry.
     async fn submit(&self, link: &LinkSecret, numbers: Vec<MyNumber>) -> Result<SubmitOutcome, VaultError>;
 }
@@ -86,6 +89,9 @@ pub struct PageSettings {
     pub max_tracked: usize,
     /// Connections served at once, TLS handshakes included.
     pub max_connections: usize,
+    /// Connections one client address may hold at once: one address alone
+    /// cannot take every slot.
+    pub max_connections_per_address: usize,
     /// Bytes a request body may take (sixteen numbers need well under 1 KiB).
     pub max_body_bytes: usize,
     /// How long a TLS handshake may take.
@@ -108,10 +114,11 @@ impl Default for PageSettings {
             link_submits_per_minute: 10,
             max_tracked: 10_000,
             max_connections: 256,
+            max_connections_per_address: 8,
             max_body_bytes: 16 * 1024,
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
-            connection_timeout: Duration::from_secs(300),
+            connection_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -153,6 +160,7 @@ pub async fn serve(
     let app = router(desk, settings.clone());
     let acceptor = TlsAcceptor::from(with_alpn(tls));
     let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let per_address = PerAddress::default();
     let settings = Arc::new(settings);
     // Owned here, so what outlives the grace period is dropped with it.
     let mut connections = JoinSet::new();
@@ -173,12 +181,17 @@ pub async fn serve(
                 }
             },
         };
+        let Some(held) = per_address.hold(peer.ip(), settings.max_connections_per_address) else {
+            tracing::debug!("collection page: a client address holds its most connections; one more dropped");
+            continue;
+        };
         let connection = Connection {
             acceptor: acceptor.clone(),
             app: app.clone(),
             settings: settings.clone(),
             shutdown: shutdown.clone(),
             _permit: permit,
+            _held: held,
         };
         connections.spawn(connection.run(tcp, peer));
     }
@@ -209,6 +222,44 @@ struct Connection {
     shutdown: CancellationToken,
     /// Its slot among `max_connections`, given back when it ends.
     _permit: OwnedSemaphorePermit,
+    /// Its count among its address's, given back when it ends.
+    _held: Held,
+}
+
+/// Open connections per client address; at most `max_connections` entries,
+/// as each is a live connection's.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// One connection's count in [`PerAddress`].
+struct Held {
+    table: PerAddress,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    /// Counts one more connection of `address`, unless it holds `most` already.
+    fn hold(&self, address: IpAddr, most: usize) -> Option<Held> {
+        let mut table = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = table.entry(address).or_insert(0);
+        if *count >= most.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(Held { table: self.clone(), address })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = table.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                table.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -234,7 +285,12 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(self.settings.header_read_timeout)
             .max_buf_size(16 * 1024);
-        http.http2().timer(TokioTimer::new()).max_concurrent_streams(16).max_header_list_size(16 * 1024);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(16)
+            .max_header_list_size(16 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(10));
         let mut connection = pin!(http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app)));
         let mut deadline = pin!(tokio::time::sleep(self.settings.connection_timeout));
         let mut stopping = false;
@@ -396,8 +452,10 @@ async fn submit(State(page): State<Arc<Page>>, request: Request) -> Response {
         return unusable(&asked, UnusableLink::UnknownOrUsed);
     };
     // The relations asked decide how many fields the form must hold, and a
-    // refused number re-renders the form: a submit looks the link up first.
-    let collection = match page.desk.open(&link).await {
+    // refused number re-renders the form: a submit looks the link up first,
+    // without an entry of its own (a form refused here leaves none: its
+    // page was recorded when it was opened).
+    let collection = match page.desk.form(&link).await {
         Ok(LinkOutcome::Open(collection)) => collection,
         Ok(LinkOutcome::Unusable(why)) => return unusable(&asked, why),
         Err(_) => return unavailable(&asked),

@@ -47,6 +47,10 @@ impl CollectionDesk for FakeDesk {
         })
     }
 
+    async fn form(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError> {
+        self.open(link).await
+    }
+
     async fn submit(&self, link: &LinkSecret, numbers: Vec<MyNumber>) -> Result<SubmitOutcome, VaultError> {
         self.submits.lock().unwrap().push(numbers.iter().map(|n| n.expose_digits().to_owned()).collect());
         if link.expose() == REFUSING {
@@ -503,4 +507,16 @@ async fn a_silent_connection_is_dropped_after_the_handshake_timeout_and_shutdown
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops").unwrap();
     assert!(TcpStream::connect(address).await.is_err(), "no longer listening");
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_of_connections() {
+    let table = PerAddress::default();
+    let address: IpAddr = "192.0.2.1".parse().unwrap();
+    let held: Vec<Held> = (0..3).map(|_| table.hold(address, 3).unwrap()).collect();
+    assert!(table.hold(address, 3).is_none(), "a fourth connection of the same address is refused");
+    assert!(table.hold("192.0.2.2".parse().unwrap(), 3).is_some(), "another address still gets in");
+    drop(held);
+    assert!(table.hold(address, 3).is_some(), "closed connections give their count back");
+    assert!(table.0.lock().unwrap().len() <= 1, "addresses with no connection leave the table");
 }

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use mnvault_core::audit::{AuditDraft, Operation};
 use mnvault_core::clock;
+use std::sync::Arc;
+
 use mnvault_core::collection::{
     note_fetched, Collection, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, Relation, SubmitOutcome,
+    UnusableLink,
 };
 use mnvault_core::id::{CollectionId, TenantId};
 use mnvault_core::number::MyNumber;
@@ -15,6 +18,7 @@ use mnvault_core::purpose::Purpose;
 use mnvault_core::text::FreeText;
 use mnvault_proto::v1 as pb;
 use pb::collection_service_server::CollectionService;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -181,6 +185,8 @@ impl CollectionService for CollectionApi {
         };
         let ctx = self.ctx.clone();
         let (feed, responses) = Feed::new(waiting.len(), ctx.limits().stream_send_timeout());
+        // A watch lasts at most the request timeout, and no longer than its client.
+        let deadline = tokio::time::Instant::now() + ctx.limits().request_timeout() * 9 / 10;
         tokio::spawn(
             async move {
                 loop {
@@ -218,8 +224,17 @@ impl CollectionService for CollectionApi {
                         feed.finish();
                         return;
                     }
+                    if tokio::time::Instant::now() + WATCH_POLL >= deadline {
+                        let status = Status::deadline_exceeded(
+                            "the watch ran for the vault's request timeout (limits.request_timeout_ms); watch the \
+                             collections still open again",
+                        );
+                        let _ = feed.send(Err(status)).await;
+                        return;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(WATCH_POLL) => {}
+                        _ = feed.closed() => return,
                         _ = ctx.stopping.cancelled() => return,
                     }
                 }
@@ -249,43 +264,74 @@ impl CollectionService for CollectionApi {
 
 /// The page's way into the vault: the core's collection steps, refused
 /// like any call while a required audit sink is down or the chain cannot
-/// be trusted.
+/// be trusted, and at most [`PAGE_CALLS`] at once, so that anonymous
+/// clients cannot crowd the database's writer out.
 pub struct PageDesk {
     ctx: Context,
+    calls: Arc<Semaphore>,
 }
+
+/// Calls from the collection page into the vault at once; one more is
+/// refused at once as busy (the page asks to try again).
+pub const PAGE_CALLS: usize = 16;
 
 impl PageDesk {
     /// The desk over `ctx`.
     pub fn new(ctx: Context) -> Self {
-        Self { ctx }
+        Self { ctx, calls: Arc::new(Semaphore::new(PAGE_CALLS)) }
     }
 
-    /// A draft for the page's `operation` under a request id of its own,
-    /// once the vault may serve it.
-    fn admit(&self, operation: Operation) -> Result<AuditDraft, VaultError> {
+    /// A permit and a draft for the page's `operation` under a request id
+    /// of its own, once the vault may serve it.
+    fn admit(&self, operation: Operation) -> Result<(OwnedSemaphorePermit, AuditDraft), VaultError> {
+        let busy = || VaultError::Unavailable("the vault is busy; try again in a moment".into());
+        let permit = self.calls.clone().try_acquire_owned().map_err(|_| busy())?;
         let page = mnvault_core::id::Principal::parse(mnvault_core::vault::COLLECTION_PAGE_PRINCIPAL)
             .map_err(|_| VaultError::Internal)?;
         self.ctx.core.check_certificate(&page, None, operation)?;
         self.ctx.audit_sinks.check().map_err(|refusal| VaultError::Unavailable(refusal.message))?;
         let mut draft = AuditDraft::new(operation);
         draft.request_id = Some(mnvault_core::mint::draw_request_id());
-        Ok(draft)
+        Ok((permit, draft))
+    }
+
+    /// Counts a link that did not work: an unknown one leaves no entry.
+    fn count(&self, operation: Operation, unusable: Option<UnusableLink>) {
+        if unusable == Some(UnusableLink::UnknownOrUsed) {
+            self.ctx.metrics.refused(operation, tonic::Code::NotFound);
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl crate::collect_page::CollectionDesk for PageDesk {
     async fn open(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError> {
-        let mut draft = self.admit(Operation::OpenCollection)?;
+        let (_permit, mut draft) = self.admit(Operation::OpenCollection)?;
         let opened = self.ctx.core.open_collection(link, &mut draft).await;
         self.ctx.audit_sinks.appended();
+        self.count(Operation::OpenCollection, unusable_of(&opened));
         opened
     }
 
+    async fn form(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError> {
+        let (_permit, _) = self.admit(Operation::SubmitCollection)?;
+        self.ctx.core.collection_form(link).await
+    }
+
     async fn submit(&self, link: &LinkSecret, numbers: Vec<MyNumber>) -> Result<SubmitOutcome, VaultError> {
-        let mut draft = self.admit(Operation::SubmitCollection)?;
+        let (_permit, mut draft) = self.admit(Operation::SubmitCollection)?;
         let submitted = self.ctx.core.submit_collection(link, &numbers, &mut draft).await;
         self.ctx.audit_sinks.appended();
+        if let Ok(SubmitOutcome::Unusable(why)) = &submitted {
+            self.count(Operation::SubmitCollection, Some(*why));
+        }
         submitted
+    }
+}
+
+fn unusable_of(outcome: &Result<LinkOutcome, VaultError>) -> Option<UnusableLink> {
+    match outcome {
+        Ok(LinkOutcome::Unusable(why)) => Some(*why),
+        _ => None,
     }
 }

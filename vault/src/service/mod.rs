@@ -435,6 +435,11 @@ impl<T: Send + 'static> Feed<T> {
         }
     }
 
+    /// Completes once the client has gone (the stream was dropped).
+    pub(crate) async fn closed(&self) {
+        self.sender.closed().await
+    }
+
     /// Marks the answer complete: the stream ends after what was sent.
     pub(crate) fn finish(self) {
         self.finished.store(true, Ordering::Release);

@@ -150,3 +150,31 @@ where
 /// The columns [`collection`] reads, in one place for both backends.
 pub(crate) const COLLECTION_COLUMNS: &str = "collection_id, tenant, link_hash, reference, relations, purposes, \
      created_by, created_at, expires_at, state, settled_at, tokens, tag";
+
+/// The statement that inserts `row`, in either backend's placeholders.
+pub(crate) fn insert_collection<'args, DB>(row: &CollectionRow) -> sqlx::QueryBuilder<'args, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'args, DB> + Type<DB>,
+    i64: sqlx::Encode<'args, DB> + Type<DB>,
+    Vec<u8>: sqlx::Encode<'args, DB> + Type<DB>,
+    Option<Vec<u8>>: sqlx::Encode<'args, DB> + Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new(format!("INSERT INTO collections ({COLLECTION_COLUMNS}) VALUES ("));
+    let mut values = query.separated(", ");
+    values.push_bind(row.collection_id.clone());
+    values.push_bind(row.tenant.clone());
+    values.push_bind(row.link_hash.clone());
+    values.push_bind(row.reference.clone());
+    values.push_bind(row.relations.clone());
+    values.push_bind(row.purposes.clone());
+    values.push_bind(row.created_by.clone());
+    values.push_bind(row.created_at);
+    values.push_bind(row.expires_at);
+    values.push_bind(row.state.clone());
+    values.push_bind(row.settled_at);
+    values.push_bind(row.tokens.clone());
+    values.push_bind(row.tag.clone());
+    values.push_unseparated(")");
+    query
+}

@@ -126,11 +126,7 @@ impl VaultCore {
         self.authorize_tokenize(caller, tenant)?;
         self.keyring.tenant_keys(tenant).await?;
         let mut tx = self.store.begin_write().await?;
-        let row = tx
-            .lock_collection(tenant, id)
-            .await?
-            .ok_or_else(|| VaultError::NotFound(format!("collection {id} does not exist in tenant {tenant}")))?;
-        let collection = self.trusted_collection(&row)?;
+        let (row, collection) = self.locked_collection(tx.as_mut(), tenant, id).await?;
         let now = clock::now_ms();
         collection.check_cancel(now)?;
         let row = self.settled_row(row, CollectionState::Cancelled, now, &[])?;
@@ -143,21 +139,35 @@ impl VaultCore {
     }
 
     /// What the page shows for `link`, recorded as opened (or refused).
-    /// Unknown and used links answer alike.
-    /// Its entry is appended here, whatever the outcome: the page has no
-    /// caller to answer for it.
+    /// Unknown and used links answer alike. Its entry is appended here,
+    /// whatever the outcome, except for a link no collection has: anyone may
+    /// send one, and an entry for each would let them fill the log (the
+    /// edge counts them instead).
     pub async fn open_collection(&self, link: &LinkSecret, draft: &mut AuditDraft) -> Result<LinkOutcome, VaultError> {
         draft.principal = Some(page_principal());
-        let outcome = self.look_up_link(link, draft).await;
+        let outcome = self.look_up_link(link, draft, true).await;
         if let Err(error) = &outcome {
             draft.outcome = error.outcome();
             draft.reason = error.public_message();
         }
-        self.record(draft.clone()).await?;
+        if draft.reason != UNKNOWN_LINK {
+            self.record(draft.clone()).await?;
+        }
         outcome
     }
 
-    async fn look_up_link(&self, link: &LinkSecret, draft: &mut AuditDraft) -> Result<LinkOutcome, VaultError> {
+    /// What the form of `link` asks for, to read a submitted form by;
+    /// records and settles nothing (the submit that follows is audited).
+    pub async fn collection_form(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError> {
+        self.look_up_link(link, &mut AuditDraft::new(Operation::OpenCollection), false).await
+    }
+
+    async fn look_up_link(
+        &self,
+        link: &LinkSecret,
+        draft: &mut AuditDraft,
+        settle: bool,
+    ) -> Result<LinkOutcome, VaultError> {
         let hash = self.integrity.link_hash(link);
         let mut tx = self.store.begin_read().await?;
         let Some(row) = tx.collection_by_link(&hash).await? else {
@@ -171,7 +181,7 @@ impl VaultCore {
         draft.tenant = Some(collection.tenant.clone());
         let now = clock::now_ms();
         let state = collection.state(now);
-        if state == CollectionState::Expired && collection.stored_state == CollectionState::Open {
+        if settle && state == CollectionState::Expired && collection.stored_state == CollectionState::Open {
             self.settle_expired(&collection.id, &collection.tenant).await?;
         }
         if let Some(refusal) = unusable(state) {
@@ -224,13 +234,18 @@ impl VaultCore {
         let mut tx = self.store.begin_read().await?;
         let row = tx.collection_by_link(&hash).await?;
         drop(tx);
+        // A link no collection has writes nothing (see `open_collection`).
         let Some(row) = row else {
-            draft.reason = UNKNOWN_LINK.into();
-            draft.outcome = Outcome::NotFound;
             return Ok(SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed));
         };
         let collection = self.trusted_collection(&row)?;
         draft.tenant = Some(collection.tenant.clone());
+        // A link that no longer works says only that, whatever was sent.
+        let state = collection.state(clock::now_ms());
+        if let Some(refusal) = unusable(state) {
+            draft.reason = format!("collection {} is {}", collection.id, state.id());
+            return self.refuse_link(self.store.begin_write().await?, refusal, draft).await;
+        }
         if numbers.len() != collection.asked.len() {
             return Err(VaultError::InvalidArgument(format!(
                 "this form asks for {} numbers; {} were sent",
@@ -261,8 +276,8 @@ impl VaultCore {
         let mut tx = self.store.begin_write().await?;
         let row = match tx.lock_collection_by_link(hash).await? {
             Some(row) if row.collection_id == id.as_str() => row,
-            // Gone since the read: as unknown.
-            _ => return Ok(self.refuse_link(tx, UnusableLink::UnknownOrUsed, draft).await?),
+            // Gone since the read: as unknown, and as unrecorded.
+            _ => return Ok(SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed)),
         };
         let collection = self.trusted_collection(&row)?;
         let now = clock::now_ms();
@@ -299,10 +314,6 @@ impl VaultCore {
         draft: &mut AuditDraft,
     ) -> Result<SubmitOutcome, VaultError> {
         draft.outcome = Outcome::Denied;
-        if refusal == UnusableLink::UnknownOrUsed && draft.reason.is_empty() {
-            draft.outcome = Outcome::NotFound;
-            draft.reason = UNKNOWN_LINK.into();
-        }
         append(tx.as_mut(), &self.audit_key, draft.clone(), clock::now_ms()).await?;
         commit_audited(tx).await?;
         Ok(SubmitOutcome::Unusable(refusal))
@@ -311,11 +322,7 @@ impl VaultCore {
     /// Settles a collection found past its expiry, with its own entry.
     async fn settle_expired(&self, id: &CollectionId, tenant: &TenantId) -> Result<Collection, VaultError> {
         let mut tx = self.store.begin_write().await?;
-        let row = tx
-            .lock_collection(tenant, id)
-            .await?
-            .ok_or_else(|| VaultError::NotFound(format!("collection {id} does not exist in tenant {tenant}")))?;
-        let collection = self.trusted_collection(&row)?;
+        let (row, collection) = self.locked_collection(tx.as_mut(), tenant, id).await?;
         // Another call settled it meanwhile.
         if collection.stored_state != CollectionState::Open {
             return Ok(collection);
@@ -335,6 +342,22 @@ impl VaultCore {
         commit_audited(tx).await?;
         self.witness(&entry, &draft, now).await;
         self.trusted_collection(&row)
+    }
+
+    /// The tenant's collection `id`, its row locked until commit, once its
+    /// tag verifies.
+    async fn locked_collection(
+        &self,
+        tx: &mut dyn WriteTx,
+        tenant: &TenantId,
+        id: &CollectionId,
+    ) -> Result<(CollectionRow, Collection), VaultError> {
+        let row = tx
+            .lock_collection(tenant, id)
+            .await?
+            .ok_or_else(|| VaultError::NotFound(format!("collection {id} does not exist in tenant {tenant}")))?;
+        let collection = self.trusted_collection(&row)?;
+        Ok((row, collection))
     }
 
     /// `row` in a new state, tagged again.

@@ -9,7 +9,7 @@ use mnvault_core::id::{CollectionId, TenantId};
 use mnvault_core::store::{CollectionReadTx, CollectionRow, CollectionWriteTx, StoreError};
 use sqlx::PgConnection;
 
-use super::super::rows::{collection, COLLECTION_COLUMNS};
+use super::super::rows::{collection, insert_collection, COLLECTION_COLUMNS};
 use super::{classify, PgTx};
 
 #[async_trait]
@@ -37,27 +37,7 @@ where
     C: DerefMut<Target = PgConnection> + Send,
 {
     async fn insert_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO collections (collection_id, tenant, link_hash, reference, relations, purposes, created_by, \
-             created_at, expires_at, state, settled_at, tokens, tag) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&row.collection_id)
-        .bind(&row.tenant)
-        .bind(&row.link_hash)
-        .bind(&row.reference)
-        .bind(&row.relations)
-        .bind(&row.purposes)
-        .bind(&row.created_by)
-        .bind(row.created_at)
-        .bind(row.expires_at)
-        .bind(&row.state)
-        .bind(row.settled_at)
-        .bind(&row.tokens)
-        .bind(row.tag.as_deref())
-        .execute(self.conn())
-        .await
-        .map_err(classify)?;
+        insert_collection(row).build().execute(self.conn()).await.map_err(classify)?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use mnvault_core::id::{CollectionId, TenantId};
 use mnvault_core::store::{CollectionReadTx, CollectionRow, CollectionWriteTx, StoreError};
 
-use super::super::rows::{collection, COLLECTION_COLUMNS};
+use super::super::rows::{collection, insert_collection, COLLECTION_COLUMNS};
 use super::{classify, SqliteTx};
 
 #[async_trait]
@@ -37,26 +37,7 @@ impl CollectionReadTx for SqliteTx {
 #[async_trait]
 impl CollectionWriteTx for SqliteTx {
     async fn insert_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO collections (collection_id, tenant, link_hash, reference, relations, purposes, created_by, \
-             created_at, expires_at, state, settled_at, tokens, tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&row.collection_id)
-        .bind(&row.tenant)
-        .bind(&row.link_hash)
-        .bind(&row.reference)
-        .bind(&row.relations)
-        .bind(&row.purposes)
-        .bind(&row.created_by)
-        .bind(row.created_at)
-        .bind(row.expires_at)
-        .bind(&row.state)
-        .bind(row.settled_at)
-        .bind(&row.tokens)
-        .bind(row.tag.as_deref())
-        .execute(self.conn())
-        .await
-        .map_err(classify)?;
+        insert_collection(row).build().execute(self.conn()).await.map_err(classify)?;
         Ok(())
     }
 

@@ -103,7 +103,8 @@ on_both_backends! {
         crate::integrity::assert_no_number_in(&app, &numbers).await;
 
         // The link works once: a second submit stores nothing, and reads as an unknown link.
-        let again = submit(&app, &created.link, &valid_numbers(2)).await;
+        // (One number for a form of two: the link's state answers first.)
+        let again = submit(&app, &created.link, &valid_numbers(1)).await;
         assert_eq!(again, SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed));
         let LinkOutcome::Unusable(used) = open(&app, &created.link).await else { panic!("used") };
         assert_eq!(used, UnusableLink::UnknownOrUsed);
@@ -119,7 +120,9 @@ on_both_backends! {
         let entries = app.audit_entries().await;
         let by = |operation: &str| entries.iter().filter(|e| e.operation == operation).collect::<Vec<_>>();
         assert_eq!(by("collection.create").len(), 1);
-        assert_eq!(by("collection.open").len(), 3, "opened, then refused twice");
+        let opened = by("collection.open");
+        assert_eq!(opened.len(), 2, "opened, then refused once used; an unknown link writes nothing");
+        assert_eq!((opened[0].outcome.as_str(), opened[1].outcome.as_str()), ("ok", "denied"));
         let submits = by("collection.submit");
         assert_eq!(submits.len(), 2, "the submit and the refused second one");
         assert_eq!(submits[0].tokens, tokens);
@@ -222,5 +225,15 @@ on_both_backends! {
         let refused = app.core().submit_collection(&secret_of(&created.link), &numbers, &mut draft).await;
         assert!(matches!(refused, Err(mnvault_core::VaultError::DataLoss(_))), "{refused:?}");
         assert!(app.integrity_failures() >= 2);
+    }
+}
+
+on_both_backends! {
+    async fn a_shredded_tenants_links_read_as_cancelled(backend) {
+        let app = spawn_with_page(&backend).await;
+        let created = app.client("payroll").await.create_collection("demo", asked(0, 0)).await.unwrap();
+        app.client("admin").await.shred_tenant("demo").await.unwrap();
+        let LinkOutcome::Unusable(refused) = open(&app, &created.link).await else { panic!("shredded") };
+        assert_eq!(refused, UnusableLink::Cancelled);
     }
 }

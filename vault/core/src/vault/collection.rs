@@ -175,10 +175,17 @@ impl VaultCore {
             draft.outcome = Outcome::NotFound;
             return Ok(LinkOutcome::Unusable(UnusableLink::UnknownOrUsed));
         };
-        let company = tx.tenant(&TenantId::parse(&row.tenant).map_err(|_| self.tampered_row(&row))?).await?;
-        drop(tx);
         let collection = self.trusted_collection(&row)?;
+        let company = tx.tenant(&collection.tenant).await?;
+        // A shredded tenant takes no more numbers: its links read as cancelled.
+        let shredded = tx.tenant_shredded_at(&collection.tenant).await?.is_some();
+        drop(tx);
         draft.tenant = Some(collection.tenant.clone());
+        if shredded {
+            draft.reason = format!("collection {} belongs to a shredded tenant", collection.id);
+            draft.outcome = Outcome::Denied;
+            return Ok(LinkOutcome::Unusable(UnusableLink::Cancelled));
+        }
         let now = clock::now_ms();
         let state = collection.state(now);
         if settle && state == CollectionState::Expired && collection.stored_state == CollectionState::Open {

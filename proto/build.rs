@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "mynumber/vault/v1/audit.proto",
     "mynumber/vault/v1/retention.proto",
     "mynumber/vault/v1/keys.proto",
+    "mynumber/vault/v1/collection.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -19,6 +19,7 @@
 
 pub use mnvault_core::{number, purpose};
 
+pub mod collection;
 pub mod keys;
 pub mod offboarding;
 pub mod retention;
@@ -220,6 +221,7 @@ pub struct VaultClient {
     audit: AuditServiceClient<Channel>,
     keys: KeyServiceClient<Channel>,
     retention: pb::retention_service_client::RetentionServiceClient<Channel>,
+    collections: pb::collection_service_client::CollectionServiceClient<Channel>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
 }
 
@@ -234,6 +236,7 @@ impl VaultClient {
             audit: AuditServiceClient::new(channel.clone()),
             keys: KeyServiceClient::new(channel.clone()),
             retention: pb::retention_service_client::RetentionServiceClient::new(channel.clone()),
+            collections: pb::collection_service_client::CollectionServiceClient::new(channel.clone()),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
         })
     }

@@ -177,6 +177,10 @@ enum Rpc {
     ApproveTenantPolicy,
     RevokeCertificate,
     ListRevokedCertificates,
+    CreateCollection,
+    GetCollection,
+    WatchCollections,
+    CancelCollection,
 }
 
 /// What an RPC acts on.
@@ -191,7 +195,7 @@ enum Reach {
 }
 
 impl Rpc {
-    const ALL: [Rpc; 28] = [
+    const ALL: [Rpc; 32] = [
         Rpc::Tokenize,
         Rpc::TokenizeStream,
         Rpc::DescribeToken,
@@ -220,6 +224,10 @@ impl Rpc {
         Rpc::ApproveTenantPolicy,
         Rpc::RevokeCertificate,
         Rpc::ListRevokedCertificates,
+        Rpc::CreateCollection,
+        Rpc::GetCollection,
+        Rpc::WatchCollections,
+        Rpc::CancelCollection,
     ];
 
     /// The roles that may make the call, and what it reaches: the rule the
@@ -251,6 +259,9 @@ impl Rpc {
             Rpc::ProposeTenantPolicy | Rpc::ApproveTenantPolicy => (&[KeyAdmin], Reach::Tenant),
             Rpc::RevokeCertificate => (&[KeyAdmin], Reach::AllTenants),
             Rpc::ListRevokedCertificates => (&[KeyAdmin, Auditor], Reach::AllTenants),
+            Rpc::CreateCollection | Rpc::GetCollection | Rpc::WatchCollections | Rpc::CancelCollection => {
+                (&[Payroll], Reach::Tenant)
+            }
         }
     }
 }
@@ -280,6 +291,10 @@ struct Target {
     token: String,
     pending_job: String,
     approved_job: String,
+    /// An open collection (the first cancel allowed settles it).
+    collection: String,
+    /// A cancelled one: a watch of it ends at once.
+    cancelled_collection: String,
 }
 
 async fn target(app: &TestApp, tenant: &'static str) -> Target {
@@ -290,7 +305,14 @@ async fn target(app: &TestApp, tenant: &'static str) -> Target {
     let pending_job = requester.create_filing_job(job_in(tenant, std::slice::from_ref(&token))).await.unwrap().job_id;
     let approved_job = requester.create_filing_job(job_in(tenant, std::slice::from_ref(&token))).await.unwrap().job_id;
     approver.approve_filing_job(&approved_job).await.unwrap();
-    Target { tenant, token, pending_job, approved_job }
+    let mut collections = Vec::new();
+    for _ in 0..2 {
+        let created = payroll.create_collection(tenant, crate::collection::asked(0, 0)).await.unwrap();
+        collections.push(created.collection.unwrap().collection_id);
+    }
+    payroll.cancel_collection(tenant, &collections[1]).await.unwrap();
+    let [collection, cancelled_collection]: [String; 2] = collections.try_into().unwrap();
+    Target { tenant, token, pending_job, approved_job, collection, cancelled_collection }
 }
 
 /// Makes `rpc` as `client` against `target`: `None` when it succeeded, else
@@ -367,6 +389,19 @@ async fn call(rpc: Rpc, client: &VaultClient, target: &Target) -> Option<Code> {
         // A serial no certificate of the matrix has: revoked once, then FAILED_PRECONDITION.
         Rpc::RevokeCertificate => client.revoke_certificate("7fabcdef", "matrix").await.map(drop),
         Rpc::ListRevokedCertificates => client.revoked_certificates().await.map(drop),
+        Rpc::CreateCollection => client.create_collection(tenant, crate::collection::asked(0, 0)).await.map(drop),
+        Rpc::GetCollection => client.collection(tenant, &target.collection).await.map(drop),
+        Rpc::WatchCollections => {
+            match client.watch_collections(tenant, vec![target.cancelled_collection.clone()]).await {
+                Ok(stream) => {
+                    let results: Vec<_> = stream.collect().await;
+                    results.into_iter().try_for_each(|item| item.map(drop))
+                }
+                Err(error) => Err(error),
+            }
+        }
+        // Cancelled by the first caller allowed; FAILED_PRECONDITION after that.
+        Rpc::CancelCollection => client.cancel_collection(tenant, &target.collection).await.map(drop),
     };
     match result {
         Ok(()) => None,
@@ -386,7 +421,10 @@ fn default_policy() -> mnvault_client::tenant_policy::TenantPolicy {
 
 on_both_backends! {
     async fn every_role_reaches_exactly_its_calls_on_its_own_tenant(backend) {
-        let app = spawn_dev_vault(&backend).await;
+        let app = crate::helpers::spawn_dev_vault_with(&backend, |settings| {
+            settings.collection.listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
         let admin = app.client("admin").await;
         for tenant in ["acme", "other"] {
             admin.create_tenant(tenant, tenant).await.unwrap();

@@ -120,7 +120,7 @@ fn the_scan_finds_a_planted_number_in_either_form() {
 
 /// No number in any file of the data directory nor, on PostgreSQL, in any
 /// row of the database (dumped as text, `bytea` columns decoded).
-async fn assert_no_number_in(app: &TestApp, numbers: &[String]) {
+pub(crate) async fn assert_no_number_in(app: &TestApp, numbers: &[String]) {
     let files = files_under(app.path());
     let dump_dir = tempfile::tempdir().unwrap();
     match &app.backend {

@@ -11,6 +11,8 @@ mod audit_search;
 mod audit_sinks;
 mod backup;
 mod bench_smoke;
+mod browser;
+mod collection;
 mod config_check;
 mod crash;
 mod dev_mode;

@@ -34,7 +34,7 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use crate::helpers::{approved_job, filing_job, tokenize_fresh, valid_number, Backend, TestApp};
 
 /// Every text field of every RPC, as `Method.field`.
-const FIELDS: [&str; 47] = [
+const FIELDS: [&str; 57] = [
     "SetRetention.tenant",
     "SetRetention.tokens",
     "SetRetention.classes",
@@ -82,6 +82,16 @@ const FIELDS: [&str; 47] = [
     "RevokeCertificate.serial",
     "RevokeCertificate.reason",
     "ListRevokedCertificates.after_serial",
+    "CreateCollection.tenant",
+    "CreateCollection.reference",
+    "CreateCollection.relations",
+    "CreateCollection.purposes",
+    "GetCollection.tenant",
+    "GetCollection.collection_id",
+    "WatchCollections.tenant",
+    "WatchCollections.collection_ids",
+    "CancelCollection.tenant",
+    "CancelCollection.collection_id",
 ];
 
 /// Sent through every field too; it must appear nowhere (a refusal never
@@ -375,7 +385,8 @@ fn answer<T: Debug>(result: Result<T, ClientError>) -> String {
 impl Vault {
     fn start(runtime: Runtime, backend: Backend) -> Self {
         let (app, clients, token, job_id) = runtime.block_on(async {
-            let app = crate::helpers::spawn_app(&backend).await;
+            // With the collection page, so that collections can be asked for.
+            let app = crate::collection::spawn_with_page(&backend).await;
             let mut clients = HashMap::new();
             for name in ["admin", "payroll", "requester", "approver", "filer", "auditor"] {
                 clients.insert(name, app.client(name).await);
@@ -496,6 +507,30 @@ impl Vault {
             "RevokeCertificate.serial" => answer(admin.revoke_certificate(&text, "").await),
             "RevokeCertificate.reason" => answer(admin.revoke_certificate("7fabcdef", &text).await),
             "ListRevokedCertificates.after_serial" => answer(admin.revoked_certificates_after(&text).await),
+            "CreateCollection.tenant"
+            | "CreateCollection.reference"
+            | "CreateCollection.relations"
+            | "CreateCollection.purposes" => {
+                let mut asked = crate::collection::asked(1, 0);
+                let mut tenant = "demo".to_owned();
+                match field {
+                    "CreateCollection.tenant" => tenant = text,
+                    "CreateCollection.reference" => asked.reference = text,
+                    "CreateCollection.relations" => asked.relations.push(text),
+                    _ => asked.purposes.push(text),
+                }
+                answer(payroll.create_collection(&tenant, asked).await)
+            }
+            "GetCollection.tenant" => answer(payroll.collection(&text, "col_abcdefghijklmnop").await),
+            "GetCollection.collection_id" => answer(payroll.collection("demo", &text).await),
+            "WatchCollections.tenant" => {
+                answer(payroll.watch_collections(&text, vec!["col_abcdefghijklmnop".into()]).await.map(|_| ()))
+            }
+            "WatchCollections.collection_ids" => {
+                answer(payroll.watch_collections("demo", vec![text]).await.map(|_| ()))
+            }
+            "CancelCollection.tenant" => answer(payroll.cancel_collection(&text, "col_abcdefghijklmnop").await),
+            "CancelCollection.collection_id" => answer(payroll.cancel_collection("demo", &text).await),
             "SetRetention.tenant"
             | "SetRetention.tokens"
             | "SetRetention.classes"

@@ -143,3 +143,42 @@ on_both_backends! {
         assert!(refused.to_string().contains("1 to 63 lowercase letters"), "{refused}");
     }
 }
+
+on_both_backends! {
+    async fn the_readme_collection_step_works_as_written(backend) {
+        // The dev vault's page, on a free port here instead of 50443.
+        let app = crate::helpers::spawn_dev_vault_with(&backend, |settings| {
+            settings.collection.listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let created = app
+            .cli(&["collect", "create", "--as", "payroll", "--tenant", "demo", "--ref", "emp-kato", "--dependants", "1"])
+            .await
+            .unwrap();
+        let field = |name: &str| {
+            created.lines().find_map(|line| line.strip_prefix(&format!("{name}\t"))).unwrap_or_else(|| panic!("{created}")).to_owned()
+        };
+        let (id, link) = (field("collection"), field("link"));
+        assert!(id.starts_with("col_") && link.starts_with("https://127.0.0.1:"), "{created}");
+        assert!(created.contains('█') || created.contains('▀'), "a QR code is printed: {created}");
+        assert_eq!(created.matches("number\t").count(), 2, "the employee and one dependant: {created}");
+
+        // The employee submits on the page (`browser` drives it in Chromium).
+        let numbers = crate::helpers::valid_numbers(2);
+        crate::collection::submit(&app, &link, &numbers).await;
+
+        let watched = app.cli(&["collect", "watch", "--as", "payroll", "--tenant", "demo", "--id", &id]).await.unwrap();
+        assert!(watched.contains("state\tsubmitted"), "{watched}");
+        let tokens: Vec<&str> =
+            watched.lines().filter_map(|l| l.strip_prefix("number\t")).map(|l| l.rsplit('\t').next().unwrap()).collect();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.iter().all(|t| t.starts_with("mnt_")), "{watched}");
+        let shown = app.cli(&["collect", "show", "--as", "payroll", "--tenant", "demo", "--id", &id]).await.unwrap();
+        assert_eq!(shown, watched.trim_end().to_owned() + "\n", "show prints what watch printed");
+        for number in &numbers {
+            assert!(!created.contains(number.as_str()) && !watched.contains(number.as_str()));
+        }
+        let refused = app.cli(&["collect", "cancel", "--as", "payroll", "--tenant", "demo", "--id", &id]).await.unwrap_err();
+        assert!(refused.to_string().contains("can no longer be cancelled"), "{refused}");
+    }
+}

@@ -27,6 +27,7 @@ mod alerts;
 mod audit_report;
 mod audit_review;
 mod audit_verify;
+mod collect;
 mod keys;
 mod pki;
 mod policy;
@@ -181,6 +182,13 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         command: policy::PolicyCommand,
+    },
+    /// Collections: the employee types their own number on the vault's
+    /// page, payroll gets tokens (create prints the link and a QR code;
+    /// show, watch, cancel).
+    Collect {
+        #[command(subcommand)]
+        command: collect::CollectCommand,
     },
     /// A CA directory (init), client certificates with SPIFFE identities from
     /// it (issue), what it issued (list), and revocation in the running vault
@@ -487,6 +495,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Retention { command } => retention::retention(command, &data_dir, out).await,
         Command::Pki { command } => pki::pki(command, &data_dir, config.as_deref(), out).await,
         Command::Policy { command } => policy::run(command, &data_dir, out).await,
+        Command::Collect { command } => collect::run(command, &data_dir, out).await,
         Command::Purge(args) => retention::purge(args, &data_dir, out).await,
         Command::DeletionCertificate(args) => retention::certificate(args, &data_dir, out).await,
         Command::SigningKey { command } => {
@@ -594,6 +603,14 @@ fn config_check(
     bail!("{} problem(s) in the configuration:\n{}", report.problems.len(), lines.join("\n"))
 }
 
+/// A dev vault serves the collection page on loopback unless its
+/// configuration says where.
+fn serve_dev_page(settings: &mut Settings) {
+    if settings.dev && settings.collection.listen.is_none() {
+        settings.collection.listen = Some(datadir::DEV_PAGE_LISTEN.parse().expect("valid address"));
+    }
+}
+
 async fn serve(
     data_dir: &Path,
     config: Option<&Path>,
@@ -612,6 +629,7 @@ async fn serve(
             if let Some(listen) = listen {
                 settings.listen = listen;
             }
+            serve_dev_page(&mut settings);
             Ok(settings)
         }
     };
@@ -630,6 +648,7 @@ async fn serve(
     if let Some(listen) = listen {
         settings.listen = listen;
     }
+    serve_dev_page(&mut settings);
     crate::telemetry::apply(&settings.log);
     let application = Application::build(&settings).await?.with_reload_source(source);
     if settings.dev {

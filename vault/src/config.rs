@@ -79,6 +79,9 @@ pub struct Settings {
     /// Release patterns that raise an alert; see [`crate::alarms::AlarmSettings`].
     #[serde(default, skip_serializing_if = "crate::alarms::AlarmSettings::is_unset")]
     pub alarms: crate::alarms::AlarmSettings,
+    /// The collection page (off unless `listen` is set); see [`CollectionSettings`].
+    #[serde(default, skip_serializing_if = "CollectionSettings::is_unset")]
+    pub collection: CollectionSettings,
     /// The data directory this was loaded from (not part of the file).
     #[serde(skip)]
     pub data_dir: PathBuf,
@@ -366,6 +369,38 @@ pub struct TlsSettings {
     /// checked, and a list past its next update is still used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crl: Vec<PathBuf>,
+}
+
+/// `[collection]`: the page where an employee types their own number
+/// (`crate::collect_page`). HTTPS with the server's certificate only:
+/// employees have no client certificates. Off unless `listen` is set; a dev
+/// vault serves it on loopback (`127.0.0.1:50443`) unless told otherwise.
+/// Changed only by a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionSettings {
+    /// Where the page listens; none (the default) serves no page, and then
+    /// `CreateCollection` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The origin employees reach the page at, as links name it, e.g.
+    /// `https://vault.example.jp`; by default `https://<listen>`. Requests
+    /// whose `Origin` is another are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// The page's certificate (PEM); by default `tls.cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM); by default `tls.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl CollectionSettings {
+    /// Whether the settings say nothing (no page).
+    pub fn is_unset(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// `[identity]`: how a client certificate names its caller.

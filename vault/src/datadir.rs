@@ -50,6 +50,9 @@ pub const DEV_PKI_DIR: &str = "dev-pki";
 pub use crate::dev_pki::DEV_TENANT;
 /// Address a dev vault listens on.
 pub const DEV_LISTEN: &str = "127.0.0.1:50051";
+/// Address a dev vault serves its collection page on, unless its
+/// configuration names another.
+pub const DEV_PAGE_LISTEN: &str = "127.0.0.1:50443";
 /// Principal recorded in the audit log for what initialisation does.
 pub const INIT_PRINCIPAL: &str = "mnvault-init";
 /// The file that marks a data directory made for development.
@@ -208,6 +211,7 @@ pub fn dev_settings(data_dir: &Path) -> Settings {
         retention: Default::default(),
         audit: Default::default(),
         alarms: Default::default(),
+        collection: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }
@@ -235,6 +239,7 @@ pub fn production_settings(data_dir: &Path) -> Settings {
         retention: Default::default(),
         audit: Default::default(),
         alarms: Default::default(),
+        collection: Default::default(),
         data_dir: data_dir.to_owned(),
     }
 }

@@ -22,13 +22,14 @@ use x509_parser::extensions::GeneralName;
 /// The names the vault's own audit entries carry (initialisation, restore
 /// and adoption, reload): no certificate or configured principal may take
 /// one, so no caller writes entries the vault would take for its own.
-pub const RESERVED_PRINCIPALS: [&str; 6] = [
+pub const RESERVED_PRINCIPALS: [&str; 7] = [
     crate::root_key::ROTATION_PRINCIPAL,
     crate::datadir::INIT_PRINCIPAL,
     crate::backup::RESTORE_PRINCIPAL,
     crate::reload::RELOAD_PRINCIPAL,
     crate::key_schedule::SCHEDULER_PRINCIPAL,
     mnvault_core::vault::PURGE_PRINCIPAL,
+    mnvault_core::vault::COLLECTION_PAGE_PRINCIPAL,
 ];
 
 /// Whether `name` is one of [`RESERVED_PRINCIPALS`].

@@ -20,6 +20,7 @@ pub mod audit_sink;
 pub mod backup;
 pub mod checkpointer;
 pub mod cli;
+pub mod collect_page;
 pub mod config;
 pub mod datadir;
 pub mod dev_pki;

@@ -90,6 +90,9 @@ pub enum StartupError {
     /// `[identity]` names no usable identity source (the message names the key).
     #[error("invalid configuration: {0}")]
     Identity(String),
+    /// `[collection]` names no origin a browser could reach.
+    #[error("invalid configuration: {0}")]
+    Collection(String),
     /// The listener or the TLS setup failed.
     #[error("cannot serve on {address}: {source}")]
     Transport {
@@ -137,6 +140,9 @@ pub struct Application {
     context: Arc<VaultContext>,
     store: Arc<dyn Store>,
     metrics: Option<MetricsListener>,
+    /// The collection page's listener, its TLS setup and public origin,
+    /// when `[collection] listen` is set.
+    page: Option<PageListener>,
     /// Keeps restores out of the data directory until the vault has stopped.
     _serving: Option<crate::backup::ServingLock>,
 }
@@ -187,10 +193,11 @@ impl Application {
         let listener = TcpListener::bind(settings.listen).await.map_err(transport)?;
         let local_addr = listener.local_addr().map_err(transport)?;
         let metrics = settings.metrics.bind(settings.dev).await?;
+        let page = PageListener::bind(settings).await?;
         tracing::info!(%local_addr, database = %settings.database().describe(), "vault ready");
         let settings = settings.clone();
         let reloader = crate::reload::Reloader::new(context.clone(), live.clone(), settings.clone());
-        Ok(Self { local_addr, listener, live, settings, reloader, context, store, metrics, _serving })
+        Ok(Self { local_addr, listener, live, settings, reloader, context, store, metrics, page, _serving })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -201,6 +208,11 @@ impl Application {
     /// The address the metrics listener bound, if `[metrics] listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(MetricsListener::local_addr)
+    }
+
+    /// The collection page's public origin, if `[collection] listen` is set.
+    pub fn page_url(&self) -> Option<String> {
+        self.page.as_ref().map(|page| page.public_url.clone())
     }
 
     /// The core the vault serves, e.g. to read its integrity-failure count.
@@ -268,6 +280,13 @@ impl Application {
                     .max_encoding_message_size(message),
             )
             .add_service(
+                mnvault_proto::v1::collection_service_server::CollectionServiceServer::new(
+                    crate::service::CollectionApi::new(ctx.clone(), self.page_url()),
+                )
+                .max_decoding_message_size(message)
+                .max_encoding_message_size(message),
+            )
+            .add_service(
                 mnvault_proto::v1::retention_service_server::RetentionServiceServer::new(
                     crate::service::RetentionApi::new(ctx.clone()),
                 )
@@ -288,13 +307,106 @@ impl Application {
         let _refresher = crate::refresh::spawn(self.context.clone(), crate::refresh::REFRESH_INTERVAL);
         // The audit sinks' tailers: they write what is left once calls have ended.
         let audit_sinks = crate::audit_sink::spawn(self.context.clone(), &self.settings);
+        // The collection page stops when the vault starts stopping.
+        let page = self.page.map(|page| {
+            let desk = Arc::new(crate::service::PageDesk::new(self.context.clone()));
+            let settings = crate::collect_page::PageSettings {
+                public_origin: page.public_url,
+                shutdown_grace: self.settings.server.shutdown_grace(),
+                ..Default::default()
+            };
+            let stopping = self.context.stopping.child_token();
+            tokio::spawn(crate::collect_page::serve(page.listener, page.tls, desk, settings, stopping))
+        });
         let shutdown = health.stop_after(shutdown);
         crate::serve::serve(self.listener, self.live.tls.clone(), routes, self.context, shutdown).await;
+        if let Some(page) = page {
+            let _ = page.await;
+        }
         health.stopped().await;
         audit_sinks.finish().await;
         self.store.close().await;
         Ok(())
     }
+}
+
+/// The collection page's bound listener, not serving yet.
+struct PageListener {
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    /// `[collection] public_url`, or `https://<the address bound>`.
+    public_url: String,
+}
+
+impl PageListener {
+    /// Binds `[collection] listen`, if set; a dev vault only on loopback.
+    async fn bind(settings: &Settings) -> Result<Option<Self>, StartupError> {
+        let page = &settings.collection;
+        let Some(address) = page.listen else { return Ok(None) };
+        if settings.dev && !address.ip().is_loopback() {
+            return Err(StartupError::DevNotLoopback(address));
+        }
+        let tls = Arc::new(page_tls(settings)?);
+        let transport = |e: std::io::Error| StartupError::Transport { address: address.to_string(), source: e.into() };
+        let listener = TcpListener::bind(address).await.map_err(transport)?;
+        let local_addr = listener.local_addr().map_err(transport)?;
+        let public_url = match &page.public_url {
+            Some(url) => page_origin(url).map_err(StartupError::Collection)?,
+            None if local_addr.ip().is_unspecified() => {
+                return Err(StartupError::Collection(format!(
+                    "collection.listen = \"{address}\" is every address: name the one employees reach in \
+                     collection.public_url, e.g. \"https://vault.example.jp\""
+                )))
+            }
+            None => format!("https://{local_addr}"),
+        };
+        tracing::info!(%local_addr, %public_url, "collection page ready");
+        Ok(Some(Self { listener, tls, public_url }))
+    }
+}
+
+/// `collection.public_url` as browsers write an origin (`Origin` headers
+/// are compared with it): `https://`, a host in lowercase, a port only when
+/// it is not 443, nothing after.
+fn page_origin(url: &str) -> Result<String, String> {
+    let refused = |why: &str| format!("collection.public_url {why}; write it as https://vault.example.jp[:port]");
+    let uri: http::Uri = url.parse().map_err(|_| refused("is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(refused("must start with https:// (the page is served over TLS only)"));
+    }
+    let authority = uri.authority().ok_or_else(|| refused("names no host"))?;
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(refused("must be an origin: no user, path or query"));
+    }
+    let host = authority.host().to_ascii_lowercase();
+    Ok(match authority.port_u16() {
+        None | Some(443) => format!("https://{host}"),
+        Some(port) => format!("https://{host}:{port}"),
+    })
+}
+
+/// Server-only TLS for the collection page: employees have no client
+/// certificates. The page's own certificate and key, or the vault's.
+fn page_tls(settings: &Settings) -> Result<ServerConfig, StartupError> {
+    let page = &settings.collection;
+    let read = |path: &std::path::Path| {
+        let path = settings.resolve(path);
+        std::fs::read(&path).map_err(|source| StartupError::TlsFile { path, source })
+    };
+    let address = page.listen.map(|a| a.to_string()).unwrap_or_default();
+    let invalid = |what: &str, error: &dyn std::fmt::Display| StartupError::Transport {
+        address: address.clone(),
+        source: format!("{what}: {error}").into(),
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(page.cert.as_ref().unwrap_or(&settings.tls.cert))?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("the collection page's certificate is not PEM", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(page.key.as_ref().unwrap_or(&settings.tls.key))?)
+        .map_err(|e| invalid("the collection page's private key is not PEM", &e))?;
+    ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("the collection page's certificate and key do not fit", &e))
 }
 
 /// Mutual TLS as tonic's server sets it up: the vault's certificate, HTTP/2
@@ -364,4 +476,21 @@ fn read_crls(path: &std::path::Path, index: usize) -> Result<Vec<CertificateRevo
             .map_err(|error| problem(format!("is not a certificate revocation list (PEM or DER): {error}")))?;
     }
     Ok(crls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_origin;
+
+    #[test]
+    fn a_public_url_is_read_as_browsers_write_origins() {
+        assert_eq!(page_origin("https://Vault.Example.jp/").unwrap(), "https://vault.example.jp");
+        assert_eq!(page_origin("https://vault.example.jp:443").unwrap(), "https://vault.example.jp");
+        assert_eq!(page_origin("https://127.0.0.1:50443").unwrap(), "https://127.0.0.1:50443");
+        for bad in
+            ["http://vault.example.jp", "https://vault.example.jp/collect", "https://u@vault.example.jp", "vault"]
+        {
+            assert!(page_origin(bad).is_err(), "{bad}");
+        }
+    }
 }

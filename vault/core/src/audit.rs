@@ -109,11 +109,25 @@ pub enum Operation {
     RevokeCertificate,
     /// `AdminService.ListRevokedCertificates`.
     ListRevokedCertificates,
+    /// `CollectionService.CreateCollection`: a link for an employee.
+    CreateCollection,
+    /// `CollectionService.GetCollection`; naming the tokens once submitted.
+    GetCollection,
+    /// `CollectionService.WatchCollections`, one entry per collection sent.
+    WatchCollections,
+    /// `CollectionService.CancelCollection`.
+    CancelCollection,
+    /// The collection page showed a link's form (or refused the link).
+    OpenCollection,
+    /// The collection page stored the numbers typed, naming their tokens.
+    SubmitCollection,
+    /// Not a call: a collection found past its expiry, settled as expired.
+    ExpireCollection,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 32] = [
+    pub const ALL: [Operation; 39] = [
         Operation::Tokenize,
         Operation::TokenizeStream,
         Operation::DescribeToken,
@@ -146,6 +160,13 @@ impl Operation {
         Operation::ApproveTenantPolicy,
         Operation::RevokeCertificate,
         Operation::ListRevokedCertificates,
+        Operation::CreateCollection,
+        Operation::GetCollection,
+        Operation::WatchCollections,
+        Operation::CancelCollection,
+        Operation::OpenCollection,
+        Operation::SubmitCollection,
+        Operation::ExpireCollection,
     ];
 
     /// Stable identifier stored in entries.
@@ -183,6 +204,13 @@ impl Operation {
             Operation::ApproveTenantPolicy => "admin.approve-tenant-policy",
             Operation::RevokeCertificate => "admin.revoke-certificate",
             Operation::ListRevokedCertificates => "admin.list-revoked-certificates",
+            Operation::CreateCollection => "collection.create",
+            Operation::GetCollection => "collection.get",
+            Operation::WatchCollections => "collection.watch",
+            Operation::CancelCollection => "collection.cancel",
+            Operation::OpenCollection => "collection.open",
+            Operation::SubmitCollection => "collection.submit",
+            Operation::ExpireCollection => "collection.expire",
         }
     }
 }

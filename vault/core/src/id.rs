@@ -40,6 +40,9 @@ pub enum IdError {
         "the policy change id is not valid: a change id is `pc_` and 16 base32 characters, as `policy set` printed it"
     )]
     PolicyChangeId,
+    /// A collection identifier does not follow its grammar.
+    #[error("the collection id is not valid: a collection id is `col_` and 16 base32 characters, as `collect create` printed it")]
+    CollectionId,
     /// A principal name does not follow its grammar.
     #[error(
         "the principal name is not valid: use 1 to 128 ASCII letters, digits, `.`, `_`, `-` or `@`, holding no \
@@ -137,6 +140,28 @@ impl JobId {
             .is_some_and(|rest| rest.len() == JOB_ID_CHARS && rest.bytes().all(is_base32_lower))
             && !contains_number(text);
         valid.then(|| Self(text.to_owned())).ok_or(IdError::JobId)
+    }
+}
+
+text_id!(
+    /// A collection (an employee entering their own number on the vault's
+    /// page): `col_` and 16 lowercase base32 characters (80 random bits),
+    /// drawn by [`crate::mint::draw_collection_id`]. Not the link's secret:
+    /// payroll names a collection by it, and it appears in the audit log.
+    CollectionId
+);
+
+/// Prefix of collection identifiers.
+pub const COLLECTION_ID_PREFIX: &str = "col_";
+
+impl CollectionId {
+    /// Parses a collection identifier.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        let valid = text
+            .strip_prefix(COLLECTION_ID_PREFIX)
+            .is_some_and(|rest| rest.len() == JOB_ID_CHARS && rest.bytes().all(is_base32_lower))
+            && !contains_number(text);
+        valid.then(|| Self(text.to_owned())).ok_or(IdError::CollectionId)
     }
 }
 
@@ -517,7 +542,14 @@ mod tests {
 
     #[test]
     fn refusals_never_repeat_the_input() {
-        for error in [IdError::Tenant, IdError::Token, IdError::JobId, IdError::Principal, IdError::RequestId] {
+        for error in [
+            IdError::Tenant,
+            IdError::Token,
+            IdError::JobId,
+            IdError::CollectionId,
+            IdError::Principal,
+            IdError::RequestId,
+        ] {
             assert!(!error.to_string().contains("621498320257"));
         }
     }

@@ -50,6 +50,8 @@ mod kind {
     pub const JOB_STATE: &[u8] = b"job-state";
     pub const TENANT_POLICY: &[u8] = b"tenant-policy";
     pub const POLICY_PROPOSAL: &[u8] = b"policy-proposal";
+    pub const COLLECTION: &[u8] = b"collection";
+    pub const COLLECTION_LINK: &[u8] = b"collection-link";
 }
 
 /// Operations whose allowed entries change a job's state; the rollback check
@@ -251,6 +253,35 @@ impl Integrity {
                 &row.proposed_seq.to_be_bytes(),
             ],
         )
+    }
+
+    /// The tag of a collection's row: every column, so a database writer can
+    /// neither move a collection to another tenant, reopen a settled one,
+    /// lengthen its life nor swap its tokens.
+    pub fn collection_tag(&self, row: &crate::store::CollectionRow) -> [u8; 32] {
+        self.key.tag(
+            kind::COLLECTION,
+            [
+                row.collection_id.as_bytes(),
+                row.tenant.as_bytes(),
+                &row.link_hash[..],
+                row.reference.as_bytes(),
+                row.relations.as_bytes(),
+                row.purposes.as_bytes(),
+                row.created_by.as_bytes(),
+                &row.created_at.to_be_bytes(),
+                &row.expires_at.to_be_bytes(),
+                row.state.as_bytes(),
+                &row.settled_at.to_be_bytes(),
+                row.tokens.as_bytes(),
+            ],
+        )
+    }
+
+    /// The keyed hash a collection is found by: the link's secret is never
+    /// stored, and a database writer cannot make a link of their own work.
+    pub fn link_hash(&self, link: &crate::collection::LinkSecret) -> [u8; 32] {
+        self.key.tag(kind::COLLECTION_LINK, [link.expose().as_bytes()])
     }
 
     /// Whether a row's stored tag is `expected`; a row that fails is

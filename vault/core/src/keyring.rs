@@ -705,6 +705,20 @@ mod tests {
     }
 
     #[async_trait]
+    impl crate::store::CollectionReadTx for FakeRead {
+        async fn collections(
+            &mut self,
+            _: &TenantId,
+            _: &[crate::id::CollectionId],
+        ) -> Result<Vec<crate::store::CollectionRow>, StoreError> {
+            unreachable!()
+        }
+        async fn collection_by_link(&mut self, _: &[u8]) -> Result<Option<crate::store::CollectionRow>, StoreError> {
+            unreachable!()
+        }
+    }
+
+    #[async_trait]
     impl crate::store::RootRotationReadTx for FakeRead {
         async fn wrapped_keys(
             &mut self,

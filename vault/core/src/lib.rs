@@ -30,6 +30,7 @@
 pub mod audit;
 pub mod authz;
 pub mod clock;
+pub mod collection;
 pub mod error;
 mod group_commit;
 pub mod id;

@@ -4,8 +4,8 @@ use rand::{Rng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::id::{
-    JobId, PolicyChangeId, RequestId, Token, TokenFormat, JOB_ID_PREFIX, OPAQUE_TOKEN_PREFIX, POLICY_CHANGE_ID_PREFIX,
-    REQUEST_ID_PREFIX,
+    CollectionId, JobId, PolicyChangeId, RequestId, Token, TokenFormat, COLLECTION_ID_PREFIX, JOB_ID_PREFIX,
+    OPAQUE_TOKEN_PREFIX, POLICY_CHANGE_ID_PREFIX, REQUEST_ID_PREFIX,
 };
 use crate::number::{check_digit, contains_number};
 
@@ -37,6 +37,16 @@ pub fn draw_policy_change_id() -> PolicyChangeId {
         format!("{POLICY_CHANGE_ID_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
     });
     PolicyChangeId::parse(&text).expect("a drawn change id follows its grammar")
+}
+
+/// Draws a fresh random collection identifier (80 random bits).
+pub fn draw_collection_id() -> CollectionId {
+    let text = draw_without_number(|| {
+        let mut bytes = [0u8; 10];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        format!("{COLLECTION_ID_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    });
+    CollectionId::parse(&text).expect("a drawn collection id follows its grammar")
 }
 
 /// Draws a fresh random request id (128 random bits), one per call.

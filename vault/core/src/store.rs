@@ -29,6 +29,7 @@ use crate::id::{JobId, Principal, RequestId, TenantId, Token, TokenFormat};
 use crate::job::JobTerms;
 
 mod checkpoint;
+mod collection;
 mod offboarding;
 mod report;
 mod retention;
@@ -37,6 +38,7 @@ mod rotation;
 mod tenant_policy;
 
 pub use checkpoint::{CheckpointReadTx, CheckpointWriteTx};
+pub use collection::{CollectionReadTx, CollectionRow, CollectionWriteTx};
 pub use offboarding::{OffboardingReadTx, OffboardingWriteTx};
 pub use report::ReportReadTx;
 pub use retention::{RetentionReadTx, RetentionRow, RetentionWriteTx, TombstoneRow};
@@ -331,6 +333,7 @@ pub trait ReadTx:
     + CheckpointReadTx
     + ReportReadTx
     + TenantPolicyReadTx
+    + CollectionReadTx
 {
     /// The wrapped system key `name`, if stored.
     async fn system_key(&mut self, name: &str) -> Result<Option<WrappedKey>, StoreError>;
@@ -380,6 +383,7 @@ pub trait WriteTx:
     + OffboardingWriteTx
     + CheckpointWriteTx
     + TenantPolicyWriteTx
+    + CollectionWriteTx
 {
     /// Stores a system key; `false` if `name` is already taken.
     async fn insert_system_key(&mut self, name: &str, key: &WrappedKey, created_at: i64) -> Result<bool, StoreError>;

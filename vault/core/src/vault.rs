@@ -31,6 +31,7 @@ use crate::store::{AuditFilter, ChainHead, NewJob, NewRecord, RecordRow, Store, 
 use crate::text::FreeText;
 
 pub mod checkpoint;
+mod collection;
 mod offboarding;
 mod retention;
 mod revocation;
@@ -38,6 +39,7 @@ mod root_rotation;
 mod rotation;
 mod tenant_policy;
 
+pub use collection::COLLECTION_PAGE_PRINCIPAL;
 pub use offboarding::{ExportChunk, Shredded, TenantExport, EXPORT_PAGE};
 pub use retention::{IssuedCertificate, PurgeItem, PurgeReport, PURGE_PRINCIPAL};
 pub use root_rotation::{
@@ -426,16 +428,8 @@ impl VaultCore {
             if records.is_empty() {
                 continue;
             }
-            offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
-            tx.insert_records(tenant, *format, records, now).await?;
-            // Who holds each index now: our row, an earlier one, or a
-            // concurrent writer's.
-            let indexes: Vec<BlindIndex> = records.iter().map(|r| r.blind_index).collect();
-            let holders = tx.records_by_blind_index(tenant, *format, &indexes).await?;
-            let holders = self.holders(tenant, &indexes, holders)?;
-            for ((record, &(call, position)), holder) in records.iter().zip(slots).zip(holders) {
-                // Nobody holds the index, so our row lost on the token itself.
-                let token = holder.ok_or(TokenizeFailure::Collided)?;
+            let holders = self.write_records(tx.as_mut(), tenant, *format, records, now).await?;
+            for ((record, &(call, position)), token) in records.iter().zip(slots).zip(holders) {
                 answers[call][position] = Some(Tokenized { created: token == record.token, token });
             }
         }
@@ -455,6 +449,27 @@ impl VaultCore {
         append_all(tx.as_mut(), &self.audit_key, drafts, now).await?;
         commit_audited(tx).await?;
         Ok(answers)
+    }
+
+    /// Inserts one tenant's and format's new records and returns, for each,
+    /// the token that holds its number now: its own, an earlier one, or a
+    /// concurrent writer's. The one way records are written, by tokenize and
+    /// by a collection's submit alike.
+    async fn write_records(
+        &self,
+        tx: &mut dyn WriteTx,
+        tenant: &TenantId,
+        format: TokenFormat,
+        records: &[NewRecord],
+        now: i64,
+    ) -> Result<Vec<Token>, TokenizeFailure> {
+        offboarding::refuse_if_shredded(tx, tenant).await?;
+        tx.insert_records(tenant, format, records, now).await?;
+        let indexes: Vec<BlindIndex> = records.iter().map(|r| r.blind_index).collect();
+        let holders = tx.records_by_blind_index(tenant, format, &indexes).await?;
+        let holders = self.holders(tenant, &indexes, holders)?;
+        // Nobody holds an index: our row lost on the token itself.
+        holders.into_iter().map(|holder| holder.ok_or(TokenizeFailure::Collided)).collect()
     }
 
     /// What the vault knows about a token, never its number.

@@ -24,6 +24,7 @@ use mnvault_keys::{BlindIndex, KeyError, KeyMaterial, RootKeyProvider, WrapConte
 use super::Metrics;
 
 mod checkpoint;
+mod collection;
 mod offboarding;
 mod report;
 mod retention;

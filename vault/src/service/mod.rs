@@ -11,6 +11,7 @@
 
 mod admin;
 mod audit_review;
+mod collection;
 mod filing;
 mod keys;
 mod retention;
@@ -19,6 +20,7 @@ mod wire;
 
 pub use admin::AdminApi;
 pub use audit_review::AuditApi;
+pub use collection::{CollectionApi, PageDesk};
 pub use filing::FilingApi;
 pub use keys::KeyApi;
 pub use retention::RetentionApi;
@@ -121,6 +123,10 @@ pub fn operation_of_path(path: &str) -> Option<Operation> {
         (pb::key_service_server::SERVICE_NAME, "RewrapTenantRecords") => Operation::RewrapTenantRecords,
         (pb::key_service_server::SERVICE_NAME, "GetKeyStatus") => Operation::GetKeyStatus,
         (pb::key_service_server::SERVICE_NAME, "RetireKeyVersion") => Operation::RetireKeyVersion,
+        (pb::collection_service_server::SERVICE_NAME, "CreateCollection") => Operation::CreateCollection,
+        (pb::collection_service_server::SERVICE_NAME, "GetCollection") => Operation::GetCollection,
+        (pb::collection_service_server::SERVICE_NAME, "WatchCollections") => Operation::WatchCollections,
+        (pb::collection_service_server::SERVICE_NAME, "CancelCollection") => Operation::CancelCollection,
         _ => return None,
     };
     Some(operation)
@@ -429,6 +435,11 @@ impl<T: Send + 'static> Feed<T> {
         }
     }
 
+    /// Completes once the client has gone (the stream was dropped).
+    pub(crate) async fn closed(&self) {
+        self.sender.closed().await
+    }
+
     /// Marks the answer complete: the stream ends after what was sent.
     pub(crate) fn finish(self) {
         self.finished.store(true, Ordering::Release);
@@ -459,8 +470,15 @@ mod tests {
         }
         mapped.sort_unstable();
         // The vault's own entries, not calls.
-        let own =
-            [Operation::ReloadPrincipals, Operation::RotateRootKey, Operation::DeleteRecords, Operation::RaiseAlert];
+        let own = [
+            Operation::ReloadPrincipals,
+            Operation::RotateRootKey,
+            Operation::DeleteRecords,
+            Operation::RaiseAlert,
+            Operation::OpenCollection,
+            Operation::SubmitCollection,
+            Operation::ExpireCollection,
+        ];
         let calls = Operation::ALL.iter().filter(|o| !own.contains(o));
         let mut all: Vec<_> = calls.map(|o| o.id()).collect();
         all.sort_unstable();

@@ -61,6 +61,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row, Transa
 use super::OpenMode;
 
 mod checkpoint;
+mod collection;
 mod offboarding;
 mod report;
 mod retention;

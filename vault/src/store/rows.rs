@@ -3,7 +3,7 @@
 //! a panic.
 
 use mnvault_core::audit::checkpoint::{SignedCheckpoint, SigningKeyRecord};
-use mnvault_core::store::{PolicyProposalRow, StoreError, TenantPolicyRow};
+use mnvault_core::store::{CollectionRow, PolicyProposalRow, StoreError, TenantPolicyRow};
 use mnvault_keys::PublicKey;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -118,4 +118,63 @@ where
         proposed_seq: column(row, "proposed_seq", "tenant_policy_proposals.proposed_seq")?,
         tag: column(row, "tag", "tenant_policy_proposals.tag")?,
     })
+}
+
+/// A row of `collections`.
+pub(crate) fn collection<'r, R>(row: &'r R) -> Result<CollectionRow, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(CollectionRow {
+        collection_id: column(row, "collection_id", "collections.collection_id")?,
+        tenant: column(row, "tenant", "collections.tenant")?,
+        link_hash: column(row, "link_hash", "collections.link_hash")?,
+        reference: column(row, "reference", "collections.reference")?,
+        relations: column(row, "relations", "collections.relations")?,
+        purposes: column(row, "purposes", "collections.purposes")?,
+        created_by: column(row, "created_by", "collections.created_by")?,
+        created_at: column(row, "created_at", "collections.created_at")?,
+        expires_at: column(row, "expires_at", "collections.expires_at")?,
+        state: column(row, "state", "collections.state")?,
+        settled_at: column(row, "settled_at", "collections.settled_at")?,
+        tokens: column(row, "tokens", "collections.tokens")?,
+        tag: column(row, "tag", "collections.tag")?,
+    })
+}
+
+/// The columns [`collection`] reads, in one place for both backends.
+pub(crate) const COLLECTION_COLUMNS: &str = "collection_id, tenant, link_hash, reference, relations, purposes, \
+     created_by, created_at, expires_at, state, settled_at, tokens, tag";
+
+/// The statement that inserts `row`, in either backend's placeholders.
+pub(crate) fn insert_collection<'args, DB>(row: &CollectionRow) -> sqlx::QueryBuilder<'args, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'args, DB> + Type<DB>,
+    i64: sqlx::Encode<'args, DB> + Type<DB>,
+    Vec<u8>: sqlx::Encode<'args, DB> + Type<DB>,
+    Option<Vec<u8>>: sqlx::Encode<'args, DB> + Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new(format!("INSERT INTO collections ({COLLECTION_COLUMNS}) VALUES ("));
+    let mut values = query.separated(", ");
+    values.push_bind(row.collection_id.clone());
+    values.push_bind(row.tenant.clone());
+    values.push_bind(row.link_hash.clone());
+    values.push_bind(row.reference.clone());
+    values.push_bind(row.relations.clone());
+    values.push_bind(row.purposes.clone());
+    values.push_bind(row.created_by.clone());
+    values.push_bind(row.created_at);
+    values.push_bind(row.expires_at);
+    values.push_bind(row.state.clone());
+    values.push_bind(row.settled_at);
+    values.push_bind(row.tokens.clone());
+    values.push_bind(row.tag.clone());
+    values.push_unseparated(")");
+    query
 }

@@ -32,6 +32,7 @@ use super::rows::{column, position};
 use super::OpenMode;
 
 mod checkpoint;
+mod collection;
 mod offboarding;
 mod report;
 mod retention;

@@ -1,0 +1,239 @@
+//! Collections (issue 12) over gRPC, through the real server: payroll asks,
+//! the employee's numbers arrive (here straight through the core's submit,
+//! as the page calls it; `browser` drives the page itself), payroll gets
+//! tokens that detokenize in a job to what was typed, and every step is
+//! audited without a number.
+
+use futures::StreamExt;
+use mnvault::config::Settings;
+use mnvault_client::collection::{Collection, CollectionState, NewCollection};
+use mnvault_client::{Code, FilingJobState};
+use mnvault_core::audit::{AuditDraft, Operation};
+use mnvault_core::collection::{LinkOutcome, LinkSecret, SubmitOutcome, UnusableLink};
+use mnvault_core::number::MyNumber;
+
+use crate::helpers::{approved_job, refusal, spawn_app_with, valid_numbers, Backend, TestApp};
+
+/// A vault in the compatibility mode whose collection page listens on a
+/// free loopback port.
+pub(crate) async fn spawn_with_page(backend: &Backend) -> TestApp {
+    spawn_app_with(backend, |settings: &mut Settings| {
+        settings.collection.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await
+}
+
+/// What payroll asks for: the employee and `dependants` children.
+pub(crate) fn asked(dependants: usize, lifetime_seconds: u64) -> NewCollection {
+    let mut relations = vec!["employee".to_owned()];
+    relations.extend(std::iter::repeat_n("child".to_owned(), dependants));
+    NewCollection {
+        reference: "emp-kato".into(),
+        relations,
+        purposes: vec!["withholding-slip".into(), "dependent-deduction-declaration".into()],
+        lifetime_seconds,
+    }
+}
+
+/// The secret at the end of a link.
+pub(crate) fn secret_of(link: &str) -> LinkSecret {
+    let secret = link.rsplit('/').next().unwrap();
+    LinkSecret::parse(secret).unwrap_or_else(|| panic!("the link ends in a secret: {link}"))
+}
+
+/// Submits `numbers` for `link` as the page does.
+pub(crate) async fn submit(app: &TestApp, link: &str, numbers: &[String]) -> SubmitOutcome {
+    let numbers: Vec<MyNumber> = numbers.iter().map(|n| MyNumber::parse(n).unwrap()).collect();
+    let mut draft = AuditDraft::new(Operation::SubmitCollection);
+    app.core().submit_collection(&secret_of(link), &numbers, &mut draft).await.unwrap()
+}
+
+async fn open(app: &TestApp, link: &str) -> LinkOutcome {
+    let mut draft = AuditDraft::new(Operation::OpenCollection);
+    app.core().open_collection(&secret_of(link), &mut draft).await.unwrap()
+}
+
+fn state(collection: &Collection) -> CollectionState {
+    CollectionState::try_from(collection.state).unwrap()
+}
+
+fn tokens(collection: &Collection) -> Vec<String> {
+    collection.numbers.iter().map(|n| n.token.clone()).collect()
+}
+
+/// The numbers a job releases for `tokens`, in their order.
+pub(crate) async fn released(app: &TestApp, tokens: &[String]) -> Vec<String> {
+    let job = approved_job(app, tokens, 1).await;
+    let filer = app.client("filer").await;
+    let answers = filer.detokenize(&job, tokens.to_vec()).await.unwrap();
+    let state = filer.get_filing_job(&job).await.unwrap().state;
+    assert_eq!(FilingJobState::try_from(state).unwrap(), FilingJobState::Approved);
+    tokens
+        .iter()
+        .map(|token| {
+            let answer = answers.iter().find(|a| &a.token == token).unwrap();
+            secrecy::ExposeSecret::expose_secret(&answer.number).to_owned()
+        })
+        .collect()
+}
+
+on_both_backends! {
+    async fn payroll_gets_tokens_that_detokenize_to_the_numbers_typed(backend) {
+        let app = spawn_with_page(&backend).await;
+        let payroll = app.client("payroll").await;
+        let created = payroll.create_collection("demo", asked(1, 0)).await.unwrap();
+        let collection = created.collection.unwrap();
+        assert!(created.link.starts_with("https://127.0.0.1:"), "{}", created.link);
+        assert!(collection.collection_id.starts_with("col_"));
+        assert_eq!(state(&collection), CollectionState::Open);
+        assert_eq!(tokens(&collection), vec![String::new(), String::new()], "no token before the submit");
+
+        let LinkOutcome::Open(form) = open(&app, &created.link).await else { panic!("the link is open") };
+        assert_eq!(form.company.as_str(), "Demo tenant (dev)", "the page names the tenant");
+        assert_eq!(form.asked.len(), 2);
+
+        let numbers = valid_numbers(2);
+        assert_eq!(submit(&app, &created.link, &numbers).await, SubmitOutcome::Submitted { numbers: 2 });
+        let fetched = payroll.collection("demo", &collection.collection_id).await.unwrap();
+        assert_eq!(state(&fetched), CollectionState::Submitted);
+        let tokens = tokens(&fetched);
+        assert!(tokens.iter().all(|t| t.starts_with("mnt_")), "{tokens:?}");
+        assert_eq!(released(&app, &tokens).await, numbers, "each token holds the number typed for it");
+        // No byte the vault wrote holds a collected number.
+        crate::integrity::assert_no_number_in(&app, &numbers).await;
+
+        // The link works once: a second submit stores nothing, and reads as an unknown link.
+        // (One number for a form of two: the link's state answers first.)
+        let again = submit(&app, &created.link, &valid_numbers(1)).await;
+        assert_eq!(again, SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed));
+        let LinkOutcome::Unusable(used) = open(&app, &created.link).await else { panic!("used") };
+        assert_eq!(used, UnusableLink::UnknownOrUsed);
+        let unknown = LinkSecret::draw();
+        let mut draft = AuditDraft::new(Operation::OpenCollection);
+        let LinkOutcome::Unusable(never) = app.core().open_collection(&unknown, &mut draft).await.unwrap() else {
+            panic!("an unknown link")
+        };
+        assert_eq!(never, used, "unknown and used links read the same");
+        assert_eq!(tokens, crate::collection::tokens(&payroll.collection("demo", &collection.collection_id).await.unwrap()));
+
+        // Every step is in the log: created, opened, submitted (naming the tokens), fetched.
+        let entries = app.audit_entries().await;
+        let by = |operation: &str| entries.iter().filter(|e| e.operation == operation).collect::<Vec<_>>();
+        assert_eq!(by("collection.create").len(), 1);
+        let opened = by("collection.open");
+        assert_eq!(opened.len(), 2, "opened, then refused once used; an unknown link writes nothing");
+        assert_eq!((opened[0].outcome.as_str(), opened[1].outcome.as_str()), ("ok", "denied"));
+        let submits = by("collection.submit");
+        assert_eq!(submits.len(), 2, "the submit and the refused second one");
+        assert_eq!(submits[0].tokens, tokens);
+        assert_eq!(submits[0].principal, "mnvault-collection-page");
+        assert_eq!(submits[1].outcome, "denied");
+        assert!(by("collection.get").iter().any(|e| e.tokens == tokens), "the fetch names what it handed out");
+    }
+
+    async fn watch_sends_each_collection_as_it_settles_then_ends(backend) {
+        let app = spawn_with_page(&backend).await;
+        let payroll = app.client("payroll").await;
+        let first = payroll.create_collection("demo", asked(0, 0)).await.unwrap();
+        let second = payroll.create_collection("demo", asked(0, 0)).await.unwrap();
+        let ids: Vec<String> =
+            [&first, &second].iter().map(|c| c.collection.as_ref().unwrap().collection_id.clone()).collect();
+        let mut watch = payroll.watch_collections("demo", ids.clone()).await.unwrap();
+
+        let number = valid_numbers(1);
+        submit(&app, &first.link, &number).await;
+        let sent = watch.next().await.unwrap().unwrap();
+        assert_eq!(sent.collection_id, ids[0]);
+        assert_eq!(state(&sent), CollectionState::Submitted);
+        assert_eq!(released(&app, &tokens(&sent)).await, number);
+
+        let cancelled = payroll.cancel_collection("demo", &ids[1]).await.unwrap();
+        assert_eq!(state(&cancelled), CollectionState::Cancelled);
+        let sent = watch.next().await.unwrap().unwrap();
+        assert_eq!((sent.collection_id.as_str(), state(&sent)), (ids[1].as_str(), CollectionState::Cancelled));
+        assert!(watch.next().await.is_none(), "the watch ends once every collection settled");
+        let LinkOutcome::Unusable(refused) = open(&app, &second.link).await else { panic!("cancelled") };
+        assert_eq!(refused, UnusableLink::Cancelled);
+        let (code, _) = refusal(payroll.cancel_collection("demo", &ids[1]).await);
+        assert_eq!(code, Code::FailedPrecondition, "a settled collection is not cancelled again");
+    }
+
+    async fn an_expired_link_refuses_and_its_expiry_is_audited(backend) {
+        let app = spawn_with_page(&backend).await;
+        let payroll = app.client("payroll").await;
+        let created = payroll.create_collection("demo", asked(0, 1)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+        let submitted = submit(&app, &created.link, &valid_numbers(1)).await;
+        assert_eq!(submitted, SubmitOutcome::Unusable(UnusableLink::Expired));
+        let LinkOutcome::Unusable(refused) = open(&app, &created.link).await else { panic!("expired") };
+        assert_eq!(refused, UnusableLink::Expired);
+        let id = created.collection.unwrap().collection_id;
+        let fetched = payroll.collection("demo", &id).await.unwrap();
+        assert_eq!(state(&fetched), CollectionState::Expired);
+        assert!(fetched.numbers.iter().all(|n| n.token.is_empty()));
+        let entries = app.audit_entries().await;
+        let expiries: Vec<_> = entries.iter().filter(|e| e.operation == "collection.expire").collect();
+        assert_eq!(expiries.len(), 1, "settled as expired once, however often it was read");
+    }
+
+    async fn only_the_tenants_payroll_may_ask_and_bad_requests_are_refused(backend) {
+        let app = spawn_with_page(&backend).await;
+        let payroll = app.client("payroll").await;
+        for name in ["requester", "approver", "filer", "auditor"] {
+            let (code, _) = refusal(app.client(name).await.create_collection("demo", asked(0, 0)).await);
+            assert_eq!(code, Code::PermissionDenied, "{name}");
+        }
+        let number = valid_numbers(1).remove(0);
+        let bad = [
+            NewCollection { reference: format!("emp {number}"), ..asked(0, 0) },
+            NewCollection { relations: vec!["employee".into(), "neighbour".into()], ..asked(0, 0) },
+            NewCollection { relations: vec![], ..asked(0, 0) },
+            NewCollection { relations: vec!["child".into(); 17], ..asked(0, 0) },
+            NewCollection { purposes: vec![], ..asked(0, 0) },
+            NewCollection { purposes: vec!["tenant-export".into()], ..asked(0, 0) },
+            NewCollection { lifetime_seconds: 31 * 24 * 3600, ..asked(0, 0) },
+        ];
+        for request in bad {
+            let (code, message) = refusal(payroll.create_collection("demo", request).await);
+            assert_eq!(code, Code::InvalidArgument, "{message}");
+            assert!(!message.contains(&number), "a refusal never repeats a number");
+        }
+        let (code, _) = refusal(payroll.collection("demo", "col_abcdefghijklmnop").await);
+        assert_eq!(code, Code::NotFound);
+        let log = format!("{:?}", app.audit_entries().await);
+        assert!(!log.contains(&number), "no entry holds the number");
+    }
+
+    async fn a_vault_without_a_page_opens_no_collection(backend) {
+        let app = spawn_app_with(&backend, |_| {}).await;
+        let (code, message) = refusal(app.client("payroll").await.create_collection("demo", asked(0, 0)).await);
+        assert_eq!(code, Code::FailedPrecondition);
+        assert!(message.contains("[collection]"), "{message}");
+    }
+
+    async fn a_collection_row_edited_in_the_database_is_refused(backend) {
+        let app = spawn_with_page(&backend).await;
+        let payroll = app.client("payroll").await;
+        let created = payroll.create_collection("demo", asked(0, 0)).await.unwrap();
+        let id = created.collection.unwrap().collection_id;
+        // A database writer lengthens the link's life.
+        app.database().await.exec("UPDATE collections SET expires_at = expires_at + 1000").await;
+        let (code, _) = refusal(payroll.collection("demo", &id).await);
+        assert_eq!(code, Code::DataLoss);
+        let numbers: Vec<MyNumber> = valid_numbers(1).iter().map(|n| MyNumber::parse(n).unwrap()).collect();
+        let mut draft = AuditDraft::new(Operation::SubmitCollection);
+        let refused = app.core().submit_collection(&secret_of(&created.link), &numbers, &mut draft).await;
+        assert!(matches!(refused, Err(mnvault_core::VaultError::DataLoss(_))), "{refused:?}");
+        assert!(app.integrity_failures() >= 2);
+    }
+}
+
+on_both_backends! {
+    async fn a_shredded_tenants_links_read_as_cancelled(backend) {
+        let app = spawn_with_page(&backend).await;
+        let created = app.client("payroll").await.create_collection("demo", asked(0, 0)).await.unwrap();
+        app.client("admin").await.shred_tenant("demo").await.unwrap();
+        let LinkOutcome::Unusable(refused) = open(&app, &created.link).await else { panic!("shredded") };
+        assert_eq!(refused, UnusableLink::Cancelled);
+    }
+}

@@ -1,0 +1,69 @@
+//! Store steps of collections.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::id::{CollectionId, TenantId};
+
+/// A collection as stored, unparsed: the core checks its tag before
+/// believing any of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionRow {
+    /// The `collection_id` column.
+    pub collection_id: String,
+    /// The `tenant` column.
+    pub tenant: String,
+    /// Keyed hash of the link's secret ([`crate::integrity::Integrity::link_hash`]).
+    pub link_hash: Vec<u8>,
+    /// Payroll's reference.
+    pub reference: String,
+    /// Relations asked for, in their stored form.
+    pub relations: String,
+    /// Purposes, in their stored form.
+    pub purposes: String,
+    /// Who asked for it.
+    pub created_by: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    /// The state's identifier.
+    pub state: String,
+    /// When the state was reached.
+    pub settled_at: i64,
+    /// The tokens, space-separated, once submitted.
+    pub tokens: String,
+    /// The state tag (absent in a row nobody tagged).
+    pub tag: Option<Vec<u8>>,
+}
+
+/// Read steps of collections; every [`super::ReadTx`] offers them.
+#[async_trait]
+pub trait CollectionReadTx: Send {
+    /// The tenant's collections among `ids` (at most
+    /// [`crate::collection::MAX_WATCHED`]), in no particular order.
+    async fn collections(&mut self, tenant: &TenantId, ids: &[CollectionId]) -> Result<Vec<CollectionRow>, StoreError>;
+
+    /// The collection whose link hashes to `link_hash`.
+    async fn collection_by_link(&mut self, link_hash: &[u8]) -> Result<Option<CollectionRow>, StoreError>;
+}
+
+/// Write steps of collections; every [`super::WriteTx`] offers them.
+#[async_trait]
+pub trait CollectionWriteTx: Send {
+    /// Stores a new collection.
+    async fn insert_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError>;
+
+    /// The collection whose link hashes to `link_hash`, its row locked until commit.
+    async fn lock_collection_by_link(&mut self, link_hash: &[u8]) -> Result<Option<CollectionRow>, StoreError>;
+
+    /// The tenant's collection `id`, its row locked until commit.
+    async fn lock_collection(
+        &mut self,
+        tenant: &TenantId,
+        id: &CollectionId,
+    ) -> Result<Option<CollectionRow>, StoreError>;
+
+    /// Stores a collection's new state, settled time, tokens and tag.
+    async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError>;
+}

@@ -1,0 +1,427 @@
+//! Collections: how they are stored, trusted and settled. The rules (bounds,
+//! states) are in [`crate::collection`].
+//!
+//! A collection's row is tagged under the state key over every column, so a
+//! database writer can neither reopen a settled collection with a new state,
+//! move it to another tenant, lengthen its life nor swap its tokens. Its
+//! link is found by a keyed hash of the secret: the secret is never stored.
+
+use super::{append, commit_audited, offboarding, Drawn, TokenizeFailure, VaultCore, TOKEN_DRAWS};
+use crate::audit::{AuditDraft, Operation, Outcome};
+use crate::clock;
+use crate::collection::{
+    decode_purposes, decode_relations, encode_purposes, encode_relations, note_fetched, unusable, Collection,
+    CollectionForm, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, SubmitOutcome, UnusableLink,
+    MAX_WATCHED,
+};
+use crate::error::VaultError;
+use crate::id::{CollectionId, Principal, TenantId, Token, TokenFormat};
+use crate::mint::draw_collection_id;
+use crate::number::MyNumber;
+use crate::store::{CollectionRow, NewRecord, WriteTx};
+use crate::text::FreeText;
+
+/// The principal the collection page's entries carry: the employee has no
+/// certificate, and the vault answers for what its page did.
+pub const COLLECTION_PAGE_PRINCIPAL: &str = "mnvault-collection-page";
+
+/// The reason recorded for a link no collection has (never the link).
+const UNKNOWN_LINK: &str = "a link that no collection has";
+
+impl VaultCore {
+    /// Opens a collection for `tenant` and returns it with its link's
+    /// secret, which is not kept. Only the tenant's payroll may.
+    pub async fn create_collection(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        request: &CollectionRequest,
+        draft: &mut AuditDraft,
+    ) -> Result<(Collection, LinkSecret), VaultError> {
+        self.authorize_tokenize(caller, tenant)?;
+        let terms = request.terms()?;
+        self.keyring.tenant_keys(tenant).await?;
+        let now = clock::now_ms();
+        let link = LinkSecret::draw();
+        let id = draw_collection_id();
+        let mut row = CollectionRow {
+            collection_id: id.to_string(),
+            tenant: tenant.to_string(),
+            link_hash: self.integrity.link_hash(&link).to_vec(),
+            reference: request.reference.as_str().to_owned(),
+            relations: encode_relations(&terms.asked),
+            purposes: encode_purposes(&terms.purposes),
+            created_by: caller.to_string(),
+            created_at: now,
+            expires_at: now.saturating_add(terms.lifetime_ms),
+            state: CollectionState::Open.id().to_owned(),
+            settled_at: now,
+            tokens: String::new(),
+            tag: None,
+        };
+        row.tag = Some(self.integrity.collection_tag(&row).to_vec());
+        draft.reason = format!("collection {id}: asks for {}", row.relations);
+        let mut tx = self.store.begin_write().await?;
+        offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
+        tx.insert_collection(&row).await?;
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, draft, now).await;
+        Ok((self.trusted_collection(&row)?, link))
+    }
+
+    /// The tenant's collections `ids`, settled as expired where their time
+    /// has passed. Tokens of submitted ones go into `draft`: a fetch is
+    /// audited with what it handed out.
+    pub async fn collections(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        ids: &[CollectionId],
+        draft: &mut AuditDraft,
+    ) -> Result<Vec<Collection>, VaultError> {
+        self.authorize_tokenize(caller, tenant)?;
+        if ids.is_empty() || ids.len() > MAX_WATCHED {
+            return Err(VaultError::InvalidArgument(format!("name 1 to {MAX_WATCHED} collections")));
+        }
+        self.keyring.tenant_keys(tenant).await?;
+        let mut tx = self.store.begin_read().await?;
+        let rows = tx.collections(tenant, ids).await?;
+        drop(tx);
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let collection = self.trusted_collection(row)?;
+            if &collection.tenant != tenant {
+                return Err(self.integrity.tampered(format!("collection {}", collection.id)));
+            }
+            found.push(collection);
+        }
+        if let Some(missing) = ids.iter().find(|id| !found.iter().any(|c| &c.id == *id)) {
+            return Err(VaultError::NotFound(format!("collection {missing} does not exist in tenant {tenant}")));
+        }
+        let now = clock::now_ms();
+        let mut settled = Vec::with_capacity(found.len());
+        for collection in found {
+            settled.push(match collection.state(now) {
+                CollectionState::Expired if collection.stored_state == CollectionState::Open => {
+                    self.settle_expired(&collection.id, tenant).await?
+                }
+                _ => collection,
+            });
+        }
+        // In the order asked.
+        settled.sort_by_key(|c| ids.iter().position(|id| *id == c.id));
+        note_fetched(draft, &settled, now);
+        Ok(settled)
+    }
+
+    /// Cancels an open collection: its link stops working at once.
+    pub async fn cancel_collection(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        id: &CollectionId,
+        draft: &mut AuditDraft,
+    ) -> Result<Collection, VaultError> {
+        self.authorize_tokenize(caller, tenant)?;
+        self.keyring.tenant_keys(tenant).await?;
+        let mut tx = self.store.begin_write().await?;
+        let (row, collection) = self.locked_collection(tx.as_mut(), tenant, id).await?;
+        let now = clock::now_ms();
+        collection.check_cancel(now)?;
+        let row = self.settled_row(row, CollectionState::Cancelled, now, &[])?;
+        tx.settle_collection(&row).await?;
+        draft.reason = format!("collection {id} cancelled");
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, draft, now).await;
+        self.trusted_collection(&row)
+    }
+
+    /// What the page shows for `link`, recorded as opened (or refused).
+    /// Unknown and used links answer alike. Its entry is appended here,
+    /// whatever the outcome, except for a link no collection has: anyone may
+    /// send one, and an entry for each would let them fill the log (the
+    /// edge counts them instead).
+    pub async fn open_collection(&self, link: &LinkSecret, draft: &mut AuditDraft) -> Result<LinkOutcome, VaultError> {
+        draft.principal = Some(page_principal());
+        let outcome = self.look_up_link(link, draft, true).await;
+        if let Err(error) = &outcome {
+            draft.outcome = error.outcome();
+            draft.reason = error.public_message();
+        }
+        if draft.reason != UNKNOWN_LINK {
+            self.record(draft.clone()).await?;
+        }
+        outcome
+    }
+
+    /// What the form of `link` asks for, to read a submitted form by;
+    /// records and settles nothing (the submit that follows is audited).
+    pub async fn collection_form(&self, link: &LinkSecret) -> Result<LinkOutcome, VaultError> {
+        self.look_up_link(link, &mut AuditDraft::new(Operation::OpenCollection), false).await
+    }
+
+    async fn look_up_link(
+        &self,
+        link: &LinkSecret,
+        draft: &mut AuditDraft,
+        settle: bool,
+    ) -> Result<LinkOutcome, VaultError> {
+        let hash = self.integrity.link_hash(link);
+        let mut tx = self.store.begin_read().await?;
+        let Some(row) = tx.collection_by_link(&hash).await? else {
+            draft.reason = UNKNOWN_LINK.into();
+            draft.outcome = Outcome::NotFound;
+            return Ok(LinkOutcome::Unusable(UnusableLink::UnknownOrUsed));
+        };
+        let collection = self.trusted_collection(&row)?;
+        let company = tx.tenant(&collection.tenant).await?;
+        // A shredded tenant takes no more numbers: its links read as cancelled.
+        let shredded = tx.tenant_shredded_at(&collection.tenant).await?.is_some();
+        drop(tx);
+        draft.tenant = Some(collection.tenant.clone());
+        if shredded {
+            draft.reason = format!("collection {} belongs to a shredded tenant", collection.id);
+            draft.outcome = Outcome::Denied;
+            return Ok(LinkOutcome::Unusable(UnusableLink::Cancelled));
+        }
+        let now = clock::now_ms();
+        let state = collection.state(now);
+        if settle && state == CollectionState::Expired && collection.stored_state == CollectionState::Open {
+            self.settle_expired(&collection.id, &collection.tenant).await?;
+        }
+        if let Some(refusal) = unusable(state) {
+            draft.reason = format!("collection {} is {}", collection.id, state.id());
+            draft.outcome = Outcome::Denied;
+            return Ok(LinkOutcome::Unusable(refusal));
+        }
+        let company = company
+            .and_then(|tenant| FreeText::parse(&tenant.display_name, "display name").ok())
+            .ok_or_else(|| self.tampered_row(&row))?;
+        draft.reason = format!("collection {} opened", collection.id);
+        Ok(LinkOutcome::Open(CollectionForm {
+            company,
+            asked: collection.asked,
+            purposes: collection.purposes,
+            expires_at: collection.expires_at,
+        }))
+    }
+
+    /// Stores the numbers typed on the page for `link`, one per relation
+    /// asked, in order: the records, the collection settled as submitted
+    /// with their tokens, and the audit entry, in one transaction. A second
+    /// submit finds the collection used.
+    /// A refusal is appended here too: the page has no caller to answer for it.
+    pub async fn submit_collection(
+        &self,
+        link: &LinkSecret,
+        numbers: &[MyNumber],
+        draft: &mut AuditDraft,
+    ) -> Result<SubmitOutcome, VaultError> {
+        draft.principal = Some(page_principal());
+        let outcome = self.submit_numbers(link, numbers, draft).await;
+        if let Err(error) = &outcome {
+            let mut refused = draft.clone();
+            (refused.outcome, refused.reason, refused.tokens) = (error.outcome(), error.public_message(), Vec::new());
+            self.record(refused).await?;
+        }
+        outcome
+    }
+
+    async fn submit_numbers(
+        &self,
+        link: &LinkSecret,
+        numbers: &[MyNumber],
+        draft: &mut AuditDraft,
+    ) -> Result<SubmitOutcome, VaultError> {
+        let hash = self.integrity.link_hash(link);
+        // The tenant's keys are read and the numbers sealed before the
+        // write transaction, as tokenize does; the transaction checks again.
+        let mut tx = self.store.begin_read().await?;
+        let row = tx.collection_by_link(&hash).await?;
+        drop(tx);
+        // A link no collection has writes nothing (see `open_collection`).
+        let Some(row) = row else {
+            return Ok(SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed));
+        };
+        let collection = self.trusted_collection(&row)?;
+        draft.tenant = Some(collection.tenant.clone());
+        // A link that no longer works says only that, whatever was sent.
+        let state = collection.state(clock::now_ms());
+        if let Some(refusal) = unusable(state) {
+            draft.reason = format!("collection {} is {}", collection.id, state.id());
+            return self.refuse_link(self.store.begin_write().await?, refusal, draft).await;
+        }
+        if numbers.len() != collection.asked.len() {
+            return Err(VaultError::InvalidArgument(format!(
+                "this form asks for {} numbers; {} were sent",
+                collection.asked.len(),
+                numbers.len()
+            )));
+        }
+        let keys = self.keyring.tenant_keys(&collection.tenant).await?;
+        for _ in 0..TOKEN_DRAWS {
+            let drawn = self.draw(&keys, TokenFormat::Opaque, numbers)?;
+            match self.commit_submit(&hash, &collection.id, drawn, draft).await {
+                Err(TokenizeFailure::Collided) => continue,
+                Err(TokenizeFailure::Failed(error)) => return Err(error),
+                Ok(outcome) => return Ok(outcome),
+            }
+        }
+        tracing::error!(collection = %collection.id, "token draws kept colliding");
+        Err(VaultError::Internal)
+    }
+
+    async fn commit_submit(
+        &self,
+        hash: &[u8; 32],
+        id: &CollectionId,
+        drawn: Vec<Drawn>,
+        draft: &mut AuditDraft,
+    ) -> Result<SubmitOutcome, TokenizeFailure> {
+        let mut tx = self.store.begin_write().await?;
+        let row = match tx.lock_collection_by_link(hash).await? {
+            Some(row) if row.collection_id == id.as_str() => row,
+            // Gone since the read: as unknown, and as unrecorded.
+            _ => return Ok(SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed)),
+        };
+        let collection = self.trusted_collection(&row)?;
+        let now = clock::now_ms();
+        if let Some(refusal) = unusable(collection.state(now)) {
+            draft.reason = format!("collection {id} is {}", collection.state(now).id());
+            return Ok(self.refuse_link(tx, refusal, draft).await?);
+        }
+        let tenant = &collection.tenant;
+        let records: Vec<NewRecord> = drawn
+            .into_iter()
+            .map(|Drawn { blind_index, token, key_version, sealed }| {
+                let tag =
+                    self.integrity.record_tag(tenant, &token, TokenFormat::Opaque, &blind_index.0, key_version, now);
+                NewRecord { blind_index, token, key_version, sealed, tag }
+            })
+            .collect();
+        let tokens = self.write_records(tx.as_mut(), tenant, TokenFormat::Opaque, &records, now).await?;
+        let row = self.settled_row(row, CollectionState::Submitted, now, &tokens)?;
+        tx.settle_collection(&row).await?;
+        draft.reason = format!("collection {id} submitted");
+        draft.record_count = tokens.len() as u64;
+        draft.tokens = tokens;
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, draft, now).await;
+        Ok(SubmitOutcome::Submitted { numbers: records.len() })
+    }
+
+    /// Records a refused submit in the transaction that found it so.
+    async fn refuse_link(
+        &self,
+        mut tx: Box<dyn WriteTx>,
+        refusal: UnusableLink,
+        draft: &mut AuditDraft,
+    ) -> Result<SubmitOutcome, VaultError> {
+        draft.outcome = Outcome::Denied;
+        append(tx.as_mut(), &self.audit_key, draft.clone(), clock::now_ms()).await?;
+        commit_audited(tx).await?;
+        Ok(SubmitOutcome::Unusable(refusal))
+    }
+
+    /// Settles a collection found past its expiry, with its own entry.
+    async fn settle_expired(&self, id: &CollectionId, tenant: &TenantId) -> Result<Collection, VaultError> {
+        let mut tx = self.store.begin_write().await?;
+        let (row, collection) = self.locked_collection(tx.as_mut(), tenant, id).await?;
+        // Another call settled it meanwhile.
+        if collection.stored_state != CollectionState::Open {
+            return Ok(collection);
+        }
+        let now = clock::now_ms();
+        if collection.state(now) != CollectionState::Expired {
+            return Ok(collection);
+        }
+        let expired_at = collection.expires_at;
+        let row = self.settled_row(row, CollectionState::Expired, expired_at, &[])?;
+        tx.settle_collection(&row).await?;
+        let mut draft = AuditDraft::new(Operation::ExpireCollection);
+        draft.principal = Some(page_principal());
+        draft.tenant = Some(tenant.clone());
+        draft.reason = format!("collection {id} expired unsubmitted");
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, &draft, now).await;
+        self.trusted_collection(&row)
+    }
+
+    /// The tenant's collection `id`, its row locked until commit, once its
+    /// tag verifies.
+    async fn locked_collection(
+        &self,
+        tx: &mut dyn WriteTx,
+        tenant: &TenantId,
+        id: &CollectionId,
+    ) -> Result<(CollectionRow, Collection), VaultError> {
+        let row = tx
+            .lock_collection(tenant, id)
+            .await?
+            .ok_or_else(|| VaultError::NotFound(format!("collection {id} does not exist in tenant {tenant}")))?;
+        let collection = self.trusted_collection(&row)?;
+        Ok((row, collection))
+    }
+
+    /// `row` in a new state, tagged again.
+    fn settled_row(
+        &self,
+        mut row: CollectionRow,
+        state: CollectionState,
+        at: i64,
+        tokens: &[Token],
+    ) -> Result<CollectionRow, VaultError> {
+        row.state = state.id().to_owned();
+        row.settled_at = at;
+        row.tokens = tokens.iter().map(Token::as_str).collect::<Vec<_>>().join(" ");
+        row.tag = Some(self.integrity.collection_tag(&row).to_vec());
+        Ok(row)
+    }
+
+    /// A collection from its row, once its tag verifies.
+    fn trusted_collection(&self, row: &CollectionRow) -> Result<Collection, VaultError> {
+        let expected = self.integrity.collection_tag(row);
+        self.integrity.check_tag(&expected, row.tag.as_deref(), || row_name(row))?;
+        let parsed = || -> Option<Collection> {
+            let tokens = if row.tokens.is_empty() {
+                Vec::new()
+            } else {
+                row.tokens.split(' ').map(|t| Token::parse(t).ok()).collect::<Option<Vec<_>>>()?
+            };
+            Some(Collection {
+                id: CollectionId::parse(&row.collection_id).ok()?,
+                tenant: TenantId::parse(&row.tenant).ok()?,
+                reference: FreeText::parse(&row.reference, "reference").ok()?,
+                asked: decode_relations(&row.relations)?,
+                purposes: decode_purposes(&row.purposes)?,
+                created_by: Principal::parse_recorded(&row.created_by).ok()?,
+                created_at: row.created_at,
+                expires_at: row.expires_at,
+                stored_state: CollectionState::parse(&row.state)?,
+                settled_at: row.settled_at,
+                tokens,
+            })
+        };
+        parsed().ok_or_else(|| self.tampered_row(row))
+    }
+
+    fn tampered_row(&self, row: &CollectionRow) -> VaultError {
+        self.integrity.tampered(row_name(row))
+    }
+}
+
+/// How a row is named in logs and refusals: by its id only once the id
+/// parses, as the database's text could hold anything.
+fn row_name(row: &CollectionRow) -> String {
+    CollectionId::parse(&row.collection_id)
+        .map(|id| format!("collection {id}"))
+        .unwrap_or_else(|_| "a collection row with a malformed id".into())
+}
+
+fn page_principal() -> Principal {
+    Principal::parse(COLLECTION_PAGE_PRINCIPAL).expect("the page's principal follows the grammar")
+}

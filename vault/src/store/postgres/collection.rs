@@ -1,0 +1,80 @@
+//! PostgreSQL steps of collections. Locks are row locks (`FOR UPDATE`), so
+//! two submits of one link, on any replicas, are serialised and the second
+//! finds the collection submitted.
+
+use std::ops::DerefMut;
+
+use async_trait::async_trait;
+use mnvault_core::id::{CollectionId, TenantId};
+use mnvault_core::store::{CollectionReadTx, CollectionRow, CollectionWriteTx, StoreError};
+use sqlx::PgConnection;
+
+use super::super::rows::{collection, insert_collection, COLLECTION_COLUMNS};
+use super::{classify, PgTx};
+
+#[async_trait]
+impl<C> CollectionReadTx for PgTx<C>
+where
+    C: DerefMut<Target = PgConnection> + Send,
+{
+    async fn collections(&mut self, tenant: &TenantId, ids: &[CollectionId]) -> Result<Vec<CollectionRow>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(CollectionId::as_str).collect();
+        let sql = format!("SELECT {COLLECTION_COLUMNS} FROM collections WHERE tenant = $1 AND collection_id = ANY($2)");
+        let rows = sqlx::query(&sql).bind(tenant.as_str()).bind(&ids).fetch_all(self.conn()).await.map_err(classify)?;
+        rows.iter().map(collection).collect()
+    }
+
+    async fn collection_by_link(&mut self, link_hash: &[u8]) -> Result<Option<CollectionRow>, StoreError> {
+        let sql = format!("SELECT {COLLECTION_COLUMNS} FROM collections WHERE link_hash = $1");
+        let row = sqlx::query(&sql).bind(link_hash).fetch_optional(self.conn()).await.map_err(classify)?;
+        row.as_ref().map(collection).transpose()
+    }
+}
+
+#[async_trait]
+impl<C> CollectionWriteTx for PgTx<C>
+where
+    C: DerefMut<Target = PgConnection> + Send,
+{
+    async fn insert_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
+        insert_collection(row).build().execute(self.conn()).await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn lock_collection_by_link(&mut self, link_hash: &[u8]) -> Result<Option<CollectionRow>, StoreError> {
+        let sql = format!("SELECT {COLLECTION_COLUMNS} FROM collections WHERE link_hash = $1 FOR UPDATE");
+        let row = sqlx::query(&sql).bind(link_hash).fetch_optional(self.conn()).await.map_err(classify)?;
+        row.as_ref().map(collection).transpose()
+    }
+
+    async fn lock_collection(
+        &mut self,
+        tenant: &TenantId,
+        id: &CollectionId,
+    ) -> Result<Option<CollectionRow>, StoreError> {
+        let sql =
+            format!("SELECT {COLLECTION_COLUMNS} FROM collections WHERE tenant = $1 AND collection_id = $2 FOR UPDATE");
+        let row = sqlx::query(&sql)
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .fetch_optional(self.conn())
+            .await
+            .map_err(classify)?;
+        row.as_ref().map(collection).transpose()
+    }
+
+    async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE collections SET state = $1, settled_at = $2, tokens = $3, tag = $4 WHERE collection_id = $5",
+        )
+        .bind(&row.state)
+        .bind(row.settled_at)
+        .bind(&row.tokens)
+        .bind(row.tag.as_deref())
+        .bind(&row.collection_id)
+        .execute(self.conn())
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+}

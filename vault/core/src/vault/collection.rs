@@ -63,7 +63,7 @@ impl VaultCore {
         draft.reason = entry_reason(&id, &format!("asks for {}", row.relations));
         let mut tx = self.store.begin_write().await?;
         offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
-        // The row names the entry that recorded it (see `check_current`).
+        // The row names the entry that recorded it (see `current_collection`).
         let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
         row.changed_seq = i64::try_from(entry.seq).map_err(|_| VaultError::Internal)?;
         row.tag = Some(self.integrity.collection_tag(&row).to_vec());

@@ -237,3 +237,36 @@ on_both_backends! {
         assert_eq!(refused, UnusableLink::Cancelled);
     }
 }
+
+on_both_backends! {
+    async fn a_collection_row_put_back_from_before_its_submit_does_not_reopen_the_link(backend) {
+        let app = spawn_with_page(&backend).await;
+        let payroll = app.client("payroll").await;
+        let created = payroll.create_collection("demo", asked(0, 0)).await.unwrap();
+        let id = created.collection.unwrap().collection_id;
+        // A database writer keeps the open row, with its valid tag...
+        let mut db = app.database().await;
+        db.exec("CREATE TABLE saved AS SELECT * FROM collections").await;
+        let first = valid_numbers(1);
+        assert_eq!(submit(&app, &created.link, &first).await, SubmitOutcome::Submitted { numbers: 1 });
+        let tokens = tokens(&payroll.collection("demo", &id).await.unwrap());
+        // ...and puts it back after the submit.
+        db.exec(
+            "UPDATE collections SET state = (SELECT state FROM saved), settled_at = (SELECT settled_at FROM saved), \
+             tokens = (SELECT tokens FROM saved), changed_seq = (SELECT changed_seq FROM saved), \
+             tag = (SELECT tag FROM saved)",
+        )
+        .await;
+        let failures = app.integrity_failures();
+        let numbers: Vec<MyNumber> = valid_numbers(1).iter().map(|n| MyNumber::parse(n).unwrap()).collect();
+        let mut draft = AuditDraft::new(Operation::SubmitCollection);
+        let refused = app.core().submit_collection(&secret_of(&created.link), &numbers, &mut draft).await;
+        assert!(matches!(refused, Err(mnvault_core::VaultError::DataLoss(_))), "{refused:?}");
+        let (code, _) = refusal(payroll.cancel_collection("demo", &id).await);
+        assert_eq!(code, Code::DataLoss, "a cancel reads the row as a decision does");
+        let (code, _) = refusal(payroll.collection("demo", &id).await);
+        assert_eq!(code, Code::DataLoss, "a read refuses a row older than what this vault verified");
+        assert!(app.integrity_failures() > failures);
+        assert_eq!(released(&app, &tokens).await, first, "the first submit's token still holds its number");
+    }
+}

@@ -395,8 +395,29 @@ pub fn unusable(state: CollectionState) -> Option<UnusableLink> {
 pub fn note_fetched(draft: &mut crate::audit::AuditDraft, collections: &[Collection], now: i64) {
     draft.tokens = collections.iter().flat_map(|c| c.tokens.iter().cloned()).collect();
     draft.record_count = draft.tokens.len() as u64;
-    let names: Vec<String> = collections.iter().map(|c| format!("{} {}", c.id, c.state(now).id())).collect();
+    let names: Vec<String> = collections.iter().map(|c| entry_reason(&c.id, c.state(now).id())).collect();
     draft.reason = names.join(", ");
+}
+
+/// The operations whose allowed entries change a collection; the rollback
+/// check reads the last of them for each collection.
+pub const COLLECTION_CHANGES: [crate::audit::Operation; 4] = [
+    crate::audit::Operation::CreateCollection,
+    crate::audit::Operation::SubmitCollection,
+    crate::audit::Operation::CancelCollection,
+    crate::audit::Operation::ExpireCollection,
+];
+
+/// The reason of an entry about collection `id`: the one form
+/// [`collection_of_reason`] reads back.
+pub fn entry_reason(id: &CollectionId, what: &str) -> String {
+    format!("collection {id} {what}")
+}
+
+/// The collection an entry's reason names, in [`entry_reason`]'s form.
+pub fn collection_of_reason(reason: &str) -> Option<CollectionId> {
+    let id = reason.strip_prefix("collection ")?.split(' ').next()?;
+    CollectionId::parse(id).ok()
 }
 
 /// The one stored form of a list of relations: identifiers joined by commas.

@@ -274,6 +274,7 @@ impl Integrity {
                 row.state.as_bytes(),
                 &row.settled_at.to_be_bytes(),
                 row.tokens.as_bytes(),
+                &row.changed_seq.to_be_bytes(),
             ],
         )
     }

@@ -1255,6 +1255,9 @@ struct ChainWatch {
     /// Client certificates revoked, from the same entries; shared whole
     /// with the calls' check (`VaultCore::revoked`), copied on a change.
     revocations: Arc<crate::revocation::Revocations>,
+    /// Collection id → sequence number of its last change (created,
+    /// submitted, cancelled, expired).
+    collection_changes: std::collections::HashMap<String, u64>,
 }
 
 impl ChainWatch {
@@ -1278,6 +1281,10 @@ impl ChainWatch {
             self.policy_proposals.insert(tenant.to_owned(), seq);
         } else if operation == Operation::RevokeCertificate.id() {
             Arc::make_mut(&mut self.revocations).note(seq, time_ms, principal, entry.reason);
+        } else if crate::collection::COLLECTION_CHANGES.iter().any(|change| change.id() == operation) {
+            if let Some(id) = crate::collection::collection_of_reason(entry.reason) {
+                self.collection_changes.insert(id.to_string(), seq);
+            }
         }
     }
 

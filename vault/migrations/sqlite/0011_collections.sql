@@ -15,6 +15,9 @@ CREATE TABLE collections (
     settled_at    BIGINT NOT NULL,
     -- Space-separated tokens, one per number asked for, once submitted.
     tokens        TEXT NOT NULL,
+    -- The audit entry that recorded this state (create, submit, cancel,
+    -- expire): a row put back from before a later change is refused.
+    changed_seq   BIGINT NOT NULL,
     tag           BLOB
 );
 CREATE INDEX collections_by_tenant ON collections (tenant, collection_id);

@@ -143,13 +143,14 @@ where
         state: column(row, "state", "collections.state")?,
         settled_at: column(row, "settled_at", "collections.settled_at")?,
         tokens: column(row, "tokens", "collections.tokens")?,
+        changed_seq: column(row, "changed_seq", "collections.changed_seq")?,
         tag: column(row, "tag", "collections.tag")?,
     })
 }
 
 /// The columns [`collection`] reads, in one place for both backends.
 pub(crate) const COLLECTION_COLUMNS: &str = "collection_id, tenant, link_hash, reference, relations, purposes, \
-     created_by, created_at, expires_at, state, settled_at, tokens, tag";
+     created_by, created_at, expires_at, state, settled_at, tokens, changed_seq, tag";
 
 /// The statement that inserts `row`, in either backend's placeholders.
 pub(crate) fn insert_collection<'args, DB>(row: &CollectionRow) -> sqlx::QueryBuilder<'args, DB>
@@ -174,6 +175,7 @@ where
     values.push_bind(row.state.clone());
     values.push_bind(row.settled_at);
     values.push_bind(row.tokens.clone());
+    values.push_bind(row.changed_seq);
     values.push_bind(row.tag.clone());
     values.push_unseparated(")");
     query

@@ -33,6 +33,9 @@ pub struct CollectionRow {
     pub settled_at: i64,
     /// The tokens, space-separated, once submitted.
     pub tokens: String,
+    /// Sequence number of the audit entry that recorded the row's state: a
+    /// row put back from before a later change is not the chain's latest.
+    pub changed_seq: i64,
     /// The state tag (absent in a row nobody tagged).
     pub tag: Option<Vec<u8>>,
 }
@@ -64,6 +67,6 @@ pub trait CollectionWriteTx: Send {
         id: &CollectionId,
     ) -> Result<Option<CollectionRow>, StoreError>;
 
-    /// Stores a collection's new state, settled time, tokens and tag.
+    /// Stores a collection's new state, settled time, tokens, entry and tag.
     async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError>;
 }

@@ -10,9 +10,9 @@ use super::{append, commit_audited, offboarding, Drawn, TokenizeFailure, VaultCo
 use crate::audit::{AuditDraft, Operation, Outcome};
 use crate::clock;
 use crate::collection::{
-    decode_purposes, decode_relations, encode_purposes, encode_relations, note_fetched, unusable, Collection,
-    CollectionForm, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, SubmitOutcome, UnusableLink,
-    MAX_WATCHED,
+    decode_purposes, decode_relations, encode_purposes, encode_relations, entry_reason, note_fetched, unusable,
+    Collection, CollectionForm, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, SubmitOutcome,
+    UnusableLink, MAX_WATCHED,
 };
 use crate::error::VaultError;
 use crate::id::{CollectionId, Principal, TenantId, Token, TokenFormat};
@@ -57,14 +57,17 @@ impl VaultCore {
             state: CollectionState::Open.id().to_owned(),
             settled_at: now,
             tokens: String::new(),
+            changed_seq: 0,
             tag: None,
         };
-        row.tag = Some(self.integrity.collection_tag(&row).to_vec());
-        draft.reason = format!("collection {id}: asks for {}", row.relations);
+        draft.reason = entry_reason(&id, &format!("asks for {}", row.relations));
         let mut tx = self.store.begin_write().await?;
         offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
-        tx.insert_collection(&row).await?;
+        // The row names the entry that recorded it (see `current_collection`).
         let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        row.changed_seq = i64::try_from(entry.seq).map_err(|_| VaultError::Internal)?;
+        row.tag = Some(self.integrity.collection_tag(&row).to_vec());
+        tx.insert_collection(&row).await?;
         commit_audited(tx).await?;
         self.witness(&entry, draft, now).await;
         Ok((self.trusted_collection(&row)?, link))
@@ -89,13 +92,21 @@ impl VaultCore {
         let rows = tx.collections(tenant, ids).await?;
         drop(tx);
         let mut found = Vec::with_capacity(rows.len());
+        let watch = self.watch.lock().await;
         for row in &rows {
             let collection = self.trusted_collection(row)?;
+            // Not caught up (a read decides nothing), but a row older than a
+            // change this process already verified is refused.
+            let last = watch.collection_changes.get(collection.id.as_str()).copied();
+            if last.and_then(|seq| i64::try_from(seq).ok()).is_some_and(|seq| seq > row.changed_seq) {
+                return Err(self.tampered_row(row));
+            }
             if &collection.tenant != tenant {
                 return Err(self.integrity.tampered(format!("collection {}", collection.id)));
             }
             found.push(collection);
         }
+        drop(watch);
         if let Some(missing) = ids.iter().find(|id| !found.iter().any(|c| &c.id == *id)) {
             return Err(VaultError::NotFound(format!("collection {missing} does not exist in tenant {tenant}")));
         }
@@ -129,10 +140,10 @@ impl VaultCore {
         let (row, collection) = self.locked_collection(tx.as_mut(), tenant, id).await?;
         let now = clock::now_ms();
         collection.check_cancel(now)?;
-        let row = self.settled_row(row, CollectionState::Cancelled, now, &[])?;
-        tx.settle_collection(&row).await?;
-        draft.reason = format!("collection {id} cancelled");
+        draft.reason = entry_reason(id, "cancelled");
         let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        let row = self.settled_row(row, CollectionState::Cancelled, now, &[], entry.seq)?;
+        tx.settle_collection(&row).await?;
         commit_audited(tx).await?;
         self.witness(&entry, draft, now).await;
         self.trusted_collection(&row)
@@ -182,7 +193,7 @@ impl VaultCore {
         drop(tx);
         draft.tenant = Some(collection.tenant.clone());
         if shredded {
-            draft.reason = format!("collection {} belongs to a shredded tenant", collection.id);
+            draft.reason = entry_reason(&collection.id, "belongs to a shredded tenant");
             draft.outcome = Outcome::Denied;
             return Ok(LinkOutcome::Unusable(UnusableLink::Cancelled));
         }
@@ -192,14 +203,14 @@ impl VaultCore {
             self.settle_expired(&collection.id, &collection.tenant).await?;
         }
         if let Some(refusal) = unusable(state) {
-            draft.reason = format!("collection {} is {}", collection.id, state.id());
+            draft.reason = entry_reason(&collection.id, &format!("is {}", state.id()));
             draft.outcome = Outcome::Denied;
             return Ok(LinkOutcome::Unusable(refusal));
         }
         let company = company
             .and_then(|tenant| FreeText::parse(&tenant.display_name, "display name").ok())
             .ok_or_else(|| self.tampered_row(&row))?;
-        draft.reason = format!("collection {} opened", collection.id);
+        draft.reason = entry_reason(&collection.id, "opened");
         Ok(LinkOutcome::Open(CollectionForm {
             company,
             asked: collection.asked,
@@ -250,7 +261,7 @@ impl VaultCore {
         // A link that no longer works says only that, whatever was sent.
         let state = collection.state(clock::now_ms());
         if let Some(refusal) = unusable(state) {
-            draft.reason = format!("collection {} is {}", collection.id, state.id());
+            draft.reason = entry_reason(&collection.id, &format!("is {}", state.id()));
             return self.refuse_link(self.store.begin_write().await?, refusal, draft).await;
         }
         if numbers.len() != collection.asked.len() {
@@ -286,10 +297,10 @@ impl VaultCore {
             // Gone since the read: as unknown, and as unrecorded.
             _ => return Ok(SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed)),
         };
-        let collection = self.trusted_collection(&row)?;
+        let collection = self.current_collection(tx.as_mut(), &row).await?;
         let now = clock::now_ms();
         if let Some(refusal) = unusable(collection.state(now)) {
-            draft.reason = format!("collection {id} is {}", collection.state(now).id());
+            draft.reason = entry_reason(id, &format!("is {}", collection.state(now).id()));
             return Ok(self.refuse_link(tx, refusal, draft).await?);
         }
         let tenant = &collection.tenant;
@@ -302,12 +313,12 @@ impl VaultCore {
             })
             .collect();
         let tokens = self.write_records(tx.as_mut(), tenant, TokenFormat::Opaque, &records, now).await?;
-        let row = self.settled_row(row, CollectionState::Submitted, now, &tokens)?;
-        tx.settle_collection(&row).await?;
-        draft.reason = format!("collection {id} submitted");
+        draft.reason = entry_reason(id, "submitted");
         draft.record_count = tokens.len() as u64;
-        draft.tokens = tokens;
+        draft.tokens = tokens.clone();
         let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        let row = self.settled_row(row, CollectionState::Submitted, now, &tokens, entry.seq)?;
+        tx.settle_collection(&row).await?;
         commit_audited(tx).await?;
         self.witness(&entry, draft, now).await;
         Ok(SubmitOutcome::Submitted { numbers: records.len() })
@@ -338,14 +349,13 @@ impl VaultCore {
         if collection.state(now) != CollectionState::Expired {
             return Ok(collection);
         }
-        let expired_at = collection.expires_at;
-        let row = self.settled_row(row, CollectionState::Expired, expired_at, &[])?;
-        tx.settle_collection(&row).await?;
         let mut draft = AuditDraft::new(Operation::ExpireCollection);
         draft.principal = Some(page_principal());
         draft.tenant = Some(tenant.clone());
-        draft.reason = format!("collection {id} expired unsubmitted");
+        draft.reason = entry_reason(id, "expired unsubmitted");
         let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        let row = self.settled_row(row, CollectionState::Expired, collection.expires_at, &[], entry.seq)?;
+        tx.settle_collection(&row).await?;
         commit_audited(tx).await?;
         self.witness(&entry, &draft, now).await;
         self.trusted_collection(&row)
@@ -363,8 +373,23 @@ impl VaultCore {
             .lock_collection(tenant, id)
             .await?
             .ok_or_else(|| VaultError::NotFound(format!("collection {id} does not exist in tenant {tenant}")))?;
-        let collection = self.trusted_collection(&row)?;
+        let collection = self.current_collection(tx, &row).await?;
         Ok((row, collection))
+    }
+
+    /// A locked row, trusted for a decision: its tag verifies, and it is the
+    /// state the chain recorded last for it, checked under the head's lock
+    /// after catching up. A row put back from before a later change (a
+    /// submitted link made open again) is refused as tampering.
+    async fn current_collection(&self, tx: &mut dyn WriteTx, row: &CollectionRow) -> Result<Collection, VaultError> {
+        let collection = self.trusted_collection(row)?;
+        let watch = self.caught_up(tx).await?;
+        let last = watch.collection_changes.get(collection.id.as_str()).copied();
+        if last.and_then(|seq| i64::try_from(seq).ok()) != Some(row.changed_seq) {
+            tracing::error!(collection = %collection.id, changed_seq = row.changed_seq, ?last, "a collection's row is not the chain's latest");
+            return Err(self.tampered_row(row));
+        }
+        Ok(collection)
     }
 
     /// `row` in a new state, tagged again.
@@ -374,10 +399,12 @@ impl VaultCore {
         state: CollectionState,
         at: i64,
         tokens: &[Token],
+        entry_seq: u64,
     ) -> Result<CollectionRow, VaultError> {
         row.state = state.id().to_owned();
         row.settled_at = at;
         row.tokens = tokens.iter().map(Token::as_str).collect::<Vec<_>>().join(" ");
+        row.changed_seq = i64::try_from(entry_seq).map_err(|_| VaultError::Internal)?;
         row.tag = Some(self.integrity.collection_tag(&row).to_vec());
         Ok(row)
     }

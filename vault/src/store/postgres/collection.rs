@@ -65,11 +65,13 @@ where
 
     async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE collections SET state = $1, settled_at = $2, tokens = $3, tag = $4 WHERE collection_id = $5",
+            "UPDATE collections SET state = $1, settled_at = $2, tokens = $3, changed_seq = $4, tag = $5 \
+             WHERE collection_id = $6",
         )
         .bind(&row.state)
         .bind(row.settled_at)
         .bind(&row.tokens)
+        .bind(row.changed_seq)
         .bind(row.tag.as_deref())
         .bind(&row.collection_id)
         .execute(self.conn())

@@ -54,15 +54,19 @@ impl CollectionWriteTx for SqliteTx {
     }
 
     async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
-        sqlx::query("UPDATE collections SET state = ?, settled_at = ?, tokens = ?, tag = ? WHERE collection_id = ?")
-            .bind(&row.state)
-            .bind(row.settled_at)
-            .bind(&row.tokens)
-            .bind(row.tag.as_deref())
-            .bind(&row.collection_id)
-            .execute(self.conn())
-            .await
-            .map_err(classify)?;
+        sqlx::query(
+            "UPDATE collections SET state = ?, settled_at = ?, tokens = ?, changed_seq = ?, tag = ? \
+             WHERE collection_id = ?",
+        )
+        .bind(&row.state)
+        .bind(row.settled_at)
+        .bind(&row.tokens)
+        .bind(row.changed_seq)
+        .bind(row.tag.as_deref())
+        .bind(&row.collection_id)
+        .execute(self.conn())
+        .await
+        .map_err(classify)?;
         Ok(())
     }
 }

@@ -230,3 +230,26 @@ async fn scale_measurement() {
     println!("database: {bytes} bytes, {:.1} B/row", bytes as f64 / rows as f64);
     store.close().await;
 }
+
+/// Records per key version come from one pass of sums over the tenant's
+/// versions, and a record under a version the tenant does not have (a
+/// table edited by hand) is still counted, by the sort that falls back.
+#[tokio::test]
+async fn records_are_counted_per_key_version_and_strays_are_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_tenant(&dir.path().join("vault.db")).await;
+    let records = new_records(5);
+    tokenize_batch(&store, &records, 1).await;
+    let counts = store.begin_read().await.unwrap().records_per_key_version(&demo()).await.unwrap();
+    assert_eq!(counts, vec![(1, 5)]);
+
+    let mut writer = store.writer.acquire().await.unwrap();
+    sqlx::query("UPDATE records SET key_version = 7 WHERE token = ?")
+        .bind(records[0].token.as_str())
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    drop(writer);
+    let counts = store.begin_read().await.unwrap().records_per_key_version(&demo()).await.unwrap();
+    assert_eq!(counts, vec![(1, 4), (7, 1)]);
+}

@@ -31,7 +31,7 @@ impl SqliteTx {
     /// to restore, if it changed. SQLite refuses the change once the
     /// connection holds a temporary table: the statement then sorts in
     /// memory, as any other.
-    async fn sort_on_files(&mut self) -> Option<i64> {
+    pub(super) async fn sort_on_files(&mut self) -> Option<i64> {
         let current: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(self.conn()).await.ok()?;
         if current == TEMP_STORE_FILE {
             return None;
@@ -41,7 +41,7 @@ impl SqliteTx {
     }
 
     /// Undoes [`SqliteTx::sort_on_files`].
-    async fn restore_temp_store(&mut self, previous: Option<i64>) {
+    pub(super) async fn restore_temp_store(&mut self, previous: Option<i64>) {
         if let Some(previous) = previous {
             if let Err(error) = sqlx::query(&format!("PRAGMA temp_store = {previous}")).execute(self.conn()).await {
                 tracing::warn!(%error, "could not restore a reader connection's temporary store");

@@ -43,15 +43,15 @@ impl CollectionApi {
         Self { ctx, page_url }
     }
 
-    fn link(&self, secret: &LinkSecret) -> Result<String, VaultError> {
-        let base = self.page_url.as_deref().ok_or_else(|| {
+    /// The page's origin, or the refusal of a vault that serves none.
+    fn page_url(&self) -> Result<&str, VaultError> {
+        self.page_url.as_deref().ok_or_else(|| {
             VaultError::FailedPrecondition(
                 "this vault serves no collection page, so no link could be opened: its operator sets [collection] \
                  listen and public_url"
                     .into(),
             )
-        })?;
-        Ok(format!("{}/c/{}", base.trim_end_matches('/'), secret.expose()))
+        })
     }
 }
 
@@ -130,10 +130,10 @@ impl CollectionService for CollectionApi {
             let tenant = TenantId::parse(&request.tenant)?;
             draft.tenant = Some(tenant.clone());
             // No page, no link: refused before anything is stored.
-            self.link(&LinkSecret::draw())?;
+            let page_url = self.page_url()?;
             let asked = collection_request(&request)?;
             let (collection, secret) = self.ctx.core.create_collection(&caller, &tenant, &asked, &mut draft).await?;
-            Ok((collection, self.link(&secret)?))
+            Ok((collection, format!("{}/c/{}", page_url.trim_end_matches('/'), secret.expose())))
         }
         .await;
         let (collection, link) = self.ctx.settled(draft, result).await?;
@@ -173,13 +173,14 @@ impl CollectionService for CollectionApi {
             let tenant = TenantId::parse(&request.get_ref().tenant)?;
             draft.tenant = Some(tenant.clone());
             let ids = collection_ids(&request.get_ref().collection_ids)?;
-            // Checks role, tenant and that every one exists, before the stream starts.
+            // Checks role, tenant and that every one exists, before the
+            // stream starts; what it read is the first poll.
             let mut scratch = draft.clone();
-            self.ctx.core.collections(&caller, &tenant, &ids, &mut scratch).await?;
-            Ok((tenant, ids))
+            let found = self.ctx.core.collections(&caller, &tenant, &ids, &mut scratch).await?;
+            Ok((tenant, ids, found))
         }
         .await;
-        let (tenant, mut waiting) = match parsed {
+        let (tenant, mut waiting, first) = match parsed {
             Ok(parsed) => parsed,
             Err(error) => return Err(self.ctx.refuse(draft, error).await),
         };
@@ -189,18 +190,24 @@ impl CollectionService for CollectionApi {
         let deadline = tokio::time::Instant::now() + ctx.limits().request_timeout() * 9 / 10;
         tokio::spawn(
             async move {
+                let mut first = Some(first);
                 loop {
-                    // A revoked certificate stops the watch at its next read.
-                    if let Err(refused) = ctx.recheck(&caller, serial.as_ref(), Operation::WatchCollections) {
-                        let _ = feed.send(Err(ctx.refuse(draft.clone(), refused).await)).await;
-                        return;
-                    }
-                    let mut scratch = draft.clone();
-                    let found = match ctx.core.collections(&caller, &tenant, &waiting, &mut scratch).await {
-                        Ok(found) => found,
-                        Err(error) => {
-                            let _ = feed.send(Err(ctx.refuse(draft.clone(), error).await)).await;
-                            return;
+                    let found = match first.take() {
+                        Some(found) => found,
+                        None => {
+                            // A revoked certificate stops the watch at its next read.
+                            let mut scratch = draft.clone();
+                            let read = match ctx.recheck(&caller, serial.as_ref(), Operation::WatchCollections) {
+                                Ok(()) => ctx.core.collections(&caller, &tenant, &waiting, &mut scratch).await,
+                                Err(refused) => Err(refused),
+                            };
+                            match read {
+                                Ok(found) => found,
+                                Err(error) => {
+                                    let _ = feed.send(Err(ctx.refuse(draft.clone(), error).await)).await;
+                                    return;
+                                }
+                            }
                         }
                     };
                     let now = clock::now_ms();

@@ -180,3 +180,23 @@ where
     values.push_unseparated(")");
     query
 }
+
+/// The statement that settles `row` (state, time, tokens, entry, tag), in
+/// either backend's placeholders.
+pub(crate) fn settle_collection<'args, DB>(row: &CollectionRow) -> sqlx::QueryBuilder<'args, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'args, DB> + Type<DB>,
+    i64: sqlx::Encode<'args, DB> + Type<DB>,
+    Option<Vec<u8>>: sqlx::Encode<'args, DB> + Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new("UPDATE collections SET state = ");
+    query.push_bind(row.state.clone()).push(", settled_at = ").push_bind(row.settled_at);
+    query.push(", tokens = ").push_bind(row.tokens.clone()).push(", changed_seq = ").push_bind(row.changed_seq);
+    query
+        .push(", tag = ")
+        .push_bind(row.tag.clone())
+        .push(" WHERE collection_id = ")
+        .push_bind(row.collection_id.clone());
+    query
+}

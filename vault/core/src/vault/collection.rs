@@ -101,9 +101,6 @@ impl VaultCore {
             if last.and_then(|seq| i64::try_from(seq).ok()).is_some_and(|seq| seq > row.changed_seq) {
                 return Err(self.tampered_row(row));
             }
-            if &collection.tenant != tenant {
-                return Err(self.integrity.tampered(format!("collection {}", collection.id)));
-            }
             found.push(collection);
         }
         drop(watch);

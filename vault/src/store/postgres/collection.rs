@@ -9,7 +9,7 @@ use mnvault_core::id::{CollectionId, TenantId};
 use mnvault_core::store::{CollectionReadTx, CollectionRow, CollectionWriteTx, StoreError};
 use sqlx::PgConnection;
 
-use super::super::rows::{collection, insert_collection, COLLECTION_COLUMNS};
+use super::super::rows::{collection, insert_collection, settle_collection, COLLECTION_COLUMNS};
 use super::{classify, PgTx};
 
 #[async_trait]
@@ -64,19 +64,7 @@ where
     }
 
     async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE collections SET state = $1, settled_at = $2, tokens = $3, changed_seq = $4, tag = $5 \
-             WHERE collection_id = $6",
-        )
-        .bind(&row.state)
-        .bind(row.settled_at)
-        .bind(&row.tokens)
-        .bind(row.changed_seq)
-        .bind(row.tag.as_deref())
-        .bind(&row.collection_id)
-        .execute(self.conn())
-        .await
-        .map_err(classify)?;
+        settle_collection(row).build().execute(self.conn()).await.map_err(classify)?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use mnvault_core::id::{CollectionId, TenantId};
 use mnvault_core::store::{CollectionReadTx, CollectionRow, CollectionWriteTx, StoreError};
 
-use super::super::rows::{collection, insert_collection, COLLECTION_COLUMNS};
+use super::super::rows::{collection, insert_collection, settle_collection, COLLECTION_COLUMNS};
 use super::{classify, SqliteTx};
 
 #[async_trait]
@@ -54,19 +54,7 @@ impl CollectionWriteTx for SqliteTx {
     }
 
     async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE collections SET state = ?, settled_at = ?, tokens = ?, changed_seq = ?, tag = ? \
-             WHERE collection_id = ?",
-        )
-        .bind(&row.state)
-        .bind(row.settled_at)
-        .bind(&row.tokens)
-        .bind(row.changed_seq)
-        .bind(row.tag.as_deref())
-        .bind(&row.collection_id)
-        .execute(self.conn())
-        .await
-        .map_err(classify)?;
+        settle_collection(row).build().execute(self.conn()).await.map_err(classify)?;
         Ok(())
     }
 }

@@ -20,6 +20,10 @@ pub struct NewCollection {
     pub purposes: Vec<String>,
     /// Lifetime of the link in seconds; 0 for the vault's default (seven days).
     pub lifetime_seconds: u64,
+    /// A re-issue: the token whose number the municipality replaced (then
+    /// exactly one relation). The new number goes under this same token;
+    /// the old one is kept under `Collection::superseded_token`.
+    pub reissue_token: Option<String>,
 }
 
 impl VaultClient {
@@ -36,6 +40,7 @@ impl VaultClient {
             relations: asked.relations,
             purposes: asked.purposes,
             lifetime_seconds: asked.lifetime_seconds,
+            reissue_token: asked.reissue_token.unwrap_or_default(),
         };
         Ok(self.collections.clone().create_collection(request).await?.into_inner())
     }

@@ -7,7 +7,7 @@
 use futures::StreamExt;
 use mnvault::config::Settings;
 use mnvault_client::collection::{Collection, CollectionState, NewCollection};
-use mnvault_client::{Code, FilingJobState};
+use mnvault_client::{Code, FilingJobState, TokenFormat};
 use mnvault_core::audit::{AuditDraft, Operation};
 use mnvault_core::collection::{LinkOutcome, LinkSecret, SubmitOutcome, UnusableLink};
 use mnvault_core::number::MyNumber;
@@ -32,6 +32,7 @@ pub(crate) fn asked(dependants: usize, lifetime_seconds: u64) -> NewCollection {
         relations,
         purposes: vec!["withholding-slip".into(), "dependent-deduction-declaration".into()],
         lifetime_seconds,
+        reissue_token: None,
     }
 }
 
@@ -268,5 +269,108 @@ on_both_backends! {
         assert_eq!(code, Code::DataLoss, "a read refuses a row older than what this vault verified");
         assert!(app.integrity_failures() > failures);
         assert_eq!(released(&app, &tokens).await, first, "the first submit's token still holds its number");
+    }
+}
+
+/// A re-issue of `token`: the employee's one new number.
+fn reissue_of(token: &str) -> NewCollection {
+    NewCollection { reissue_token: Some(token.to_owned()), ..asked(0, 0) }
+}
+
+/// The page's refusal of a submit, as the core answers it.
+async fn refused_submit(app: &TestApp, link: &str, number: &str) -> mnvault_core::VaultError {
+    let numbers = [MyNumber::parse(number).unwrap()];
+    let mut draft = AuditDraft::new(Operation::SubmitCollection);
+    app.core().submit_collection(&secret_of(link), &numbers, &mut draft).await.unwrap_err()
+}
+
+on_both_backends! {
+    /// A number the municipality re-issued goes under the token payroll
+    /// holds; the old one stays, under a token of its own that follows the
+    /// first one's retention, and only a job releases either.
+    async fn a_reissue_keeps_the_token_and_the_old_number_under_its_own(backend) {
+        let app = spawn_with_page(&backend).await;
+        let payroll = app.client("payroll").await;
+        let [old, new, someone_elses]: [String; 3] = valid_numbers(3).try_into().unwrap();
+        let token = payroll.tokenize("demo", &old, TokenFormat::Opaque).await.unwrap();
+        let other = payroll.tokenize("demo", &someone_elses, TokenFormat::Opaque).await.unwrap();
+
+        // A re-issue asks for exactly one number, of a token the tenant holds.
+        let two = NewCollection { relations: vec!["employee".into(), "child".into()], ..reissue_of(&token) };
+        assert_eq!(refusal(payroll.create_collection("demo", two).await).0, Code::InvalidArgument);
+        let unknown = "mnt_abcdefghijklmnopqrstuvwxyz";
+        assert_eq!(refusal(payroll.create_collection("demo", reissue_of(unknown)).await).0, Code::NotFound);
+
+        let created = payroll.create_collection("demo", reissue_of(&token)).await.unwrap();
+        let id = created.collection.as_ref().unwrap().collection_id.clone();
+        let described = payroll.describe_token("demo", &token).await.unwrap();
+        // A database writer keeps the token's sealed old number, to put it back later.
+        let mut db = app.database().await;
+        db.exec(&format!("CREATE TABLE saved AS SELECT sealed FROM records WHERE token = '{token}'")).await;
+        assert_eq!(created.collection.unwrap().reissue_token, token);
+        let LinkOutcome::Open(form) = open(&app, &created.link).await else { panic!("the link is open") };
+        assert!(form.reissue, "the page asks for the new number");
+
+        // The old number, or one another token holds, is refused; the link stays open.
+        for held in [&old, &someone_elses] {
+            let refused = refused_submit(&app, &created.link, held).await;
+            assert!(matches!(refused, mnvault_core::VaultError::InvalidArgument(_)), "{refused:?}");
+        }
+        assert_eq!(submit(&app, &created.link, std::slice::from_ref(&new)).await, SubmitOutcome::Submitted {
+            numbers: 1
+        });
+
+        let fetched = payroll.collection("demo", &id).await.unwrap();
+        assert_eq!(state(&fetched), CollectionState::Submitted);
+        assert_eq!(tokens(&fetched), vec![token.clone()], "the token is kept");
+        let superseded = fetched.superseded_token.clone();
+        assert!(superseded.starts_with("mnt_") && superseded != token && superseded != other, "{superseded}");
+        assert_eq!(released(&app, &[token.clone(), superseded.clone()]).await, vec![new.clone(), old.clone()]);
+        // One token per number still: each number finds its own.
+        assert_eq!(payroll.tokenize("demo", &new, TokenFormat::Opaque).await.unwrap(), token);
+        assert_eq!(payroll.tokenize("demo", &old, TokenFormat::Opaque).await.unwrap(), superseded);
+        assert_eq!(payroll.tokenize("demo", &someone_elses, TokenFormat::Opaque).await.unwrap(), other);
+
+        let after = payroll.describe_token("demo", &token).await.unwrap();
+        assert_eq!(after.created_at, described.created_at, "the token keeps its creation time (exports count by it)");
+
+        // The old number follows the token's retention: both are due together.
+        let admin = app.client("admin").await;
+        let set = mnvault_client::retention::SetRetentionRequest {
+            tenant: "demo".into(),
+            tokens: vec![token.clone()],
+            delete_after: "2020-01-01".into(),
+            ..Default::default()
+        };
+        assert_eq!(admin.set_retention(set).await.unwrap().tokens, 2);
+        let due = admin.purge_expired("demo", true).await.unwrap();
+        let mut listed: Vec<String> = due.tokens.iter().map(|t| t.token.clone()).collect();
+        listed.sort();
+        let mut both = vec![token.clone(), superseded.clone()];
+        both.sort();
+        assert_eq!(listed, both);
+
+        // The log names both tokens of the submit, and the refusals name none.
+        let entries = app.audit_entries().await;
+        let submits: Vec<_> = entries.iter().filter(|e| e.operation == "collection.submit").collect();
+        assert_eq!(submits.len(), 3);
+        assert!(submits[..2].iter().all(|e| e.outcome == "invalid" && e.tokens.is_empty()), "{submits:?}");
+        assert_eq!((submits[2].outcome.as_str(), &submits[2].tokens), ("ok", &vec![token.clone(), superseded.clone()]));
+        let create = entries.iter().find(|e| e.operation == "collection.create" && e.outcome == "ok").unwrap();
+        assert_eq!(create.tokens, vec![token.clone()], "the request names the token it re-issues");
+        let set = entries.iter().find(|e| e.operation == "retention.set").unwrap();
+        assert_eq!(set.tokens, vec![token.clone(), superseded.clone()]);
+        crate::integrity::assert_no_number_in(&app, &[old, new, someone_elses]).await;
+
+        // Putting the old sealed number back under the token releases nothing:
+        // it opens under the token's key, but is not the number its row names.
+        db.exec(&format!("UPDATE records SET sealed = (SELECT sealed FROM saved) WHERE token = '{token}'")).await;
+        let job = approved_job(&app, std::slice::from_ref(&token), 1).await;
+        let refused = refusal(app.client("filer").await.detokenize(&job, vec![token.clone()]).await);
+        assert_eq!(refused.0, Code::DataLoss, "{refused:?}");
+
+        // Nor can one point the collection at another token.
+        db.exec(&format!("UPDATE collections SET superseded_token = '{other}'")).await;
+        assert_eq!(refusal(payroll.collection("demo", &id).await).0, Code::DataLoss);
     }
 }

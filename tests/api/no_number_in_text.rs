@@ -34,7 +34,7 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use crate::helpers::{approved_job, filing_job, tokenize_fresh, valid_number, Backend, TestApp};
 
 /// Every text field of every RPC, as `Method.field`.
-const FIELDS: [&str; 57] = [
+const FIELDS: [&str; 58] = [
     "SetRetention.tenant",
     "SetRetention.tokens",
     "SetRetention.classes",
@@ -86,6 +86,7 @@ const FIELDS: [&str; 57] = [
     "CreateCollection.reference",
     "CreateCollection.relations",
     "CreateCollection.purposes",
+    "CreateCollection.reissue_token",
     "GetCollection.tenant",
     "GetCollection.collection_id",
     "WatchCollections.tenant",
@@ -510,13 +511,15 @@ impl Vault {
             "CreateCollection.tenant"
             | "CreateCollection.reference"
             | "CreateCollection.relations"
-            | "CreateCollection.purposes" => {
+            | "CreateCollection.purposes"
+            | "CreateCollection.reissue_token" => {
                 let mut asked = crate::collection::asked(1, 0);
                 let mut tenant = "demo".to_owned();
                 match field {
                     "CreateCollection.tenant" => tenant = text,
                     "CreateCollection.reference" => asked.reference = text,
                     "CreateCollection.relations" => asked.relations.push(text),
+                    "CreateCollection.reissue_token" => asked.reissue_token = Some(text),
                     _ => asked.purposes.push(text),
                 }
                 answer(payroll.create_collection(&tenant, asked).await)

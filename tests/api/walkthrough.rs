@@ -180,5 +180,23 @@ on_both_backends! {
         }
         let refused = app.cli(&["collect", "cancel", "--as", "payroll", "--tenant", "demo", "--id", &id]).await.unwrap_err();
         assert!(refused.to_string().contains("can no longer be cancelled"), "{refused}");
+
+        // 9. The employee's number is re-issued: the new one goes under the same token.
+        let employee = tokens[0];
+        let reissue = app
+            .cli(&["collect", "create", "--as", "payroll", "--tenant", "demo", "--ref", "emp-kato", "--reissue", employee])
+            .await
+            .unwrap();
+        let field = |name: &str| {
+            reissue.lines().find_map(|line| line.strip_prefix(&format!("{name}\t"))).unwrap_or_else(|| panic!("{reissue}")).to_owned()
+        };
+        assert_eq!(field("reissues"), employee);
+        let (id, link) = (field("collection"), field("link"));
+        let new = crate::helpers::valid_numbers(1);
+        crate::collection::submit(&app, &link, &new).await;
+        let shown = app.cli(&["collect", "show", "--as", "payroll", "--tenant", "demo", "--id", &id]).await.unwrap();
+        assert!(shown.contains(&format!("number\temployee\t{employee}\n")), "the token is kept: {shown}");
+        let superseded = shown.lines().find_map(|l| l.strip_prefix("superseded\t")).unwrap_or_else(|| panic!("{shown}"));
+        assert!(superseded.starts_with("mnt_") && superseded != employee, "{shown}");
     }
 }

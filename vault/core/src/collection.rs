@@ -186,6 +186,10 @@ pub struct CollectionRequest {
     pub purposes: Vec<Purpose>,
     /// Lifetime of the link in milliseconds; `None` for the default.
     pub lifetime_ms: Option<i64>,
+    /// A re-issue: the token whose number the municipality replaced. The
+    /// number typed goes under it; the old one stays, under a token of its
+    /// own, until its retention ends.
+    pub reissue: Option<Token>,
 }
 
 /// A request's checked terms.
@@ -215,6 +219,13 @@ impl CollectionRequest {
         if self.asked.is_empty() || self.asked.len() > MAX_ASKED {
             return Err(VaultError::InvalidArgument(format!(
                 "a collection asks for 1 to {MAX_ASKED} numbers; this one asks for {}",
+                self.asked.len()
+            )));
+        }
+        if self.reissue.is_some() && self.asked.len() != 1 {
+            return Err(VaultError::InvalidArgument(format!(
+                "a re-issue collection asks for exactly one number, the one that replaces the token's; this one \
+                 asks for {}",
                 self.asked.len()
             )));
         }
@@ -310,6 +321,19 @@ pub struct Collection {
     pub settled_at: i64,
     /// One token per number asked for, once submitted.
     pub tokens: Vec<Token>,
+    /// A re-issue's token and, once submitted, where the old number went.
+    pub reissue: Option<Reissue>,
+}
+
+/// A re-issue collection: the number typed replaces `token`'s, which keeps
+/// its token; the old number stays in the vault under `superseded`, released
+/// only by a job that names that token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reissue {
+    /// The token whose number is replaced.
+    pub token: Token,
+    /// The token the replaced number is kept under, once submitted.
+    pub superseded: Option<Token>,
 }
 
 impl Collection {
@@ -345,6 +369,9 @@ pub struct CollectionForm {
     pub purposes: Vec<Purpose>,
     /// Unix milliseconds.
     pub expires_at: i64,
+    /// Whether the number asked for replaces one the vault holds (the page
+    /// asks for the new number).
+    pub reissue: bool,
 }
 
 /// Why a link cannot be used. Unknown and used links read the same, so a
@@ -391,9 +418,11 @@ pub fn unusable(state: CollectionState) -> Option<UnusableLink> {
 }
 
 /// Fills the audit entry of a fetch with what it hands out: each
-/// collection's id and state, and the tokens of the submitted ones.
+/// collection's id and state, and the tokens of the submitted ones (a
+/// re-issue's superseded token too).
 pub fn note_fetched(draft: &mut crate::audit::AuditDraft, collections: &[Collection], now: i64) {
-    draft.tokens = collections.iter().flat_map(|c| c.tokens.iter().cloned()).collect();
+    let superseded = |c: &Collection| c.reissue.as_ref().and_then(|r| r.superseded.clone());
+    draft.tokens = collections.iter().flat_map(|c| c.tokens.iter().cloned().chain(superseded(c))).collect();
     draft.record_count = draft.tokens.len() as u64;
     let names: Vec<String> = collections.iter().map(|c| entry_reason(&c.id, c.state(now).id())).collect();
     draft.reason = names.join(", ");
@@ -451,6 +480,7 @@ mod tests {
             asked,
             purposes: vec![Purpose::WithholdingSlip, Purpose::WithholdingSlip],
             lifetime_ms,
+            reissue: None,
         }
     }
 
@@ -483,6 +513,11 @@ mod tests {
         let mut export = request(vec![Relation::Employee], None);
         export.purposes = vec![Purpose::TenantExport];
         assert!(export.terms().is_err());
+        let reissue = Some(Token::parse("mnt_abcdefghijklmnopqrstuvwxyz").unwrap());
+        let one = CollectionRequest { reissue: reissue.clone(), ..request(vec![Relation::Spouse], None) };
+        assert_eq!(one.terms().unwrap().asked, vec![Relation::Spouse], "a re-issue asks for one number");
+        let two = CollectionRequest { reissue, ..request(vec![Relation::Employee, Relation::Child], None) };
+        assert!(two.terms().is_err(), "and never more");
     }
 
     #[test]
@@ -499,6 +534,7 @@ mod tests {
             stored_state: CollectionState::Open,
             settled_at: 0,
             tokens: vec![],
+            reissue: None,
         };
         assert_eq!(collection.state(99), CollectionState::Open);
         assert_eq!(collection.state(100), CollectionState::Expired);

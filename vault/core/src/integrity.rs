@@ -51,6 +51,10 @@ mod kind {
     pub const TENANT_POLICY: &[u8] = b"tenant-policy";
     pub const POLICY_PROPOSAL: &[u8] = b"policy-proposal";
     pub const COLLECTION: &[u8] = b"collection";
+    /// A re-issue collection: its own label over two more columns, so that
+    /// neither kind of row can be passed off as the other, and rows written
+    /// before re-issues existed keep their tags.
+    pub const REISSUE_COLLECTION: &[u8] = b"reissue-collection";
     pub const COLLECTION_LINK: &[u8] = b"collection-link";
 }
 
@@ -259,24 +263,26 @@ impl Integrity {
     /// neither move a collection to another tenant, reopen a settled one,
     /// lengthen its life nor swap its tokens.
     pub fn collection_tag(&self, row: &crate::store::CollectionRow) -> [u8; 32] {
-        self.key.tag(
-            kind::COLLECTION,
-            [
-                row.collection_id.as_bytes(),
-                row.tenant.as_bytes(),
-                &row.link_hash[..],
-                row.reference.as_bytes(),
-                row.relations.as_bytes(),
-                row.purposes.as_bytes(),
-                row.created_by.as_bytes(),
-                &row.created_at.to_be_bytes(),
-                &row.expires_at.to_be_bytes(),
-                row.state.as_bytes(),
-                &row.settled_at.to_be_bytes(),
-                row.tokens.as_bytes(),
-                &row.changed_seq.to_be_bytes(),
-            ],
-        )
+        let columns = [
+            row.collection_id.as_bytes(),
+            row.tenant.as_bytes(),
+            &row.link_hash[..],
+            row.reference.as_bytes(),
+            row.relations.as_bytes(),
+            row.purposes.as_bytes(),
+            row.created_by.as_bytes(),
+            &row.created_at.to_be_bytes(),
+            &row.expires_at.to_be_bytes(),
+            row.state.as_bytes(),
+            &row.settled_at.to_be_bytes(),
+            row.tokens.as_bytes(),
+            &row.changed_seq.to_be_bytes(),
+        ];
+        if row.reissue_token.is_empty() && row.superseded_token.is_empty() {
+            return self.key.tag(kind::COLLECTION, columns);
+        }
+        let reissue = [row.reissue_token.as_bytes(), row.superseded_token.as_bytes()];
+        self.key.tag(kind::REISSUE_COLLECTION, columns.into_iter().chain(reissue))
     }
 
     /// The keyed hash a collection is found by: the link's secret is never

@@ -716,6 +716,14 @@ mod tests {
         async fn collection_by_link(&mut self, _: &[u8]) -> Result<Option<crate::store::CollectionRow>, StoreError> {
             unreachable!()
         }
+        async fn submitted_reissues(
+            &mut self,
+            _: &TenantId,
+            _: &[crate::id::Token],
+            _: u32,
+        ) -> Result<Vec<crate::store::CollectionRow>, StoreError> {
+            unreachable!()
+        }
     }
 
     #[async_trait]

@@ -705,7 +705,7 @@ impl VaultCore {
                 ))
             })?;
             self.check_record(tenant, token, &row)?;
-            let number = open_record(&keys, token, position, &record)?;
+            let number = open_record(&keys, token, position, &record, &row.blind_index)?;
             released.push(Released { token: token.clone(), number });
         }
         let asked: std::collections::HashSet<&Token> = tokens.iter().collect();
@@ -997,20 +997,28 @@ impl From<StoreError> for TokenizeFailure {
     }
 }
 
+/// Opens a record's sealed number. The number must be the one the row's
+/// blind index (which its tag covers) names: a token's number can change
+/// (a re-issue), and sealed bytes put back from before the change open
+/// under the same token and key, but name another number.
 fn open_record(
     keys: &TenantKeys,
     token: &Token,
     position: usize,
     sealed: &[u8],
+    blind_index: &[u8],
 ) -> Result<Zeroizing<String>, VaultError> {
     let integrity = || {
         tracing::error!(%token, "stored record failed its integrity check");
         VaultError::DataLoss(format!(
-            "the stored record of token #{position} of the release ({token}) failed its integrity check, so nothing \
-             was released; tell the vault's operator"
+            "the stored record of token #{position} ({token}) failed its integrity check, so nothing was released \
+             or changed; tell the vault's operator"
         ))
     };
     let plain = keys.open(token.as_str(), sealed).map_err(|_| integrity())?;
+    if keys.blind_index(&plain).0.as_slice() != blind_index {
+        return Err(integrity());
+    }
     let digits = std::str::from_utf8(&plain).map_err(|_| integrity())?;
     Ok(Zeroizing::new(digits.to_owned()))
 }

@@ -71,6 +71,12 @@ pub struct CreateArgs {
     /// Ask only for the dependants' numbers, not the employee's.
     #[arg(long)]
     pub no_employee: bool,
+    /// A re-issue: the token whose number the municipality replaced. The
+    /// collection asks for the one new number (the employee's, or with
+    /// --no-employee --dependant R a dependant's), which goes under this
+    /// same token; the old number stays under the token `superseded` shows.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "dependants")]
+    pub reissue: Option<String>,
     /// Why the numbers are collected, comma-separated purpose ids (`mnvault job purposes`).
     #[arg(long, default_value = "withholding-slip,dependent-deduction-declaration")]
     pub purposes: String,
@@ -106,6 +112,7 @@ pub async fn run(command: CollectCommand, data_dir: &Path, out: &mut (dyn Write 
                 relations: args.relations(),
                 purposes: args.purposes.split(',').map(|p| p.trim().to_owned()).collect(),
                 lifetime_seconds: args.lifetime.as_secs(),
+                reissue_token: args.reissue.clone(),
             };
             let created = client.create_collection(&args.tenant, asked).await?;
             let collection = created.collection.context("the vault answered without the collection")?;
@@ -187,6 +194,12 @@ fn write_collection(collection: &Collection, out: &mut (dyn Write + Send)) -> st
     for number in &collection.numbers {
         let token = if number.token.is_empty() { "-" } else { &number.token };
         writeln!(out, "number\t{}\t{token}", number.relation)?;
+    }
+    if !collection.reissue_token.is_empty() {
+        writeln!(out, "reissues\t{}", collection.reissue_token)?;
+    }
+    if !collection.superseded_token.is_empty() {
+        writeln!(out, "superseded\t{}", collection.superseded_token)?;
     }
     Ok(())
 }

@@ -168,6 +168,14 @@ pub fn form(
                 Lang::En => { strong { (company) } " asks you for your My Number (個人番号)." },
             }
         }
+        @if collection.reissue {
+            p class="lead" id="reissue" {
+                (lang.pick(
+                    "番号が新しくなった方へ: 市区町村から通知された新しいマイナンバーを入力してください。以前の番号は入力しないでください。",
+                    "Your number was changed: enter the new My Number your municipality gave you, not the old one.",
+                ))
+            }
+        }
         section aria-labelledby="purposes-title" {
             h2 id="purposes-title" { (lang.pick("利用目的", "What it is used for")) }
             ul class="purposes" {

@@ -32,6 +32,7 @@ fn collection() -> CollectionForm {
         purposes: vec![Purpose::WithholdingSlip, Purpose::DependentDeductionDeclaration],
         // 2026-11-30 09:00 UTC, 18:00 in Japan.
         expires_at: 1_796_029_200_000,
+        reissue: false,
     }
 }
 

@@ -12,7 +12,7 @@ use mnvault_core::collection::{
     note_fetched, Collection, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, Relation, SubmitOutcome,
     UnusableLink,
 };
-use mnvault_core::id::{CollectionId, TenantId};
+use mnvault_core::id::{CollectionId, TenantId, Token};
 use mnvault_core::number::MyNumber;
 use mnvault_core::purpose::Purpose;
 use mnvault_core::text::FreeText;
@@ -91,6 +91,13 @@ fn wire_collection(collection: &Collection, now: i64) -> pb::Collection {
             CollectionState::Expired => Some(timestamp(collection.expires_at)),
             _ => Some(timestamp(collection.settled_at)),
         },
+        reissue_token: collection.reissue.as_ref().map(|r| r.token.to_string()).unwrap_or_default(),
+        superseded_token: collection
+            .reissue
+            .as_ref()
+            .and_then(|r| r.superseded.as_ref())
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -108,6 +115,7 @@ fn collection_request(request: &pb::CreateCollectionRequest) -> Result<Collectio
         asked: request.relations.iter().map(|r| Relation::parse(r)).collect::<Result<_, _>>()?,
         purposes: request.purposes.iter().map(|p| p.parse::<Purpose>()).collect::<Result<_, _>>()?,
         lifetime_ms,
+        reissue: super::wire::optional(&request.reissue_token, Token::parse)?,
     })
 }
 

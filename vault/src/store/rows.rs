@@ -3,7 +3,8 @@
 //! a panic.
 
 use mnvault_core::audit::checkpoint::{SignedCheckpoint, SigningKeyRecord};
-use mnvault_core::store::{CollectionRow, PolicyProposalRow, StoreError, TenantPolicyRow};
+use mnvault_core::id::TenantId;
+use mnvault_core::store::{CollectionRow, NewRecord, PolicyProposalRow, StoreError, TenantPolicyRow};
 use mnvault_keys::PublicKey;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -143,6 +144,8 @@ where
         state: column(row, "state", "collections.state")?,
         settled_at: column(row, "settled_at", "collections.settled_at")?,
         tokens: column(row, "tokens", "collections.tokens")?,
+        reissue_token: column(row, "reissue_token", "collections.reissue_token")?,
+        superseded_token: column(row, "superseded_token", "collections.superseded_token")?,
         changed_seq: column(row, "changed_seq", "collections.changed_seq")?,
         tag: column(row, "tag", "collections.tag")?,
     })
@@ -150,7 +153,7 @@ where
 
 /// The columns [`collection`] reads, in one place for both backends.
 pub(crate) const COLLECTION_COLUMNS: &str = "collection_id, tenant, link_hash, reference, relations, purposes, \
-     created_by, created_at, expires_at, state, settled_at, tokens, changed_seq, tag";
+     created_by, created_at, expires_at, state, settled_at, tokens, reissue_token, superseded_token, changed_seq, tag";
 
 /// The statement that inserts `row`, in either backend's placeholders.
 pub(crate) fn insert_collection<'args, DB>(row: &CollectionRow) -> sqlx::QueryBuilder<'args, DB>
@@ -175,13 +178,15 @@ where
     values.push_bind(row.state.clone());
     values.push_bind(row.settled_at);
     values.push_bind(row.tokens.clone());
+    values.push_bind(row.reissue_token.clone());
+    values.push_bind(row.superseded_token.clone());
     values.push_bind(row.changed_seq);
     values.push_bind(row.tag.clone());
     values.push_unseparated(")");
     query
 }
 
-/// The statement that settles `row` (state, time, tokens, entry, tag), in
+/// The statement that settles `row` (state, time, tokens, superseded token, entry, tag), in
 /// either backend's placeholders.
 pub(crate) fn settle_collection<'args, DB>(row: &CollectionRow) -> sqlx::QueryBuilder<'args, DB>
 where
@@ -192,11 +197,38 @@ where
 {
     let mut query = sqlx::QueryBuilder::new("UPDATE collections SET state = ");
     query.push_bind(row.state.clone()).push(", settled_at = ").push_bind(row.settled_at);
-    query.push(", tokens = ").push_bind(row.tokens.clone()).push(", changed_seq = ").push_bind(row.changed_seq);
+    query.push(", tokens = ").push_bind(row.tokens.clone());
+    query.push(", superseded_token = ").push_bind(row.superseded_token.clone());
+    query.push(", changed_seq = ").push_bind(row.changed_seq);
     query
         .push(", tag = ")
         .push_bind(row.tag.clone())
         .push(" WHERE collection_id = ")
         .push_bind(row.collection_id.clone());
+    query
+}
+
+/// The statement that puts `record` in place of its token's record in
+/// `tenant` if that row still has `old_tag`, in either backend's
+/// placeholders (a re-issue: another number under the same token).
+pub(crate) fn replace_record<'args, DB>(
+    tenant: &TenantId,
+    old_tag: &[u8],
+    record: &NewRecord,
+    created_at: i64,
+) -> sqlx::QueryBuilder<'args, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'args, DB> + Type<DB>,
+    i64: sqlx::Encode<'args, DB> + Type<DB>,
+    Vec<u8>: sqlx::Encode<'args, DB> + Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new("UPDATE records SET blind_index = ");
+    query.push_bind(record.blind_index.0.to_vec()).push(", key_version = ").push_bind(i64::from(record.key_version));
+    query.push(", sealed = ").push_bind(record.sealed.clone()).push(", created_at = ").push_bind(created_at);
+    query.push(", tag = ").push_bind(record.tag.to_vec());
+    query.push(" WHERE tenant = ").push_bind(tenant.as_str().to_owned());
+    query.push(" AND token = ").push_bind(record.token.as_str().to_owned());
+    query.push(" AND tag = ").push_bind(old_tag.to_vec());
     query
 }

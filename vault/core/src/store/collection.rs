@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 
-use super::StoreError;
-use crate::id::{CollectionId, TenantId};
+use super::{NewRecord, StoreError};
+use crate::id::{CollectionId, TenantId, Token};
 
 /// A collection as stored, unparsed: the core checks its tag before
 /// believing any of it.
@@ -33,6 +33,10 @@ pub struct CollectionRow {
     pub settled_at: i64,
     /// The tokens, space-separated, once submitted.
     pub tokens: String,
+    /// A re-issue's token whose number is replaced; empty for none.
+    pub reissue_token: String,
+    /// A submitted re-issue's token of the replaced number; empty otherwise.
+    pub superseded_token: String,
     /// Sequence number of the audit entry that recorded the row's state: a
     /// row put back from before a later change is not the chain's latest.
     pub changed_seq: i64,
@@ -49,6 +53,15 @@ pub trait CollectionReadTx: Send {
 
     /// The collection whose link hashes to `link_hash`.
     async fn collection_by_link(&mut self, link_hash: &[u8]) -> Result<Option<CollectionRow>, StoreError>;
+
+    /// Up to `limit` of the tenant's submitted re-issue collections whose
+    /// `reissue_token` is one of `tokens`, in no particular order.
+    async fn submitted_reissues(
+        &mut self,
+        tenant: &TenantId,
+        tokens: &[Token],
+        limit: u32,
+    ) -> Result<Vec<CollectionRow>, StoreError>;
 }
 
 /// Write steps of collections; every [`super::WriteTx`] offers them.
@@ -67,6 +80,17 @@ pub trait CollectionWriteTx: Send {
         id: &CollectionId,
     ) -> Result<Option<CollectionRow>, StoreError>;
 
-    /// Stores a collection's new state, settled time, tokens, entry and tag.
+    /// Stores a collection's new state, settled time, tokens, superseded
+    /// token, entry and tag.
     async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError>;
+
+    /// Puts `record` (another number) in place of the record of its token
+    /// in the tenant, if that row still has `old_tag`; `false` if not.
+    async fn replace_record(
+        &mut self,
+        tenant: &TenantId,
+        old_tag: &[u8],
+        record: &NewRecord,
+        created_at: i64,
+    ) -> Result<bool, StoreError>;
 }

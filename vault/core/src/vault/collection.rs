@@ -6,18 +6,25 @@
 //! move it to another tenant, lengthen its life nor swap its tokens. Its
 //! link is found by a keyed hash of the secret: the secret is never stored.
 
-use super::{append, commit_audited, offboarding, Drawn, TokenizeFailure, VaultCore, TOKEN_DRAWS};
+use std::sync::Arc;
+
+use mnvault_keys::{BlindIndex, TenantKeys};
+
+use super::{
+    append, commit_audited, offboarding, open_record, ChainWatch, Drawn, TokenizeFailure, VaultCore, TOKEN_DRAWS,
+};
 use crate::audit::{AuditDraft, Operation, Outcome};
 use crate::clock;
 use crate::collection::{
     decode_purposes, decode_relations, encode_purposes, encode_relations, entry_reason, note_fetched, unusable,
-    Collection, CollectionForm, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, SubmitOutcome,
+    Collection, CollectionForm, CollectionRequest, CollectionState, LinkOutcome, LinkSecret, Reissue, SubmitOutcome,
     UnusableLink, MAX_WATCHED,
 };
 use crate::error::VaultError;
 use crate::id::{CollectionId, Principal, TenantId, Token, TokenFormat};
-use crate::mint::draw_collection_id;
+use crate::mint::{draw_collection_id, draw_token};
 use crate::number::MyNumber;
+use crate::retention::MAX_RETENTION_TOKENS;
 use crate::store::{CollectionRow, NewRecord, WriteTx};
 use crate::text::FreeText;
 
@@ -41,6 +48,10 @@ impl VaultCore {
         self.authorize_tokenize(caller, tenant)?;
         let terms = request.terms()?;
         self.keyring.tenant_keys(tenant).await?;
+        if let Some(token) = &request.reissue {
+            self.check_reissued_token(tenant, token).await?;
+            draft.tokens = vec![token.clone()];
+        }
         let now = clock::now_ms();
         let link = LinkSecret::draw();
         let id = draw_collection_id();
@@ -57,10 +68,13 @@ impl VaultCore {
             state: CollectionState::Open.id().to_owned(),
             settled_at: now,
             tokens: String::new(),
+            reissue_token: request.reissue.as_ref().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+            superseded_token: String::new(),
             changed_seq: 0,
             tag: None,
         };
-        draft.reason = entry_reason(&id, &format!("asks for {}", row.relations));
+        let asks = if request.reissue.is_some() { "asks for a re-issued number of" } else { "asks for" };
+        draft.reason = entry_reason(&id, &format!("{asks} {}", row.relations));
         let mut tx = self.store.begin_write().await?;
         offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
         // The row names the entry that recorded it (see `current_collection`).
@@ -213,6 +227,7 @@ impl VaultCore {
             asked: collection.asked,
             purposes: collection.purposes,
             expires_at: collection.expires_at,
+            reissue: collection.reissue.is_some(),
         }))
     }
 
@@ -269,6 +284,17 @@ impl VaultCore {
             )));
         }
         let keys = self.keyring.tenant_keys(&collection.tenant).await?;
+        if let (Some(reissue), [number]) = (&collection.reissue, numbers) {
+            for _ in 0..TOKEN_DRAWS {
+                match self.commit_reissue(&hash, &collection.id, keys.clone(), &reissue.token, number, draft).await {
+                    Err(TokenizeFailure::Collided) => continue,
+                    Err(TokenizeFailure::Failed(error)) => return Err(error),
+                    Ok(outcome) => return Ok(outcome),
+                }
+            }
+            tracing::error!(collection = %collection.id, "a re-issue kept losing its race");
+            return Err(VaultError::Internal);
+        }
         for _ in 0..TOKEN_DRAWS {
             let drawn = self.draw(&keys, TokenFormat::Opaque, numbers)?;
             match self.commit_submit(&hash, &collection.id, drawn, draft).await {
@@ -289,17 +315,14 @@ impl VaultCore {
         draft: &mut AuditDraft,
     ) -> Result<SubmitOutcome, TokenizeFailure> {
         let mut tx = self.store.begin_write().await?;
-        let row = match tx.lock_collection_by_link(hash).await? {
-            Some(row) if row.collection_id == id.as_str() => row,
-            // Gone since the read: as unknown, and as unrecorded.
-            _ => return Ok(SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed)),
+        let (row, collection) = match self.lock_open(tx.as_mut(), hash, id, draft).await? {
+            Ok(open) => open,
+            Err(refused) => {
+                commit_audited(tx).await?;
+                return Ok(refused);
+            }
         };
-        let collection = self.current_collection(tx.as_mut(), &row).await?;
         let now = clock::now_ms();
-        if let Some(refusal) = unusable(collection.state(now)) {
-            draft.reason = entry_reason(id, &format!("is {}", collection.state(now).id()));
-            return Ok(self.refuse_link(tx, refusal, draft).await?);
-        }
         let tenant = &collection.tenant;
         let records: Vec<NewRecord> = drawn
             .into_iter()
@@ -310,6 +333,7 @@ impl VaultCore {
             })
             .collect();
         let tokens = self.write_records(tx.as_mut(), tenant, TokenFormat::Opaque, &records, now).await?;
+        self.current_collection(tx.as_mut(), &row).await?;
         draft.reason = entry_reason(id, "submitted");
         draft.record_count = tokens.len() as u64;
         draft.tokens = tokens.clone();
@@ -319,6 +343,172 @@ impl VaultCore {
         commit_audited(tx).await?;
         self.witness(&entry, draft, now).await;
         Ok(SubmitOutcome::Submitted { numbers: records.len() })
+    }
+
+    /// The collection of `hash`, locked, if it is still `id` and open;
+    /// otherwise what to answer: a link gone since it was read reads as
+    /// unknown and is not recorded, one that no longer works has its refusal
+    /// appended to `tx`.
+    async fn lock_open(
+        &self,
+        tx: &mut dyn WriteTx,
+        hash: &[u8; 32],
+        id: &CollectionId,
+        draft: &mut AuditDraft,
+    ) -> Result<Result<(CollectionRow, Collection), SubmitOutcome>, VaultError> {
+        let row = match tx.lock_collection_by_link(hash).await? {
+            Some(row) if row.collection_id == id.as_str() => row,
+            _ => return Ok(Err(SubmitOutcome::Unusable(UnusableLink::UnknownOrUsed))),
+        };
+        // Its tag only: whether it is the chain's latest is checked after the
+        // records are written, under the chain head's lock, which a
+        // transaction takes after the records it writes (as tokenize and
+        // rewrap do), so that two writers never wait for each other's locks.
+        let collection = self.trusted_collection(&row)?;
+        let state = collection.state(clock::now_ms());
+        let Some(refusal) = unusable(state) else { return Ok(Ok((row, collection))) };
+        draft.reason = entry_reason(id, &format!("is {}", state.id()));
+        draft.outcome = Outcome::Denied;
+        append(tx, &self.audit_key, draft.clone(), clock::now_ms()).await?;
+        Ok(Err(SubmitOutcome::Unusable(refusal)))
+    }
+
+    /// A re-issue's submit, in one transaction: `token`'s record takes the
+    /// number typed, its old number moves, sealed again, to a fresh token of
+    /// the same format, the collection is settled with both, and the entry
+    /// names both. The number typed must not be held in the tenant already
+    /// (not even by `token`): the page then refuses it as it refuses a
+    /// mistyped one, and the employee can type it again.
+    async fn commit_reissue(
+        &self,
+        hash: &[u8; 32],
+        id: &CollectionId,
+        keys: Arc<TenantKeys>,
+        token: &Token,
+        number: &MyNumber,
+        draft: &mut AuditDraft,
+    ) -> Result<SubmitOutcome, TokenizeFailure> {
+        let mut tx = self.store.begin_write().await?;
+        let (row, collection) = match self.lock_open(tx.as_mut(), hash, id, draft).await? {
+            Ok(open) => open,
+            Err(refused) => {
+                commit_audited(tx).await?;
+                return Ok(refused);
+            }
+        };
+        let tenant = &collection.tenant;
+        offboarding::refuse_if_shredded(tx.as_mut(), tenant).await?;
+        let Some((old_row, sealed)) = tx.sealed_records(tenant, std::slice::from_ref(token)).await?.pop() else {
+            return Err(VaultError::FailedPrecondition(format!(
+                "collection {id} re-issues token {token}, which holds no number any more; cancel it"
+            ))
+            .into());
+        };
+        let old = self.check_record(tenant, token, &old_row)?;
+        // Sealed on another replica under a version added since the keys were cached.
+        let version = mnvault_keys::sealed_key_version(&sealed).map_err(|_| self.tampered_record(token))?;
+        let keys = self.keyring.keys_holding(tenant, keys, [version]).await?;
+        let new_index = keys.blind_index(number.expose_bytes());
+        if tx.records_by_blind_index(tenant, old.format, &[new_index]).await?.iter().any(Option::is_some) {
+            return Err(VaultError::InvalidArgument(format!(
+                "collection {id}: the number typed already has a token in this tenant (perhaps it is the number \
+                 being replaced), so it was not stored"
+            ))
+            .into());
+        }
+        let old_index = BlindIndex(old_row.blind_index.as_slice().try_into().map_err(|_| self.tampered_record(token))?);
+        let now = clock::now_ms();
+        let superseded = draw_token(old.format);
+        let record = |token: &Token, index: BlindIndex, digits: &[u8], created_at: i64| {
+            let sealed = keys.seal(token.as_str(), digits).map_err(|error| {
+                tracing::error!(%error, "sealing failed");
+                VaultError::Internal
+            })?;
+            let version = keys.primary_version();
+            let tag = self.integrity.record_tag(tenant, token, old.format, &index.0, version, created_at);
+            Ok::<_, VaultError>(NewRecord {
+                blind_index: index,
+                token: token.clone(),
+                key_version: version,
+                sealed,
+                tag,
+            })
+        };
+        // The token keeps its creation time: a tenant export counts and
+        // pages the records created before it began, and this one was.
+        let replacement = record(token, new_index, number.expose_bytes(), old.created_at)?;
+        let old_number = open_record(&keys, token, 1, &sealed, &old_row.blind_index)?;
+        let kept = record(&superseded, old_index, old_number.as_bytes(), now)?;
+        drop(old_number);
+        // Its row changed since this transaction read it (a rewrap on
+        // another replica): read it again.
+        if !tx.replace_record(tenant, old_row.tag.as_deref().unwrap_or_default(), &replacement, old.created_at).await? {
+            return Err(TokenizeFailure::Collided);
+        }
+        let holders = self.write_records(tx.as_mut(), tenant, old.format, &[kept], now).await?;
+        if holders != [superseded.clone()] {
+            return Err(TokenizeFailure::Collided);
+        }
+        self.current_collection(tx.as_mut(), &row).await?;
+        draft.reason =
+            entry_reason(id, "submitted a re-issued number: its token holds it, the entry's second token the old one");
+        draft.record_count = 2;
+        draft.tokens = vec![token.clone(), superseded.clone()];
+        let entry = append(tx.as_mut(), &self.audit_key, draft.clone(), now).await?;
+        let mut row = row;
+        row.superseded_token = superseded.as_str().to_owned();
+        let row = self.settled_row(row, CollectionState::Submitted, now, std::slice::from_ref(token), entry.seq)?;
+        tx.settle_collection(&row).await?;
+        commit_audited(tx).await?;
+        self.witness(&entry, draft, now).await;
+        Ok(SubmitOutcome::Submitted { numbers: 1 })
+    }
+
+    /// Refuses a re-issue of `token` unless it holds a number in the tenant
+    /// now (the submit checks again).
+    async fn check_reissued_token(&self, tenant: &TenantId, token: &Token) -> Result<(), VaultError> {
+        let mut read = self.store.begin_read().await?;
+        let Some(row) = read.record(tenant, token).await? else {
+            self.refuse_purged(read.as_mut(), tenant, std::slice::from_ref(token), |_| true, "request").await?;
+            return Err(VaultError::NotFound(format!(
+                "the token to re-issue does not exist in tenant \"{tenant}\": a re-issue names a token payroll holds"
+            )));
+        };
+        self.check_record(tenant, token, &row)?;
+        Ok(())
+    }
+
+    /// The tokens that hold the numbers `tokens` held before a re-issue, by
+    /// the tenant's submitted re-issue collections, each trusted as a
+    /// decision trusts a collection: its tag verifies and it is the chain's
+    /// latest state of it (`watch` is caught up under the head's lock).
+    pub(super) async fn superseded_tokens(
+        &self,
+        tx: &mut dyn WriteTx,
+        watch: &ChainWatch,
+        tenant: &TenantId,
+        tokens: &[Token],
+    ) -> Result<Vec<Token>, VaultError> {
+        let limit = u32::try_from(MAX_RETENTION_TOKENS).unwrap_or(u32::MAX);
+        let rows = tx.submitted_reissues(tenant, tokens, limit + 1).await?;
+        if rows.len() > MAX_RETENTION_TOKENS {
+            return Err(VaultError::InvalidArgument(format!(
+                "these tokens held more than {MAX_RETENTION_TOKENS} numbers before re-issues; name fewer tokens"
+            )));
+        }
+        let mut superseded = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let collection = self.trusted_collection(row)?;
+            let last = watch.collection_changes.get(collection.id.as_str()).copied();
+            if last.and_then(|seq| i64::try_from(seq).ok()) != Some(row.changed_seq) {
+                return Err(self.tampered_row(row));
+            }
+            match collection.reissue {
+                Some(Reissue { token, superseded: Some(kept) }) if tokens.contains(&token) => superseded.push(kept),
+                _ => return Err(self.tampered_row(row)),
+            }
+        }
+        Ok(superseded)
     }
 
     /// Records a refused submit in the transaction that found it so.
@@ -428,6 +618,14 @@ impl VaultCore {
                 stored_state: CollectionState::parse(&row.state)?,
                 settled_at: row.settled_at,
                 tokens,
+                reissue: match (row.reissue_token.as_str(), row.superseded_token.as_str()) {
+                    ("", "") => None,
+                    ("", _) => return None,
+                    (token, "") => Some(Reissue { token: Token::parse(token).ok()?, superseded: None }),
+                    (token, kept) => {
+                        Some(Reissue { token: Token::parse(token).ok()?, superseded: Some(Token::parse(kept).ok()?) })
+                    }
+                },
             })
         };
         parsed().ok_or_else(|| self.tampered_row(row))
@@ -435,6 +633,10 @@ impl VaultCore {
 
     fn tampered_row(&self, row: &CollectionRow) -> VaultError {
         self.integrity.tampered(row_name(row))
+    }
+
+    fn tampered_record(&self, token: &Token) -> VaultError {
+        self.integrity.tampered(format!("the record for token {token}"))
     }
 }
 

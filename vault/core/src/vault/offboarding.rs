@@ -190,7 +190,7 @@ impl VaultCore {
         for (row, sealed) in &page {
             let record = self.integrity.check_record(&tenant, row, None)?;
             let position = usize::try_from(export.exported).unwrap_or(usize::MAX).saturating_add(opened.len() + 1);
-            let number = open_record(&export.keys, &record.token, position, sealed)?;
+            let number = open_record(&export.keys, &record.token, position, sealed, &row.blind_index)?;
             opened.push((record.token, number));
         }
         drop(page);

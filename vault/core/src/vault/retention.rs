@@ -226,6 +226,9 @@ impl VaultCore {
         self.keyring.tenant_keys(tenant).await?;
         let mut tx = self.store.begin_write().await?;
         let (head, watch) = self.lock_watch(tx.as_mut()).await?;
+        // A token's earlier numbers (before a re-issue) were on the same
+        // documents as its current one: they follow its retention.
+        let superseded = self.superseded_tokens(tx.as_mut(), &watch, tenant, &unique).await?;
         drop(watch);
         let existing = tx.existing_tokens(tenant, &unique).await?;
         self.refuse_purged(tx.as_mut(), tenant, tokens, |t| !existing.contains(t.as_str()), "request").await?;
@@ -237,6 +240,12 @@ impl VaultCore {
                 position + 1
             )));
         }
+        // Those already deleted (or set in this call already) are left out.
+        let kept = tx.existing_tokens(tenant, &superseded).await?;
+        let mut named: HashSet<Token> = unique.iter().cloned().collect();
+        let mut unique = unique;
+        unique.extend(superseded.into_iter().filter(|t| kept.contains(t.as_str()) && named.insert(t.clone())));
+        draft.record_count = unique.len() as u64;
         let now = clock::now_ms();
         // The chain head is locked: this call's entry comes right after it.
         let set_seq = head.seq + 1;

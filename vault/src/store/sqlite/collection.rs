@@ -2,11 +2,11 @@
 //! itself (`BEGIN IMMEDIATE` holds the database's write lock).
 
 use async_trait::async_trait;
-use mnvault_core::id::{CollectionId, TenantId};
-use mnvault_core::store::{CollectionReadTx, CollectionRow, CollectionWriteTx, StoreError};
+use mnvault_core::id::{CollectionId, TenantId, Token};
+use mnvault_core::store::{CollectionReadTx, CollectionRow, CollectionWriteTx, NewRecord, StoreError};
 
-use super::super::rows::{collection, insert_collection, settle_collection, COLLECTION_COLUMNS};
-use super::{classify, SqliteTx};
+use super::super::rows::{collection, insert_collection, replace_record, settle_collection, COLLECTION_COLUMNS};
+use super::{chunks, classify, list, SqliteTx};
 
 #[async_trait]
 impl CollectionReadTx for SqliteTx {
@@ -32,6 +32,34 @@ impl CollectionReadTx for SqliteTx {
         let row = sqlx::query(&sql).bind(link_hash).fetch_optional(self.conn()).await.map_err(classify)?;
         row.as_ref().map(collection).transpose()
     }
+
+    async fn submitted_reissues(
+        &mut self,
+        tenant: &TenantId,
+        tokens: &[Token],
+        limit: u32,
+    ) -> Result<Vec<CollectionRow>, StoreError> {
+        let mut rows = Vec::new();
+        for chunk in chunks(tokens) {
+            let left = i64::from(limit) - rows.len() as i64;
+            if left <= 0 {
+                break;
+            }
+            let sql = format!(
+                "SELECT {COLLECTION_COLUMNS} FROM collections WHERE tenant = ? AND reissue_token IN ({}) \
+                 AND reissue_token <> '' AND superseded_token <> '' LIMIT ?",
+                list(chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(tenant.as_str());
+            for token in chunk {
+                query = query.bind(token.as_str());
+            }
+            for row in query.bind(left).fetch_all(self.conn()).await.map_err(classify)? {
+                rows.push(collection(&row)?);
+            }
+        }
+        Ok(rows)
+    }
 }
 
 #[async_trait]
@@ -56,5 +84,17 @@ impl CollectionWriteTx for SqliteTx {
     async fn settle_collection(&mut self, row: &CollectionRow) -> Result<(), StoreError> {
         settle_collection(row).build().execute(self.conn()).await.map_err(classify)?;
         Ok(())
+    }
+
+    async fn replace_record(
+        &mut self,
+        tenant: &TenantId,
+        old_tag: &[u8],
+        record: &NewRecord,
+        created_at: i64,
+    ) -> Result<bool, StoreError> {
+        let done =
+            replace_record(tenant, old_tag, record, created_at).build().execute(self.conn()).await.map_err(classify)?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -618,13 +618,13 @@ impl VaultCore {
                 stored_state: CollectionState::parse(&row.state)?,
                 settled_at: row.settled_at,
                 tokens,
+                // A superseded token without a re-issued one fails to parse.
                 reissue: match (row.reissue_token.as_str(), row.superseded_token.as_str()) {
                     ("", "") => None,
-                    ("", _) => return None,
-                    (token, "") => Some(Reissue { token: Token::parse(token).ok()?, superseded: None }),
-                    (token, kept) => {
-                        Some(Reissue { token: Token::parse(token).ok()?, superseded: Some(Token::parse(kept).ok()?) })
-                    }
+                    (token, kept) => Some(Reissue {
+                        token: Token::parse(token).ok()?,
+                        superseded: if kept.is_empty() { None } else { Some(Token::parse(kept).ok()?) },
+                    }),
                 },
             })
         };
